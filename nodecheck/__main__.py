@@ -1,0 +1,5 @@
+import sys
+
+from nodecheck.cli import main
+
+sys.exit(main())

@@ -1,0 +1,77 @@
+"""The only door to the Slurm controller: drain, resume, read node state.
+
+Nothing on the healthy path may come through here. Two implementations share one
+contract: pyslurm (when importable and built for the running Slurm) and the scontrol
+CLI (always present where Slurm is). `select_backend` chooses and says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from nodecheck import REASON_PREFIX
+
+
+class SlurmError(RuntimeError):
+    """The controller could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    # Base state plus flags, upper case, e.g. ("IDLE", "DRAIN") or ("MIXED", "DRAIN").
+    states: tuple[str, ...]
+    reason: str = ""
+    reason_user: str = ""
+    reason_time: str = ""
+    partitions: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def drained(self) -> bool:
+        """Drain requested (DRAINING or DRAINED both carry the DRAIN flag)."""
+        return any(s in ("DRAIN", "DRAINED", "DRAINING") for s in self.states)
+
+    @property
+    def drained_by_nodecheck(self) -> bool:
+        return self.drained and self.reason.startswith(REASON_PREFIX)
+
+
+class SlurmBackend(Protocol):
+    name: str
+
+    def node_info(self, node: str) -> NodeInfo: ...
+
+    def list_nodes(self) -> list[NodeInfo]: ...
+
+    def drain(self, node: str, reason: str) -> None: ...
+
+    def resume(self, node: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: SlurmBackend
+    why: str
+
+
+def select_backend(
+    preference: str = "auto",
+    scontrol_path: str = "/usr/bin/scontrol",
+    slurm_conf: str | None = None,
+) -> BackendChoice:
+    """Pick pyslurm when asked for or usable, else scontrol; explain the choice."""
+    from nodecheck.slurm.scontrol import ScontrolBackend
+
+    if preference == "scontrol":
+        return BackendChoice(ScontrolBackend(scontrol_path, slurm_conf), "configured: scontrol")
+    from nodecheck.slurm.pyslurm_backend import PyslurmBackend, pyslurm_unusable_reason
+
+    problem = pyslurm_unusable_reason()
+    if problem is None:
+        return BackendChoice(PyslurmBackend(slurm_conf), "pyslurm importable and matches Slurm")
+    if preference == "pyslurm":
+        raise SlurmError(f"slurm_backend = 'pyslurm' but pyslurm is unusable: {problem}")
+    return BackendChoice(
+        ScontrolBackend(scontrol_path, slurm_conf), f"scontrol (pyslurm unusable: {problem})"
+    )

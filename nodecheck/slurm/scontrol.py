@@ -1,0 +1,128 @@
+"""Slurm backend over the scontrol CLI: argument lists only, never a shell."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+from nodecheck.slurm import NodeInfo, SlurmError
+
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Slurm appends "[user@2026-11-25T21:40:01]" to the reason it prints.
+_REASON_STAMP = re.compile(r"^(?P<text>.*?)\s*\[(?P<user>[^@\]]+)@(?P<time>[^\]]+)\]$")
+
+
+def checked_node_name(node: str) -> str:
+    if not _NODE_NAME.match(node):
+        raise SlurmError(f"refusing node name {node!r}: not a plain host name")
+    return node
+
+
+def checked_reason(reason: str) -> str:
+    if not reason or any(ch in reason for ch in "\r\n\0"):
+        raise SlurmError("refusing drain reason: empty or not a single line")
+    return reason
+
+
+def drain_args(scontrol: str, node: str, reason: str) -> list[str]:
+    return [
+        scontrol,
+        "update",
+        f"NodeName={checked_node_name(node)}",
+        "State=DRAIN",
+        f"Reason={checked_reason(reason)}",
+    ]
+
+
+def resume_args(scontrol: str, node: str) -> list[str]:
+    return [scontrol, "update", f"NodeName={checked_node_name(node)}", "State=RESUME"]
+
+
+def show_node_args(scontrol: str, node: str | None = None) -> list[str]:
+    args = [scontrol, "show", "node"]
+    if node is not None:
+        args.append(checked_node_name(node))
+    return args
+
+
+def parse_show_node(text: str) -> list[NodeInfo]:
+    """Parse `scontrol show node` (multi-line form; records separated by blank lines)."""
+    nodes: list[NodeInfo] = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            stripped = line.strip()
+            # Reason holds free text with spaces and '=': it always owns its whole line.
+            if stripped.startswith("Reason="):
+                fields["Reason"] = stripped[len("Reason=") :]
+                continue
+            for token in stripped.split():
+                key, sep, value = token.partition("=")
+                if sep:
+                    fields.setdefault(key, value)
+        if "NodeName" not in fields:
+            continue
+        reason, user, when = fields.get("Reason", ""), "", ""
+        if reason == "(null)":
+            reason = ""
+        stamped = _REASON_STAMP.match(reason)
+        if stamped:
+            reason, user, when = stamped["text"], stamped["user"], stamped["time"]
+        partitions = fields.get("Partitions", "")
+        nodes.append(
+            NodeInfo(
+                name=fields["NodeName"],
+                states=tuple(s for s in fields.get("State", "").upper().split("+") if s),
+                reason=reason,
+                reason_user=user,
+                reason_time=when,
+                partitions=tuple(p for p in partitions.split(",") if p and p != "(null)"),
+            )
+        )
+    return nodes
+
+
+class ScontrolBackend:
+    name = "scontrol"
+
+    def __init__(
+        self,
+        scontrol_path: str = "/usr/bin/scontrol",
+        slurm_conf: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.scontrol = scontrol_path
+        self.slurm_conf = slurm_conf
+        self.timeout_s = timeout_s
+
+    def _run(self, args: list[str]) -> str:
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+        conf = self.slurm_conf or os.environ.get("SLURM_CONF")
+        if conf:
+            env["SLURM_CONF"] = conf
+        try:
+            proc = subprocess.run(
+                args, capture_output=True, text=True, timeout=self.timeout_s, env=env, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmError(f"{args[0]} {args[1]}: {exc}") from exc
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")[:300]
+            raise SlurmError(f"{' '.join(args[1:3])} failed (rc={proc.returncode}): {detail}")
+        return proc.stdout
+
+    def node_info(self, node: str) -> NodeInfo:
+        found = parse_show_node(self._run(show_node_args(self.scontrol, node)))
+        if not found:
+            raise SlurmError(f"node {node!r} not known to Slurm")
+        return found[0]
+
+    def list_nodes(self) -> list[NodeInfo]:
+        return parse_show_node(self._run(show_node_args(self.scontrol)))
+
+    def drain(self, node: str, reason: str) -> None:
+        self._run(drain_args(self.scontrol, node, reason))
+
+    def resume(self, node: str) -> None:
+        self._run(resume_args(self.scontrol, node))
