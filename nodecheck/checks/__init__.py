@@ -1,0 +1,12 @@
+"""Check families, one module each. Importing a family registers its checks."""
+
+from __future__ import annotations
+
+import importlib
+
+FAMILIES = ("host",)
+
+
+def load_families() -> None:
+    for family in FAMILIES:
+        importlib.import_module(f"nodecheck.checks.{family}")
