@@ -1,0 +1,98 @@
+"""The node's small persistent state: one SQLite file under state_dir, root-only.
+
+Checks keep readings between runs here (fabric counters for prolog->epilog deltas, the
+kernel-log cursor for XIDs). Several runs at once on one node (shared nodes) are fine:
+WAL mode plus a busy timeout serialise writers. A corrupt file is set aside and recreated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.sqlite"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+class StateError(RuntimeError):
+    pass
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` 0700 if missing; refuse one that others can write."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_mode & 0o022:
+        raise StateError(f"{path}: state directory is writable by group/others")
+
+
+class StateStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def get_json(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def put_json(self, key: str, value: Any) -> None:
+        with self.conn:
+            self.conn.execute(
+                "INSERT INTO kv(key, value, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (key, json.dumps(value, sort_keys=True), time.time()),
+            )
+
+
+def _connect(db: Path) -> sqlite3.Connection:
+    fresh = not db.exists()
+    old_umask = os.umask(0o077)
+    try:
+        conn = sqlite3.connect(db, timeout=10.0, isolation_level=None)
+    finally:
+        os.umask(old_umask)
+    conn.isolation_level = ""  # implicit transactions inside `with conn:`
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(_SCHEMA)
+    if fresh:
+        os.chmod(db, 0o600)
+    return conn
+
+
+@contextmanager
+def open_state(state_dir: Path) -> Iterator[StateStore]:
+    """Open the node's state; a corrupt file is moved aside and a new one created."""
+    ensure_private_dir(state_dir)
+    db = state_dir / STATE_FILE
+    try:
+        conn = _connect(db)
+        conn.execute("SELECT count(*) FROM kv").fetchone()
+    except sqlite3.DatabaseError as exc:
+        aside = db.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{db}{suffix}")
+            if part.exists():
+                part.rename(Path(f"{aside}{suffix}"))
+        from nodecheck.log import get_logger
+
+        get_logger().warning(
+            "state_corrupt_recreated", path=str(db), aside=str(aside), error=str(exc)
+        )
+        conn = _connect(db)
+    try:
+        yield StateStore(conn)
+    finally:
+        conn.close()
