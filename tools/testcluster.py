@@ -332,6 +332,7 @@ class TestCluster:
             "InactiveLimit": "0",
             "MinJobAge": "300",
             "Waittime": "0",
+            "MailProg": "/bin/true",
         }
         if version < (23, 2, 0):
             # From 23.02 the "none" plugin is gone; an unset AccountingStorageType means the same.
@@ -548,6 +549,9 @@ class TestCluster:
             [
                 str(self.munge_sbin / "munged"),
                 "--foreground",
+                # The socket lives in the 0700 state dir; munged wants it reachable by all
+                # users and refuses without --force. Only root talks to it here.
+                "--force",
                 f"--key-file={key}",
                 f"--socket={self.munge_socket}",
                 f"--pid-file={munge_dir / 'munged.pid'}",
@@ -639,9 +643,10 @@ class TestCluster:
 
     def diagnostics(self, lines: int = 25) -> str:
         parts = []
-        with contextlib.suppress(Exception):
-            res = self.run(["sinfo", "-N", "-h", "-o", "%N|%T|%E"], check=False, timeout=10)
-            parts.append(f"--- sinfo\n{res.stdout}{res.stderr}")
+        if self._alive("slurmctld"):
+            with contextlib.suppress(Exception):
+                res = self.run(["sinfo", "-N", "-h", "-o", "%N|%T|%E"], check=False, timeout=10)
+                parts.append(f"--- sinfo\n{res.stdout}{res.stderr}")
         logs = [self.log_dir / "munged.log", self.log_dir / "munged.out", self.slurmctld_log]
         logs.append(self.log_dir / "slurmctld.out")
         for node in self.node_names:
@@ -712,9 +717,9 @@ class TestCluster:
         for _ in range(3):
             found = []
             for d in Path("/proc").iterdir():
-                if d.name.isdigit() and int(d.name) not in spare:
-                    if _proc_environ_has(int(d.name), entry):
-                        found.append(int(d.name))
+                pid = int(d.name) if d.name.isdigit() else 0
+                if pid and pid not in spare and _proc_environ_has(pid, entry):
+                    found.append(pid)
             if not found:
                 return
             for pid in found:
@@ -836,6 +841,19 @@ class TestCluster:
 
     def reconfigure(self) -> None:
         self.scontrol("reconfigure")
+
+    def reset(self, timeout: float = 30.0) -> None:
+        """Back to a clean slate between tests: cancel every job, resume every node that is
+        drained or down (whoever drained it), reconfigure and wait until all nodes are IDLE."""
+        self.run(["scancel", "--full", f"--partition={self.partition}"], check=False)
+        self._wait(self._no_jobs_running, timeout, "jobs did not end")
+        states = self.node_states()
+        busy = [n for n, s in states.items() if s not in IDLE_STATES]
+        for node in busy:
+            self.scontrol("update", f"NodeName={node}", "State=RESUME", check=False)
+        if busy:
+            self.reconfigure()
+        self.wait_all_idle(timeout)
 
     def status(self) -> dict[str, Any]:
         return {
