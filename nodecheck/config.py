@@ -42,6 +42,7 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "scontrol": (str, "/usr/bin/scontrol"),
     "slurm_conf": (str, ""),
     "drain_attempts": (int, 3),
+    "resume_after_passes": (int, 1),
     "probe_memory_mb": (int, 1024),
     "sysfs_root": (str, "/sys"),
     "procfs_root": (str, "/proc"),
@@ -217,6 +218,8 @@ def _parse_settings(
         raise ConfigError(f"{where}: budget_s must be in (0, 3600]")
     if "drain_attempts" in out and not 1 <= out["drain_attempts"] <= 10:
         raise ConfigError(f"{where}: drain_attempts must be in [1, 10]")
+    if "resume_after_passes" in out and not 1 <= out["resume_after_passes"] <= 1000:
+        raise ConfigError(f"{where}: resume_after_passes must be in [1, 1000]")
     if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):
         raise ConfigError(f"{where}: nvml must be 'real' or 'replay:/path/to/snapshot.json'")
     return out

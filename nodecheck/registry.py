@@ -7,6 +7,7 @@ with the `@check(...)` decorator in its family module under `nodecheck/checks/`.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ def check(
             options=dict(options or {}),
             group=group,
             enabled_by_default=enabled_by_default,
-            explain=explain or (func.__doc__ or "").strip(),
+            explain=explain or inspect.cleandoc(func.__doc__ or ""),
         )
         return func
 

@@ -10,8 +10,8 @@ from typing import Any
 class Status(enum.IntEnum):
     """Ordered by severity so that max() over results gives the worst."""
 
-    PASS = 0
-    SKIP = 1
+    SKIP = 0
+    PASS = 1
     WARN = 2
     ERROR = 3
     FAIL = 4

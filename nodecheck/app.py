@@ -1,0 +1,200 @@
+"""One nodecheck run, start to end: config -> checks -> verdict -> (Slurm action) -> log.
+
+The CLI's `run` (manual) and `hook` (prolog/epilog/health) both come through `execute`,
+so what an admin sees by hand is what the prolog decided.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from nodecheck.config import Config, ConfigError, NodeConfig, find_config_path, load_config
+from nodecheck.context import CheckContext, JobInfo
+from nodecheck.log import bind_run, get_logger
+from nodecheck.policy import Action, Verdict, decide, internal_error_verdict
+from nodecheck.registry import Check, all_checks, match_ids
+from nodecheck.results import CheckResult
+from nodecheck.runner import Planned, run_checks
+
+DEFAULT_KILLSWITCH = Path("/etc/nodecheck/disabled")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    phase: str
+    env: Mapping[str, str]
+    config_path: str | None = None
+    node: str | None = None
+    check_patterns: tuple[str, ...] = ()
+    act: bool = False  # hooks talk to Slurm when the verdict needs it; manual runs never do
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    node: str
+    phase: str
+    node_class: str
+    job: JobInfo
+    results: list[CheckResult]
+    verdict: Verdict
+    action_taken: str
+    duration_s: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class UsageError(Exception):
+    """The operator asked for something that does not exist (e.g. an unknown check id)."""
+
+
+def node_name(explicit: str | None, env: Mapping[str, str]) -> str:
+    name = explicit or env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    from nodecheck.slurm.scontrol import checked_node_name
+
+    return checked_node_name(name)
+
+
+def select_checks(
+    registry: Mapping[str, Check], nodecfg: NodeConfig, phase: str, patterns: tuple[str, ...]
+) -> list[Check]:
+    if patterns:
+        try:
+            ids = match_ids(patterns, registry)
+        except KeyError as exc:
+            raise UsageError(f"no check matches {exc.args[0]!r} (see `nodecheck list`)") from None
+        return [registry[cid] for cid in ids]
+    return [
+        chk
+        for cid, chk in registry.items()
+        if nodecfg.checks[cid].enabled and phase in nodecfg.checks[cid].phases
+    ]
+
+
+def _salvage_on_internal_error(explicit: str | None, env: Mapping[str, str]) -> str:
+    """Honour on_internal_error even from a config that failed validation, if readable."""
+    try:
+        path, _ = find_config_path(explicit, env)
+        with path.open("rb") as fh:
+            value = tomllib.load(fh).get("on_internal_error")
+    except (OSError, tomllib.TOMLDecodeError):
+        return "pass"
+    return value if value in ("pass", "drain") else "pass"
+
+
+def _killswitch_on(config: Config | None, nodecfg: NodeConfig | None) -> str | None:
+    if nodecfg is not None and nodecfg.disabled:
+        return "disabled = true in config"
+    switch = Path(config.killswitch_file) if config else DEFAULT_KILLSWITCH
+    if switch.exists():
+        return f"killswitch file {switch} present"
+    return None
+
+
+def execute(req: RunRequest) -> RunOutcome:
+    started = time.monotonic()
+    log = get_logger()
+    job = JobInfo.from_env(req.env)
+    node = node_name(req.node, req.env)
+    bind_run(node=node, phase=req.phase, job=job.job_id)
+    if job.ignored:
+        log.warning("env_ignored", variables=list(job.ignored), why="malformed values")
+
+    def outcome(
+        results: list[CheckResult], verdict: Verdict, action: str, node_class: str, *notes: str
+    ) -> RunOutcome:
+        return RunOutcome(
+            node,
+            req.phase,
+            node_class,
+            job,
+            results,
+            verdict,
+            action,
+            time.monotonic() - started,
+            notes,
+        )
+
+    off = _killswitch_on(None, None)
+    if off:
+        log.warning("disabled", why=off)
+        return outcome([], decide([], "manual", None, "pass"), "disabled", "-", off)
+    try:
+        registry = all_checks()
+        config = load_config(req.config_path, req.env, registry)
+        nodecfg = config.for_node(node, registry)
+    except (ConfigError, ImportError, OSError) as exc:
+        policy = _salvage_on_internal_error(req.config_path, req.env)
+        message = f"config: {exc}" if isinstance(exc, ConfigError) else f"startup: {exc}"
+        log.error("internal_error", error=message, on_internal_error=policy)
+        verdict = internal_error_verdict(message, req.phase, job.job_id, policy)
+        action = _act(req, None, node, verdict, started + 20.0) if req.act else "none"
+        return outcome(list(verdict.errors), verdict, action, "-")
+    bind_run(node_class=nodecfg.node_class)
+    off = _killswitch_on(config, nodecfg)
+    if off:
+        log.warning("disabled", why=off)
+        return outcome([], decide([], "manual", None, "pass"), "disabled", nodecfg.node_class, off)
+
+    checks = select_checks(registry, nodecfg, req.phase, req.check_patterns)
+    planned = [
+        Planned(
+            chk,
+            CheckContext(
+                req.phase,
+                node,
+                nodecfg.node_class,
+                job,
+                nodecfg.settings,
+                nodecfg.checks[chk.id].options,
+            ),
+            nodecfg.checks[chk.id].timeout_s,
+        )
+        for chk in checks
+    ]
+    deadline = started + nodecfg.budget_s
+    # Keep a slice of the budget for talking to Slurm on the unhealthy path.
+    reserve = min(5.0, nodecfg.budget_s * 0.25)
+    budget = max(0.5, deadline - reserve - time.monotonic())
+    results = run_checks(planned, budget, config.probe_memory_mb)
+    for r in results:
+        log.info("check_result", **r.as_dict())
+    verdict = decide(results, req.phase, job.job_id, config.on_internal_error)
+    dry_run = req.dry_run or nodecfg.dry_run
+    action = "none"
+    if req.act and verdict.action is not Action.NONE:
+        if dry_run and verdict.action is Action.DRAIN:
+            action = "would drain"
+            verdict = _dry_run_verdict(verdict)
+        elif not dry_run:
+            action = _act(req, config, node, verdict, deadline)
+    emit = log.warning if verdict.failures or verdict.errors else log.info
+    emit(
+        "verdict",
+        status=verdict.status.name,
+        summary=verdict.summary,
+        action=action,
+        reason=verdict.reason,
+        exit_code=verdict.exit_code,
+        checks=len(planned),
+        duration_s=round(time.monotonic() - started, 3),
+        dry_run=dry_run,
+    )
+    return outcome(results, verdict, action, nodecfg.node_class)
+
+
+def _dry_run_verdict(verdict: Verdict) -> Verdict:
+    return replace(verdict, exit_code=0, action=Action.NONE)
+
+
+def _act(
+    req: RunRequest, config: Config | None, node: str, verdict: Verdict, deadline: float
+) -> str:
+    from nodecheck.actions import apply_verdict
+
+    return apply_verdict(req.phase, config, node, verdict, deadline, os.environ)

@@ -1,0 +1,275 @@
+"""Command line: `nodecheck run|hook|list|explain|resume`.
+
+`hook PHASE` is what the prolog/epilog/health entrypoints call: it logs JSON to stderr
+(kept by slurmd) and the log file, acts on the verdict through Slurm, and exits with a
+code Slurm understands. `run` is the same pipeline for a human: a table, no action.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from nodecheck.policy import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
+from nodecheck.registry import PHASES
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodecheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default: see README, 'Configuration')")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run checks now and print the results (never drains)")
+    run.add_argument(
+        "--phase",
+        choices=PHASES,
+        default="manual",
+        help="run the checks of this phase (default: manual)",
+    )
+    run.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this check (id or glob like 'gpu.*'); repeatable",
+    )
+    run.add_argument("--node", help="node name to resolve the node class for")
+    run.add_argument("--json", action="store_true", help="machine-readable output")
+    run.add_argument("--job", metavar="ID", help="job id to check for (epilog checks)")
+
+    hook = sub.add_parser("hook", help="entrypoint for Slurm Prolog/Epilog/HealthCheckProgram")
+    hook.add_argument("phase", choices=("prolog", "epilog", "health"))
+    hook.add_argument("--dry-run", action="store_true", help="log what would be drained")
+
+    lst = sub.add_parser("list", help="list checks and the phases they run in")
+    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--node", help="show enabled/phases as configured for this node")
+
+    explain = sub.add_parser("explain", help="what a check looks at and what to do when it fails")
+    explain.add_argument("check_id")
+
+    resume = sub.add_parser("resume", help="resume this node, only if nodecheck drained it")
+    resume.add_argument("--node", help="node name (default: this host)")
+    resume.add_argument(
+        "--force", action="store_true", help="resume without re-running the checks first"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from nodecheck.log import setup_logging
+
+    if args.command == "hook":
+        return _hook(args)
+    setup_logging(None, to_stderr=args.verbose, verbose=args.verbose)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "list":
+        return _list(args)
+    if args.command == "explain":
+        return _explain(args)
+    return _resume(args)
+
+
+def _hook(args: argparse.Namespace) -> int:
+    from nodecheck.app import RunRequest, execute
+    from nodecheck.log import get_logger, setup_logging
+
+    env = dict(os.environ)
+    log_file = _peek_log_file(args.config, env)
+    problem = setup_logging(log_file, to_stderr=True, verbose=args.verbose)
+    if problem:
+        get_logger().warning("log_file_unusable", problem=problem)
+    try:
+        out = execute(
+            RunRequest(
+                phase=args.phase, env=env, config_path=args.config, act=True, dry_run=args.dry_run
+            )
+        )
+    except Exception as exc:  # last line of defence: never an anonymous drain for our bug
+        get_logger().exception("internal_error", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_OK
+    return out.verdict.exit_code
+
+
+def _peek_log_file(explicit: str | None, env: dict[str, str]) -> str | None:
+    """The log file is needed before the config is validated, so read just that key."""
+    import tomllib
+
+    from nodecheck.config import find_config_path
+
+    default = "/var/log/nodecheck/nodecheck.log"
+    try:
+        path, _ = find_config_path(explicit, env)
+        with path.open("rb") as fh:
+            value = tomllib.load(fh).get("log_file", default)
+    except (OSError, tomllib.TOMLDecodeError):
+        return default
+    return value if isinstance(value, str) and value else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nodecheck.app import RunRequest, UsageError, execute
+    from nodecheck.slurm import SlurmError
+
+    env = dict(os.environ)
+    if args.job:
+        env["SLURM_JOB_ID"] = args.job
+    try:
+        out = execute(
+            RunRequest(
+                phase=args.phase,
+                env=env,
+                config_path=args.config,
+                node=args.node,
+                check_patterns=tuple(args.check),
+            )
+        )
+    except (UsageError, SlurmError) as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    if args.json:
+        print(json.dumps(_outcome_json(out), indent=2))
+    else:
+        print(_table(out))
+    return out.verdict.exit_code
+
+
+def _outcome_json(out: object) -> dict:
+    from nodecheck.app import RunOutcome
+
+    assert isinstance(out, RunOutcome)
+    return {
+        "node": out.node,
+        "node_class": out.node_class,
+        "phase": out.phase,
+        "job": out.job.job_id,
+        "status": out.verdict.status.name,
+        "summary": out.verdict.summary,
+        "reason": out.verdict.reason,
+        "action": out.action_taken,
+        "exit_code": out.verdict.exit_code,
+        "duration_s": round(out.duration_s, 3),
+        "notes": list(out.notes),
+        "results": [r.as_dict() for r in out.results],
+    }
+
+
+def _table(out: object) -> str:
+    from nodecheck.app import RunOutcome
+
+    assert isinstance(out, RunOutcome)
+    rows = [("CHECK", "COMPONENT", "STATUS", "MESSAGE")]
+    rows += [(r.check_id, r.component, r.status.name, r.message) for r in out.results]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
+        for row in rows
+    ]
+    lines.append("")
+    lines.append(
+        f"node {out.node} (class {out.node_class}), phase {out.phase}: "
+        f"{out.verdict.status.name} - {out.verdict.summary} ({out.duration_s:.2f}s)"
+    )
+    for note in out.notes:
+        lines.append(f"note: {note}")
+    if out.verdict.reason:
+        lines.append(
+            f"a {out.phase if out.phase != 'manual' else 'prolog'} would drain with: "
+            f"{out.verdict.reason}"
+        )
+    return "\n".join(lines)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from nodecheck.app import node_name
+    from nodecheck.config import ConfigError, load_config
+    from nodecheck.registry import all_checks
+
+    registry = all_checks()
+    node = node_name(args.node, os.environ)
+    try:
+        nodecfg = load_config(args.config, os.environ, registry).for_node(node, registry)
+    except ConfigError as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    rows = [
+        {
+            "id": cid,
+            "enabled": nodecfg.checks[cid].enabled,
+            "phases": sorted(nodecfg.checks[cid].phases, key=PHASES.index),
+            "timeout_s": nodecfg.checks[cid].timeout_s,
+            "summary": chk.summary,
+        }
+        for cid, chk in registry.items()
+    ]
+    if args.json:
+        print(
+            json.dumps({"node": node, "node_class": nodecfg.node_class, "checks": rows}, indent=2)
+        )
+        return EXIT_OK
+    print(f"checks for node {node} (class {nodecfg.node_class}):")
+    for row in rows:
+        flag = " " if row["enabled"] else "-"
+        phases = ",".join(row["phases"])
+        print(f"{flag} {row['id']:<18} {phases:<28} {row['summary']}")
+    print("('-' = disabled for this node)")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from nodecheck.registry import all_checks
+
+    registry = all_checks()
+    chk = registry.get(args.check_id)
+    if chk is None:
+        print(f"nodecheck: unknown check {args.check_id!r} (see `nodecheck list`)", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(f"{chk.id}: {chk.summary}")
+    print(
+        f"runs in: {', '.join(sorted(chk.phases, key=PHASES.index))}; "
+        f"timeout {chk.timeout_s}s; {'on' if chk.enabled_by_default else 'off'} by default"
+    )
+    if chk.explain:
+        print()
+        print(chk.explain)
+    if chk.options:
+        print(f'\noptions ([checks."{chk.id}"] or per node class):')
+        for name, opt in chk.options.items():
+            print(f"  {name} = {json.dumps(opt.default)}  # {opt.help}")
+    return EXIT_OK
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from nodecheck.actions import backend_for, resume_if_ours
+    from nodecheck.app import RunRequest, execute, node_name
+    from nodecheck.config import ConfigError, load_config
+    from nodecheck.registry import all_checks
+    from nodecheck.slurm import SlurmError
+
+    node = node_name(args.node, os.environ)
+    try:
+        config = load_config(args.config, os.environ, all_checks())
+    except ConfigError as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    if not args.force:
+        out = execute(
+            RunRequest(phase="health", env=dict(os.environ), config_path=args.config, node=node)
+        )
+        if out.verdict.failures:
+            print(_table(out))
+            print(f"not resuming {node}: checks still fail (use --force to resume anyway)")
+            return EXIT_FAIL
+    try:
+        result = resume_if_ours(backend_for(config, os.environ), node)
+    except SlurmError as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(f"{node}: {result}")
+    return EXIT_FAIL if result.startswith("refused") else EXIT_OK
