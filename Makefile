@@ -1,6 +1,40 @@
-.PHONY: cluster-up cluster-down cluster-status
+.PHONY: install test test-unit test-integration lint format bench clean cluster-up cluster-down cluster-status
 
 PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
+VPY := $(VENV)/bin/python3
+
+# Everything a fresh Debian 12 machine needs: Slurm + munge from Debian, a venv with
+# nodecheck (editable) and its dev tools.
+install:
+	bash tools/install-system-deps.sh
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+
+# Unit tests, then integration tests against a throw-away Slurm started by the tests.
+test:
+	NODECHECK_REQUIRE_SLURM=$${NODECHECK_REQUIRE_SLURM:-1} $(VPY) -m pytest -q
+
+test-unit:
+	$(VPY) -m pytest -q tests/unit
+
+test-integration:
+	NODECHECK_REQUIRE_SLURM=1 $(VPY) -m pytest -q tests/integration
+
+lint:
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+format:
+	$(VPY) -m ruff format .
+	$(VPY) -m ruff check --fix .
+
+bench:
+	$(VPY) bench/bench.py
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
 CLUSTER_DIR ?= $(CURDIR)/.testcluster
 CLUSTER_NODES ?= 2
 CLUSTER_ARGS ?=
