@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nodecheck.config import Config, ConfigError, NodeConfig, find_config_path, load_config
 from nodecheck.context import CheckContext, JobInfo
+from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
 from nodecheck.policy import Action, Verdict, decide, internal_error_verdict
 from nodecheck.registry import Check, all_checks, match_ids
@@ -55,9 +56,9 @@ class UsageError(Exception):
 
 def node_name(explicit: str | None, env: Mapping[str, str]) -> str:
     name = explicit or env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
-    from nodecheck.slurm.scontrol import checked_node_name
-
-    return checked_node_name(name)
+    if not is_plain_node_name(name):
+        raise UsageError(f"refusing node name {name!r}: not a plain host name")
+    return name
 
 
 def select_checks(

@@ -6,15 +6,15 @@ import os
 import re
 import subprocess
 
+from nodecheck.hostlist import is_plain_node_name
 from nodecheck.slurm import NodeInfo, SlurmError
 
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Slurm appends "[user@2026-11-25T21:40:01]" to the reason it prints.
 _REASON_STAMP = re.compile(r"^(?P<text>.*?)\s*\[(?P<user>[^@\]]+)@(?P<time>[^\]]+)\]$")
 
 
 def checked_node_name(node: str) -> str:
-    if not _NODE_NAME.match(node):
+    if not is_plain_node_name(node):
         raise SlurmError(f"refusing node name {node!r}: not a plain host name")
     return node
 
