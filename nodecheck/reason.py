@@ -14,6 +14,7 @@ from nodecheck import REASON_PREFIX
 from nodecheck.results import CheckResult
 
 MAX_REASON = 250
+MAX_COMPONENT = 48
 # Keep reasons to plain printable ASCII; quotes and shell metacharacters are harmless
 # with argument lists, but they make reasons hard to grep and to paste into a shell.
 _UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:;/+=%@#()<>*~^!?-]")
@@ -33,7 +34,10 @@ def format_reason(
     failures: list[CheckResult], phase: str, job_id: str | None, limit: int = MAX_REASON
 ) -> str:
     first = failures[0]
-    head = f"{REASON_PREFIX} {clean(first.check_id)} {clean(first.component).replace(' ', '_')}: "
+    component = clean(first.component).replace(" ", "_")
+    if len(component) > MAX_COMPONENT:
+        component = component[: MAX_COMPONENT - 3] + "..."
+    head = f"{REASON_PREFIX} {clean(first.check_id)[:MAX_COMPONENT]} {component}: "
     more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
     context = f" [{phase} job {job_id}]" if job_id else f" [{phase}]"
     room = limit - len(head) - len(more) - len(context)

@@ -9,6 +9,7 @@ becomes a FAIL of that probe; a check that raises, or a child that dies, an ERRO
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import pickle
 import resource
@@ -76,6 +77,7 @@ def _run_one(item: Planned) -> list[CheckResult]:
 
 
 def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
+    faulthandler.disable()  # a crash is reported by the parent, not dumped into slurmd's log
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if memory_limit_mb > 0:

@@ -1,0 +1,45 @@
+"""Small builders shared by the unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nodecheck.context import CheckContext, JobInfo, NodeSettings
+from nodecheck.registry import ALL_PHASES, Check
+from nodecheck.results import CheckResult
+
+
+def make_ctx(
+    phase: str = "prolog",
+    options: Mapping[str, Any] | None = None,
+    job: JobInfo | None = None,
+    procfs_root: Path = Path("/proc"),
+    sysfs_root: Path = Path("/sys"),
+    state_dir: Path = Path("/nonexistent-state"),
+    nvml: str = "real",
+) -> CheckContext:
+    return CheckContext(
+        phase=phase,
+        node="n1",
+        node_class="test",
+        job=job or JobInfo(job_id="812", uid=1000, user="alice"),
+        settings=NodeSettings(sysfs_root=sysfs_root, procfs_root=procfs_root, nvml=nvml,
+                              state_dir=state_dir),
+        options=dict(options or {}),
+    )
+
+
+def make_check(
+    check_id: str,
+    func: Callable[[CheckContext], Iterable[CheckResult]],
+    timeout_s: float = 2.0,
+    group: str | None = None,
+) -> Check:
+    return Check(id=check_id, func=func, phases=ALL_PHASES, timeout_s=timeout_s,
+                 summary="test check", group=group)
+
+
+def options_of(check: Check, **overrides: Any) -> dict[str, Any]:
+    return {name: overrides.get(name, opt.default) for name, opt in check.options.items()}

@@ -1,0 +1,74 @@
+import pytest
+
+from nodecheck.policy import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, Action, decide
+from nodecheck.reason import MAX_REASON, format_reason, parse_reason
+from nodecheck.results import CheckResult, Status
+
+PASS = CheckResult("host.mem", Status.PASS, "ok")
+WARN = CheckResult("host.disk", Status.WARN, "low", component="/tmp")
+FAIL = CheckResult("gpu.remap", Status.FAIL, "row remap pending (needs GPU reset)", "gpu3")
+ERROR = CheckResult("gpu.ecc", Status.ERROR, "internal error: KeyError")
+
+
+def test_fail_drains_with_our_reason_and_nonzero_exit():
+    v = decide([PASS, FAIL], "prolog", "812", "pass")
+    assert v.action is Action.DRAIN
+    assert v.exit_code == EXIT_FAIL
+    assert v.reason == "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812]"
+
+
+def test_warn_never_blocks():
+    v = decide([PASS, WARN], "prolog", "812", "drain")
+    assert v.exit_code == EXIT_OK
+    assert v.action is Action.CLEAR
+    assert v.warnings == (WARN,)
+
+
+def test_internal_error_follows_policy():
+    passed = decide([PASS, ERROR], "prolog", "1", "pass")
+    assert passed.exit_code == EXIT_OK and passed.action is Action.NONE
+    drained = decide([PASS, ERROR], "prolog", "1", "drain")
+    assert drained.exit_code == EXIT_FAIL and drained.action is Action.DRAIN
+    assert drained.reason.startswith("nodecheck: gpu.ecc node: internal error")
+
+
+def test_manual_run_never_acts_and_reports_internal_errors():
+    assert decide([FAIL], "manual", None, "pass").action is Action.NONE
+    assert decide([FAIL], "manual", None, "pass").exit_code == EXIT_FAIL
+    assert decide([ERROR], "manual", None, "pass").exit_code == EXIT_INTERNAL
+
+
+def test_several_failures_are_counted_in_the_reason():
+    other = CheckResult("host.mounts", Status.FAIL, "not mounted", component="/home")
+    v = decide([FAIL, other], "epilog", "9", "pass")
+    assert v.reason.endswith("(+1 more) [epilog job 9]")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "line one\nline two\r\nthree",
+        'quote " and \' and `backtick` and $(reboot) ; rm -rf / | cat && x',
+        "é unicode ✓ and \x00 nul and \x1b[31m escape",
+        "x" * 5000,
+    ],
+)
+def test_reason_is_one_safe_bounded_line(hostile):
+    result = CheckResult("ib.port", Status.FAIL, hostile, component=f"mlx5_0/1 {hostile}")
+    reason = format_reason([result], "prolog", "812")
+    assert len(reason) <= MAX_REASON
+    assert "\n" not in reason and "\r" not in reason and "\x00" not in reason
+    assert not set(reason) & set("\"'`$|&\\\x1b")
+    assert reason.startswith("nodecheck: ib.port ")
+    assert reason.endswith("[prolog job 812]")
+    parsed = parse_reason(reason)
+    assert parsed is not None and parsed.check_id == "ib.port"
+
+
+def test_reason_round_trips():
+    reason = format_reason([FAIL, ERROR], "health", None)
+    parsed = parse_reason(reason)
+    assert (parsed.check_id, parsed.component, parsed.more, parsed.context) == (
+        "gpu.remap", "gpu3", 1, "health")
+    assert parsed.message == "row remap pending (needs GPU reset)"
+    assert parse_reason("Kernel panic, replaced DIMM") is None
