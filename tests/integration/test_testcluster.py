@@ -114,3 +114,14 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return fields[0] not in ("Z", "X")
+
+
+def test_reset_cancels_jobs_and_resumes_nodes(smoke_cluster):
+    cluster = smoke_cluster
+    cluster.drain("n1", "admin: cable swap")
+    cluster.drain("n2", "nodecheck: ib.port mlx5_0/1: Down [epilog job 3]")
+    job = cluster.sbatch("-o", "/dev/null", "--wrap", "/bin/true")
+    assert cluster.job_state(job) == "PENDING"
+    cluster.reset()
+    assert cluster.node_states() == {"n1": "idle", "n2": "idle"}
+    assert cluster.job_state(job) in ("CANCELLED", "")
