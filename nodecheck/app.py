@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import socket
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from nodecheck.config import Config, ConfigError, NodeConfig, find_config_path, load_config
+from nodecheck.config import Config, ConfigError, NodeConfig, load_config, salvage_config
 from nodecheck.context import CheckContext, JobInfo
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
@@ -77,17 +76,6 @@ def select_checks(
     ]
 
 
-def _salvage_on_internal_error(explicit: str | None, env: Mapping[str, str]) -> str:
-    """Honour on_internal_error even from a config that failed validation, if readable."""
-    try:
-        path, _ = find_config_path(explicit, env)
-        with path.open("rb") as fh:
-            value = tomllib.load(fh).get("on_internal_error")
-    except (OSError, tomllib.TOMLDecodeError):
-        return "pass"
-    return value if value in ("pass", "drain") else "pass"
-
-
 def _killswitch_on(config: Config | None, nodecfg: NodeConfig | None) -> str | None:
     if nodecfg is not None and nodecfg.disabled:
         return "disabled = true in config"
@@ -130,11 +118,13 @@ def execute(req: RunRequest) -> RunOutcome:
         config = load_config(req.config_path, req.env, registry)
         nodecfg = config.for_node(node, registry)
     except (ConfigError, ImportError, OSError) as exc:
-        policy = _salvage_on_internal_error(req.config_path, req.env)
+        fallback = salvage_config(req.config_path, req.env)
+        policy = fallback.on_internal_error
         message = f"config: {exc}" if isinstance(exc, ConfigError) else f"startup: {exc}"
         log.error("internal_error", error=message, on_internal_error=policy)
         verdict = internal_error_verdict(message, req.phase, job.job_id, policy)
-        action = _act(req, None, node, verdict, started + 20.0) if req.act else "none"
+        deadline = started + float(fallback.budget_s)
+        action = _act(req, fallback, node, verdict, deadline) if req.act else "none"
         return outcome(list(verdict.errors), verdict, action, "-")
     bind_run(node_class=nodecfg.node_class)
     off = _killswitch_on(config, nodecfg)
@@ -168,7 +158,11 @@ def execute(req: RunRequest) -> RunOutcome:
     verdict = decide(results, req.phase, job.job_id, config.on_internal_error)
     dry_run = req.dry_run or nodecfg.dry_run
     action = "none"
-    if req.act and verdict.action is not Action.NONE:
+    # Resuming is the health phase's job; a healthy prolog/epilog goes nowhere near Slurm.
+    wants_slurm = verdict.action is Action.DRAIN or (
+        verdict.action is Action.CLEAR and req.phase == "health"
+    )
+    if req.act and wants_slurm:
         if dry_run and verdict.action is Action.DRAIN:
             action = "would drain"
             verdict = _dry_run_verdict(verdict)

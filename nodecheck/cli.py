@@ -98,19 +98,10 @@ def _hook(args: argparse.Namespace) -> int:
 
 
 def _peek_log_file(explicit: str | None, env: dict[str, str]) -> str | None:
-    """The log file is needed before the config is validated, so read just that key."""
-    import tomllib
+    """The log file is needed before the config is validated: take it from what is valid."""
+    from nodecheck.config import salvage_config
 
-    from nodecheck.config import find_config_path
-
-    default = "/var/log/nodecheck/nodecheck.log"
-    try:
-        path, _ = find_config_path(explicit, env)
-        with path.open("rb") as fh:
-            value = tomllib.load(fh).get("log_file", default)
-    except (OSError, tomllib.TOMLDecodeError):
-        return default
-    return value if isinstance(value, str) and value else None
+    return salvage_config(explicit, env).log_file or None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ defaults apply. Every error is a ConfigError naming the key at fault.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tomllib
@@ -308,6 +309,24 @@ def _require_type(where: str, value: Any, kinds: type | tuple[type, ...]) -> Non
     if not ok:
         names = " or ".join(k.__name__ for k in kinds_t)
         raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def salvage_config(explicit: str | None, env: Mapping[str, str]) -> Config:
+    """Defaults plus every top-level setting that is valid on its own, from a config that
+    failed validation: enough to honour on_internal_error and reach Slurm the way the
+    site configured, never enough to run checks from."""
+    values = {name: default for name, (_, default) in _SETTINGS.items()}
+    try:
+        path, _ = find_config_path(explicit, env)
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return Config(path=None, values=values, checks={})
+    for key, value in data.items():
+        if key in _SETTINGS:
+            with contextlib.suppress(ConfigError):
+                values.update(_parse_settings({key: value}, str(path), _SETTINGS.keys(), ()))
+    return Config(path=path, values=values, checks={})
 
 
 def with_overrides(config: Config, **values: Any) -> Config:
