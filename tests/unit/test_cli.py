@@ -45,6 +45,10 @@ def events(text):
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def verdict_in(text):
+    return next(e for e in events(text) if e["event"] == "verdict")
+
+
 def test_manual_run_prints_a_table_and_json(tmp_path):
     cfg = config(tmp_path, '[checks."host.mounts"]\nrequired = ["/", "/definitely-not"]\n')
     table = nodecheck(["run"], config=cfg)
@@ -77,7 +81,7 @@ def test_healthy_prolog_makes_no_slurm_call_and_loads_no_backend(tmp_path, recor
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout
     assert not calls.exists()
-    verdict = [e for e in events(out.stderr) if e["event"] == "verdict"][0]
+    verdict = verdict_in(out.stderr)
     assert verdict["status"] == "PASS" and verdict["job"] == "77"
 
 
@@ -87,8 +91,7 @@ def test_failing_prolog_calls_scontrol_and_exits_nonzero(tmp_path, recorder):
     out = nodecheck(["hook", "prolog"], {"SLURM_JOB_ID": "5"}, config=cfg)
     assert out.returncode == 1
     assert calls.read_text().startswith("show node n1")
-    logged = events((tmp_path / "nodecheck.log").read_text())
-    verdict = [e for e in logged if e["event"] == "verdict"][0]
+    verdict = verdict_in((tmp_path / "nodecheck.log").read_text())
     assert verdict["reason"] == "nodecheck: host.mounts /nope: not mounted [prolog job 5]"
     assert verdict["action"] == "drain failed"  # our fake controller refuses
 
@@ -100,7 +103,7 @@ def test_dry_run_logs_would_drain_and_passes(tmp_path, recorder):
     out = nodecheck(["hook", "epilog"], {"SLURM_JOB_ID": "5"}, config=cfg)
     assert out.returncode == 0
     assert not calls.exists()
-    verdict = [e for e in events(out.stderr) if e["event"] == "verdict"][0]
+    verdict = verdict_in(out.stderr)
     assert verdict["action"] == "would drain"
 
 
@@ -164,6 +167,6 @@ def test_entrypoint_scripts_hand_over_the_phase(tmp_path, recorder):
         out = subprocess.run([str(REPO / script)], env=env, capture_output=True, text=True,
                              timeout=60, cwd="/")
         assert out.returncode == 0, out.stderr
-        verdict = [e for e in events(out.stderr) if e["event"] == "verdict"][0]
+        verdict = verdict_in(out.stderr)
         assert verdict["phase"] == phase
     assert os.access(REPO / "prolog/nodecheck-prolog", os.X_OK)
