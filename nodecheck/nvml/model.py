@@ -1,0 +1,338 @@
+"""Plain-data NVML snapshot: what the gpu.* checks read, and what replay files contain.
+
+Every value is what NVML returns, in NVML's units (power in milliwatts, temperatures in
+degrees Celsius, memory in bytes, PCI bus ids as `00000000:18:00.0`). Sub-records that
+mirror an NVML struct keep NVML's member names (`corrRows`, `usedGpuMemory`, ...).
+
+A value NVML refused to give is `None`, and the refusal is kept as data in the owner's
+`errors` mapping under the field's name, with NVML's real return code. This module
+does not import pynvml: replay and the checks must work where it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FORMAT = "nodecheck-nvml-snapshot/1"
+
+# nvmlReturn_t codes and the text nvmlErrorString/pynvml gives them (nvml.h, pynvml).
+ERROR_CODES: dict[int, tuple[str, str]] = {
+    1: ("NVML_ERROR_UNINITIALIZED", "Uninitialized"),
+    2: ("NVML_ERROR_INVALID_ARGUMENT", "Invalid Argument"),
+    3: ("NVML_ERROR_NOT_SUPPORTED", "Not Supported"),
+    4: ("NVML_ERROR_NO_PERMISSION", "Insufficient Permissions"),
+    5: ("NVML_ERROR_ALREADY_INITIALIZED", "Already Initialized"),
+    6: ("NVML_ERROR_NOT_FOUND", "Not Found"),
+    7: ("NVML_ERROR_INSUFFICIENT_SIZE", "Insufficient Size"),
+    8: ("NVML_ERROR_INSUFFICIENT_POWER", "Insufficient External Power"),
+    9: ("NVML_ERROR_DRIVER_NOT_LOADED", "Driver Not Loaded"),
+    10: ("NVML_ERROR_TIMEOUT", "Timeout"),
+    11: ("NVML_ERROR_IRQ_ISSUE", "Interrupt Request Issue"),
+    12: ("NVML_ERROR_LIBRARY_NOT_FOUND", "NVML Shared Library Not Found"),
+    13: ("NVML_ERROR_FUNCTION_NOT_FOUND", "Function Not Found"),
+    14: ("NVML_ERROR_CORRUPTED_INFOROM", "Corrupted infoROM"),
+    15: ("NVML_ERROR_GPU_IS_LOST", "GPU is lost"),
+    16: ("NVML_ERROR_RESET_REQUIRED", "GPU requires restart"),
+    17: ("NVML_ERROR_OPERATING_SYSTEM", "The operating system has blocked the request."),
+    18: ("NVML_ERROR_LIB_RM_VERSION_MISMATCH", "RM has detected an NVML/RM version mismatch."),
+    19: ("NVML_ERROR_IN_USE", "In Use"),
+    20: ("NVML_ERROR_MEMORY", "Insufficient Memory"),
+    21: ("NVML_ERROR_NO_DATA", "No Data"),
+    22: ("NVML_ERROR_VGPU_ECC_NOT_SUPPORTED", "vGPU ECC Not Supported"),
+    23: ("NVML_ERROR_INSUFFICIENT_RESOURCES", "Insufficient Resources"),
+    24: ("NVML_ERROR_FREQ_NOT_SUPPORTED", "Frequency Not Supported"),
+    25: ("NVML_ERROR_ARGUMENT_VERSION_MISMATCH", "Argument Version Mismatch"),
+    26: ("NVML_ERROR_DEPRECATED", "Deprecated"),
+    27: ("NVML_ERROR_NOT_READY", "Not Ready"),
+    28: ("NVML_ERROR_GPU_NOT_FOUND", "GPU Not Found"),
+    29: ("NVML_ERROR_INVALID_STATE", "Invalid State"),
+    30: ("NVML_ERROR_RESET_TYPE_NOT_SUPPORTED", "Reset Type Not Supported"),
+    999: ("NVML_ERROR_UNKNOWN", "Unknown Error"),
+}
+NOT_SUPPORTED = 3
+NO_PERMISSION = 4
+DRIVER_NOT_LOADED = 9
+LIBRARY_NOT_FOUND = 12
+FUNCTION_NOT_FOUND = 13
+GPU_IS_LOST = 15
+RESET_REQUIRED = 16
+LIB_RM_VERSION_MISMATCH = 18
+ARGUMENT_VERSION_MISMATCH = 25
+UNKNOWN = 999
+
+# nvmlClocksEventReason* bits (nvml.h); the older nvmlClocksThrottleReason* have the same values.
+CLOCK_EVENT_REASONS: dict[str, int] = {
+    "gpu_idle": 0x1,
+    "applications_clocks_setting": 0x2,
+    "sw_power_cap": 0x4,
+    "hw_slowdown": 0x8,
+    "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20,
+    "hw_thermal_slowdown": 0x40,
+    "hw_power_brake_slowdown": 0x80,
+    "display_clock_setting": 0x100,
+}
+
+# nvmlGpuFabricState_t
+FABRIC_STATES = {0: "not supported", 1: "not started", 2: "in progress", 3: "completed"}
+FABRIC_STATE_NOT_SUPPORTED = 0
+FABRIC_STATE_COMPLETED = 3
+# healthSummary (nvmlGpuFabricInfo_v3)
+FABRIC_HEALTH = {0: "not supported", 1: "healthy", 2: "unhealthy", 3: "limited capacity"}
+
+# nvmlComputeMode_t
+COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
+
+# nvmlNvLinkErrorCounter_t, in order: NVML_NVLINK_ERROR_DL_REPLAY .. DL_ECC_DATA
+NVLINK_COUNTERS = ("replay", "recovery", "crc_flit", "crc_data", "ecc_data")
+
+
+@dataclass(frozen=True)
+class NvmlError:
+    """One NVML call's failure: the nvmlReturn_t code and its names."""
+
+    code: int
+    name: str = ""
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        name, message = ERROR_CODES.get(self.code, (f"NVML_ERROR_{self.code}", ""))
+        if not self.name:
+            object.__setattr__(self, "name", name)
+        if not self.message:
+            object.__setattr__(self, "message", message or f"NVML error {self.code}")
+
+    @property
+    def not_supported(self) -> bool:
+        return self.code in (NOT_SUPPORTED, FUNCTION_NOT_FOUND)
+
+    @property
+    def gpu_lost(self) -> bool:
+        return self.code == GPU_IS_LOST
+
+    @property
+    def absent(self) -> bool:
+        """NVML is simply not there: no driver or no libnvidia-ml.so on this node."""
+        return self.code in (LIBRARY_NOT_FOUND, DRIVER_NOT_LOADED)
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.name})"
+
+
+@dataclass(frozen=True)
+class RemappedRows:
+    """nvmlDeviceGetRemappedRows (Ampere and later)."""
+
+    corrRows: int
+    uncRows: int
+    isPending: bool
+    failureOccurred: bool
+
+
+@dataclass(frozen=True)
+class NvLink:
+    """One NVLink: nvmlDeviceGetNvLinkState and nvmlDeviceGetNvLinkErrorCounter."""
+
+    link: int
+    active: bool | None
+    counters: Mapping[str, int] = field(default_factory=dict)  # NVLINK_COUNTERS names
+    errors: Mapping[str, NvmlError] = field(default_factory=dict)  # "state" or a counter
+
+
+@dataclass(frozen=True)
+class FabricInfo:
+    """nvmlDeviceGetGpuFabricInfo(V): state is nvmlGpuFabricState_t, status an nvmlReturn_t."""
+
+    state: int
+    status: int
+    healthMask: int | None = None
+    healthSummary: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One entry of nvmlDeviceGetComputeRunningProcesses (bytes; None when unavailable)."""
+
+    pid: int
+    usedGpuMemory: int | None = None
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """nvmlDeviceGetMemoryInfo, bytes."""
+
+    total: int
+    free: int
+    used: int
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    minor_number: int | None = None
+    name: str | None = None
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    ecc_mode_current: bool | None = None
+    ecc_mode_pending: bool | None = None
+    # nvmlDeviceGetTotalEccErrors(MEMORY_ERROR_TYPE_(UN)CORRECTED, VOLATILE/AGGREGATE_ECC)
+    ecc_uncorrected_volatile: int | None = None
+    ecc_uncorrected_aggregate: int | None = None
+    ecc_corrected_volatile: int | None = None
+    ecc_corrected_aggregate: int | None = None
+    remapped_rows: RemappedRows | None = None
+    # nvmlDeviceGetRetiredPagesPendingStatus / len(nvmlDeviceGetRetiredPages(cause))
+    retired_pages_pending: bool | None = None
+    retired_pages_sbe: int | None = None
+    retired_pages_dbe: int | None = None
+    pcie_gen_current: int | None = None
+    pcie_gen_max: int | None = None
+    pcie_width_current: int | None = None
+    pcie_width_max: int | None = None
+    nvlinks: tuple[NvLink, ...] = ()
+    clocks_event_reasons: int | None = None  # bitmask, CLOCK_EVENT_REASONS
+    temperature_c: int | None = None
+    power_usage_mw: int | None = None
+    power_limit_mw: int | None = None  # nvmlDeviceGetEnforcedPowerLimit
+    persistence_mode: bool | None = None
+    mig_mode_current: bool | None = None
+    mig_mode_pending: bool | None = None
+    compute_mode: int | None = None  # COMPUTE_MODES
+    fabric: FabricInfo | None = None
+    processes: tuple[ProcessInfo, ...] | None = None
+    memory: MemoryInfo | None = None
+    # Field name (or call group: "handle", "ecc_mode", "mig_mode", "nvlink") -> NVML error.
+    errors: Mapping[str, NvmlError] = field(default_factory=dict)
+
+    @property
+    def component(self) -> str:
+        return f"gpu{self.index}"
+
+    def error(self, *keys: str) -> NvmlError | None:
+        """The first NVML error recorded for any of `keys`, or for the device handle."""
+        for key in (*keys, "handle"):
+            if key in self.errors:
+                return self.errors[key]
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    source: str
+    collected_at: float = 0.0
+    collect_s: float = 0.0
+    init_error: NvmlError | None = None
+    driver_version: str | None = None
+    cuda_driver_version: int | None = None  # e.g. 12040 for CUDA 12.4
+    device_count: int | None = None
+    gpus: tuple[Gpu, ...] = ()
+    # "driver_version", "cuda_driver_version", "device_count" -> NVML error.
+    errors: Mapping[str, NvmlError] = field(default_factory=dict)
+    # NVML indices collected when restricted to some GPUs (the job's); None: all of them.
+    selected: tuple[int, ...] | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.init_error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **_plain(asdict(self))}
+
+    def to_json(self) -> str:
+        return dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Snapshot:
+        fmt = data.get("format", FORMAT)
+        if fmt != FORMAT:
+            raise ValueError(f"unknown snapshot format {fmt!r} (expected {FORMAT!r})")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known - {"format", "replay", "comment"}
+        if unknown:
+            raise ValueError(f"unknown snapshot keys {sorted(unknown)}")
+        selected = data.get("selected")
+        return cls(
+            source=str(data.get("source", "")),
+            collected_at=float(data.get("collected_at", 0.0)),
+            collect_s=float(data.get("collect_s", 0.0)),
+            init_error=_error(data.get("init_error")),
+            driver_version=data.get("driver_version"),
+            cuda_driver_version=data.get("cuda_driver_version"),
+            device_count=data.get("device_count"),
+            gpus=tuple(_gpu(g) for g in data.get("gpus", ())),
+            errors=_errors(data.get("errors")),
+            selected=tuple(selected) if selected is not None else None,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Snapshot:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def load(cls, path: Path) -> Snapshot:
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+
+def dumps(data: Any, depth: int = 0) -> str:
+    """JSON for snapshot files: one line per field and per NVLink, diff-friendly and small."""
+    if depth > 3 or not isinstance(data, dict | list) or not data:
+        return json.dumps(data)
+    pad = " " * (depth + 1)
+    if isinstance(data, dict):
+        items = [f"{pad}{json.dumps(k)}: {dumps(v, depth + 1)}" for k, v in data.items()]
+        body, ends = ",\n".join(items), "{}"
+    else:
+        body, ends = ",\n".join(f"{pad}{dumps(v, depth + 1)}" for v in data), "[]"
+    text = f"{ends[0]}\n{body}\n{' ' * depth}{ends[1]}"
+    return text + "\n" if depth == 0 else text
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _error(data: Any) -> NvmlError | None:
+    if data is None:
+        return None
+    if isinstance(data, int):
+        return NvmlError(data)
+    return NvmlError(int(data["code"]), data.get("name", ""), data.get("message", ""))
+
+
+def _errors(data: Any) -> dict[str, NvmlError]:
+    return {key: err for key, raw in (data or {}).items() if (err := _error(raw)) is not None}
+
+
+def _gpu(data: Mapping[str, Any]) -> Gpu:
+    known = {f.name for f in fields(Gpu)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"gpu {data.get('index')}: unknown keys {sorted(unknown)}")
+    values = dict(data)
+    if values.get("remapped_rows") is not None:
+        values["remapped_rows"] = RemappedRows(**values["remapped_rows"])
+    values["nvlinks"] = tuple(
+        NvLink(
+            link=int(link["link"]),
+            active=link.get("active"),
+            counters=dict(link.get("counters") or {}),
+            errors=_errors(link.get("errors")),
+        )
+        for link in values.get("nvlinks") or ()
+    )
+    if values.get("fabric") is not None:
+        values["fabric"] = FabricInfo(**values["fabric"])
+    if values.get("processes") is not None:
+        values["processes"] = tuple(ProcessInfo(**p) for p in values["processes"])
+    if values.get("memory") is not None:
+        values["memory"] = MemoryInfo(**values["memory"])
+    values["errors"] = _errors(values.get("errors"))
+    return Gpu(**values)
