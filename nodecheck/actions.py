@@ -66,8 +66,8 @@ def resume_if_ours(backend: SlurmBackend, node: str) -> str:
     return "resumed"
 
 
-def _state_dir(config: Config | None) -> Path:
-    return Path(config.state_dir if config else "/var/lib/nodecheck")
+def _state_dir(config: Config | None, node: str) -> Path:
+    return config.state_dir_for(node) if config else Path("/var/lib/nodecheck")
 
 
 def apply_verdict(
@@ -101,7 +101,7 @@ def _drain_and_mark(
     taken = drain(backend_for(config, env), node, verdict.reason, attempts, deadline)
     if taken == "drained":
         try:
-            with open_state(_state_dir(config)) as state:
+            with open_state(_state_dir(config, node)) as state:
                 state.put_json(
                     DRAIN_MARKER, {"reason": verdict.reason, "at": time.time(), "passes": 0}
                 )
@@ -113,7 +113,7 @@ def _drain_and_mark(
 
 def _maybe_resume(config: Config | None, node: str, env: Mapping[str, str]) -> str:
     """Health phase, node passed: resume after N consecutive passes if we drained it."""
-    with open_state(_state_dir(config)) as state:
+    with open_state(_state_dir(config, node)) as state:
         marker = state.get_json(DRAIN_MARKER)
         if not marker:
             return "none"

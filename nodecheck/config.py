@@ -97,6 +97,11 @@ class Config:
         except KeyError:
             raise AttributeError(name) from None
 
+    def state_dir_for(self, node: str) -> Path:
+        # "{node}" lets several slurmd on one host (multiple-slurmd setups, the test
+        # cluster) keep separate state.
+        return Path(self.values["state_dir"].replace("{node}", node))
+
     def for_node(self, node: str, registry: Mapping[str, Check]) -> NodeConfig:
         node_class = next(
             (nc for nc in self.node_classes if any(host_matches(p, node) for p in nc.patterns)),
@@ -111,7 +116,7 @@ class Config:
             sysfs_root=Path(values["sysfs_root"]),
             procfs_root=Path(values["procfs_root"]),
             nvml=values["nvml"],
-            state_dir=Path(values["state_dir"]),
+            state_dir=self.state_dir_for(node),
         )
         resolved = {}
         for cid, chk in registry.items():
