@@ -36,6 +36,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -48,6 +49,8 @@ from typing import Any
 __all__ = [
     "ClusterError",
     "TestCluster",
+    "add_loopback_address",
+    "cgroup_fs_mounted",
     "loopback_needs_second_address",
     "slurm_version",
 ]
@@ -104,6 +107,54 @@ def loopback_needs_second_address() -> bool:
     except socket.gaierror:
         return True
     return False
+
+
+def cgroup_fs_mounted(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Is any cgroup (v1 or v2) file system mounted under /sys/fs/cgroup?
+
+    slurmd initialises its cgroup plugin even with proctrack/linuxproc and dies ("No
+    filesystem mounted on /sys/fs/cgroup") where there is none, e.g. in a bare chroot or
+    under `ip netns exec`.
+    """
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return True  # cannot tell: assume the normal case
+    for line in lines:
+        pre, _, post = line.partition(" - ")
+        fields = pre.split()
+        mounted_at = fields[4] if len(fields) > 4 else ""
+        if mounted_at.startswith("/sys/fs/cgroup") and post.split()[:1] in (
+            ["cgroup"],
+            ["cgroup2"],
+        ):
+            return True
+    return False
+
+
+def add_loopback_address(address: str = "127.0.0.2", label: str = "lo:nc") -> None:
+    """Add `address`/8 to lo as an alias, without iproute2 (a bare chroot has no `ip`).
+
+    Same effect as `ip addr add 127.0.0.2/8 dev lo label lo:nc`, through the old
+    SIOCSIFADDR/SIOCSIFNETMASK ioctls, which need nothing but the standard library.
+    """
+    import fcntl  # Unix only; imported here so the module still imports elsewhere
+
+    siocsifaddr, siocsifnetmask = 0x8916, 0x891C
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+
+    def ifreq(addr: str) -> bytes:
+        sockaddr = struct.pack("=H2s4s8x", socket.AF_INET, b"\0\0", socket.inet_aton(addr))
+        return struct.pack("16s16s8x", label.encode(), sockaddr)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        # A fresh network namespace has lo down: bring it up first.
+        flags_req = fcntl.ioctl(sock.fileno(), siocgifflags, struct.pack("16s24x", b"lo"))
+        flags = struct.unpack_from("16sH", flags_req)[1]
+        if not flags & iff_up:
+            fcntl.ioctl(sock.fileno(), siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+        fcntl.ioctl(sock.fileno(), siocsifaddr, ifreq(address))
+        fcntl.ioctl(sock.fileno(), siocsifnetmask, ifreq("255.0.0.0"))
 
 
 def _port_free(port: int) -> bool:
@@ -202,6 +253,7 @@ class TestCluster:
         extra_conf_lines: Iterable[str] = (),
         conf_overrides: Mapping[str, str] | None = None,
         nodecheck_config_text: str | None = None,
+        cgroup_conf_text: str | None = None,
         sbin: str | os.PathLike[str] = "/usr/sbin",
         bin: str | os.PathLike[str] = "/usr/bin",
         munge_sbin: str | os.PathLike[str] | None = None,
@@ -225,6 +277,7 @@ class TestCluster:
         self.extra_conf_lines = list(extra_conf_lines)
         self.conf_overrides = dict(conf_overrides or {})
         self.nodecheck_config_text = nodecheck_config_text
+        self.cgroup_conf_text = cgroup_conf_text
         self.sbin = Path(sbin)
         self.bin = Path(bin)
         self.munge_sbin = Path(munge_sbin) if munge_sbin else self.sbin
@@ -395,6 +448,14 @@ class TestCluster:
         self.conf_path.chmod(0o644)
         if self.health_program:
             self._write_health_wrapper()
+        cgroup_conf = self.state_dir / "cgroup.conf"
+        text = self.cgroup_conf_text
+        if text is None and version >= (23, 11, 0) and not cgroup_fs_mounted():
+            # Newer slurmd can do without cgroups when told so; 22.05 knows no "disabled".
+            text = "CgroupPlugin=disabled\n"
+        if text is not None:
+            cgroup_conf.write_text(text)
+            cgroup_conf.chmod(0o644)
         if self.nodecheck_config_text is not None:
             self.write_nodecheck_config(self.nodecheck_config_text)
 
@@ -528,14 +589,15 @@ class TestCluster:
                 "`ip addr add 127.0.0.2/8 dev lo`, or pass fix_loopback=True"
             )
         ip = shutil.which("ip", path="/usr/sbin:/usr/bin:/sbin:/bin")
-        if not ip:
-            raise ClusterError("need `ip` (iproute2) to add 127.0.0.2/8 to lo")
-        subprocess.run(
-            [ip, "addr", "add", "127.0.0.2/8", "dev", "lo"],
-            check=False,
-            capture_output=True,
-            timeout=30,
-        )
+        if ip:
+            for argv in (
+                [ip, "link", "set", "lo", "up"],
+                [ip, "addr", "add", "127.0.0.2/8", "dev", "lo"],
+            ):
+                subprocess.run(argv, check=False, capture_output=True, timeout=30)
+        else:
+            with contextlib.suppress(OSError):
+                add_loopback_address("127.0.0.2")
         if loopback_needs_second_address():
             raise ClusterError("added 127.0.0.2/8 to lo but getaddrinfo still fails")
 
@@ -561,6 +623,8 @@ class TestCluster:
                 f"--log-file={self.log_dir / 'munged.log'}",
                 f"--seed-file={munge_dir / 'munged.seed'}",
                 "--num-threads=4",
+                # Without this munged resolves the host name, which a chroot may not know.
+                "--origin=127.0.0.1",
             ],
         )
         self._wait(
@@ -904,6 +968,8 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--timeout", type=float, default=60.0)
             p.add_argument("--nodecheck-config", type=Path,
                            help="copy this file to STATE_DIR/nodecheck.toml")
+            p.add_argument("--cgroup-conf-line", action="append",
+                           help="line for STATE_DIR/cgroup.conf (repeatable)")
             p.add_argument("--conf-line", action="append", default=[],
                            help="extra slurm.conf line (repeatable)")
     args = parser.parse_args(argv)
@@ -917,6 +983,9 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             health_program=args.health_program,
             health_interval=args.health_interval,
             extra_conf_lines=args.conf_line,
+            cgroup_conf_text=(
+                "\n".join(args.cgroup_conf_line) + "\n" if args.cgroup_conf_line else None
+            ),
             nodecheck_config_text=(
                 args.nodecheck_config.read_text() if args.nodecheck_config else None
             ),
