@@ -200,6 +200,7 @@ class Proc:
     comm: str
     state: str
     job_id: str | None
+    slurm_node: str | None  # SLURMD_NODENAME from its environment, if any
 
 
 def _read_proc(pid_dir: Path) -> Proc | None:
@@ -214,15 +215,23 @@ def _read_proc(pid_dir: Path) -> Proc | None:
     comm = head.partition("(")[2]
     fields = tail.split()
     uid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:")), -1)
-    job_id = None
+    env: dict[bytes, str] = {}
     try:
         for entry in (pid_dir / "environ").read_bytes().split(b"\0"):
-            if entry.startswith(b"SLURM_JOB_ID="):
-                job_id = entry[len(b"SLURM_JOB_ID=") :].decode(errors="replace")
-                break
+            key, _, value = entry.partition(b"=")
+            if key in (b"SLURM_JOB_ID", b"SLURMD_NODENAME"):
+                env[key] = value.decode(errors="replace")
     except OSError:
         pass
-    return Proc(int(pid_dir.name), int(fields[1]), uid, comm, fields[0], job_id)
+    return Proc(
+        int(pid_dir.name),
+        int(fields[1]),
+        uid,
+        comm,
+        fields[0],
+        env.get(b"SLURM_JOB_ID"),
+        env.get(b"SLURMD_NODENAME"),
+    )
 
 
 def list_procs(proc_root: Path) -> dict[int, Proc]:
@@ -254,6 +263,8 @@ def _our_tree(procs: dict[int, Proc], me: int, run_root: int) -> set[int]:
 
 
 def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
+    """Processes of this job on this node (several slurmd may share a host, each with its
+    own SLURMD_NODENAME), minus our own process tree."""
     procs = list_procs(ctx.proc_path())
     ours = _our_tree(procs, os.getpid(), run_root)
     ignored = set(ctx.options["ignore_commands"])
@@ -264,7 +275,10 @@ def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
         if p.pid not in ours
         and p.state != "Z"
         and p.comm not in ignored
-        and (p.job_id == ctx.job.job_id or (by_user and p.uid == ctx.job.uid))
+        and (
+            (p.job_id == ctx.job.job_id and p.slurm_node in (None, ctx.node))
+            or (by_user and p.uid == ctx.job.uid)
+        )
     ]
 
 

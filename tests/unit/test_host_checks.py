@@ -16,8 +16,12 @@ REGISTRY = all_checks()
 
 def run(check_id, tmp_proc=None, job=None, phase="prolog", **options):
     chk = REGISTRY[check_id]
-    ctx = make_ctx(phase=phase, options=options_of(chk, **options), job=job,
-                   procfs_root=tmp_proc or make_ctx().settings.procfs_root)
+    ctx = make_ctx(
+        phase=phase,
+        options=options_of(chk, **options),
+        job=job,
+        procfs_root=tmp_proc or make_ctx().settings.procfs_root,
+    )
     return list(chk.func(ctx))
 
 
@@ -62,7 +66,8 @@ nfs01:/export/home /home nfs4 rw,relatime,vers=4.2 0 0
 def test_mounts_missing_wrong_type_readonly(proc, tmp_path):
     (proc / "self" / "mounts").write_text(MOUNTS)
     results = run(
-        "host.mounts", proc,
+        "host.mounts",
+        proc,
         required=["/home", "/scratch", "/lustre", "/mnt/with space"],
         fstypes={"/home": "lustre"},
         read_write=["/scratch"],
@@ -111,10 +116,12 @@ def test_services(proc):
     fake_pid(proc, 100, 1, 0, "munged")
     fake_pid(proc, 101, 1, 0, "nv-fabricmanage")  # comm is cut at 15 characters
     fake_pid(proc, 102, 1, 0, "slurmd", state="Z")
-    results = run("host.services", proc,
-                  required=["munged", "nv-fabricmanager", "slurmd"])
+    results = run("host.services", proc, required=["munged", "nv-fabricmanager", "slurmd"])
     assert [(r.component, r.status) for r in results] == [
-        ("munged", Status.PASS), ("nv-fabricmanager", Status.PASS), ("slurmd", Status.FAIL)]
+        ("munged", Status.PASS),
+        ("nv-fabricmanager", Status.PASS),
+        ("slurmd", Status.FAIL),
+    ]
 
 
 def test_procs_finds_leftovers_of_this_job_only(proc):
@@ -123,12 +130,15 @@ def test_procs_finds_leftovers_of_this_job_only(proc):
     fake_pid(proc, 201, 1, 1000, "sleep", env=b"SLURM_JOB_ID=811\0")  # another job's
     fake_pid(proc, 202, 1, 1000, "zombie", env=b"SLURM_JOB_ID=812\0", state="Z")
     fake_pid(proc, 203, 1, 1000, "tmux")  # user's, no job env
+    # same job id, but a step of it on another node sharing this host (multiple slurmd)
+    fake_pid(proc, 204, 1, 1000, "python", env=b"SLURM_JOB_ID=812\0SLURMD_NODENAME=n2\0")
+    fake_pid(proc, 205, 1, 1000, "python", env=b"SLURM_JOB_ID=812\0SLURMD_NODENAME=n1\0")
     [res] = run("host.procs", proc, job=job, phase="epilog", grace_s=0)
     assert res.status is Status.FAIL
-    assert res.values["pids"] == [200]
-    assert "1 processes left after job 812: 200 python" in res.message
+    assert sorted(res.values["pids"]) == [200, 205]
+    assert "2 processes left after job 812: 200 python, 205 python" in res.message
     [by_user] = run("host.procs", proc, job=job, phase="epilog", grace_s=0, match="user")
-    assert sorted(by_user.values["pids"]) == [200, 201, 203]
+    assert sorted(by_user.values["pids"]) == [200, 201, 203, 204, 205]
 
 
 def test_procs_skip_without_job(proc):
@@ -141,9 +151,16 @@ def test_procs_on_real_proc_ignores_our_own_tree_and_sees_a_stray():
     env = {**os.environ, "SLURM_JOB_ID": job_id}
     # Double fork, as a daemonising job step would: the stray is no descendant of ours.
     out = subprocess.run(
-        ["/bin/sh", "-c", f"{sys.executable} -c 'import time; time.sleep(30)' "
-                          ">/dev/null 2>&1 & echo $!"],
-        env=env, capture_output=True, text=True, check=True)
+        [
+            "/bin/sh",
+            "-c",
+            f"{sys.executable} -c 'import time; time.sleep(30)' >/dev/null 2>&1 & echo $!",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stray = int(out.stdout)
     job = JobInfo(job_id=job_id, uid=os.getuid())
     try:
