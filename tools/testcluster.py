@@ -822,8 +822,12 @@ class TestCluster:
         check: bool = True,
         timeout: float = 60.0,
         input: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run a Slurm client command (argument list; a bare name is looked up in `bin`)."""
+        """Run a Slurm client command (argument list; a bare name is looked up in `bin`).
+
+        Runs in `cwd`, by default the state dir, so a job submitted without `-o` writes its
+        slurm-<id>.out there rather than into the caller's working directory."""
         argv = list(args)
         if not argv:
             raise ValueError("empty command")
@@ -840,6 +844,7 @@ class TestCluster:
             timeout=timeout,
             input=input,
             check=False,
+            cwd=self.state_dir if cwd is None else cwd,
         )
         if check and res.returncode != 0:
             raise ClusterError(
