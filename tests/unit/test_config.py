@@ -108,3 +108,12 @@ def test_config_writable_by_others_is_refused(tmp_path):
 def test_parse_config_accepts_int_for_float():
     config = parse_config({"budget_s": 5}, None, REGISTRY)
     assert config.for_node("n1", REGISTRY).budget_s == 5.0
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "nodecheck.toml"
+    config = load_config(str(example), {}, REGISTRY)
+    assert config.for_node("gpu007", REGISTRY).node_class == "h100"
+    assert config.for_node("login2", REGISTRY).node_class == "login"
