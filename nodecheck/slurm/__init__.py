@@ -65,11 +65,21 @@ def select_backend(
 
     if preference == "scontrol":
         return BackendChoice(ScontrolBackend(scontrol_path, slurm_conf), "configured: scontrol")
-    from nodecheck.slurm.pyslurm_backend import PyslurmBackend, pyslurm_unusable_reason
+    from nodecheck.slurm.pyslurm_backend import (
+        PyslurmBackend,
+        pyslurm_unusable_reason,
+        pyslurm_versions,
+    )
 
     problem = pyslurm_unusable_reason()
     if problem is None:
-        return BackendChoice(PyslurmBackend(slurm_conf), "pyslurm importable and matches Slurm")
+        versions = ", ".join(f"{k} {v}" for k, v in pyslurm_versions().items())
+        try:
+            backend = PyslurmBackend(slurm_conf)
+        except SlurmError as exc:  # e.g. no slurm.conf where libslurm would look
+            problem = str(exc)
+        else:
+            return BackendChoice(backend, f"pyslurm matches the running Slurm ({versions})")
     if preference == "pyslurm":
         raise SlurmError(f"slurm_backend = 'pyslurm' but pyslurm is unusable: {problem}")
     return BackendChoice(
