@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("host",)
+FAMILIES = ("host", "fabric")
 
 
 def load_families() -> None:
