@@ -668,9 +668,7 @@ class TestCluster:
         try:
             self._start_munged()
             self._start_slurmctld()
-            self._wait(
-                self._ctld_responds, 20, "slurmctld did not answer", watch=["slurmctld"]
-            )
+            self._wait(self._ctld_responds, 20, "slurmctld did not answer", watch=["slurmctld"])
             for node in self.node_names:
                 self._start_slurmd(node)
             self.wait_all_idle(self.start_timeout)
@@ -685,9 +683,12 @@ class TestCluster:
         return res.returncode == 0 and "UP" in res.stdout
 
     def wait_all_idle(self, timeout: float = 60.0) -> None:
+        def all_idle() -> bool:
+            states = self.node_states()
+            return len(states) == self.nodes and all(s in IDLE_STATES for s in states.values())
+
         self._wait(
-            lambda: all(s in IDLE_STATES for s in self.node_states().values())
-            and len(self.node_states()) == self.nodes,
+            all_idle,
             timeout,
             "not all nodes became IDLE",
             watch=list(self._pids),
@@ -971,12 +972,20 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--munge-sbin")
             p.add_argument("--cpus-per-node", type=int, default=1)
             p.add_argument("--timeout", type=float, default=60.0)
-            p.add_argument("--nodecheck-config", type=Path,
-                           help="copy this file to STATE_DIR/nodecheck.toml")
-            p.add_argument("--cgroup-conf-line", action="append",
-                           help="line for STATE_DIR/cgroup.conf (repeatable)")
-            p.add_argument("--conf-line", action="append", default=[],
-                           help="extra slurm.conf line (repeatable)")
+            p.add_argument(
+                "--nodecheck-config", type=Path, help="copy this file to STATE_DIR/nodecheck.toml"
+            )
+            p.add_argument(
+                "--cgroup-conf-line",
+                action="append",
+                help="line for STATE_DIR/cgroup.conf (repeatable)",
+            )
+            p.add_argument(
+                "--conf-line",
+                action="append",
+                default=[],
+                help="extra slurm.conf line (repeatable)",
+            )
     args = parser.parse_args(argv)
 
     if args.cmd == "up":

@@ -62,8 +62,7 @@ def slurm_unavailable_reason() -> str | None:
     missing = [str(p) for p in needed if not os.access(p, os.X_OK)]
     if missing:
         return (
-            f"Slurm/munge binaries missing ({', '.join(missing)}); "
-            "run tools/install-system-deps.sh"
+            f"Slurm/munge binaries missing ({', '.join(missing)}); run tools/install-system-deps.sh"
         )
     return None
 

@@ -81,7 +81,9 @@ def test_health_wrapper_gets_config_paths(smoke_cluster):
     the program SLURM_CONF and NODECHECK_CONFIG (and nothing pretends PATH is set)."""
     cluster = smoke_cluster
     res = os.spawnve(
-        os.P_WAIT, str(cluster.health_wrapper), [str(cluster.health_wrapper)],
+        os.P_WAIT,
+        str(cluster.health_wrapper),
+        [str(cluster.health_wrapper)],
         {"SLURMD_NODENAME": "n1"},
     )
     assert res == 0
