@@ -18,7 +18,7 @@ from nodecheck.context import CheckContext, JobInfo
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
 from nodecheck.policy import Action, Verdict, decide, internal_error_verdict
-from nodecheck.registry import Check, all_checks, match_ids
+from nodecheck.registry import Check, all_checks, match_ids, with_defaults
 from nodecheck.results import CheckResult
 from nodecheck.runner import Planned, run_checks
 
@@ -152,7 +152,9 @@ def execute(req: RunRequest) -> RunOutcome:
     # Keep a slice of the budget for talking to Slurm on the unhealthy path.
     reserve = min(5.0, nodecfg.budget_s * 0.25)
     budget = max(0.5, deadline - reserve - time.monotonic())
-    results = run_checks(planned, budget, config.probe_memory_mb)
+    results = [
+        with_defaults(r, registry) for r in run_checks(planned, budget, config.probe_memory_mb)
+    ]
     for r in results:
         log.info("check_result", **r.as_dict())
     verdict = decide(results, req.phase, job.job_id, config.on_internal_error)

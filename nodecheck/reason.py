@@ -1,8 +1,8 @@
 """Drain reasons: one line, bounded, safe to hand to scontrol, and parseable back.
 
-Format: `nodecheck: <check-id> <component>: <message> [<phase> job <id>]`, with
-`(+N more)` before the bracket when several checks failed. The `nodecheck:` prefix is
-how we know a drain is ours.
+Format: `nodecheck: <check-id> <component>: <message> [<phase> job <id> sev=<s> act=<a>]`,
+with `(+N more)` before the bracket when several checks failed. The most severe failure
+leads. The `nodecheck:` prefix is how we know a drain is ours; `parse_reason` reads one back.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from nodecheck import REASON_PREFIX
-from nodecheck.results import CheckResult
+from nodecheck.results import CheckResult, severity_rank
 
 MAX_REASON = 250
 MAX_COMPONENT = 48
@@ -33,18 +33,29 @@ def clean(text: str) -> str:
 def format_reason(
     failures: list[CheckResult], phase: str, job_id: str | None, limit: int = MAX_REASON
 ) -> str:
+    failures = sorted(failures, key=severity_rank)
     first = failures[0]
     component = clean(first.component).replace(" ", "_")
     if len(component) > MAX_COMPONENT:
         component = component[: MAX_COMPONENT - 3] + "..."
     head = f"{REASON_PREFIX} {clean(first.check_id)[:MAX_COMPONENT]} {component}: "
     more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
-    context = f" [{phase} job {job_id}]" if job_id else f" [{phase}]"
+    context = f"{phase} job {job_id}" if job_id else phase
+    if first.severity:
+        context += f" sev={first.severity}"
+    if first.remedy:
+        context += f" act={first.remedy}"
+    context = f" [{clean(context)}]"
     room = limit - len(head) - len(more) - len(context)
     message = clean(first.message) or "failed"
     if len(message) > room:
         message = message[: max(room - 3, 0)].rstrip() + "..."
     return f"{head}{message}{more}{context}"[:limit]
+
+
+_CONTEXT = re.compile(
+    r"^(?P<phase>[a-z]+)(?: job (?P<job>\d+))?(?: sev=(?P<sev>[a-z]+))?(?: act=(?P<act>[a-z-]+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,10 @@ class ParsedReason:
     message: str
     more: int
     context: str
+    phase: str = ""
+    job_id: str = ""
+    severity: str = ""
+    remedy: str = ""
 
 
 def parse_reason(reason: str) -> ParsedReason | None:
@@ -61,10 +76,16 @@ def parse_reason(reason: str) -> ParsedReason | None:
     found = _PARSE.match(reason)
     if not found:
         return None
+    context = found["context"] or ""
+    parts = _CONTEXT.match(context)
     return ParsedReason(
         check_id=found["check"],
         component=found["component"],
         message=found["message"],
         more=int(found["more"] or 0),
-        context=found["context"] or "",
+        context=context,
+        phase=(parts and parts["phase"]) or "",
+        job_id=(parts and parts["job"]) or "",
+        severity=(parts and parts["sev"]) or "",
+        remedy=(parts and parts["act"]) or "",
     )

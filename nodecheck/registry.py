@@ -10,12 +10,13 @@ import fnmatch
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+from nodecheck.results import REMEDIES, SEVERITIES, CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.context import CheckContext
-    from nodecheck.results import CheckResult
 
 PHASES = ("prolog", "epilog", "health", "manual")
 ALL_PHASES = frozenset(PHASES)
@@ -49,6 +50,9 @@ class Check:
     group: str | None = None
     enabled_by_default: bool = True
     explain: str = ""
+    # Defaults for failing results that do not set their own (see results.SEVERITIES/REMEDIES).
+    severity: str = "high"
+    remedy: str = "admin"
 
     @property
     def area(self) -> str:
@@ -68,6 +72,8 @@ def check(
     group: str | None = None,
     enabled_by_default: bool = True,
     explain: str = "",
+    severity: str = "high",
+    remedy: str = "admin",
 ) -> Callable[[Callable[[CheckContext], Iterable[CheckResult]]], Callable[..., Any]]:
     """Register the decorated function as check `check_id`."""
 
@@ -79,6 +85,8 @@ def check(
         bad = set(phases) - ALL_PHASES
         if bad:
             raise ValueError(f"check {check_id!r}: unknown phases {sorted(bad)}")
+        if severity not in SEVERITIES or remedy not in REMEDIES:
+            raise ValueError(f"check {check_id!r}: unknown severity/remedy {severity}/{remedy}")
         clash = set(options or {}) & set(COMMON_KEYS)
         if clash:
             raise ValueError(f"check {check_id!r}: option names {sorted(clash)} are reserved")
@@ -92,6 +100,8 @@ def check(
             group=group,
             enabled_by_default=enabled_by_default,
             explain=explain or inspect.cleandoc(func.__doc__ or ""),
+            severity=severity,
+            remedy=remedy,
         )
         return func
 
@@ -116,3 +126,16 @@ def match_ids(patterns: Iterable[str], known: Iterable[str]) -> list[str]:
             raise KeyError(pattern)
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
+
+
+def with_defaults(result: CheckResult, registry: Mapping[str, Check]) -> CheckResult:
+    """Fill in severity and remedy of a FAIL/WARN/ERROR from its check's declaration."""
+    if result.status in (Status.PASS, Status.SKIP) or (result.severity and result.remedy):
+        return result
+    chk = registry.get(result.check_id)
+    if result.status is Status.ERROR:
+        severity, remedy = "low", "admin"  # nodecheck's own problem, not the node's
+    else:
+        severity = chk.severity if chk else "high"
+        remedy = chk.remedy if chk else "admin"
+    return replace(result, severity=result.severity or severity, remedy=result.remedy or remedy)

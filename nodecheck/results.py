@@ -17,6 +17,22 @@ class Status(enum.IntEnum):
     FAIL = 4
 
 
+# How bad a failure is, most severe first: critical = the node must not run jobs;
+# high = jobs will likely fail; medium = jobs run degraded (slow links, throttling);
+# low = worth a look.
+SEVERITIES = ("critical", "high", "medium", "low")
+# What to do about it. The reason and `nodecheck report` carry one of these.
+REMEDIES = {
+    "reset-gpu": "reset the GPU (nvidia-smi -r) or reboot, then let nodecheck resume it",
+    "reboot": "reboot the node",
+    "replace": "hardware replacement / RMA of the part",
+    "check-cable": "reseat or replace the cable/transceiver, check the switch port",
+    "cleanup": "clean up what a job left (processes, files, memory), then resume",
+    "restart-service": "restart the daemon and find out why it died",
+    "admin": "an admin has to look",
+}
+
+
 @dataclass(frozen=True)
 class CheckResult:
     check_id: str
@@ -25,6 +41,9 @@ class CheckResult:
     component: str = "node"
     values: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
+    # For FAIL/WARN: how bad and what to do. Empty means the check's declared default.
+    severity: str = ""
+    remedy: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -34,8 +53,14 @@ class CheckResult:
             "message": self.message,
             "values": self.values,
             "duration_s": round(self.duration_s, 4),
+            **({"severity": self.severity, "remedy": self.remedy} if self.severity else {}),
         }
 
 
 def worst(results: list[CheckResult]) -> Status:
     return max((r.status for r in results), default=Status.PASS)
+
+
+def severity_rank(result: CheckResult) -> int:
+    """0 for critical ... 3 for low; unknown severities sort last."""
+    return SEVERITIES.index(result.severity) if result.severity in SEVERITIES else len(SEVERITIES)

@@ -35,6 +35,8 @@ def _meminfo(ctx: CheckContext) -> dict[str, int]:
     "host.mem",
     summary="usable memory: total not below the node class's size (lost DIMMs), enough available",
     timeout_s=2.0,
+    severity="high",
+    remedy="cleanup",
     options={
         "min_total_gib": Option((int, float), 0, "FAIL when MemTotal is below this (0: off)"),
         "min_available_gib": Option((int, float), 0, "FAIL when MemAvailable is below this"),
@@ -51,7 +53,7 @@ def host_mem(ctx: CheckContext) -> Iterator[CheckResult]:
     opts = ctx.options
     if opts["min_total_gib"] and total < opts["min_total_gib"]:
         msg = f"memory {total:.1f} GiB below expected {opts['min_total_gib']} GiB (lost DIMM?)"
-        yield CheckResult("host.mem", Status.FAIL, msg, values=values)
+        yield CheckResult("host.mem", Status.FAIL, msg, values=values, remedy="replace")
     elif opts["min_available_gib"] and avail < opts["min_available_gib"]:
         msg = f"only {avail:.1f} GiB available (need {opts['min_available_gib']} GiB)"
         yield CheckResult("host.mem", Status.FAIL, msg, values=values)
@@ -68,6 +70,8 @@ def host_mem(ctx: CheckContext) -> Iterator[CheckResult]:
     "host.disk",
     summary="free space on scratch paths (/tmp, /dev/shm, local scratch)",
     timeout_s=5.0,
+    severity="high",
+    remedy="cleanup",
     options={
         "min_free_gib": Option(dict, {"/tmp": 1.0}, "path -> minimum free GiB", item=(int, float)),
         "min_free_inodes_percent": Option((int, float), 1.0, "FAIL below this share of inodes"),
@@ -147,6 +151,8 @@ def read_mounts(path: Path) -> dict[str, Mount]:
     "host.mounts",
     summary="required filesystems mounted (type, read-write) and responding within a deadline",
     timeout_s=10.0,
+    severity="critical",
+    remedy="admin",
     options={
         "required": Option(list, [], "mount points that must be mounted", item=str),
         "fstypes": Option(dict, {}, "mount point -> expected filesystem type", item=str),
@@ -287,6 +293,8 @@ def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
     summary="no processes of the finished job (or, with match=user, of its user) left behind",
     phases=("epilog",),
     timeout_s=8.0,
+    severity="high",
+    remedy="cleanup",
     options={
         "match": Option(
             str,
@@ -325,6 +333,8 @@ def host_procs(ctx: CheckContext) -> Iterator[CheckResult]:
     "host.services",
     summary="required daemons running (by process name), e.g. munged, nvidia-fabricmanager",
     timeout_s=3.0,
+    severity="critical",
+    remedy="restart-service",
     options={"required": Option(list, [], "process names that must be running", item=str)},
 )
 def host_services(ctx: CheckContext) -> Iterator[CheckResult]:

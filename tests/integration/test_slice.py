@@ -132,7 +132,9 @@ def test_leftover_process_drains_in_the_epilog(clean_slurm_cluster, work):
         reason = wait_drained(cluster, "n2", 40)
         stray = int(pidfile.read_text())
         assert reason.startswith(f"nodecheck: host.procs node: 1 processes left after job {job}")
-        assert f"{stray} sleep" in reason and reason.endswith(f"[epilog job {job}]")
+        assert f"{stray} sleep" in reason and reason.endswith(
+            f"[epilog job {job} sev=high act=cleanup]"
+        )
         assert cluster.job_state(job) == "COMPLETED"
         assert cluster.node_state("n1")[0] == "idle"
     finally:

@@ -14,7 +14,10 @@ def test_fail_drains_with_our_reason_and_nonzero_exit():
     v = decide([PASS, FAIL], "prolog", "812", "pass")
     assert v.action is Action.DRAIN
     assert v.exit_code == EXIT_FAIL
-    assert v.reason == "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812]"
+    assert (
+        v.reason
+        == "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812]"
+    )
 
 
 def test_warn_never_blocks():
@@ -48,7 +51,7 @@ def test_several_failures_are_counted_in_the_reason():
     "hostile",
     [
         "line one\nline two\r\nthree",
-        'quote " and \' and `backtick` and $(reboot) ; rm -rf / | cat && x',
+        "quote \" and ' and `backtick` and $(reboot) ; rm -rf / | cat && x",
         "é unicode ✓ and \x00 nul and \x1b[31m escape",
         "x" * 5000,
     ],
@@ -69,6 +72,57 @@ def test_reason_round_trips():
     reason = format_reason([FAIL, ERROR], "health", None)
     parsed = parse_reason(reason)
     assert (parsed.check_id, parsed.component, parsed.more, parsed.context) == (
-        "gpu.remap", "gpu3", 1, "health")
+        "gpu.remap",
+        "gpu3",
+        1,
+        "health",
+    )
     assert parsed.message == "row remap pending (needs GPU reset)"
     assert parse_reason("Kernel panic, replaced DIMM") is None
+
+
+def test_most_severe_failure_leads_and_severity_and_remedy_round_trip():
+    from nodecheck.registry import all_checks, with_defaults
+
+    registry = all_checks()
+    disk = with_defaults(CheckResult("host.disk", Status.FAIL, "0.1 GiB free", "/tmp"), registry)
+    mounts = with_defaults(
+        CheckResult("host.mounts", Status.FAIL, "not mounted", "/home"), registry
+    )
+    assert (disk.severity, disk.remedy) == ("high", "cleanup")
+    reason = format_reason([disk, mounts], "prolog", "812")
+    assert reason == (
+        "nodecheck: host.mounts /home: not mounted (+1 more) "
+        "[prolog job 812 sev=critical act=admin]"
+    )
+    parsed = parse_reason(reason)
+    assert (parsed.phase, parsed.job_id, parsed.severity, parsed.remedy, parsed.more) == (
+        "prolog",
+        "812",
+        "critical",
+        "admin",
+        1,
+    )
+    own = CheckResult(
+        "gpu.remap",
+        Status.FAIL,
+        "row remap failure (needs RMA)",
+        "gpu3",
+        severity="critical",
+        remedy="replace",
+    )
+    assert with_defaults(own, registry) == own
+    back = parse_reason(format_reason([own], "health", None))
+    assert (back.phase, back.job_id, back.severity, back.remedy) == (
+        "health",
+        "",
+        "critical",
+        "replace",
+    )
+
+
+def test_internal_errors_get_low_severity_admin_remedy():
+    from nodecheck.registry import all_checks, with_defaults
+
+    err = with_defaults(CheckResult("host.mem", Status.ERROR, "internal error: x"), all_checks())
+    assert (err.severity, err.remedy) == ("low", "admin")
