@@ -1,0 +1,102 @@
+"""Drain circuit breaker: nodecheck stops draining when too much is already drained.
+
+A bad config push or a driver update can make every node fail at once. Before each
+drain, the node looks at what Slurm says (one `list_nodes` call, on the unhealthy path
+only): if nodecheck has already drained more than `breaker_max_share` of a partition this
+node belongs to, or `breaker_max_drains` nodes within `breaker_window_min` minutes, the
+breaker is open. nodecheck then does not drain; it logs loudly and the prolog still exits
+non-zero, so Slurm's own "Prolog error" drain keeps the job off the node and a human
+decides. Nodes drained that way are never resumed by nodecheck (the reason is not ours).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from nodecheck.slurm import NodeInfo
+
+
+@dataclass(frozen=True)
+class BreakerLimits:
+    max_share: float = 0.10  # of a partition, 0 disables the share limit
+    floor: int = 3  # nodecheck may always have this many nodes drained per partition
+    max_drains: int = 20  # within the window, across the cluster; 0 disables the rate limit
+    window_min: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_share > 0 or self.max_drains > 0
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    open: bool
+    why: str
+    partition: str = ""
+    drained: int = 0  # nodes drained by nodecheck in that partition, this one not counted
+    total: int = 0
+    recent: int = 0  # nodecheck drains within the window, cluster-wide
+
+
+def reason_epoch(when: str) -> float | None:
+    """Slurm prints reason times as local ISO time; pyslurm gives epoch seconds."""
+    if not when:
+        return None
+    if when.isdigit():
+        return float(when)
+    try:
+        return datetime.fromisoformat(when).timestamp()
+    except ValueError:
+        return None
+
+
+def evaluate(
+    nodes: Iterable[NodeInfo], node: str, limits: BreakerLimits, now: float | None = None
+) -> BreakerState:
+    """Would draining `node` now cross a limit? Pure: everything comes from `nodes`."""
+    nodes = list(nodes)
+    if not limits.enabled:
+        return BreakerState(False, "breaker disabled")
+    now = time.time() if now is None else now
+    ours = [n for n in nodes if n.drained_by_nodecheck and n.name != node]
+    if limits.max_drains > 0:
+        since = now - limits.window_min * 60
+        recent = sum(1 for n in ours if (reason_epoch(n.reason_time) or 0) >= since)
+        if recent + 1 > limits.max_drains:
+            why = (
+                f"{recent} nodes drained by nodecheck in the last {limits.window_min:g} min "
+                f"(limit {limits.max_drains})"
+            )
+            return BreakerState(True, why, recent=recent)
+    me = next((n for n in nodes if n.name == node), None)
+    partitions = me.partitions if me else ()
+    for part in partitions:
+        members = [n for n in nodes if part in n.partitions]
+        drained = sum(1 for n in ours if part in n.partitions)
+        allowed = max(limits.floor, math.floor(limits.max_share * len(members)))
+        if limits.max_share > 0 and drained + 1 > allowed:
+            why = (
+                f"partition {part}: {drained} of {len(members)} nodes already drained by "
+                f"nodecheck (limit {limits.max_share:.0%}, at least {limits.floor})"
+            )
+            return BreakerState(True, why, part, drained, len(members))
+    return BreakerState(False, "within limits")
+
+
+def partition_status(nodes: Iterable[NodeInfo], limits: BreakerLimits) -> list[BreakerState]:
+    """Per partition: how close nodecheck's drains are to the share limit (for the report)."""
+    nodes = list(nodes)
+    parts = sorted({p for n in nodes for p in n.partitions})
+    out = []
+    for part in parts:
+        members = [n for n in nodes if part in n.partitions]
+        drained = sum(1 for n in members if n.drained_by_nodecheck)
+        allowed = max(limits.floor, math.floor(limits.max_share * len(members)))
+        full = limits.max_share > 0 and drained >= allowed
+        why = f"{drained}/{len(members)} drained by nodecheck, breaker opens above {allowed}"
+        out.append(BreakerState(full, why, part, drained, len(members)))
+    return out
