@@ -277,6 +277,8 @@ speed = 200000
     assert node.settings.sysfs_root == tmp_path
     assert node.checks["ib.port"].options["ports"] == ["mlx5_0/1", "mlx5_1/1"]
     assert node.checks["ib.counters"].options["fail_rise"] == {"link_downed": 0, "symbol_error": 50}
+    assert node.checks["fabric.peers"].enabled is False
+    assert node.checks["fabric.peers"].phases == frozenset({"prolog"})
     with pytest.raises(ConfigError, match="link_downed"):
         parse_config(
             tomllib.loads('[checks."ib.counters"]\nfail_rise = { link_downed = "many" }'),
