@@ -1,0 +1,159 @@
+"""Fixtures for the Slurm backend contract: every backend present x the Slurm found here.
+
+Standard library + pytest only, and nothing from nodecheck beyond nodecheck.slurm: the same
+files run on the host (Debian 12, Slurm 22.05) in `make test` and inside the Debian sid root
+(Slurm 26.05, pyslurm) from tools/pyslurm-sid/run-tests.sh.
+
+Environment:
+  NODECHECK_SLURM_SBIN / NODECHECK_SLURM_BIN   where slurmctld/slurmd/munged and the clients are
+  NODECHECK_REQUIRE_SLURM=1     fail instead of skip when no cluster can be started (CI)
+  NODECHECK_REQUIRE_PYSLURM=1   fail instead of skip when pyslurm is unusable (sid root)
+  NODECHECK_CONTRACT_STATE_DIR  fixed state dir for the cluster, so a wrapper script can stop
+                                it by its recorded PIDs whatever happens to pytest
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+SLURM_SBIN = Path(os.environ.get("NODECHECK_SLURM_SBIN", "/usr/sbin"))
+SLURM_BIN = Path(os.environ.get("NODECHECK_SLURM_BIN", "/usr/bin"))
+SCONTROL = SLURM_BIN / "scontrol"
+
+
+def _load_testcluster():
+    """tools/ is not a package: load tools/testcluster.py as module `testcluster`."""
+    if "testcluster" in sys.modules:
+        return sys.modules["testcluster"]
+    spec = importlib.util.spec_from_file_location(
+        "testcluster", REPO_ROOT / "tools" / "testcluster.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["testcluster"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+testcluster = _load_testcluster()
+TestCluster = testcluster.TestCluster
+
+
+def slurm_series() -> str:
+    """Slurm major.minor running here, e.g. "22.05": `slurmctld -V` (needs no slurm.conf,
+    unlike 22.05's `scontrol --version`), else `scontrol --version`, else "?"."""
+    try:
+        major, minor, _ = testcluster.slurm_version(SLURM_SBIN)
+        return f"{major}.{minor:02d}"
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(
+            [str(SCONTROL), "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except OSError:
+        return "?"
+    match = re.search(r"(\d+)\.(\d+)\.\d+", out)
+    return f"{match[1]}.{match[2]}" if match else "?"
+
+
+def pyslurm_problem() -> str | None:
+    from nodecheck.slurm.pyslurm_backend import pyslurm_unusable_reason
+
+    return pyslurm_unusable_reason()
+
+
+SLURM_SERIES = slurm_series()
+PYSLURM_PROBLEM = pyslurm_problem()
+# The backends this machine can exercise: scontrol always, pyslurm when it is usable here.
+BACKENDS = ["scontrol"] + (["pyslurm"] if PYSLURM_PROBLEM is None else [])
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") == "1"
+
+
+def skip_or_fail(reason: str, require_var: str = "NODECHECK_REQUIRE_SLURM") -> None:
+    if _flag(require_var):
+        pytest.fail(f"{reason} ({require_var}=1, so not skipping)", pytrace=False)
+    pytest.skip(reason)
+
+
+def slurm_unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "contract tests need root (the test Slurm cluster runs its daemons as root)"
+    needed = [SLURM_SBIN / "slurmctld", SLURM_SBIN / "slurmd", SLURM_SBIN / "munged"]
+    needed += [SLURM_BIN / name for name in ("sbatch", "scontrol", "sinfo", "squeue", "scancel")]
+    missing = [str(p) for p in needed if not os.access(p, os.X_OK)]
+    if missing:
+        return f"Slurm/munge binaries missing: {', '.join(missing)}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "backend_name", BACKENDS, ids=[f"{b}-slurm{SLURM_SERIES}" for b in BACKENDS]
+        )
+
+
+@pytest.fixture(scope="session")
+def contract_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """A plain 2-node cluster (n1, n2; no Prolog/Epilog), shared by every contract test."""
+    reason = slurm_unavailable_reason()
+    if reason:
+        skip_or_fail(reason)
+    fixed = os.environ.get("NODECHECK_CONTRACT_STATE_DIR")
+    state_dir = Path(fixed) if fixed else tmp_path_factory.mktemp("contract-slurm")
+    cluster = TestCluster(state_dir=state_dir, nodes=2, sbin=SLURM_SBIN, bin=SLURM_BIN)
+    cluster.start()  # stops what it started itself if it fails
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(contract_cluster: TestCluster) -> TestCluster:
+    """The session cluster, reset first: no jobs, every node IDLE, no reason left."""
+    contract_cluster.reset()
+    return contract_cluster
+
+
+@pytest.fixture(scope="session")
+def scontrol_path() -> str:
+    return str(SCONTROL)
+
+
+@pytest.fixture(scope="session")
+def pyslurm_problem() -> str | None:
+    """Why pyslurm is not exercised here, or None when it is."""
+    return PYSLURM_PROBLEM
+
+
+@pytest.fixture
+def backend(backend_name: str, cluster: TestCluster):
+    from nodecheck.slurm import select_backend
+
+    choice = select_backend(
+        preference=backend_name, scontrol_path=str(SCONTROL), slurm_conf=str(cluster.conf_path)
+    )
+    assert choice.backend.name == backend_name, choice.why
+    return choice.backend
