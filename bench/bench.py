@@ -1,0 +1,371 @@
+#!/usr/bin/env python3
+"""Job-start overhead of nodecheck: figures, never pass/fail.
+
+What it measures, on a fixture node (8 replayed H100s, 8 InfiniBand ports in a fake sysfs
+tree, the host checks), with every run in a clean environment the way slurmd starts a
+Prolog (SLURMD_NODENAME, SLURM_JOB_ID, NODECHECK_CONFIG, no PATH):
+
+* wall time, start of the process to its exit, of
+    - a bare interpreter start (`python -I -c pass`, the same python the prolog uses),
+    - the healthy prolog (`prolog/nodecheck-prolog`, what Slurm runs, and
+      `python -I -m nodecheck hook prolog` without the sh entrypoint),
+    - the prolog with one failing check (one IB port down: drain + exit 1);
+  rounds interleave the variants so background load hits all of them alike;
+* peak RSS from wait4() (the figure `/usr/bin/time -f %M` prints): the largest resident
+  set of any single process of the tree, the forked probe children included (Linux folds
+  reaped descendants into the child's ru_maxrss). It is not the sum over processes;
+* Slurm calls, counted by a recording fake scontrol (`scontrol = ...` in the config);
+* import times (`python -X importtime`, median of several runs): the top entries and
+  every nodecheck module.
+
+Usage: bench/bench.py [--runs N] [--warmup N] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures.sysfs import healthy_node  # noqa: E402
+
+PROLOG = REPO / "prolog" / "nodecheck-prolog"
+NVML_FIXTURE = REPO / "tests" / "fixtures" / "nvml" / "h100-healthy.json"
+PORTS = [f"mlx5_{i}/1" for i in range(8)]
+NDR = "400 Gb/sec (4X NDR)"
+
+
+def venv_python() -> Path:
+    """The python the entrypoint uses: the checkout's .venv, else this interpreter."""
+    candidate = REPO / ".venv" / "bin" / "python3"
+    return candidate if os.access(candidate, os.X_OK) else Path(sys.executable)
+
+
+def registered_checks(python: Path) -> list[str]:
+    out = subprocess.run(
+        [
+            str(python),
+            "-I",
+            "-c",
+            "from nodecheck.registry import all_checks; print(' '.join(all_checks()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    return out.stdout.split()
+
+
+def write_config(work: Path, name: str, sysfs: Path, checks: list[str], scontrol: Path) -> Path:
+    lines = [
+        f'log_file = "{work}/{name}.log"',
+        f'state_dir = "{work}/state-{name}"',
+        f'killswitch_file = "{work}/disabled"',
+        f'scontrol = "{scontrol}"',
+        'slurm_backend = "scontrol"',
+        "drain_attempts = 1",
+        f'sysfs_root = "{sysfs}"',
+        f'nvml = "replay:{NVML_FIXTURE}"',
+        '[checks."host.disk"]',
+        'min_free_gib = { "/tmp" = 0.01 }',
+        '[checks."host.mounts"]',
+        'required = ["/"]',
+    ]
+    if "ib.port" in checks:
+        lines += [
+            '[checks."ib.port"]',
+            f"ports = {PORTS!r}".replace("'", '"'),
+            f'rate = "{NDR}"',
+            'link_layer = "InfiniBand"',
+        ]
+    if "net.link" in checks:
+        lines += ['[checks."net.link"]', 'devices = ["eno1"]']
+    if "gpu.count" in checks:
+        lines += ['[checks."gpu.count"]', "expected = 8"]
+    path = work / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o644)
+    return path
+
+
+def fake_scontrol(work: Path) -> tuple[Path, Path]:
+    """Records each call; answers `show node` with an idle node, accepts updates."""
+    calls = work / "scontrol-calls"
+    script = work / "scontrol"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'if [ "$1" = show ]; then\n'
+        '  echo "NodeName=$3 Arch=x86_64 CoresPerSocket=1"\n'
+        '  echo "   State=IDLE ThreadsPerCore=1"\n'
+        '  echo "   Partitions=debug"\n'
+        "fi\n"
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+    return script, calls
+
+
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS in KiB of the tree as wait4 reports it, exit code)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss, proc.returncode
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, round(p * (len(ordered) - 1))))]
+
+    return {
+        "median": statistics.median(ordered),
+        "p10": pct(0.10),
+        "p90": pct(0.90),
+        "min": ordered[0],
+        "stdev": statistics.stdev(ordered) if len(ordered) > 1 else 0.0,
+    }
+
+
+def import_times(python: Path, env: dict[str, str], runs: int) -> dict[str, tuple[float, float]]:
+    """module -> (median self us, median cumulative us) over `runs` runs of the prolog."""
+    samples: dict[str, list[tuple[int, int]]] = {}
+    for _ in range(runs):
+        out = subprocess.run(
+            [str(python), "-I", "-X", "importtime", "-m", "nodecheck", "hook", "prolog"],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in out.stderr.splitlines():
+            if not line.startswith("import time:") or "self [us]" in line:
+                continue
+            head, cum_us, name = line.split("|", 2)
+            self_us = head.split(":", 1)[1]
+            samples.setdefault(name.rstrip(), []).append((int(self_us), int(cum_us)))
+    return {
+        name: (
+            statistics.median(s for s, _ in vals),
+            statistics.median(c for _, c in vals),
+        )
+        for name, vals in samples.items()
+    }
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{platform.node()}: nproc {os.cpu_count()}, {model}, {platform.system()} "
+        f"{platform.release()}, load average {load}"
+    )
+
+
+def fmt_ms(s: dict[str, float]) -> str:
+    return (
+        f"median {s['median'] * 1000:6.1f} ms  p10 {s['p10'] * 1000:6.1f}  "
+        f"p90 {s['p90'] * 1000:6.1f}  stdev {s['stdev'] * 1000:5.1f}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30, help="measured rounds (default 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured rounds first")
+    parser.add_argument("--import-runs", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep the work dir")
+    args = parser.parse_args()
+
+    python = venv_python()
+    work = Path(tempfile.mkdtemp(prefix="nodecheck-bench-"))
+    work.chmod(0o755)
+    try:
+        checks = registered_checks(python)
+        healthy_node(work / "sys-healthy", hcas=8)
+        broken = healthy_node(work / "sys-broken", hcas=8)
+        broken.set_port("mlx5_3", 1, state=1, phys_state=3)
+        scontrol, calls = fake_scontrol(work)
+        cfg_ok = write_config(work, "healthy", work / "sys-healthy", checks, scontrol)
+        cfg_bad = write_config(work, "failing", work / "sys-broken", checks, scontrol)
+
+        def env(cfg: Path) -> dict[str, str]:
+            return {
+                "SLURMD_NODENAME": "n1",
+                "SLURM_JOB_ID": "4242",
+                "SLURM_JOB_USER": "alice",
+                "SLURM_JOB_UID": "1000",
+                "SLURM_SCRIPT_CONTEXT": "prolog_slurmd",
+                "NODECHECK_PYTHON": str(python),
+                "NODECHECK_CONFIG": str(cfg),
+            }
+
+        variants = {
+            "bare": ([str(python), "-I", "-c", "pass"], {}),
+            "bare_system": (["/usr/bin/python3", "-I", "-c", "pass"], {}),
+            "structlog_only": ([str(python), "-I", "-c", "import structlog"], {}),
+            "healthy": ([str(PROLOG)], env(cfg_ok)),
+            "healthy_module": (
+                [str(python), "-I", "-m", "nodecheck", "hook", "prolog"],
+                env(cfg_ok),
+            ),
+            "failing": ([str(PROLOG)], env(cfg_bad)),
+        }
+        if not os.access("/usr/bin/python3", os.X_OK):
+            del variants["bare_system"]
+        walls: dict[str, list[float]] = {k: [] for k in variants}
+        rss: dict[str, list[int]] = {k: [] for k in variants}
+        codes: dict[str, set[int]] = {k: set() for k in variants}
+        calls_after: dict[str, int] = {}
+        for round_no in range(args.warmup + args.runs):
+            for name, (argv, environ) in variants.items():
+                before = len(calls.read_text().splitlines()) if calls.exists() else 0
+                wall, maxrss, code = timed(argv, environ)
+                after = len(calls.read_text().splitlines()) if calls.exists() else 0
+                calls_after[name] = calls_after.get(name, 0) + (after - before)
+                if round_no < args.warmup:
+                    continue
+                walls[name].append(wall)
+                rss[name].append(maxrss)
+                codes[name].add(code)
+        total_rounds = args.warmup + args.runs
+
+        verdicts = {}
+        for name in ("healthy", "failing"):
+            import json
+
+            for line in (work / f"{name}.log").read_text().splitlines():
+                event = json.loads(line)
+                if event.get("event") == "verdict":
+                    verdicts[name] = event
+        results_per_status: dict[str, int] = {}
+        for line in (work / "healthy.log").read_text().splitlines():
+            event = json.loads(line)
+            if event.get("event") == "check_result":
+                results_per_status[event["status"]] = results_per_status.get(event["status"], 0) + 1
+
+        stats = {k: summary(v) for k, v in walls.items()}
+        bare = stats["bare"]["median"]
+        print("nodecheck bench (figures only; lower is better)")
+        print(f"machine: {machine()}")
+        print(f"python:  {python} ({platform.python_version()})")
+        families = {c.split(".")[0] for c in checks}
+        print(f"checks registered: {len(checks)} ({', '.join(sorted(families))})")
+        hv = verdicts.get("healthy", {})
+        print(
+            f"fixture: 8 replayed GPUs ({NVML_FIXTURE.name}), 8 IB ports (fake sysfs), "
+            f"healthy verdict {hv.get('status')} with {hv.get('checks')} checks, "
+            f"results per status {dict(sorted(results_per_status.items()))}"
+        )
+        fv = verdicts.get("failing", {})
+        print(f"failing variant: reason {fv.get('reason')!r}, action {fv.get('action')!r}")
+        print(f"rounds: {args.warmup} warm-up + {args.runs} measured, variants interleaved")
+        print()
+        print("wall time, process start to exit:")
+        labels = {
+            "bare": "bare `python -I -c pass` (venv)",
+            "bare_system": "bare `/usr/bin/python3 -I -c pass`",
+            "structlog_only": "`python -I -c 'import structlog'`",
+            "healthy": "healthy prolog (entrypoint)",
+            "healthy_module": "healthy `python -I -m nodecheck hook prolog`",
+            "failing": "one failing check (drain, exit 1)",
+        }
+        for name, label in labels.items():
+            if name not in stats:
+                continue
+            ratio = stats[name]["median"] / bare
+            print(f"  {label:<46} {fmt_ms(stats[name])}  = {ratio:4.1f}x bare")
+        print()
+        print("peak RSS (wait4 ru_maxrss: largest single process of the tree, children included):")
+        for name, label in labels.items():
+            if name not in rss:
+                continue
+            values = sorted(rss[name])
+            print(
+                f"  {label:<46} median {statistics.median(values) / 1024:5.1f} MB  "
+                f"max {values[-1] / 1024:5.1f} MB"
+            )
+        print()
+        print("exit codes seen:", {k: sorted(v) for k, v in codes.items()})
+        print("Slurm calls (recording scontrol), per run:")
+        for name in ("healthy", "healthy_module", "failing"):
+            per_run = calls_after.get(name, 0) / total_rounds
+            print(f"  {labels[name]:<46} {per_run:g}")
+        if calls.exists():
+            kinds = sorted({" ".join(line.split()[:2]) for line in calls.read_text().splitlines()})
+            print(f"  calls seen: {kinds}")
+        print()
+        headline = stats["healthy"]["median"] / bare
+        print(
+            f"HEADLINE: healthy prolog {stats['healthy']['median'] * 1000:.1f} ms = "
+            f"{headline:.1f}x bare start ({bare * 1000:.1f} ms); peak RSS "
+            f"{statistics.median(rss['healthy']) / 1024:.1f} MB; Slurm calls on the healthy "
+            f"path {calls_after.get('healthy', 0) + calls_after.get('healthy_module', 0)}"
+        )
+        print()
+        imports = import_times(python, env(cfg_ok), args.import_runs)
+        print(f"import time, healthy prolog (median of {args.import_runs} runs, microseconds):")
+        print("  top 15 by cumulative time:")
+        top = sorted(imports.items(), key=lambda kv: -kv[1][1])[:15]
+        for name, (self_us, cum_us) in top:
+            print(f"    {cum_us:8.0f} cum {self_us:7.0f} self  {name}")
+        ours = sorted(
+            (kv for kv in imports.items() if kv[0].strip().startswith("nodecheck")),
+            key=lambda kv: -kv[1][1],
+        )
+        print("  nodecheck modules:")
+        for name, (self_us, cum_us) in ours:
+            print(f"    {cum_us:8.0f} cum {self_us:7.0f} self  {name.strip()}")
+        heavy = (
+            "pynvml",
+            "psutil",
+            "sqlite3",
+            "prometheus_client",
+            "pyslurm",
+            "nodecheck.slurm",
+            "nodecheck.actions",
+            "subprocess",
+            "asyncio",
+        )
+        loaded = [h for h in heavy if any(n.strip() == h for n in imports)]
+        print(f"  heavy modules loaded in the parent: {loaded or 'none'}")
+    finally:
+        if args.keep:
+            print(f"work dir kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
