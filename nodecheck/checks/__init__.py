@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("host", "fabric")
+FAMILIES = ("host", "fabric", "gpu")
 
 
 def load_families() -> None:

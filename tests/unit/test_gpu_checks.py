@@ -1,0 +1,578 @@
+"""Every gpu.* NVML check against the replay fixtures: status, component and message."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import make_ctx, options_of
+
+from nodecheck import nvml
+from nodecheck.checks import gpu  # noqa: F401  (registers the gpu family)
+from nodecheck.context import JobInfo
+from nodecheck.registry import all_checks
+from nodecheck.results import Status
+
+REGISTRY = all_checks()
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
+NVML_CHECKS = sorted(c for c in REGISTRY if c.startswith("gpu.") and c != "gpu.xid")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    nvml.clear_cache()
+    yield
+    nvml.clear_cache()
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    return tmp_path / "state"
+
+
+def run(check_id, fixture, phase="prolog", job=None, state_dir=None, **options):
+    chk = REGISTRY[check_id]
+    source = fixture if str(fixture).startswith("replay:") else f"replay:{FIXTURES / fixture}"
+    ctx = make_ctx(
+        phase=phase,
+        options=options_of(chk, **options),
+        job=job,
+        nvml=source,
+        state_dir=state_dir or Path("/nonexistent-state"),
+    )
+    return list(chk.func(ctx))
+
+
+def problems(results):
+    return [(r.status, r.component, r.message) for r in results if r.status is not Status.PASS]
+
+
+def only(results, status=Status.PASS):
+    assert [r.status for r in results] == [status], [(r.status, r.message) for r in results]
+    return results[0]
+
+
+def test_family_is_registered_in_group_gpu():
+    assert "gpu.count" in REGISTRY and "gpu.xid" in REGISTRY
+    for cid in NVML_CHECKS:
+        assert REGISTRY[cid].group == "gpu", cid
+    assert REGISTRY["gpu.xid"].group is None  # must work while NVML hangs
+    assert REGISTRY["gpu.idle"].phases == frozenset({"epilog"})
+    assert "epilog" not in REGISTRY["gpu.thermal"].phases
+
+
+@pytest.mark.parametrize("check_id", NVML_CHECKS)
+def test_healthy_h100_node_passes_everything(check_id, state_dir):
+    results = run(
+        check_id,
+        "h100-healthy.json",
+        phase="epilog",
+        state_dir=state_dir,
+        **({"settle_s": 0} if check_id == "gpu.idle" else {}),
+    )
+    assert problems(results) == []
+    assert results, check_id
+
+
+def test_passes_fold_into_one_result_naming_the_gpus():
+    [r] = run("gpu.remap", "h100-healthy.json")
+    assert r.component == "gpu0-7" and r.message == "8 GPUs: no row remap pending"
+    assert set(r.values) == {f"gpu{i}" for i in range(8)}
+    [r] = run("gpu.thermal", "h100-healthy.json")
+    assert r.message == "8 GPUs: 31-34C at idle"
+
+
+# --- gpu.count ------------------------------------------------------------------------
+
+
+def test_count_pass():
+    r = only(run("gpu.count", "h100-healthy.json", expected=8))
+    assert r.message == "8 GPUs visible" and r.values["visible"] == 8
+
+
+def test_count_missing_gpu_names_the_bus_id():
+    ids = [g.pci_bus_id for g in nvml.get_snapshot(f"replay:{FIXTURES / 'h100-healthy.json'}").gpus]
+    r = only(run("gpu.count", "h100-missing-gpu.json", expected=8, pci_bus_ids=ids), Status.FAIL)
+    assert r.component == "node"
+    assert r.message == "7 GPUs visible (expected 8); missing 00000000:DB:00.0"
+
+
+def test_count_missing_gpu_without_bus_ids():
+    r = only(run("gpu.count", "h100-missing-gpu.json", expected=8), Status.FAIL)
+    assert r.message == "7 GPUs visible (expected 8)"
+
+
+def test_count_more_than_expected_warns():
+    r = only(run("gpu.count", "h100-healthy.json", expected=4), Status.WARN)
+    assert r.message.startswith("8 GPUs visible (expected 4")
+
+
+def test_count_lost_gpu_fails_naming_it():
+    r = only(run("gpu.count", "h100-lost-gpu.json", expected=8), Status.FAIL)
+    assert r.component == "gpu3"
+    assert r.message == "GPU lost (NVML_ERROR_GPU_IS_LOST): reboot the node"
+    assert r.values["nvml_code"] == 15
+
+
+def test_count_ignores_only_job_gpus():
+    job = JobInfo(job_id="812", gpus=(0, 1))
+    r = only(run("gpu.count", "h100-lost-gpu.json", job=job, expected=8), Status.FAIL)
+    assert r.component == "gpu3"
+
+
+@pytest.mark.parametrize(
+    ("expected", "status", "message"),
+    [
+        (
+            None,
+            Status.SKIP,
+            "NVML unavailable: NVML Shared Library Not Found "
+            "(NVML_ERROR_LIBRARY_NOT_FOUND); no GPUs expected (gpu.count expected not set)",
+        ),
+        (
+            0,
+            Status.SKIP,
+            "no GPUs expected; NVML unavailable: NVML Shared Library Not Found "
+            "(NVML_ERROR_LIBRARY_NOT_FOUND)",
+        ),
+        (
+            8,
+            Status.FAIL,
+            "NVML unavailable: NVML Shared Library Not Found "
+            "(NVML_ERROR_LIBRARY_NOT_FOUND) (expected 8 GPUs)",
+        ),
+    ],
+)
+def test_count_without_nvml(expected, status, message):
+    r = only(run("gpu.count", "no-nvml.json", expected=expected), status)
+    assert r.message == message and r.component == "node"
+
+
+def test_count_driver_mismatch_fails_even_when_not_pinned():
+    r = only(run("gpu.count", "nvml-driver-mismatch.json"), Status.FAIL)
+    assert r.message == (
+        "NVML unavailable: RM has detected an NVML/RM version mismatch. "
+        "(NVML_ERROR_LIB_RM_VERSION_MISMATCH)"
+    )
+
+
+@pytest.mark.parametrize("check_id", [c for c in NVML_CHECKS if c != "gpu.count"])
+@pytest.mark.parametrize("fixture", ["no-nvml.json", "nvml-driver-mismatch.json"])
+def test_other_checks_skip_when_nvml_is_unavailable(check_id, fixture):
+    r = only(
+        run(check_id, fixture, settle_s=0) if check_id == "gpu.idle" else run(check_id, fixture),
+        Status.SKIP,
+    )
+    assert r.message.startswith("NVML unavailable: ") and r.component == "node"
+
+
+@pytest.mark.parametrize(
+    "check_id", [c for c in NVML_CHECKS if c not in ("gpu.count", "gpu.driver")]
+)
+def test_lost_gpu_fails_every_per_gpu_check(check_id, state_dir):
+    results = run(
+        check_id,
+        "h100-lost-gpu.json",
+        phase="epilog",
+        state_dir=state_dir,
+        **({"settle_s": 0} if check_id == "gpu.idle" else {}),
+    )
+    assert problems(results) == [
+        (Status.FAIL, "gpu3", "GPU lost (NVML_ERROR_GPU_IS_LOST): reboot the node")
+    ]
+
+
+# --- gpu.model / gpu.driver -----------------------------------------------------------
+
+
+def test_model_pinned():
+    r = only(run("gpu.model", "h100-healthy.json", name="NVIDIA H100*"))
+    assert r.message == "8 GPUs: NVIDIA H100 80GB HBM3"
+    results = run("gpu.model", "v100-retired-pages.json", name="NVIDIA H100 80GB HBM3")
+    assert problems(results)[0] == (
+        Status.FAIL,
+        "gpu0",
+        "model Tesla V100-PCIE-32GB (expected NVIDIA H100 80GB HBM3)",
+    )
+    assert len(problems(results)) == 4
+
+
+def test_driver_pinned_versions():
+    assert (
+        only(
+            run(
+                "gpu.driver",
+                "h100-healthy.json",
+                driver_version="550.90.07",
+                cuda_driver_version="12.4",
+            )
+        ).message
+        == "driver 550.90.07, CUDA 12.4"
+    )
+    r = only(run("gpu.driver", "v100-retired-pages.json", driver_version="550.90.07"), Status.FAIL)
+    assert r.message == "driver 535.183.01 (expected 550.90.07)" and r.component == "node"
+    r = only(run("gpu.driver", "v100-retired-pages.json", cuda_driver_version=12040), Status.FAIL)
+    assert r.message == "CUDA driver 12.2 (expected 12.4)"
+    assert only(
+        run("gpu.driver", "h100-healthy.json", driver_version="550.*", cuda_driver_version="12040")
+    )
+
+
+# --- gpu.ecc / gpu.remap --------------------------------------------------------------
+
+
+def test_ecc_volatile_dbe_fails():
+    results = run("gpu.ecc", "h100-dbe.json")
+    assert problems(results) == [
+        (
+            Status.FAIL,
+            "gpu5",
+            "2 uncorrectable ECC errors since last reset (volatile DBE): reset GPU",
+        )
+    ]
+    assert results[0].values["volatile_uncorrected"] == 2
+
+
+def test_ecc_aggregate_threshold():
+    assert problems(run("gpu.ecc", "h100-remap-failure.json")) == []  # unset: not checked
+    results = run("gpu.ecc", "h100-remap-failure.json", max_aggregate_uncorrected=4)
+    assert problems(results) == [
+        (
+            Status.FAIL,
+            "gpu6",
+            "9 uncorrectable ECC errors lifetime (limit 4): RMA candidate",
+        )
+    ]
+
+
+def test_ecc_disabled(tmp_path):
+    path = _edit(tmp_path, "h100-healthy.json", 1, ecc_mode_current=False, ecc_mode_pending=False)
+    assert problems(run("gpu.ecc", path)) == [
+        (Status.FAIL, "gpu1", "ECC disabled: enable with nvidia-smi -e 1 and reset")
+    ]
+    assert problems(run("gpu.ecc", path, require_enabled=False)) == []
+
+
+def test_remap_pending():
+    results = run("gpu.remap", "h100-remap-pending.json")
+    assert problems(results) == [(Status.FAIL, "gpu3", "row remap pending (needs GPU reset)")]
+    assert results[0].values == {"corr_rows": 1, "unc_rows": 0, "pending": True, "failure": False}
+
+
+def test_remap_failure():
+    assert problems(run("gpu.remap", "h100-remap-failure.json")) == [
+        (Status.FAIL, "gpu6", "row remap failure (needs RMA)")
+    ]
+
+
+def test_retired_pages_on_parts_without_remapping():
+    assert problems(run("gpu.remap", "v100-retired-pages.json")) == [
+        (Status.FAIL, "gpu1", "page retirement pending (needs GPU reset)")
+    ]
+    r = run(
+        "gpu.remap",
+        "v100-retired-pages.json",
+        only_job_gpus=True,
+        job=JobInfo(job_id="9", gpus=(0, 2)),
+    )
+    assert only(r).message == "2 GPUs: 0 retired pages, none pending"
+    assert only(r).component == "gpu0,2"
+
+
+def test_retired_pages_limit(tmp_path):
+    path = _edit(tmp_path, "v100-retired-pages.json", 2, retired_pages_sbe=40, retired_pages_dbe=22)
+    assert (Status.FAIL, "gpu2", "62 retired pages (limit 60): RMA candidate") in problems(
+        run("gpu.remap", path)
+    )
+
+
+def test_remap_unknown_error_fails_and_permission_error_is_ours(tmp_path):
+    path = _edit(
+        tmp_path,
+        "h100-healthy.json",
+        4,
+        remapped_rows=None,
+        errors={"remapped_rows": {"code": 999}},
+    )
+    assert problems(run("gpu.remap", path)) == [
+        (Status.FAIL, "gpu4", "cannot read remapped rows: Unknown Error (NVML_ERROR_UNKNOWN)")
+    ]
+    path = _edit(
+        tmp_path, "h100-healthy.json", 4, remapped_rows=None, errors={"remapped_rows": {"code": 4}}
+    )
+    [(status, component, _)] = problems(run("gpu.remap", path))
+    assert (status, component) == (Status.ERROR, "gpu4")
+
+
+# --- gpu.pcie -------------------------------------------------------------------------
+
+
+def test_pcie_x8():
+    assert problems(run("gpu.pcie", "h100-pcie-x8.json")) == [
+        (Status.FAIL, "gpu2", "PCIe x8 (expected x16)")
+    ]
+
+
+def test_pcie_expected_width_and_gen(tmp_path):
+    assert problems(run("gpu.pcie", "h100-healthy.json", expected_width=16)) == []
+    idle = _edit(tmp_path, "h100-healthy.json", 0, pcie_gen_current=1)
+    assert problems(run("gpu.pcie", idle)) == []  # gen drops at idle: not judged by default
+    assert problems(run("gpu.pcie", idle, check_gen=True)) == [
+        (Status.FAIL, "gpu0", "PCIe gen1 (expected gen5)")
+    ]
+    assert problems(run("gpu.pcie", idle, expected_gen=4))[0][2] == "PCIe gen1 (expected gen4)"
+
+
+# --- gpu.nvlink -----------------------------------------------------------------------
+
+
+def test_nvlink_down(state_dir):
+    results = run("gpu.nvlink", "h100-nvlink-down.json", state_dir=state_dir)
+    assert problems(results) == [(Status.FAIL, "gpu4", "NVLink 7 down (17/18 active)")]
+    results = run("gpu.nvlink", "h100-nvlink-down.json", state_dir=state_dir, expected_active=18)
+    assert problems(results) == [(Status.FAIL, "gpu4", "17 NVLinks active (expected 18); down: 7")]
+
+
+def test_nvlink_not_supported(state_dir):
+    results = run("gpu.nvlink", "v100-retired-pages.json", state_dir=state_dir)
+    assert {(r.status, r.message) for r in results} == {(Status.SKIP, "no NVLink on this GPU")}
+    results = run("gpu.nvlink", "v100-retired-pages.json", state_dir=state_dir, expected_active=6)
+    assert problems(results)[0] == (Status.FAIL, "gpu0", "no NVLink (expected 6 active links)")
+
+
+def test_nvlink_counters_rising_between_runs(tmp_path, state_dir):
+    path = tmp_path / "node.json"
+    shutil.copy(FIXTURES / "h100-healthy.json", path)
+    assert problems(run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)) == []
+    # same readings again: nothing rose
+    nvml.clear_cache()
+    assert problems(run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)) == []
+    data = json.loads(path.read_text())
+    counters = data["gpus"][6]["nvlinks"][11]["counters"]
+    counters["recovery"] += 3
+    counters["replay"] += 50  # under its allowance of 100
+    path.write_text(json.dumps(data))
+    nvml.clear_cache()
+    results = run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)
+    assert problems(results) == [
+        (Status.FAIL, "gpu6", "NVLink 11 recovery errors +3 since last run")
+    ]
+    assert results[0].values["rises"] == ["link11 recovery +3", "link11 replay +50"]
+    # reported once: the next run compares with the new reading
+    nvml.clear_cache()
+    assert problems(run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)) == []
+    # a counter reset (driver reload) is a new baseline, not a rise
+    counters["recovery"] = 0
+    path.write_text(json.dumps(data))
+    nvml.clear_cache()
+    assert problems(run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)) == []
+
+
+def test_nvlink_state_trouble_still_reports_links(tmp_path):
+    bad = tmp_path / "file-not-dir"
+    bad.write_text("x")
+    results = run("gpu.nvlink", "h100-nvlink-down.json", state_dir=bad)
+    assert (Status.FAIL, "gpu4", "NVLink 7 down (17/18 active)") in problems(results)
+    assert any(r.status is Status.ERROR and "state unavailable" in r.message for r in results)
+
+
+# --- gpu.clocks / gpu.thermal / gpu.power ---------------------------------------------
+
+
+def test_clocks_hw_slowdown_at_idle():
+    assert problems(run("gpu.clocks", "h100-hw-slowdown.json")) == [
+        (Status.FAIL, "gpu1", "HW slowdown active at idle (clocks event reasons 0x9)")
+    ]
+
+
+def test_clocks_sw_thermal_warns_and_busy_gpu_is_not_judged():
+    assert problems(run("gpu.clocks", "h100-hot-idle.json")) == [
+        (Status.WARN, "gpu7", "SW thermal slowdown active at idle (clocks event reasons 0x20)")
+    ]
+    assert problems(run("gpu.clocks", "h100-leftover-process.json")) == [
+        (Status.SKIP, "gpu0", "GPU busy (1 process): clocks not judged")
+    ]
+
+
+def test_clocks_unknown_reason_is_a_config_error():
+    with pytest.raises(ValueError, match="unknown clock event reasons"):
+        run("gpu.clocks", "h100-healthy.json", fail_reasons=["hw_slowdwn"])
+
+
+def test_thermal_and_power_at_idle():
+    assert problems(run("gpu.thermal", "h100-hot-idle.json")) == [
+        (Status.FAIL, "gpu7", "88C at idle (limit 80C)")
+    ]
+    assert problems(run("gpu.thermal", "h100-healthy.json", warn_temp_c=32)) == [
+        (Status.WARN, f"gpu{i}", f"{t}C at idle (warn 32C)")
+        for i, t in enumerate([31, 32, 33, 34, 31, 32, 33, 34])
+        if t > 32
+    ]
+    assert problems(run("gpu.power", "h100-hot-idle.json")) == [
+        (Status.FAIL, "gpu7", "drawing 412W at idle (max 350W)")
+    ]
+    assert problems(run("gpu.power", "h100-healthy.json", max_idle_w=75))[0] == (
+        Status.FAIL,
+        "gpu5",
+        "drawing 76W at idle (max 75W)",
+    )
+
+
+def test_power_limit_below_expected(tmp_path):
+    path = _edit(tmp_path, "h100-healthy.json", 2, power_limit_mw=500000)
+    assert problems(run("gpu.power", path, expected_limit_w=700)) == [
+        (Status.FAIL, "gpu2", "power limit 500W (expected 700W)")
+    ]
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+def test_persistence_mig_compute_mode_as_expected(tmp_path):
+    path = _edit(
+        tmp_path,
+        "h100-healthy.json",
+        5,
+        persistence_mode=False,
+        compute_mode=3,
+        mig_mode_current=True,
+        mig_mode_pending=True,
+    )
+    assert problems(run("gpu.persistence", path)) == [
+        (Status.FAIL, "gpu5", "persistence mode off (expected on); start nvidia-persistenced")
+    ]
+    assert problems(run("gpu.persistence", path, severity="warn"))[0][0] is Status.WARN
+    assert problems(run("gpu.mig", path)) == [
+        (Status.FAIL, "gpu5", "MIG enabled (expected disabled)")
+    ]
+    assert problems(run("gpu.compute_mode", path)) == [
+        (Status.FAIL, "gpu5", "compute mode exclusive_process (expected default)")
+    ]
+    assert len(problems(run("gpu.compute_mode", path, expected="exclusive_process"))) == 7
+
+
+def test_mig_change_pending(tmp_path):
+    path = _edit(tmp_path, "h100-healthy.json", 0, mig_mode_pending=True)
+    assert problems(run("gpu.mig", path)) == [
+        (Status.WARN, "gpu0", "MIG will be enabled at next GPU reset (expected disabled)")
+    ]
+    assert problems(run("gpu.mig", path, expected=True))[0] == (
+        Status.FAIL,
+        "gpu0",
+        "MIG disabled (expected enabled) (change pending: reset the GPU)",
+    )
+
+
+def test_bad_option_values_raise():
+    with pytest.raises(ValueError, match="severity"):
+        run("gpu.persistence", "h100-healthy.json", severity="maybe")
+    with pytest.raises(ValueError, match="expected must be one of"):
+        run("gpu.compute_mode", "h100-healthy.json", expected="exclusive")
+
+
+# --- gpu.fabric -----------------------------------------------------------------------
+
+
+def test_fabric_not_started():
+    found = problems(run("gpu.fabric", "h100-fabric-not-started.json"))
+    assert len(found) == 8
+    assert found[0] == (
+        Status.FAIL,
+        "gpu0",
+        "fabric registration not started (is nvidia-fabricmanager running?)",
+    )
+
+
+def test_fabric_failure_status_and_health(tmp_path):
+    path = _edit(
+        tmp_path,
+        "h100-healthy.json",
+        3,
+        fabric={"state": 3, "status": 999, "healthMask": 0, "healthSummary": None},
+    )
+    assert problems(run("gpu.fabric", path)) == [
+        (Status.FAIL, "gpu3", "fabric registration failed: Unknown Error (NVML_ERROR_UNKNOWN)")
+    ]
+    path = _edit(
+        tmp_path,
+        "h100-healthy.json",
+        3,
+        fabric={"state": 3, "status": 0, "healthMask": 0, "healthSummary": 2},
+    )
+    assert problems(run("gpu.fabric", path)) == [(Status.FAIL, "gpu3", "fabric unhealthy")]
+
+
+def test_fabric_not_supported_is_skip_unless_required():
+    results = run("gpu.fabric", "v100-retired-pages.json")
+    assert {r.status for r in results} == {Status.SKIP}
+    assert results[0].message == "not an NVSwitch system (fabric not supported)"
+    results = run("gpu.fabric", "v100-retired-pages.json", required=True)
+    assert {r.status for r in results} == {Status.FAIL}
+
+
+# --- gpu.idle -------------------------------------------------------------------------
+
+
+def test_idle_leftover_process_in_epilog():
+    results = run("gpu.idle", "h100-leftover-process.json", phase="epilog", settle_s=0)
+    assert problems(results) == [
+        (Status.FAIL, "gpu0", "1 compute process left after job 812: pid 48213")
+    ]
+    assert results[0].values["pids"] == [48213]
+
+
+def test_idle_waits_for_processes_to_go(tmp_path, monkeypatch):
+    path = tmp_path / "node.json"
+    shutil.copy(FIXTURES / "h100-leftover-process.json", path)
+    calls = []
+    real_fresh = nvml.collect_fresh
+
+    def fresh(source, indices=None):
+        calls.append(source)
+        shutil.copy(FIXTURES / "h100-healthy.json", path)  # the process exited meanwhile
+        return real_fresh(source, indices)
+
+    monkeypatch.setattr(nvml, "collect_fresh", fresh)
+    results = run("gpu.idle", f"replay:{path}", phase="epilog", settle_s=2)
+    assert problems(results) == [] and len(calls) == 1
+
+
+def test_idle_memory_not_released(tmp_path):
+    path = _edit(
+        tmp_path,
+        "h100-healthy.json",
+        6,
+        memory={"total": 85520809984, "free": 72635908096, "used": 12884901888},
+    )
+    assert problems(run("gpu.idle", path, phase="epilog", settle_s=0)) == [
+        (Status.FAIL, "gpu6", "12.0 GiB GPU memory still used with no process after job 812")
+    ]
+
+
+def test_only_job_gpus_restricts_every_per_gpu_check():
+    job = JobInfo(job_id="812", gpus=(1, 2))
+    results = run(
+        "gpu.idle",
+        "h100-leftover-process.json",
+        phase="epilog",
+        job=job,
+        only_job_gpus=True,
+        settle_s=0,
+    )
+    assert problems(results) == [] and results[0].component == "gpu1-2"
+    # without the option (or without SLURM_JOB_GPUS) every GPU is looked at
+    assert problems(
+        run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=job, settle_s=0)
+    )
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _edit(tmp_path, fixture, index, **changes):
+    """A copy of a fixture with some fields of one GPU changed; returns its replay source."""
+    data = json.loads((FIXTURES / fixture).read_text())
+    data["gpus"][index].update(changes)
+    path = tmp_path / f"{fixture}-{index}-{len(list(tmp_path.iterdir()))}.json"
+    path.write_text(json.dumps(data))
+    return f"replay:{path}"
