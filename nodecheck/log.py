@@ -3,6 +3,10 @@
 Slurm keeps a Prolog's stderr in slurmd's log, so hook phases write there too.
 Run-wide fields (node, phase, job) are bound once with `bind_run` and appear on
 every event.
+
+structlog is imported on first use, not at import time: it pulls in asyncio and costs
+~35 ms, and the runner loads it (`preload`) while the probe children run, so that the
+healthy prolog does not pay for it before its probes even start.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
+_settings: dict[str, Any] = {"streams": [sys.stderr], "verbose": False}
+_pending: dict[str, Any] = {}  # bind_run fields given before structlog was loaded
+_loaded = False
 
 
 class _TeeLogger:
@@ -55,7 +61,16 @@ def setup_logging(log_file: str | None, to_stderr: bool, verbose: bool = False) 
             streams.append(handle)
     if to_stderr:
         streams.append(sys.stderr)
-    tee = _TeeLogger(streams)
+    _settings.update(streams=streams, verbose=verbose)
+    if _loaded:
+        _configure()
+    return problem
+
+
+def _configure() -> None:
+    import structlog
+
+    tee = _TeeLogger(_settings["streams"])
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -65,17 +80,49 @@ def setup_logging(log_file: str | None, to_stderr: bool, verbose: bool = False) 
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if verbose else logging.INFO
+            logging.DEBUG if _settings["verbose"] else logging.INFO
         ),
         logger_factory=lambda *args: tee,
         cache_logger_on_first_use=False,
     )
-    return problem
+
+
+def preload() -> None:
+    """Import and configure structlog now (the runner calls this while probes run)."""
+    global _loaded
+    if _loaded:
+        return
+    import structlog
+
+    _configure()
+    if _pending:
+        structlog.contextvars.bind_contextvars(**_pending)
+        _pending.clear()
+    _loaded = True
 
 
 def bind_run(**fields: Any) -> None:
+    if not _loaded:
+        _pending.update(fields)
+        return
+    import structlog
+
     structlog.contextvars.bind_contextvars(**fields)
 
 
+class _LazyLogger:
+    """Stands in for structlog's logger until a line is actually logged."""
+
+    def __getattr__(self, name: str) -> Any:
+        preload()
+        import structlog
+
+        return getattr(structlog.get_logger("nodecheck"), name)
+
+
 def get_logger() -> Any:
+    if not _loaded:
+        return _LazyLogger()
+    import structlog
+
     return structlog.get_logger("nodecheck")
