@@ -2,7 +2,8 @@
 
 Only reached when the verdict asks for it, so the healthy prolog never imports this.
 A local marker in the node's state remembers that nodecheck drained the node, so the
-health phase of a healthy node needs no controller call either.
+health phase of a healthy node needs no controller call either. Drain episodes, resumes
+and flap holds go into the node's history (nodecheck/history.py).
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+from nodecheck import history
 from nodecheck.config import Config
 from nodecheck.log import get_logger
 from nodecheck.policy import Action, Verdict
+from nodecheck.reason import parse_reason
 from nodecheck.slurm import SlurmBackend, SlurmError, select_backend
-from nodecheck.state import StateError, open_state
+from nodecheck.state import StateError
 
-DRAIN_MARKER = "drain"
+DRAIN_MARKER = history.DRAIN_MARKER
 T = TypeVar("T")
 
 
@@ -96,34 +99,93 @@ def apply_verdict(
 def _drain_and_mark(
     config: Config | None, node: str, verdict: Verdict, deadline: float, env: Mapping[str, str]
 ) -> str:
+    """Drain with our reason unless an admin drained the node first; count drain episodes
+    in the history and hold a node that flaps (drained more than flap_max_drains times
+    within flap_window_s) with a reason that says so."""
     assert verdict.reason is not None
+    log = get_logger()
     attempts = config.drain_attempts if config else 3
-    taken = drain(backend_for(config, env), node, verdict.reason, attempts, deadline)
-    if taken == "drained":
+    backend = backend_for(config, env)
+    info = _with_retries("node_info", attempts, deadline, lambda: backend.node_info(node))
+    if info.drained and not info.drained_by_nodecheck:
+        log.warning("admin_drain_kept", existing_reason=info.reason)
+        return "admin drain kept"
+    state_dir = _state_dir(config, node)
+    now = time.time()
+    new_episode = not info.drained
+    max_drains = config.flap_max_drains if config else 0
+    window = float(config.flap_window_s) if config else 86400.0
+    reason, flapping = verdict.reason, False
+    ours = parse_reason(info.reason) if info.drained else None
+    held = ours is not None and history.is_flapping_message(ours.message)
+    if max_drains:
         try:
-            with open_state(_state_dir(config, node)) as state:
-                state.put_json(
-                    DRAIN_MARKER, {"reason": verdict.reason, "at": time.time(), "passes": 0}
-                )
+            prior = history.with_history(state_dir, lambda h: h.events_since("drain", now - window))
         except (StateError, OSError) as exc:
-            get_logger().warning("drain_marker_not_saved", error=str(exc))
-    get_logger().warning("drain", result=taken, reason=verdict.reason)
+            log.warning("history_unusable", error=str(exc))
+            prior = 0
+        drains = prior + (1 if new_episode else 0)
+        if held or drains > max_drains:
+            flapping = True
+            reason = history.flapping_reason(
+                verdict.reason, history.flapping_prefix(max(drains, 1), window)
+            )
+    _with_retries("drain", attempts, deadline, lambda: backend.drain(node, reason))
+
+    def mark(h: history.History) -> None:
+        with h.write():
+            h.put(DRAIN_MARKER, {"reason": reason, "at": now, "flapping": flapping})
+            if new_episode:
+                h.add_event("drain", reason, now)
+            if flapping and not held:
+                h.add_event("flap_hold", reason, now)
+
+    try:
+        history.with_history(state_dir, mark)
+    except (StateError, OSError) as exc:
+        log.warning("drain_marker_not_saved", error=str(exc))
+    taken = "drained (flapping)" if flapping else "drained"
+    log.warning("drain", result=taken, reason=reason, new_episode=new_episode)
     return taken
 
 
 def _maybe_resume(config: Config | None, node: str, env: Mapping[str, str]) -> str:
-    """Health phase, node passed: resume after N consecutive passes if we drained it."""
-    with open_state(_state_dir(config, node)) as state:
-        marker = state.get_json(DRAIN_MARKER)
+    """Health phase, node passed. Nothing to do (and no controller call) unless the local
+    marker says nodecheck drained this node. Then: resume after `resume_after_passes`
+    consecutive health passes since the drain (counted in the history), only if the
+    drain is still ours; a flapping node stays drained until an admin resumes it."""
+    log = get_logger()
+    state_dir = _state_dir(config, node)
+    needed = config.resume_after_passes if config else 1
+
+    def look(h: history.History) -> tuple[dict | None, int]:
+        marker = h.store.get_json(DRAIN_MARKER)
         if not marker:
-            return "none"
-        needed = config.resume_after_passes if config else 1
-        passes = int(marker.get("passes", 0)) + 1
-        if passes < needed:
-            state.put_json(DRAIN_MARKER, {**marker, "passes": passes})
-            get_logger().info("resume_pending", passes=passes, needed=needed)
-            return f"passed {passes}/{needed} before resume"
-        result = resume_if_ours(backend_for(config, env), node)
-        state.put_json(DRAIN_MARKER, None)
-    get_logger().warning("resume", result=result, drained_for=marker.get("reason"))
+            return None, 0
+        return marker, h.health_passes_since(float(marker.get("at", 0))) + 1
+
+    marker, passes = history.with_history(state_dir, look)
+    if not marker:
+        return "none"
+    backend = backend_for(config, env)
+    if marker.get("flapping"):
+        info = backend.node_info(node)
+        if info.drained_by_nodecheck:
+            log.warning("flap_hold", reason=info.reason)
+            return "held: flapping"
+        result = "not drained" if not info.drained else "refused: drained by someone else"
+    elif passes < needed:
+        log.info("resume_pending", passes=passes, needed=needed)
+        return f"passed {passes}/{needed} before resume"
+    else:
+        result = resume_if_ours(backend, node)
+
+    def clear(h: history.History) -> None:
+        with h.write():
+            h.put(DRAIN_MARKER, None)
+            if result == "resumed":
+                h.add_event("resume", str(marker.get("reason", "")), time.time())
+
+    history.with_history(state_dir, clear)
+    log.warning("resume", result=result, drained_for=marker.get("reason"), passes=passes)
     return result

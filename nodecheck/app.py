@@ -19,7 +19,7 @@ from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
 from nodecheck.policy import Action, Verdict, decide, internal_error_verdict
 from nodecheck.registry import Check, all_checks, match_ids, with_defaults
-from nodecheck.results import CheckResult
+from nodecheck.results import CheckResult, Status
 from nodecheck.runner import Planned, run_checks
 
 DEFAULT_KILLSWITCH = Path("/etc/nodecheck/disabled")
@@ -125,7 +125,10 @@ def execute(req: RunRequest) -> RunOutcome:
         verdict = internal_error_verdict(message, req.phase, job.job_id, policy)
         deadline = started + float(fallback.budget_s)
         action = _act(req, fallback, node, verdict, deadline) if req.act else "none"
-        return outcome(list(verdict.errors), verdict, action, "-")
+        out = outcome(list(verdict.errors), verdict, action, "-")
+        if req.act and fallback.path is not None:  # no config file: no idea where state is
+            _record(fallback, out)
+        return out
     bind_run(node_class=nodecfg.node_class)
     off = _killswitch_on(config, nodecfg)
     if off:
@@ -155,6 +158,8 @@ def execute(req: RunRequest) -> RunOutcome:
     results = [
         with_defaults(r, registry) for r in run_checks(planned, budget, config.probe_memory_mb)
     ]
+    if config.hysteresis and any(r.status is Status.WARN for r in results):
+        results = _hysteresis(config, nodecfg, results)
     for r in results:
         log.info("check_result", **r.as_dict())
     verdict = decide(results, req.phase, job.job_id, config.on_internal_error)
@@ -182,7 +187,46 @@ def execute(req: RunRequest) -> RunOutcome:
         duration_s=round(time.monotonic() - started, 3),
         dry_run=dry_run,
     )
-    return outcome(results, verdict, action, nodecfg.node_class)
+    out = outcome(results, verdict, action, nodecfg.node_class)
+    if req.act:
+        _record(config, out)
+    return out
+
+
+def _hysteresis(
+    config: Config, nodecfg: NodeConfig, results: list[CheckResult]
+) -> list[CheckResult]:
+    """Repeated WARNs of a check with a [hysteresis] rule become a FAIL (nodecheck/history)."""
+    from nodecheck import history
+
+    try:
+        return history.with_history(
+            nodecfg.settings.state_dir,
+            lambda h: history.escalate(results, h, config.hysteresis, time.time()),
+        )
+    except Exception as exc:  # history is an aid: without it the plain verdict stands
+        get_logger().warning("hysteresis_skipped", error=f"{type(exc).__name__}: {exc}")
+        return results
+
+
+def _record(config: Config, out: RunOutcome) -> None:
+    """The run's history row and the metrics file: one short write transaction, no
+    controller call. Never fails the run."""
+    from nodecheck import history
+
+    rec = history.RunRecord(
+        at=time.time(),
+        phase=out.phase,
+        job=out.job.job_id,
+        status=out.verdict.status.name,
+        action=out.action_taken,
+        duration_s=out.duration_s,
+        results=tuple(out.results),
+    )
+    try:
+        history.record_run(config, out.node, rec)
+    except Exception as exc:
+        get_logger().warning("history_not_saved", error=f"{type(exc).__name__}: {exc}")
 
 
 def _dry_run_verdict(verdict: Verdict) -> Verdict:

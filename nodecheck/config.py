@@ -48,6 +48,15 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "sysfs_root": (str, "/sys"),
     "procfs_root": (str, "/proc"),
     "nvml": (str, "real"),
+    # History (nodecheck/history.py): the last N runs, none older than D days.
+    "history_max_rows": (int, 10000),
+    "history_max_days": ((int, float), 30),
+    # A node drained more than flap_max_drains times within flap_window_s stays drained
+    # ("flapping") until an admin resumes it; 0 turns flap control off.
+    "flap_max_drains": (int, 3),
+    "flap_window_s": ((int, float), 86400),
+    # node_exporter textfile-collector file; "" disables metrics. May contain {node}.
+    "metrics_file": (str, "/var/lib/node_exporter/textfile_collector/nodecheck.prom"),
 }
 # What a node class may override besides its check tables.
 _CLASS_OVERRIDABLE = ("budget_s", "dry_run", "disabled", "sysfs_root", "procfs_root", "nvml")
@@ -61,6 +70,15 @@ class CheckSettings:
     timeout_s: float
     phases: frozenset[str]
     options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Hysteresis:
+    """A WARN of this check on the same component `warn_count` times within `window_s`
+    (this run included) becomes a FAIL."""
+
+    warn_count: int
+    window_s: float
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,7 @@ class Config:
     values: Mapping[str, Any]
     checks: Mapping[str, Mapping[str, Any]]
     node_classes: tuple[NodeClass, ...] = field(default_factory=tuple)
+    hysteresis: Mapping[str, Hysteresis] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -101,6 +120,10 @@ class Config:
         # "{node}" lets several slurmd on one host (multiple-slurmd setups, the test
         # cluster) keep separate state.
         return Path(self.values["state_dir"].replace("{node}", node))
+
+    def metrics_file_for(self, node: str) -> Path | None:
+        path = self.values["metrics_file"]
+        return Path(path.replace("{node}", node)) if path else None
 
     def for_node(self, node: str, registry: Mapping[str, Check]) -> NodeConfig:
         node_class = next(
@@ -191,7 +214,9 @@ def parse_config(
     where = str(path) if path else "<defaults>"
     values = {name: default for name, (_, default) in _SETTINGS.items()}
     values.update(
-        _parse_settings(data, where, allowed=_SETTINGS.keys(), extra=("checks", "node_class"))
+        _parse_settings(
+            data, where, allowed=_SETTINGS.keys(), extra=("checks", "node_class", "hysteresis")
+        )
     )
     checks = _parse_check_tables(data.get("checks", {}), f"{where}: checks", registry)
     raw_classes = data.get("node_class", [])
@@ -201,7 +226,40 @@ def parse_config(
         _parse_node_class(raw, f"{where}: node_class[{i}]", registry)
         for i, raw in enumerate(raw_classes)
     )
-    return Config(path=path, values=values, checks=checks, node_classes=classes)
+    hysteresis = _parse_hysteresis(data.get("hysteresis", {}), f"{where}: hysteresis", registry)
+    return Config(
+        path=path, values=values, checks=checks, node_classes=classes, hysteresis=hysteresis
+    )
+
+
+def _parse_hysteresis(
+    tables: Any, where: str, registry: Mapping[str, Check]
+) -> dict[str, Hysteresis]:
+    """`[hysteresis."ib.counters"]` with `warn_count` (2..1000) and `window_s` (0..30 days]."""
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: must be a table of check tables")
+    out = {}
+    for cid, table in tables.items():
+        here = f"{where}.{cid}"
+        if cid not in registry:
+            raise ConfigError(f"{here}: unknown check (see `nodecheck list`)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{here}: must be a table")
+        unknown = set(table) - {"warn_count", "window_s"}
+        if unknown:
+            raise ConfigError(
+                f"{here}: unknown key(s) {sorted(unknown)} (known: warn_count, window_s)"
+            )
+        if "warn_count" not in table or "window_s" not in table:
+            raise ConfigError(f"{here}: needs both warn_count and window_s")
+        _require_type(f"{here}.warn_count", table["warn_count"], int)
+        _require_type(f"{here}.window_s", table["window_s"], (int, float))
+        if not 2 <= table["warn_count"] <= 1000:
+            raise ConfigError(f"{here}.warn_count must be in [2, 1000]")
+        if not 0 < table["window_s"] <= 30 * 86400:
+            raise ConfigError(f"{here}.window_s must be in (0, 2592000] (30 days)")
+        out[cid] = Hysteresis(int(table["warn_count"]), float(table["window_s"]))
+    return out
 
 
 def _parse_settings(
@@ -226,6 +284,14 @@ def _parse_settings(
         raise ConfigError(f"{where}: drain_attempts must be in [1, 10]")
     if "resume_after_passes" in out and not 1 <= out["resume_after_passes"] <= 1000:
         raise ConfigError(f"{where}: resume_after_passes must be in [1, 1000]")
+    if "history_max_rows" in out and not 10 <= out["history_max_rows"] <= 1_000_000:
+        raise ConfigError(f"{where}: history_max_rows must be in [10, 1000000]")
+    if "history_max_days" in out and not 0 < out["history_max_days"] <= 3650:
+        raise ConfigError(f"{where}: history_max_days must be in (0, 3650]")
+    if "flap_max_drains" in out and not 0 <= out["flap_max_drains"] <= 1000:
+        raise ConfigError(f"{where}: flap_max_drains must be in [0, 1000] (0: off)")
+    if "flap_window_s" in out and not 0 < out["flap_window_s"] <= 30 * 86400:
+        raise ConfigError(f"{where}: flap_window_s must be in (0, 2592000] (30 days)")
     if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):
         raise ConfigError(f"{where}: nvml must be 'real' or 'replay:/path/to/snapshot.json'")
     return out

@@ -72,6 +72,25 @@ def _connect(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def set_aside(db: Path, exc: Exception) -> Path:
+    """Move a corrupt database (and its WAL/SHM) out of the way, with a log line."""
+    aside = db.with_name(f"{db.name}.corrupt-{int(time.time())}")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{db}{suffix}")
+        if part.exists():
+            part.rename(Path(f"{aside}{suffix}"))
+    from nodecheck.log import get_logger
+
+    get_logger().warning("state_corrupt_recreated", path=str(db), aside=str(aside), error=str(exc))
+    return aside
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file, as opposed to a busy or unreachable one (OperationalError: locked,
+    cannot open, I/O error), which must never be thrown away."""
+    return not isinstance(exc, sqlite3.OperationalError)
+
+
 @contextmanager
 def open_state(state_dir: Path) -> Iterator[StateStore]:
     """Open the node's state; a corrupt file is moved aside and a new one created."""
@@ -81,16 +100,9 @@ def open_state(state_dir: Path) -> Iterator[StateStore]:
         conn = _connect(db)
         conn.execute("SELECT count(*) FROM kv").fetchone()
     except sqlite3.DatabaseError as exc:
-        aside = db.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}")
-        for suffix in ("", "-wal", "-shm"):
-            part = Path(f"{db}{suffix}")
-            if part.exists():
-                part.rename(Path(f"{aside}{suffix}"))
-        from nodecheck.log import get_logger
-
-        get_logger().warning(
-            "state_corrupt_recreated", path=str(db), aside=str(aside), error=str(exc)
-        )
+        if not is_corruption(exc):
+            raise StateError(f"{db}: {exc}") from exc
+        set_aside(db, exc)
         conn = _connect(db)
     try:
         yield StateStore(conn)

@@ -35,7 +35,8 @@ def config(tmp_path, body, scontrol="/bin/false"):
     path.write_text(
         f'log_file = "{tmp_path}/nodecheck.log"\nstate_dir = "{tmp_path}/state"\n'
         f'scontrol = "{scontrol}"\nslurm_backend = "scontrol"\ndrain_attempts = 1\n'
-        f'killswitch_file = "{tmp_path}/disabled"\n{body}'
+        f'killswitch_file = "{tmp_path}/disabled"\nmetrics_file = "{tmp_path}/nodecheck.prom"\n'
+        f'{body}'
     )
     path.chmod(0o644)
     return path

@@ -1,0 +1,376 @@
+"""Node history: records, retention, hysteresis, resume after N passes, flap control,
+corruption and concurrent prologs on one node."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nodecheck import app, history
+from nodecheck.config import ConfigError, Hysteresis, parse_config
+from nodecheck.reason import MAX_REASON, format_reason, parse_reason
+from nodecheck.registry import all_checks
+from nodecheck.results import CheckResult, Status
+from nodecheck.slurm import NodeInfo
+from nodecheck.state import STATE_FILE, is_corruption
+
+REPO = Path(__file__).resolve().parents[2]
+FAIL = CheckResult("host.mounts", Status.FAIL, "not mounted", "/scratch")
+PASS = CheckResult("host.mounts", Status.PASS, "mounted", "/scratch")
+
+
+def rec(status="PASS", phase="prolog", results=(), at=None, action="none"):
+    return history.RunRecord(
+        at=time.time() if at is None else at,
+        phase=phase,
+        job="7",
+        status=status,
+        action=action,
+        duration_s=0.1,
+        results=tuple(results),
+    )
+
+
+def add(state_dir, record, retention=history.Retention()):
+    def work(h):
+        with h.write():
+            h.add_run(record, retention)
+
+    history.with_history(state_dir, work)
+
+
+def test_runs_and_findings_are_recorded(tmp_path):
+    warn = CheckResult("ib.counters", Status.WARN, "symbol_error +3", "mlx5_0/1")
+    add(tmp_path, rec("FAIL", results=[FAIL, warn, PASS], action="drained"))
+    [run] = history.with_history(tmp_path, lambda h: h.runs())
+    assert run["phase"] == "prolog" and run["job"] == "7" and run["action"] == "drained"
+    assert {(f["check"], f["component"], f["status"]) for f in run["findings"]} == {
+        ("host.mounts", "/scratch", "FAIL"),
+        ("ib.counters", "mlx5_0/1", "WARN"),
+    }
+    assert (tmp_path / STATE_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_retention_keeps_the_last_rows_and_drops_old_ones(tmp_path):
+    keep = history.Retention(max_rows=10, max_age_s=3600, lifecycle_age_s=3600)
+    now = time.time()
+    for i in range(25):
+        add(tmp_path, rec("FAIL", results=[FAIL], at=now - 25 + i), keep)
+    runs = history.with_history(tmp_path, lambda h: h.runs(limit=100))
+    assert len(runs) == 10
+    add(tmp_path, rec(at=now + 7200), keep)  # two hours later: everything else is too old
+    assert len(history.with_history(tmp_path, lambda h: h.runs(limit=100))) == 1
+    orphans = history.with_history(
+        tmp_path,
+        lambda h: h.conn.execute(
+            "SELECT count(*) FROM findings WHERE run_id NOT IN (SELECT id FROM runs)"
+        ).fetchone()[0],
+    )
+    assert orphans == 0
+
+
+def test_hysteresis_turns_the_kth_warn_within_the_window_into_a_fail(tmp_path):
+    rules = {"ib.counters": Hysteresis(warn_count=3, window_s=3600)}
+    warn = CheckResult("ib.counters", Status.WARN, "symbol_error +3", "mlx5_0/1")
+    other = CheckResult("ib.counters", Status.WARN, "symbol_error +3", "mlx5_1/1")
+    now = time.time()
+    add(tmp_path, rec("WARN", results=[warn], at=now - 7200))  # outside the window
+    add(tmp_path, rec("WARN", results=[warn, other], at=now - 60))
+
+    def judge(results):
+        return history.with_history(tmp_path, lambda h: history.escalate(results, h, rules, now))
+
+    [second, other_second] = judge([warn, other])
+    assert second.status is Status.WARN and other_second.status is Status.WARN
+    add(tmp_path, rec("WARN", results=[warn], at=now - 30))
+    [third, other_again] = judge([warn, other])
+    assert third.status is Status.FAIL
+    assert third.message == "warned 3x in 1h: symbol_error +3"
+    assert third.values["escalated_from"] == "WARN"
+    assert other_again.status is Status.WARN  # another port: its own count
+    # A check without a rule is never escalated.
+    mem = CheckResult("host.mem", Status.WARN, "low", "node")
+    assert judge([mem])[0].status is Status.WARN
+
+
+def test_hysteresis_config_is_validated():
+    registry = all_checks()
+    cfg = parse_config(
+        {"hysteresis": {"host.mem": {"warn_count": 3, "window_s": 600}}}, None, registry
+    )
+    assert cfg.hysteresis == {"host.mem": Hysteresis(3, 600.0)}
+    bad = [
+        {"hysteresis": {"gpu.nosuch": {"warn_count": 3, "window_s": 600}}},
+        {"hysteresis": {"host.mem": {"warn_count": 1, "window_s": 600}}},
+        {"hysteresis": {"host.mem": {"warn_count": 3}}},
+        {"hysteresis": {"host.mem": {"warn_count": 3, "window_s": 600, "x": 1}}},
+        {"hysteresis": {"host.mem": {"warn_count": True, "window_s": 600}}},
+        {"flap_max_drains": -1},
+        {"flap_window_s": 0},
+        {"history_max_rows": 5},
+        {"metrics_file": 3},
+    ]
+    for data in bad:
+        with pytest.raises(ConfigError):
+            parse_config(data, None, registry)
+
+
+def test_health_pass_streak_stops_at_the_last_fail(tmp_path):
+    now = time.time()
+    add(tmp_path, rec("PASS", "health", at=now - 50))
+    add(tmp_path, rec("FAIL", "health", [FAIL], at=now - 40))
+    add(tmp_path, rec("PASS", "health", at=now - 30))
+    add(tmp_path, rec("ERROR", "health", at=now - 25))  # neither counts nor breaks
+    add(tmp_path, rec("PASS", "epilog", at=now - 22))  # only health passes count
+    add(tmp_path, rec("WARN", "health", at=now - 20))
+    streak = history.with_history(tmp_path, lambda h: h.health_passes_since(now - 100))
+    assert streak == 2
+
+
+def test_flapping_reason_stays_parseable_and_bounded():
+    reason = format_reason([FAIL], "prolog", "12")
+    flap = history.flapping_reason(reason, history.flapping_prefix(4, 86400))
+    assert flap.startswith("nodecheck: host.mounts /scratch: flapping (drained 4x in 24h) ")
+    parsed = parse_reason(flap)
+    assert parsed and parsed.check_id == "host.mounts" and parsed.component == "/scratch"
+    assert history.is_flapping_message(parsed.message) and parsed.job_id == "12"
+    again = history.flapping_reason(flap, history.flapping_prefix(5, 86400))
+    assert again.count("flapping") == 1 and "drained 5x in 24h" in again
+    long = format_reason([CheckResult("host.mounts", Status.FAIL, "x" * 400, "/s")], "epilog", "1")
+    assert len(history.flapping_reason(long, history.flapping_prefix(4, 3600))) <= MAX_REASON
+    assert parse_reason(history.flapping_reason(long, "flapping (drained 4x in 1h)"))
+
+
+def test_a_garbage_state_file_is_set_aside_and_recreated(tmp_path):
+    tmp_path.chmod(0o700)
+    (tmp_path / STATE_FILE).write_bytes(b"this is not sqlite at all" * 100)
+    add(tmp_path, rec())
+    assert len(history.with_history(tmp_path, lambda h: h.runs())) == 1
+    assert list(tmp_path.glob(f"{STATE_FILE}.corrupt-*"))
+    assert not is_corruption(sqlite3.OperationalError("database is locked"))
+
+
+def test_read_only_history_never_creates_anything(tmp_path):
+    assert history.read_only_history(tmp_path / "none", lambda h: h.counters()) is None
+    assert not (tmp_path / "none").exists()
+    add(tmp_path, rec())
+    assert history.read_only_history(tmp_path, lambda h: len(h.runs())) == 1
+
+
+# -- the lifecycle through app.execute, with a fake controller ------------------------------
+
+
+class FakeSlurm:
+    name = "fake"
+
+    def __init__(self, nodes=("n1",)):
+        self.nodes = {n: NodeInfo(n, ("IDLE",)) for n in nodes}
+        self.calls: list[tuple[str, str]] = []
+
+    def node_info(self, node):
+        self.calls.append(("info", node))
+        return self.nodes[node]
+
+    def list_nodes(self):
+        return list(self.nodes.values())
+
+    def drain(self, node, reason):
+        self.calls.append(("drain", node))
+        self.nodes[node] = NodeInfo(node, ("IDLE", "DRAIN"), reason, "root", "2026-11-25T10:00:00")
+
+    def resume(self, node):
+        self.calls.append(("resume", node))
+        self.nodes[node] = NodeInfo(node, ("IDLE",))
+
+
+@pytest.fixture
+def lifecycle(tmp_path, monkeypatch):
+    """Run hook phases in-process with canned check results and a fake controller."""
+    fake = FakeSlurm()
+    monkeypatch.setattr("nodecheck.actions.backend_for", lambda config, env: fake)
+    canned: list[list[CheckResult]] = [[PASS]]
+    monkeypatch.setattr(app, "run_checks", lambda planned, budget, mem: list(canned[0]))
+
+    def configure(extra=""):
+        path = tmp_path / "nodecheck.toml"
+        path.write_text(
+            f'state_dir = "{tmp_path}/state"\nmetrics_file = "{tmp_path}/m.prom"\n'
+            f'killswitch_file = "{tmp_path}/off"\nlog_file = ""\n{extra}'
+        )
+        return path
+
+    class Run:
+        fake_slurm = fake
+        state_dir = tmp_path / "state"
+
+        def __init__(self):
+            self.config = configure()
+
+        def set_config(self, extra):
+            self.config = configure(extra)
+
+        def __call__(self, phase, results, job="5"):
+            canned[0] = results
+            env = (
+                {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": job}
+                if phase != "health"
+                else {"SLURMD_NODENAME": "n1"}
+            )
+            return app.execute(
+                app.RunRequest(phase=phase, env=env, config_path=str(self.config), act=True)
+            )
+
+    return Run()
+
+
+def test_healthy_prolog_makes_no_controller_call_and_writes_one_run(lifecycle):
+    out = lifecycle("prolog", [PASS])
+    assert out.action_taken == "none" and lifecycle.fake_slurm.calls == []
+    out = lifecycle("health", [PASS])
+    assert out.action_taken == "none" and lifecycle.fake_slurm.calls == []
+    runs = history.with_history(lifecycle.state_dir, lambda h: h.runs())
+    assert [r["phase"] for r in runs] == ["health", "prolog"]
+
+
+def test_drain_then_resume_after_n_health_passes(lifecycle):
+    lifecycle.set_config("resume_after_passes = 3\n")
+    assert lifecycle("prolog", [FAIL]).action_taken == "drained"
+    assert lifecycle.fake_slurm.nodes["n1"].drained_by_nodecheck
+    assert lifecycle("health", [PASS]).action_taken == "passed 1/3 before resume"
+    assert lifecycle("health", [FAIL]).action_taken == "drained"  # still broken: streak reset
+    assert lifecycle("health", [PASS]).action_taken == "passed 1/3 before resume"
+    assert lifecycle("health", [PASS]).action_taken == "passed 2/3 before resume"
+    assert lifecycle("health", [PASS]).action_taken == "resumed"
+    assert not lifecycle.fake_slurm.nodes["n1"].drained
+    calls = len(lifecycle.fake_slurm.calls)
+    assert lifecycle("health", [PASS]).action_taken == "none"
+    assert len(lifecycle.fake_slurm.calls) == calls  # marker gone: no controller call
+    counters = history.with_history(lifecycle.state_dir, lambda h: h.counters())
+    assert counters == {"drains": 1, "resumes": 1, "flap_holds": 0}
+
+
+def test_admin_drain_is_never_touched(lifecycle):
+    lifecycle.fake_slurm.nodes["n1"] = NodeInfo("n1", ("IDLE", "DRAIN"), "PSU swap", "admin")
+    assert lifecycle("prolog", [FAIL]).action_taken == "admin drain kept"
+    for _ in range(3):
+        assert lifecycle("health", [PASS]).action_taken == "none"
+    assert lifecycle.fake_slurm.nodes["n1"].reason == "PSU swap"
+    assert ("resume", "n1") not in lifecycle.fake_slurm.calls
+
+
+def test_admin_takes_over_our_drain_and_we_let_go(lifecycle):
+    lifecycle("prolog", [FAIL])
+    lifecycle.fake_slurm.nodes["n1"] = NodeInfo("n1", ("IDLE", "DRAIN"), "RMA", "admin")
+    assert lifecycle("health", [PASS]).action_taken == "refused: drained by someone else"
+    assert lifecycle.fake_slurm.nodes["n1"].reason == "RMA"
+    assert lifecycle("health", [PASS]).action_taken == "none"  # marker cleared
+
+
+def test_a_flapping_node_stays_drained_with_a_flapping_reason(lifecycle):
+    lifecycle.set_config("flap_max_drains = 2\nflap_window_s = 3600\n")
+    for _ in range(2):
+        assert lifecycle("prolog", [FAIL]).action_taken == "drained"
+        assert lifecycle("health", [PASS]).action_taken == "resumed"
+    assert lifecycle("epilog", [FAIL]).action_taken == "drained (flapping)"
+    reason = lifecycle.fake_slurm.nodes["n1"].reason
+    assert reason.startswith("nodecheck: host.mounts /scratch: flapping (drained 3x in 1h) ")
+    assert parse_reason(reason).check_id == "host.mounts"
+    for _ in range(3):
+        assert lifecycle("health", [PASS]).action_taken == "held: flapping"
+    assert lifecycle.fake_slurm.nodes["n1"].drained_by_nodecheck
+    # Failing again while held keeps the flapping reason and does not count a new episode.
+    assert lifecycle("health", [FAIL]).action_taken == "drained (flapping)"
+    assert "flapping (drained 3x in 1h)" in lifecycle.fake_slurm.nodes["n1"].reason
+    counters = history.with_history(lifecycle.state_dir, lambda h: h.counters())
+    assert counters == {"drains": 3, "resumes": 2, "flap_holds": 1}
+    # The admin resumes it by hand: the hold ends, nodecheck forgets its marker.
+    lifecycle.fake_slurm.resume("n1")
+    assert lifecycle("health", [PASS]).action_taken == "not drained"
+    assert lifecycle("health", [PASS]).action_taken == "none"
+
+
+def test_flap_control_off_with_zero(lifecycle):
+    lifecycle.set_config("flap_max_drains = 0\n")
+    for _ in range(5):
+        assert lifecycle("prolog", [FAIL]).action_taken == "drained"
+        assert lifecycle("health", [PASS]).action_taken == "resumed"
+
+
+def test_hysteresis_through_a_run(lifecycle):
+    lifecycle.set_config('[hysteresis."host.mem"]\nwarn_count = 2\nwindow_s = 600\n')
+    warn = CheckResult("host.mem", Status.WARN, "usable 90% of expected", "node")
+    first = lifecycle("prolog", [warn])
+    assert first.verdict.status is Status.WARN and first.action_taken == "none"
+    second = lifecycle("prolog", [warn])
+    assert second.verdict.status is Status.FAIL and second.action_taken == "drained"
+    assert second.verdict.reason.startswith(
+        "nodecheck: host.mem node: warned 2x in 10m: usable 90% of expected"
+    )
+
+
+def test_manual_runs_and_dry_runs(lifecycle):
+    lifecycle.set_config("dry_run = true\n")
+    assert lifecycle("prolog", [FAIL]).action_taken == "would drain"
+    assert lifecycle.fake_slurm.calls == []
+    [run] = history.with_history(lifecycle.state_dir, lambda h: h.runs())
+    assert run["action"] == "would drain" and run["status"] == "FAIL"
+
+
+# -- many prologs on one node at once ----------------------------------------------------
+
+
+def test_concurrent_prologs_leave_a_consistent_history(tmp_path):
+    state = tmp_path / "state"
+    cfg = tmp_path / "nodecheck.toml"
+    cfg.write_text(
+        f'state_dir = "{state}"\nmetrics_file = "{tmp_path}/m.prom"\nlog_file = ""\n'
+        f'killswitch_file = "{tmp_path}/off"\nscontrol = "/bin/false"\n'
+        'slurm_backend = "scontrol"\n'
+        '[checks."host.mounts"]\nrequired = ["/"]\n'
+        '[checks."host.services"]\nenabled = false\n'
+        '[checks."host.disk"]\nenabled = false\n'
+        '[checks."host.mem"]\nenabled = false\n'
+    )
+    # Only host.mounts: every run is fast and healthy; the point is 20 writers at once.
+    enabled = {"host.mounts"}
+    extra = "".join(
+        f'[checks."{cid}"]\nenabled = false\n'
+        for cid in all_checks()
+        if cid not in enabled and f'"{cid}"' not in cfg.read_text()
+    )
+    cfg.write_text(cfg.read_text() + extra)
+    n = 20
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "nodecheck", "hook", "prolog"],
+            env={
+                "PATH": "/usr/bin:/bin",
+                "SLURMD_NODENAME": "n1",
+                "SLURM_JOB_ID": str(1000 + i),
+                "NODECHECK_CONFIG": str(cfg),
+            },
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    for _, err in outs:
+        assert "history_not_saved" not in err and "state_corrupt" not in err, err[-2000:]
+    conn = sqlite3.connect(state / STATE_FILE)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    jobs = sorted(int(j) for (j,) in conn.execute("SELECT job FROM runs WHERE phase='prolog'"))
+    assert jobs == list(range(1000, 1000 + n))
+    last = json.loads(conn.execute("SELECT value FROM kv WHERE key='last'").fetchone()[0])
+    assert last["runs"]["prolog"]["status"] == "PASS"
+    assert not list(state.glob(f"{STATE_FILE}.corrupt-*"))
+    assert (tmp_path / "m.prom").stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,111 @@
+"""Metrics file: node_exporter textfile format, parsed back with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from nodecheck import history, metrics
+from nodecheck.config import parse_config
+from nodecheck.registry import all_checks
+from nodecheck.results import CheckResult, Status
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def config_for(tmp_path, metrics_file):
+    data = {"state_dir": str(tmp_path / "state"), "metrics_file": metrics_file}
+    return parse_config(data, None, all_checks())
+
+
+def run(phase, results, status, action="none", duration=0.25):
+    return history.RunRecord(time.time(), phase, "9", status, action, duration, tuple(results))
+
+
+def test_record_run_writes_a_parseable_textfile(tmp_path):
+    prom = tmp_path / "tc" / "nodecheck.prom"
+    cfg = config_for(tmp_path, str(tmp_path / "tc" / "{node}.prom"))
+    ok = CheckResult("host.mem", Status.PASS, "ok", duration_s=0.02)
+    bad = CheckResult("host.mounts", Status.FAIL, "not mounted", "/x", duration_s=0.5)
+    bad2 = CheckResult("host.mounts", Status.PASS, "mounted", "/", duration_s=0.1)
+    history.record_run(cfg, "nodecheck", run("prolog", [ok, bad, bad2], "FAIL", "drained"))
+    history.record_run(cfg, "nodecheck", run("health", [ok], "PASS", duration=0.5))
+    assert prom.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in prom.parent.iterdir()] == ["nodecheck.prom"]  # no temp files
+    got = samples(prom.read_text())
+    node = ("node", "nodecheck")
+
+    def val(name, **labels):
+        return got[(name, tuple(sorted([node, *labels.items()])))]
+
+    assert val("nodecheck_check_status", check="host.mounts", status="FAIL") == 1
+    assert val("nodecheck_check_status", check="host.mounts", status="PASS") == 0
+    assert val("nodecheck_check_status", check="host.mem", status="PASS") == 1
+    assert val("nodecheck_check_duration_seconds", check="host.mounts") == 0.5
+    assert val("nodecheck_run_duration_seconds", phase="health") == 0.5
+    assert val("nodecheck_run_status", phase="prolog", status="FAIL") == 1
+    assert val("nodecheck_last_run_timestamp_seconds", phase="prolog") > time.time() - 60
+    assert val("nodecheck_check_last_run_timestamp_seconds", check="host.mem") > 0
+    assert val("nodecheck_drains_total") == 0  # counted by actions on a real drain
+    assert val("nodecheck_resumes_total") == 0
+    assert val("nodecheck_flap_holds_total") == 0
+    assert val("nodecheck_drained") == 0
+
+
+def test_counters_and_drained_come_from_the_state(tmp_path):
+    cfg = config_for(tmp_path, str(tmp_path / "m.prom"))
+
+    def drained(h):
+        with h.write():
+            h.add_event("drain", "nodecheck: host.mem node: low [prolog]", time.time())
+            h.add_event("drain", "nodecheck: host.mem node: low [prolog]", time.time())
+            h.add_event("resume", "", time.time())
+            h.put(history.DRAIN_MARKER, {"reason": "x", "at": time.time()})
+
+    history.with_history(tmp_path / "state", drained)
+    history.record_run(cfg, "n7", run("epilog", [], "PASS"))
+    got = samples((tmp_path / "m.prom").read_text())
+    assert got[("nodecheck_drains_total", (("node", "n7"),))] == 2
+    assert got[("nodecheck_resumes_total", (("node", "n7"),))] == 1
+    assert got[("nodecheck_drained", (("node", "n7"),))] == 1
+
+
+def test_empty_metrics_file_disables_metrics(tmp_path):
+    cfg = config_for(tmp_path, "")
+    history.record_run(cfg, "n1", run("prolog", [], "PASS"))
+    assert cfg.metrics_file_for("n1") is None
+    assert not list(tmp_path.glob("**/*.prom"))
+
+
+def test_without_prometheus_client_metrics_are_skipped_and_history_kept(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(metrics, "available", lambda: False)
+    cfg = config_for(tmp_path, str(tmp_path / "m.prom"))
+    history.record_run(cfg, "n1", run("prolog", [], "PASS"))
+    assert not (tmp_path / "m.prom").exists()
+    assert len(history.with_history(tmp_path / "state", lambda h: h.runs())) == 1
+    logged = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert not logged or any(e.get("event") == "metrics_skipped" for e in logged)
+
+
+def test_unwritable_metrics_dir_does_not_lose_the_run(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = config_for(tmp_path, str(blocker / "sub" / "m.prom"))
+    history.record_run(cfg, "n1", run("prolog", [], "PASS"))
+    assert len(history.with_history(tmp_path / "state", lambda h: h.runs())) == 1
+
+
+def test_render_is_valid_with_no_runs_yet():
+    text = metrics.render("n1", {}, {}, False).decode()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {"nodecheck_drains", "nodecheck_drained"} <= names
