@@ -1,4 +1,4 @@
-"""Command line: `nodecheck run|hook|list|explain|resume`.
+"""Command line: `nodecheck run|hook|list|explain|resume|report`.
 
 `hook PHASE` is what the prolog/epilog/health entrypoints call: it logs JSON to stderr
 (kept by slurmd) and the log file, acts on the verdict through Slurm, and exits with a
@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument(
         "--force", action="store_true", help="resume without re-running the checks first"
     )
+
+    report = sub.add_parser(
+        "report",
+        help="nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)",
+    )
+    report.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -73,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list(args)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "report":
+        return _report(args)
     return _resume(args)
 
 
@@ -264,3 +272,89 @@ def _resume(args: argparse.Namespace) -> int:
         return EXIT_INTERNAL
     print(f"{node}: {result}")
     return EXIT_FAIL if result.startswith("refused") else EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Every node Slurm shows drained with a `nodecheck:` reason: check, component, since
+    when, and how often it was drained within flap_window_s (from the node's history when
+    this host has it, else from a "flapping (drained Nx ...)" reason, else unknown)."""
+    import re
+    import time
+
+    from nodecheck import history
+    from nodecheck.actions import backend_for
+    from nodecheck.config import ConfigError, load_config
+    from nodecheck.reason import parse_reason
+    from nodecheck.registry import all_checks
+    from nodecheck.slurm import SlurmError
+
+    try:
+        config = load_config(args.config, os.environ, all_checks())
+        nodes = backend_for(config, os.environ).list_nodes()
+    except (ConfigError, SlurmError) as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    window = float(config.flap_window_s)
+    since = time.time() - window
+    rows = []
+    for info in sorted(nodes, key=lambda n: n.name):
+        if not info.drained_by_nodecheck:
+            continue
+        parsed = parse_reason(info.reason)
+        flapping = bool(parsed and history.is_flapping_message(parsed.message))
+        drains = history.read_only_history(
+            config.state_dir_for(info.name), lambda h: h.events_since("drain", since)
+        )
+        source = "history" if drains is not None else None
+        if drains is None and parsed and flapping:
+            found = re.match(r"flapping \(drained (\d+)x", parsed.message)
+            drains, source = (int(found[1]), "reason") if found else (None, None)
+        rows.append(
+            {
+                "node": info.name,
+                "state": "+".join(info.states),
+                "check": parsed.check_id if parsed else None,
+                "component": parsed.component if parsed else None,
+                "message": parsed.message if parsed else None,
+                "phase": parsed.phase if parsed else None,
+                "job": (parsed.job_id or None) if parsed else None,
+                "since": info.reason_time or None,
+                "by": info.reason_user or None,
+                "flapping": flapping,
+                "drains_in_window": drains,
+                "drains_source": source,
+                "window": history.human_window(window),
+                "reason": info.reason,
+            }
+        )
+    if args.json:
+        print(json.dumps({"count": len(rows), "nodes": rows}, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no nodes drained by nodecheck")
+        return EXIT_OK
+    head = (
+        "NODE",
+        "STATE",
+        "CHECK",
+        "COMPONENT",
+        "SINCE",
+        f"DRAINS/{history.human_window(window)}",
+    )
+    table = [head] + [
+        (
+            r["node"],
+            r["state"],
+            r["check"] or "?",
+            r["component"] or "?",
+            r["since"] or "?",
+            "?" if r["drains_in_window"] is None else str(r["drains_in_window"]),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row, r in zip(table, [None, *rows], strict=True):
+        line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))
+        print(f"{line}  {'REASON' if r is None else r['reason']}")
+    print(f"{len(rows)} node(s) drained by nodecheck")
+    return EXIT_OK
