@@ -53,6 +53,8 @@ def _present_ports(sysfs_root: Path) -> list[tuple[str, int]]:
     summary="every expected HCA port ACTIVE / LinkUp with the expected link layer, rate, width",
     timeout_s=5.0,
     group="fabric",
+    severity="high",
+    remedy="check-cable",
     options={
         "ports": Option(list, [], "expected ports as device/port, e.g. mlx5_0/1", item=str),
         "count": Option(int, 0, "expected number of ports (of link_layer) when ports is empty"),
@@ -114,7 +116,10 @@ def ib_port(ctx: CheckContext) -> Iterator[CheckResult]:
         names = ", ".join(f"{d}/{p}" for d, p in present) or "none"
         msg = f"{matching} of {opts['count']} expected {kind}ports present ({names})"
         values = {"present": matching, "expected": opts["count"]}
-        yield CheckResult("ib.port", Status.FAIL, msg[:200], component="ib", values=values)
+        yield CheckResult(
+            "ib.port", Status.FAIL, msg[:200], component="ib", values=values,
+            severity="critical", remedy="reboot",
+        )  # fmt: skip
     elif not results:
         yield CheckResult("ib.port", Status.SKIP, f"no {kind}HCA ports present, none expected")
     yield from results
@@ -133,34 +138,49 @@ def _judge_port(
     declared, whose problems are only a WARN (it may be uncabled on purpose)."""
     name = f"{dev}/{port}"
 
-    def result(status: Status, message: str, values: dict[str, Any] | None = None) -> CheckResult:
+    def result(
+        status: Status,
+        message: str,
+        values: dict[str, Any] | None = None,
+        severity: str = "",
+        remedy: str = "",
+    ) -> CheckResult:
         if status is Status.FAIL and not strict:
             status = Status.WARN
-        return CheckResult("ib.port", status, message, component=name, values=values or {})
+        return CheckResult(
+            "ib.port", status, message, component=name, values=values or {},
+            severity=severity, remedy=remedy,
+        )  # fmt: skip
 
     if info is None:
         if not (S.ib_class_dir(root) / dev).exists():
-            return result(Status.FAIL, f"HCA {dev} missing")
+            # Fell off the bus or the driver did not probe it: reboot first, then RMA.
+            return result(Status.FAIL, f"HCA {dev} missing", severity="critical", remedy="reboot")
         info = S.read_ib_port(root, dev, port)
         if info is None:
-            return result(Status.FAIL, f"port {port} missing on {dev}")
+            msg = f"port {port} missing on {dev}"
+            return result(Status.FAIL, msg, severity="critical", remedy="reboot")
     values = _port_values(root, info)
     for attr in ("state", "phys_state"):
         got = getattr(info, attr)
         if isinstance(got, S.ReadFailure):
-            return result(_fail_or_error(got), f"cannot read {attr}: {got}", values)
+            msg = f"cannot read {attr}: {got}"
+            return result(_fail_or_error(got), msg, values, remedy="reboot")
         if isinstance(got, str):
             return result(Status.ERROR, f"{attr} {got!r} not understood", values)
     state, phys = info.state, info.phys_state
     assert isinstance(state, S.Coded) and isinstance(phys, S.Coded)
     if state.code != S.STATE_ACTIVE or phys.code != S.PHYS_LINKUP:
         msg = f"state {state}, phys_state {phys} (expected 4: ACTIVE, 5: LinkUp)"
-        return result(Status.FAIL, msg, values)
+        # Link trained but not activated (INIT/ARMED): the subnet manager's side, not a cable.
+        remedy = "admin" if phys.code == S.PHYS_LINKUP else ""
+        return result(Status.FAIL, msg, values, remedy=remedy)
     layer = info.link_layer
     if isinstance(layer, S.ReadFailure):
         return result(_fail_or_error(layer), f"cannot read link_layer: {layer}", values)
     if link_layer and layer != link_layer:
-        return result(Status.FAIL, f"link layer {layer}, expected {link_layer}", values)
+        msg = f"link layer {layer}, expected {link_layer}"
+        return result(Status.FAIL, msg, values, remedy="admin")
     rate = info.rate
     if isinstance(rate, S.ReadFailure):
         return result(_fail_or_error(rate), f"cannot read rate: {rate}", values)
@@ -170,10 +190,11 @@ def _judge_port(
     if want is None or rate == want:
         return result(Status.PASS, f"{state.name} {phys.name}, {rate}", values)
     if rate.gbps < want.gbps:
-        return result(Status.FAIL, f"rate {rate} below expected {want}", values)
+        msg = f"rate {rate} below expected {want}"
+        return result(Status.FAIL, msg, values, severity="medium")
     if rate.width < want.width:
         msg = f"width {rate.width}X below expected {want.width}X: rate {rate}, expected {want}"
-        return result(Status.FAIL, msg, values)
+        return result(Status.FAIL, msg, values, severity="medium")
     return result(Status.WARN, f"rate {rate} differs from expected {want}", values)
 
 
@@ -209,6 +230,8 @@ JOB_READING_MAX_AGE_S = 30 * 86400
     summary="HCA port error counters not rising past thresholds between runs (prolog->epilog)",
     timeout_s=8.0,
     group="fabric",
+    severity="medium",
+    remedy="check-cable",
     options={
         "ports": Option(list, [], "ports to watch as device/port (empty: all present)", item=str),
         "counters": Option(list, C.DEFAULT_COUNTERS, "counters/* files to watch", item=str),
@@ -427,9 +450,11 @@ def _counter_result(
             values[label] = getattr(judged, label)
     if judged.unreadable:
         values["unreadable"] = {k: str(v) for k, v in judged.unreadable.items()}
+    severity, remedy = ("high", "reboot") if judged.unreadable else ("", "")
     return CheckResult(
-        "ib.counters", judged.status, "; ".join(parts)[:200], component=name, values=values
-    )
+        "ib.counters", judged.status, "; ".join(parts)[:200], component=name, values=values,
+        severity=severity, remedy=remedy,
+    )  # fmt: skip
 
 
 # -------------------------------------------------------------------------------- net.link
@@ -440,6 +465,8 @@ def _counter_result(
     summary="expected netdevs (ethernet, RoCE, IPoIB) up, with carrier, at the expected speed",
     timeout_s=3.0,
     group="fabric",
+    severity="high",
+    remedy="check-cable",
     options={
         "devices": Option(list, [], 'netdevs that must be up, e.g. ["ib0", "eth2"]', item=str),
         "speed": Option(int, 0, "expected speed in Mb/s (0: not checked), e.g. 200000"),
@@ -490,13 +517,18 @@ def _judge_netdev(ctx: CheckContext, name: str) -> CheckResult:
             return result(Status.WARN, f"speed unknown, expected {want_speed} Mb/s", values)
         if speed < want_speed:
             msg = f"speed {speed} Mb/s below expected {want_speed} Mb/s"
-            return result(Status.FAIL, msg, values)
+            return CheckResult(
+                "net.link", Status.FAIL, msg, component=name, values=values, severity="medium"
+            )
         if speed > want_speed:
             msg = f"speed {speed} Mb/s differs from expected {want_speed} Mb/s"
             return result(Status.WARN, msg, values)
     want_mtu = ctx.options["mtu"]
     if want_mtu and isinstance(dev.mtu, int) and dev.mtu != want_mtu:
-        return result(Status.FAIL, f"mtu {dev.mtu}, expected {want_mtu}", values)
+        msg = f"mtu {dev.mtu}, expected {want_mtu}"
+        return CheckResult(
+            "net.link", Status.FAIL, msg, component=name, values=values, remedy="admin"
+        )
     shown_speed = f"{speed} Mb/s" if speed is not None and speed >= 0 else "speed unknown"
     return result(Status.PASS, f"up, {shown_speed}", values)
 
@@ -510,6 +542,8 @@ def _judge_netdev(ctx: CheckContext, name: str) -> CheckResult:
     phases=("prolog",),
     timeout_s=15.0,
     enabled_by_default=False,
+    severity="high",
+    remedy="admin",
     options={
         "address_template": Option(
             str, "{node}", "a node's fabric address or name: {node}, {num} (e.g. 10.10.0.{num})"

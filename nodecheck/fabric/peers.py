@@ -221,7 +221,6 @@ class _Listener:
         self.thread = threading.Thread(target=self._serve, daemon=True, name="peers:listen")
 
     def _serve(self) -> None:
-        self.sock.settimeout(0.05)
         while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
@@ -241,10 +240,10 @@ class _Listener:
                 if hello is None:
                     return
                 _, node = hello
-                conn.sendall(_hello(self.job, self.me, ok=True))
-                if node in self.peers:
+                if node in self.peers:  # its hello got here: the path works both ways
                     with self.lock:
                         self.inbound.setdefault(node, time.monotonic())
+                conn.sendall(_hello(self.job, self.me, ok=True))
         except OSError:
             pass
         finally:
@@ -263,6 +262,7 @@ def _open_listener(family: int, address: str, port: int) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address, port))
         sock.listen(64)
+        sock.settimeout(0.05)  # accept() wakes up to notice the stop flag
     except OSError:
         sock.close()
         raise

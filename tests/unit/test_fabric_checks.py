@@ -8,7 +8,7 @@ from helpers import make_ctx, options_of
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
 from nodecheck.context import JobInfo
 from nodecheck.reason import format_reason
-from nodecheck.registry import all_checks
+from nodecheck.registry import all_checks, with_defaults
 from nodecheck.results import Status
 from tests.fixtures.sysfs import FakeSysfs, healthy_node
 
@@ -93,10 +93,10 @@ def test_lower_speed_port_and_its_drain_reason(node):
     bad = got["mlx5_2/1"]
     assert bad.status is Status.FAIL
     assert bad.message == "rate 200 Gb/sec (4X HDR) below expected 400 Gb/sec (4X NDR)"
-    reason = format_reason([bad], "prolog", "812")
+    reason = format_reason([with_defaults(bad, REGISTRY)], "prolog", "812")
     assert reason == (
         "nodecheck: ib.port mlx5_2/1: rate 200 Gb/sec (4X HDR) below expected "
-        "400 Gb/sec (4X NDR) [prolog job 812]"
+        "400 Gb/sec (4X NDR) [prolog job 812 sev=medium act=check-cable]"
     )
 
 

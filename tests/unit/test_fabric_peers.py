@@ -167,7 +167,8 @@ def test_all_peers_probing_each_other_pass_quickly():
         assert result.status is Status.PASS, (node, result)
         assert result.message.startswith("reached 2 of 2 peers")
         assert result.component == f"127.0.0.{node[1:]}"
-        assert set(result.values["peers"].values()) <= {"ok", "inbound", "refused"}
+        # "answered": connected, but that peer had finished and closed its listener.
+        assert set(result.values["peers"].values()) <= {"ok", "inbound", "refused", "answered"}
         assert took < 2.0
 
 
