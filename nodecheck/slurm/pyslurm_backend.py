@@ -11,8 +11,9 @@ The pyslurm calls used (pyslurm >= 23.2 "new" API, unchanged in 25.11):
   `Node.reason` / `Node.reason_user` str or None, `Node.reason_time` epoch int or None,
   `Node.partitions` list[str]
 - errors: `pyslurm.PyslurmError`, of which `pyslurm.RPCError` (with .errno) is a subclass
-- `pyslurm.slurm_api_version()` -> (major, minor, micro) of the slurm.h it was COMPILED against;
-  the running libslurm answers the C call `slurm_api_version()` (read here through ctypes).
+- `pyslurm.slurm_api_version()` -> (major, minor, micro) of the slurm.h it was COMPILED against
+  (SLURM_VERSION_NUMBER); the C function of the same name in libslurm returns the libtool ABI
+  number instead (45.0.0 on 26.05), so the loaded library's release is read another way.
 - `pyslurm.slurm_init(conf)` / `pyslurm.slurm_fini()`; `import pyslurm` calls slurm_init()
   itself unless PYSLURM_DISABLE_AUTO_INIT is set. libslurm calls exit() (fatal) when it finds
   no slurm.conf, after retrying a missing $SLURM_CONF for 60 s, so we never let it guess.
@@ -21,8 +22,10 @@ The pyslurm calls used (pyslurm >= 23.2 "new" API, unchanged in 25.11):
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import os
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -39,13 +42,9 @@ _NOT_INITIALISED = object()
 _initialised_with: object = _NOT_INITIALISED  # the conf path slurm_init() was last given
 
 
-def _decode_version(number: int) -> tuple[int, int, int]:
-    """SLURM_VERSION_NUMBER layout: 0xMMmmuu (e.g. 0x1a0505 is 26.05.5)."""
-    return (number >> 16) & 0xFF, (number >> 8) & 0xFF, number & 0xFF
-
-
 def _fmt(version: tuple[int, ...]) -> str:
-    return ".".join(f"{v:02d}" if i else str(v) for i, v in enumerate(version))
+    """(26, 5, 5) -> "26.05.5", as Slurm writes its versions."""
+    return ".".join(f"{v:02d}" if i == 1 else str(v) for i, v in enumerate(version))
 
 
 @contextlib.contextmanager
@@ -89,20 +88,40 @@ def _loaded_libslurm_paths() -> list[str]:
                     paths.append(path)
     except OSError:
         pass
-    return paths
+    return sorted(paths, key=lambda p: "libslurmfull" not in p)  # pyslurm's own first
+
+
+# libslurm's only release-number export is print_slurm_version(), which printf()s
+# "slurm[-wlm] 26.05.5" (slurm_api_version() returns the libtool ABI number, e.g. 45.0.0).
+# A throw-away child prints it, so this process's stdout is never touched.
+_PRINT_VERSION = "import ctypes, sys; ctypes.CDLL(sys.argv[1]).print_slurm_version()"
+
+
+@functools.lru_cache(maxsize=8)
+def _library_release(path: str) -> tuple[int, int, int] | None:
+    if not sys.executable:
+        return None
+    try:
+        out = subprocess.run(
+            [sys.executable, "-I", "-c", _PRINT_VERSION, path],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
 def running_libslurm_version() -> tuple[int, int, int] | None:
-    """Version of the libslurm this process actually loaded (C `slurm_api_version()`)."""
+    """Release of the libslurm this process actually loaded (after importing pyslurm)."""
     for path in _loaded_libslurm_paths():
-        try:
-            lib = ctypes.CDLL(path)  # already mapped: same handle, nothing new is loaded
-            func = lib.slurm_api_version
-        except (OSError, AttributeError):
-            continue
-        func.restype = ctypes.c_long
-        func.argtypes = []
-        return _decode_version(int(func()))
+        release = _library_release(path)
+        if release:
+            return release
     return None
 
 

@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,17 +124,47 @@ def contract_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestC
     fixed = os.environ.get("NODECHECK_CONTRACT_STATE_DIR")
     state_dir = Path(fixed) if fixed else tmp_path_factory.mktemp("contract-slurm")
     cluster = TestCluster(state_dir=state_dir, nodes=2, sbin=SLURM_SBIN, bin=SLURM_BIN)
-    cluster.start()  # stops what it started itself if it fails
+    try:
+        cluster.start()  # stops what it started itself if it fails
+    except testcluster.ClusterError as exc:
+        # One retry: TestCluster._alive() can misread a daemon that has just exec'd as dead
+        # (its /proc/PID/cmdline reads empty for a moment), seen about once in 15 starts in
+        # the sid root. Anything else fails the same way twice.
+        warnings.warn(f"contract cluster start failed, retrying once: {exc}", stacklevel=1)
+        cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
 
 
+def _base_state(sinfo_state: str) -> str:
+    """sinfo's %T without its suffix flags: "idle*" (not responding) -> "idle"."""
+    return sinfo_state.rstrip("*~#!%$@^-")
+
+
 @pytest.fixture
 def cluster(contract_cluster: TestCluster) -> TestCluster:
-    """The session cluster, reset first: no jobs, every node IDLE, no reason left."""
-    contract_cluster.reset()
+    """The session cluster with every node back to IDLE and no reason left.
+
+    Not TestCluster.reset(): that ends with `scontrol reconfigure`, and from Slurm 23.11 a
+    reconfigure makes each slurmd re-exec itself under a new PID, which the cluster then takes
+    for a dead daemon. The contract needs no schedulable node, so RESUME is enough (a resumed
+    node may read idle* until its next ping).
+    """
+    states = contract_cluster.node_states()
+    for name, state in states.items():
+        if _base_state(state) != "idle":
+            contract_cluster.scontrol("update", f"NodeName={name}", "State=RESUME", check=False)
+    contract_cluster.wait_for(
+        lambda: (
+            (s := contract_cluster.node_states())
+            and len(s) == contract_cluster.nodes
+            and all(_base_state(v) == "idle" for v in s.values())
+        ),
+        timeout=30,
+        message="all nodes idle again",
+    )
     return contract_cluster
 
 

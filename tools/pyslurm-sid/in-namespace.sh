@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# PID 1 of run-tests.sh's private net+mount+pid namespace: mount the sid root, start the tests
+# (tests/contract's fixture starts the 2-node cluster with tools/testcluster.py), tear down.
+# Usage (from run-tests.sh only): in-namespace.sh ROOT REPO [pytest args...]
+set -euo pipefail
+
+ROOT=$1
+REPO=$2
+shift 2
+STATE=/tmp/contract-cluster   # inside the root's tmpfs /tmp
+MOUNTS=()                     # what we mounted, to unmount in reverse order
+
+log() { printf '[pyslurm-sid] %s\n' "$*" >&2; }
+
+CHROOT_ENV=(chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+            LANG=C.UTF-8 PYTHONPATH=/src PYTHONDONTWRITEBYTECODE=1)
+in_root() { "${CHROOT_ENV[@]}" "$@"; }
+
+leftovers() { # PIDs in this namespace other than ours and our own subshells
+  [ -d "$ROOT/proc/self" ] || return 0
+  local d pid
+  for d in "$ROOT"/proc/[0-9]*; do
+    pid=${d##*/}
+    [ "$pid" = 1 ] && continue
+    # our own $(...) subshells are children of PID 1 running this very script
+    [ "$(cat "$d/comm" 2>/dev/null)" = bash ] && grep -q in-namespace "$d/cmdline" 2>/dev/null \
+      && continue
+    # zombies hold no mounts; they go with the namespace
+    [ "$(awk '{ print $3 }' "$d/stat" 2>/dev/null)" = Z ] && continue
+    [ -e "$d" ] && printf '%s(%s) ' "$pid" "$(cat "$d/comm" 2>/dev/null)"
+  done
+}
+
+cleanup() {
+  local rc=$? i
+  trap - EXIT INT TERM
+  set +e
+  if [ "$rc" != 0 ] && [ -d "$ROOT$STATE/log" ]; then
+    for f in "$ROOT$STATE"/log/*; do
+      [ -s "$f" ] && { echo "--- ${f#"$ROOT"} (last 15 lines)"; tail -n 15 "$f"; }
+    done >&2
+  fi
+  # Daemons: by the PIDs testcluster recorded when it started them (a no-op when pytest's own
+  # fixture already stopped them).
+  if [ -f "$ROOT$STATE/cluster.json" ]; then
+    in_root python3 /src/tools/testcluster.py down --state-dir "$STATE" >&2
+  fi
+  # Anything else still alive in this PID namespace (a daemon's helper that outlived it) was
+  # started by this run: give it a moment, then SIGKILL it by PID, before unmounting.
+  for i in 1 2 3 4 5 6 7 8 9 10 0; do
+    others=$(leftovers)
+    [ -z "$others" ] && break
+    if [ "$i" = 0 ]; then
+      log "killing leftover processes: $others"
+      kill -KILL $(echo "$others" | sed 's/([^)]*)//g') 2>/dev/null
+      sleep 0.2
+    else
+      sleep 0.2
+    fi
+  done
+  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
+    umount -R "${MOUNTS[$i]}" || umount -R -l "${MOUNTS[$i]}" || rc=1
+  done
+  exit "$rc"
+}
+CHILD=
+on_signal() { # run-tests.sh forwards SIGINT/SIGTERM as SIGTERM to us (PID 1 here)
+  trap - INT TERM
+  [ -n "$CHILD" ] && kill -TERM "$CHILD" 2>/dev/null && wait "$CHILD" 2>/dev/null
+  exit 143
+}
+trap cleanup EXIT
+trap on_signal INT TERM
+
+mnt() { # mount args... target (last argument)
+  mount "$@"
+  MOUNTS+=("${!#}")
+}
+
+# Only loopback here. Slurm resolves its listen address with getaddrinfo(AI_ADDRCONFIG),
+# which does not count 127.0.0.1: a second address on lo makes it work.
+ip link set lo up
+ip addr add 127.0.0.2/8 dev lo
+
+mnt -t proc proc "$ROOT/proc"          # this PID namespace's processes only
+mnt --rbind /dev "$ROOT/dev"
+mnt -t sysfs sysfs "$ROOT/sys"          # no cgroup fs under it: testcluster then writes
+                                        # CgroupPlugin=disabled for slurmd >= 23.11
+mnt -t tmpfs -o mode=1777 tmpfs "$ROOT/tmp"
+mkdir -p "$ROOT/src"
+mnt --bind "$REPO" "$ROOT/src"
+mount -o remount,bind,ro "$ROOT/src"
+
+log "$(in_root sh -c 'echo "$(slurmctld -V), $(python3 -V), pytest $(python3 -c "import pytest; print(pytest.__version__)")"')"
+log "network: $(ip -brief addr show lo | tr -s ' ')"
+
+# One pytest run over both backends: test ids [pyslurm-slurm26.05] and [scontrol-slurm26.05].
+# --confcutdir: only tests/contract's conftest (the others may need pip packages).
+# In the background + wait, so a forwarded SIGTERM is handled at once, not after pytest.
+# (A plain command, not the in_root function: $! is then pytest's own PID, since chroot and
+# env exec.)
+"${CHROOT_ENV[@]}" NODECHECK_REQUIRE_SLURM=1 NODECHECK_REQUIRE_PYSLURM=1 \
+  NODECHECK_CONTRACT_STATE_DIR="$STATE" \
+  python3 -m pytest -p no:cacheprovider --rootdir=/src --confcutdir=/src/tests/contract \
+  -v --tb=short /src/tests/contract "$@" &
+CHILD=$!
+rc=0
+wait "$CHILD" || rc=$?
+CHILD=
+exit "$rc"
