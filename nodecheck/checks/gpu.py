@@ -67,22 +67,33 @@ def _snapshot(ctx: CheckContext, all_gpus: bool = False) -> Snapshot:
 
 
 def _result(
-    cid: str, status: Status, message: str, gpu: Gpu | None = None, /, **values: Any
+    cid: str,
+    status: Status,
+    message: str,
+    gpu: Gpu | None = None,
+    /,
+    *,
+    sev: str = "",
+    act: str = "",
+    **values: Any,
 ) -> CheckResult:
-    return CheckResult(cid, status, message, gpu.component if gpu else "node", values)
+    """One result; `sev`/`act` override the check's declared severity and remedy."""
+    component = gpu.component if gpu else "node"
+    return CheckResult(cid, status, message, component, values, severity=sev, remedy=act)
 
 
 def _error_result(cid: str, err: NvmlError, what: str, gpu: Gpu | None = None) -> CheckResult:
     """Turn an NVML error on one field into this check's result for that GPU (or node)."""
     values = {"nvml_error": err.name, "nvml_code": err.code}
     if err.gpu_lost:
-        return _result(cid, Status.FAIL, f"GPU lost ({err.name}): reboot the node", gpu, **values)
+        msg = f"GPU lost ({err.name}): reboot the node"
+        return _result(cid, Status.FAIL, msg, gpu, sev="critical", act="reboot", **values)
     if err.not_supported:
         part = gpu.name if gpu and gpu.name else "this GPU"
         return _result(cid, Status.SKIP, f"{what} not supported on {part}", gpu, **values)
     if err.code in _OUR_FAULT:
         return _result(cid, Status.ERROR, f"cannot read {what}: {err}", gpu, **values)
-    return _result(cid, Status.FAIL, f"cannot read {what}: {err}", gpu, **values)
+    return _result(cid, Status.FAIL, f"cannot read {what}: {err}", gpu, act="admin", **values)
 
 
 def _span(components: list[str]) -> str:
@@ -192,6 +203,8 @@ def _watts(milliwatts: int) -> str:
 
 @check(
     "gpu.count",
+    severity="critical",
+    remedy="reboot",
     summary="GPUs visible to NVML == expected for the node class; a lost GPU fails",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -256,6 +269,8 @@ def gpu_count(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.model",
+    severity="high",
+    remedy="admin",
     summary="every GPU is the pinned model (name as NVML reports it, globs allowed)",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -303,6 +318,8 @@ def _cuda_text(value: int) -> str:
 
 @check(
     "gpu.driver",
+    severity="high",
+    remedy="admin",
     summary="NVIDIA driver and CUDA driver versions are the pinned ones",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -346,6 +363,8 @@ def gpu_driver(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.ecc",
+    severity="critical",
+    remedy="reset-gpu",
     summary="ECC enabled; uncorrectable (DBE) counts since reset and lifetime under limits",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -381,7 +400,7 @@ def gpu_ecc(ctx: CheckContext) -> Iterator[CheckResult]:
             if opts["require_enabled"]:
                 later = " (on after next GPU reset)" if gpu.ecc_mode_pending else ""
                 msg = f"ECC disabled{later}: enable with nvidia-smi -e 1 and reset"
-                yield _result(cid, Status.FAIL, msg, gpu, **values)
+                yield _result(cid, Status.FAIL, msg, gpu, sev="high", act="admin", **values)
             else:
                 yield _result(cid, Status.PASS, "ECC off (allowed)", gpu, **values)
             return
@@ -396,7 +415,7 @@ def gpu_ecc(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.FAIL, msg, gpu, **values)
         elif limit_a is not None and aggregate is not None and aggregate > limit_a:
             msg = f"{aggregate} uncorrectable ECC errors lifetime (limit {limit_a}): RMA candidate"
-            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            yield _result(cid, Status.FAIL, msg, gpu, act="replace", **values)
         elif opts["require_enabled"] and gpu.ecc_mode_pending is False:
             msg = "ECC will be disabled at next GPU reset (pending mode off)"
             yield _result(cid, Status.WARN, msg, gpu, **values)
@@ -408,6 +427,8 @@ def gpu_ecc(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.remap",
+    severity="critical",
+    remedy="reset-gpu",
     summary="row remapping not pending and not failed; retired pages on pre-Ampere parts",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -436,7 +457,8 @@ def gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
                 "failure": rows.failureOccurred,
             }
             if rows.failureOccurred:
-                yield _result(cid, Status.FAIL, "row remap failure (needs RMA)", gpu, **values)
+                msg = "row remap failure (needs RMA)"
+                yield _result(cid, Status.FAIL, msg, gpu, act="replace", **values)
             elif rows.isPending:
                 msg = "row remap pending (needs GPU reset)"
                 yield _result(cid, Status.FAIL, msg, gpu, **values)
@@ -468,7 +490,7 @@ def gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.FAIL, msg, gpu, **values)
         elif pages >= max_pages:
             msg = f"{pages} retired pages (limit {max_pages}): RMA candidate"
-            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            yield _result(cid, Status.FAIL, msg, gpu, act="replace", **values)
         else:
             yield _result(cid, Status.PASS, f"{pages} retired pages, none pending", gpu, **values)
 
@@ -480,6 +502,8 @@ def gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.pcie",
+    severity="medium",
+    remedy="admin",
     summary="PCIe link width (and optionally generation) not below max or expected",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -544,6 +568,8 @@ DEFAULT_NVLINK_RISE = {
 
 @check(
     "gpu.nvlink",
+    severity="high",
+    remedy="reset-gpu",
     summary="expected NVLinks active; NVLink error counters not rising since the last run",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -615,7 +641,7 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
             link, counter, delta = max(over, key=lambda item: item[2] - limits[item[1]])
             more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
             msg = f"NVLink {link} {counter} errors +{delta} since last run{more}"
-            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            yield _result(cid, Status.FAIL, msg, gpu, sev="medium", act="admin", **values)
         else:
             yield _result(cid, Status.PASS, f"{len(active)} NVLinks active", gpu, **values)
 
@@ -693,6 +719,8 @@ def _reasons(names: Iterable[str]) -> list[str]:
 
 @check(
     "gpu.clocks",
+    severity="medium",
+    remedy="admin",
     summary="no HW slowdown / HW thermal slowdown / power brake throttling while idle",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -742,6 +770,8 @@ def gpu_clocks(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.thermal",
+    severity="medium",
+    remedy="admin",
     summary="GPU temperature at idle under the limits",
     phases=("prolog", "health", "manual"),
     group=GROUP,
@@ -776,6 +806,8 @@ def gpu_thermal(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.power",
+    severity="medium",
+    remedy="reset-gpu",
     summary="power draw at idle not excessive; enforced power limit as expected",
     phases=("prolog", "health", "manual"),
     group=GROUP,
@@ -807,7 +839,7 @@ def gpu_power(ctx: CheckContext) -> Iterator[CheckResult]:
         want_limit = opts["expected_limit_w"]
         if want_limit is not None and limit < want_limit * 1000 - 1000:
             msg = f"power limit {_watts(limit)} (expected {want_limit:g}W)"
-            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            yield _result(cid, Status.FAIL, msg, gpu, act="admin", **values)
             return
         if not _idle(gpu):
             yield _result(cid, Status.SKIP, "GPU busy: idle power not judged", gpu, **values)
@@ -832,6 +864,8 @@ def gpu_power(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.persistence",
+    severity="medium",
+    remedy="restart-service",
     summary="persistence mode as the node class expects (on by default)",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -863,6 +897,8 @@ def gpu_persistence(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.mig",
+    severity="high",
+    remedy="reset-gpu",
     summary="MIG mode as the node class expects (off by default) and no change pending",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -907,6 +943,8 @@ def gpu_mig(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.compute_mode",
+    severity="high",
+    remedy="admin",
     summary="compute mode as the node class expects (default, exclusive_process, prohibited)",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -941,6 +979,8 @@ def gpu_compute_mode(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.fabric",
+    severity="critical",
+    remedy="restart-service",
     summary="NVSwitch systems: GPU fabric registration completed with success",
     group=GROUP,
     timeout_s=TIMEOUT_S,
@@ -1003,6 +1043,8 @@ def gpu_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "gpu.idle",
+    severity="high",
+    remedy="cleanup",
     summary="after the job: no compute processes left on the GPUs, GPU memory released",
     phases=("epilog",),
     group=GROUP,
@@ -1044,7 +1086,7 @@ def gpu_idle(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.FAIL, f"{msg}pid {pids}{more}", gpu, **values)
         elif used > limit:
             msg = f"{used / GIB:.1f} GiB GPU memory still used with no process{job}"
-            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            yield _result(cid, Status.FAIL, msg, gpu, act="reset-gpu", **values)
         else:
             yield _result(cid, Status.PASS, "no processes, memory released", gpu, **values)
 
@@ -1056,6 +1098,8 @@ def gpu_idle(ctx: CheckContext) -> Iterator[CheckResult]:
 
 XID_STATE_KEY = "gpu.xid.cursor"
 DEFAULT_CRITICAL_XIDS = [48, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140]
+# Fell off the bus, GSP timeout/error: a GPU reset is not enough, the node must reboot.
+XID_NEEDS_REBOOT = {79, 119, 120}
 _XID = re.compile(
     r"NVRM: Xid \(PCI:(?P<pci>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2})(?:\.[0-7])?\): "
     r"(?P<xid>\d+),\s*(?P<rest>.*)"
@@ -1188,6 +1232,8 @@ def _boot_id(ctx: CheckContext) -> str:
 
 @check(
     "gpu.xid",
+    severity="critical",
+    remedy="reset-gpu",
     summary="no critical NVIDIA XID in the kernel log since the last run",
     timeout_s=5.0,
     options={
@@ -1252,7 +1298,8 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
                 first = group[0]
                 more = f" (+{len(group) - 1} more)" if len(group) > 1 else ""
                 msg = f"Xid {first.xid}: {first.text}{more}"
-                yield CheckResult(cid, status, msg[:200], component, values)
+                act = "reboot" if any(x.xid in XID_NEEDS_REBOOT for x in group) else ""
+                yield CheckResult(cid, status, msg[:200], component, values, remedy=act)
                 worst_any = True
                 break
     if gap:

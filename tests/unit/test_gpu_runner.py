@@ -11,7 +11,7 @@ from nodecheck import nvml
 from nodecheck.checks import gpu  # noqa: F401
 from nodecheck.context import JobInfo
 from nodecheck.reason import format_reason
-from nodecheck.registry import all_checks
+from nodecheck.registry import all_checks, with_defaults
 from nodecheck.results import Status
 from nodecheck.runner import Planned, run_checks
 
@@ -126,3 +126,62 @@ def test_real_nvml_through_the_runner_never_crashes(tmp_path):
     assert all(r.status is not Status.ERROR for r in results), [
         (r.check_id, r.message) for r in results if r.status is Status.ERROR
     ]
+
+
+@pytest.mark.parametrize(
+    ("fixture", "phase", "reason"),
+    [
+        (
+            "h100-remap-pending.json",
+            "prolog",
+            "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) "
+            "[prolog job 812 sev=critical act=reset-gpu]",
+        ),
+        (
+            "h100-remap-failure.json",
+            "prolog",
+            "nodecheck: gpu.remap gpu6: row remap failure (needs RMA) "
+            "[prolog job 812 sev=critical act=replace]",
+        ),
+        (
+            "h100-pcie-x8.json",
+            "prolog",
+            "nodecheck: gpu.pcie gpu2: PCIe x8 (expected x16) "
+            "[prolog job 812 sev=medium act=admin]",
+        ),
+        (
+            "h100-nvlink-down.json",
+            "prolog",
+            "nodecheck: gpu.nvlink gpu4: NVLink 7 down (17/18 active) "
+            "[prolog job 812 sev=high act=reset-gpu]",
+        ),
+        (
+            "h100-fabric-not-started.json",
+            "prolog",
+            "nodecheck: gpu.fabric gpu0: fabric registration not started (is "
+            "nvidia-fabricmanager running?) (+7 more) [prolog job 812 sev=critical "
+            "act=restart-service]",
+        ),
+        (
+            "h100-leftover-process.json",
+            "epilog",
+            "nodecheck: gpu.idle gpu0: 1 compute process left after job 812: pid 48213 "
+            "[epilog job 812 sev=high act=cleanup]",
+        ),
+    ],
+)
+def test_drain_reasons_with_declared_severity_and_remedy(tmp_path, fixture, phase, reason):
+    results = run_checks(plan(fixture, tmp_path, phase=phase), budget_s=20)
+    failures = [with_defaults(r, REGISTRY) for r in results if r.status is Status.FAIL]
+    assert format_reason(failures, phase, "812") == reason
+
+
+def test_lost_gpu_is_critical_and_needs_a_reboot(tmp_path):
+    results = run_checks(plan("h100-lost-gpu.json", tmp_path), budget_s=20)
+    failures = [with_defaults(r, REGISTRY) for r in results if r.status is Status.FAIL]
+    assert {(r.component, r.severity, r.remedy) for r in failures} == {
+        ("gpu3", "critical", "reboot")
+    }
+    assert format_reason(failures, "prolog", "812").startswith(
+        "nodecheck: gpu.clocks gpu3: GPU lost (NVML_ERROR_GPU_IS_LOST): reboot the node (+"
+    )
