@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from nodecheck import history
+from nodecheck import breaker, history
 from nodecheck.config import Config
 from nodecheck.log import get_logger
 from nodecheck.policy import Action, Verdict
 from nodecheck.reason import parse_reason
-from nodecheck.slurm import SlurmBackend, SlurmError, select_backend
+from nodecheck.slurm import SlurmBackend, SlurmError, select_backend, set_call_deadline
 from nodecheck.state import StateError
 
 DRAIN_MARKER = history.DRAIN_MARKER
@@ -37,6 +37,7 @@ def backend_for(config: Config | None, env: Mapping[str, str]) -> SlurmBackend:
 def _with_retries(what: str, attempts: int, deadline: float, call: Callable[[], T]) -> T:
     log = get_logger()
     last: Exception | None = None
+    set_call_deadline(deadline)  # an unreachable controller must not outlast the budget
     for attempt in range(1, attempts + 1):
         try:
             return call()
@@ -106,11 +107,21 @@ def _drain_and_mark(
     log = get_logger()
     attempts = config.drain_attempts if config else 3
     backend = backend_for(config, env)
-    info = _with_retries("node_info", attempts, deadline, lambda: backend.node_info(node))
+    limits = breaker_limits(config)
+    if limits.enabled:
+        # One call gives both this node's state and what the breaker needs.
+        nodes = _with_retries("list_nodes", attempts, deadline, backend.list_nodes)
+        info = next((n for n in nodes if n.name == node), None) or backend.node_info(node)
+    else:
+        info = _with_retries("node_info", attempts, deadline, lambda: backend.node_info(node))
     if info.drained and not info.drained_by_nodecheck:
         log.warning("admin_drain_kept", existing_reason=info.reason)
         return "admin drain kept"
     state_dir = _state_dir(config, node)
+    if limits.enabled and not info.drained_by_nodecheck:
+        tripped = breaker.evaluate(nodes, node, limits)
+        if tripped.open:
+            return _breaker_open(state_dir, verdict.reason, tripped)
     now = time.time()
     new_episode = not info.drained
     max_drains = config.flap_max_drains if config else 0
@@ -147,6 +158,39 @@ def _drain_and_mark(
     taken = "drained (flapping)" if flapping else "drained"
     log.warning("drain", result=taken, reason=reason, new_episode=new_episode)
     return taken
+
+
+def breaker_limits(config: Config | None) -> breaker.BreakerLimits:
+    if config is None:
+        return breaker.BreakerLimits()
+    return breaker.BreakerLimits(
+        max_share=float(config.breaker_max_share),
+        floor=config.breaker_floor,
+        max_drains=config.breaker_max_drains,
+        window_min=float(config.breaker_window_min),
+    )
+
+
+def _breaker_open(state_dir: Path, reason: str, tripped: breaker.BreakerState) -> str:
+    """Too much is drained already: leave this node to Slurm's own prolog/epilog-failure
+    drain and a human, say so loudly, and count it for the metrics."""
+    get_logger().error(
+        "circuit_breaker_open",
+        why=tripped.why,
+        would_drain=reason,
+        partition=tripped.partition,
+        what_now="nodecheck does not drain; Slurm drains on the non-zero exit; a human decides",
+    )
+
+    def count(h: history.History) -> None:
+        with h.write():
+            h.add_event("breaker_open", f"{tripped.why}; would drain: {reason}", time.time())
+
+    try:
+        history.with_history(state_dir, count)
+    except (StateError, OSError) as exc:
+        get_logger().warning("history_unusable", error=str(exc))
+    return "breaker open"
 
 
 def _maybe_resume(config: Config | None, node: str, env: Mapping[str, str]) -> str:

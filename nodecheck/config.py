@@ -55,6 +55,13 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # ("flapping") until an admin resumes it; 0 turns flap control off.
     "flap_max_drains": (int, 3),
     "flap_window_s": ((int, float), 86400),
+    # Drain circuit breaker (nodecheck/breaker.py): no nodecheck drain past this share of a
+    # partition (but always allow breaker_floor nodes), nor past breaker_max_drains drains
+    # within breaker_window_min minutes cluster-wide. 0 turns a limit off.
+    "breaker_max_share": ((int, float), 0.10),
+    "breaker_floor": (int, 3),
+    "breaker_max_drains": (int, 20),
+    "breaker_window_min": ((int, float), 10),
     # node_exporter textfile-collector file; "" disables metrics. May contain {node}.
     "metrics_file": (str, "/var/lib/node_exporter/textfile_collector/nodecheck.prom"),
 }
@@ -180,22 +187,46 @@ def load_config(
 ) -> Config:
     path, required = find_config_path(explicit, env)
     try:
-        st = path.stat()
+        data = read_toml(path)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path}: config file not found") from None
         return parse_config({}, None, registry)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot stat config: {exc.strerror}") from exc
-    refuse_unsafe_file(path, st)
+    return parse_config(data, path, registry)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The config file's TOML, read the way a root-run tool must: only a regular file (a
+    FIFO would block the prolog forever, so open without blocking and look before reading)
+    that others cannot write, of sane size, in UTF-8. FileNotFoundError when there is none;
+    every other problem is a ConfigError naming the file."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot open config: {exc.strerror}") from exc
+    try:
+        refuse_unsafe_file(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, path, registry)
 
 
 def refuse_unsafe_file(path: Path, st: os.stat_result) -> None:
@@ -292,6 +323,8 @@ def _parse_settings(
         raise ConfigError(f"{where}: flap_max_drains must be in [0, 1000] (0: off)")
     if "flap_window_s" in out and not 0 < out["flap_window_s"] <= 30 * 86400:
         raise ConfigError(f"{where}: flap_window_s must be in (0, 2592000] (30 days)")
+    if "breaker_max_share" in out and not 0 <= out["breaker_max_share"] <= 1:
+        raise ConfigError(f"{where}: breaker_max_share must be in [0, 1]")
     if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):
         raise ConfigError(f"{where}: nvml must be 'real' or 'replay:/path/to/snapshot.json'")
     return out
@@ -389,9 +422,10 @@ def salvage_config(explicit: str | None, env: Mapping[str, str]) -> Config:
     values = {name: default for name, (_, default) in _SETTINGS.items()}
     try:
         path, _ = find_config_path(explicit, env)
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
+        # Same safe read as load_config: never salvage from a file others can write (it
+        # could name the scontrol we run as root), never block on a FIFO.
+        data = read_toml(path)
+    except (OSError, ConfigError):
         return Config(path=None, values=values, checks={})
     for key, value in data.items():
         if key in _SETTINGS:

@@ -67,6 +67,13 @@ _TABLES = ("runs", "findings", "lifecycle")
 COUNTERS = "counters"  # kv: {"drains": n, "resumes": n, "flap_holds": n}, never pruned
 LAST = "last"  # kv: last status/duration per check and last run per phase, for metrics
 PASSING = ("PASS", "WARN")
+# Event kind -> its counter in COUNTERS (and metric nodecheck_<counter>_total).
+EVENT_COUNTERS = {
+    "drain": "drains",
+    "resume": "resumes",
+    "flap_hold": "flap_holds",
+    "breaker_open": "breaker_trips",
+}
 DRAIN_MARKER = "drain"  # kv: set while nodecheck holds a drain of this node (actions.py)
 
 
@@ -174,7 +181,7 @@ class History:
             "INSERT INTO lifecycle(at, kind, reason) VALUES (?,?,?)", (at, kind, reason)
         )
         counters = self.store.get_json(COUNTERS) or {}
-        key = {"drain": "drains", "resume": "resumes", "flap_hold": "flap_holds"}[kind]
+        key = EVENT_COUNTERS[kind]
         counters[key] = int(counters.get(key, 0)) + 1
         self.put(COUNTERS, counters)
 
@@ -236,7 +243,7 @@ class History:
 
     def counters(self) -> dict[str, int]:
         stored = self.store.get_json(COUNTERS) or {}
-        return {k: int(stored.get(k, 0)) for k in ("drains", "resumes", "flap_holds")}
+        return {k: int(stored.get(k, 0)) for k in EVENT_COUNTERS.values()}
 
     def last(self) -> dict[str, Any]:
         return self.store.get_json(LAST) or {}

@@ -21,6 +21,7 @@ Metric names:
   nodecheck_drains_total{node}                        drain episodes started by nodecheck
   nodecheck_resumes_total{node}                       resumes by nodecheck
   nodecheck_flap_holds_total{node}                    drains held because the node flaps
+  nodecheck_breaker_trips_total{node}                 drains skipped: circuit breaker open
   nodecheck_drained{node}                             1 while nodecheck holds a drain
 """
 
@@ -113,6 +114,7 @@ class _Snapshot:
             ("drains", "Drain episodes started by nodecheck on this node."),
             ("resumes", "Resumes of this node by nodecheck."),
             ("flap_holds", "Drains nodecheck kept because the node flaps."),
+            ("breaker_trips", "Drains nodecheck skipped because the circuit breaker was open."),
         ):
             counter = CounterMetricFamily(f"nodecheck_{key}", help_text, labels=["node"])
             counter.add_metric([node], float(self.counters.get(key, 0)))

@@ -252,7 +252,7 @@ def test_drain_then_resume_after_n_health_passes(lifecycle):
     assert lifecycle("health", [PASS]).action_taken == "none"
     assert len(lifecycle.fake_slurm.calls) == calls  # marker gone: no controller call
     counters = history.with_history(lifecycle.state_dir, lambda h: h.counters())
-    assert counters == {"drains": 1, "resumes": 1, "flap_holds": 0}
+    assert counters == {"drains": 1, "resumes": 1, "flap_holds": 0, "breaker_trips": 0}
 
 
 def test_admin_drain_is_never_touched(lifecycle):
@@ -288,7 +288,7 @@ def test_a_flapping_node_stays_drained_with_a_flapping_reason(lifecycle):
     assert lifecycle("health", [FAIL]).action_taken == "drained (flapping)"
     assert "flapping (drained 3x in 1h)" in lifecycle.fake_slurm.nodes["n1"].reason
     counters = history.with_history(lifecycle.state_dir, lambda h: h.counters())
-    assert counters == {"drains": 3, "resumes": 2, "flap_holds": 1}
+    assert counters == {"drains": 3, "resumes": 2, "flap_holds": 1, "breaker_trips": 0}
     # The admin resumes it by hand: the hold ends, nodecheck forgets its marker.
     lifecycle.fake_slurm.resume("n1")
     assert lifecycle("health", [PASS]).action_taken == "not drained"
