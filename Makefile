@@ -1,4 +1,4 @@
-.PHONY: install test test-unit test-integration lint format bench clean cluster-up cluster-down cluster-status
+.PHONY: install test test-unit test-integration lint format bench clean cluster-up cluster-down cluster-status test-pyslurm
 
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
@@ -48,3 +48,10 @@ cluster-down:
 
 cluster-status:
 	$(PYTHON) tools/testcluster.py status --state-dir $(CLUSTER_DIR)
+
+# Opt-in: the backend contract tests against Slurm 26.05 from Debian sid, through pyslurm
+# (built here against it) and scontrol, in a cached debootstrap root under .cache/ (root only;
+# ~1.5 min from scratch, seconds when cached). See docs/pyslurm.md.
+test-pyslurm:
+	bash tools/pyslurm-sid/build.sh
+	bash tools/pyslurm-sid/run-tests.sh
