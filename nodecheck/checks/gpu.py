@@ -97,13 +97,19 @@ def _error_result(cid: str, err: NvmlError, what: str, gpu: Gpu | None = None) -
 
 
 def _span(components: list[str]) -> str:
-    """gpu0..gpu7 -> 'gpu0-7'; gpu0, gpu2, gpu3 -> 'gpu0,2,3'."""
+    """gpu0..gpu7 -> 'gpu0-7'; gpu0..3, gpu5..7 -> 'gpu0-3,5-7'; gpu0, gpu2 -> 'gpu0,2'."""
     nums = [int(c[3:]) for c in components if c.startswith("gpu") and c[3:].isdigit()]
     if len(nums) != len(components) or not nums:
         return ",".join(components)
-    if nums == list(range(nums[0], nums[0] + len(nums))) and len(nums) > 1:
-        return f"gpu{nums[0]}-{nums[-1]}"
-    return "gpu" + ",".join(str(n) for n in nums)
+    runs: list[list[int]] = []
+    for n in sorted(nums):
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return "gpu" + ",".join(
+        f"{r[0]}-{r[-1]}" if len(r) > 2 else ",".join(map(str, r)) for r in runs
+    )
 
 
 Summary = Callable[[list[CheckResult]], str]

@@ -410,3 +410,24 @@ def test_real_nvml_here_is_data_not_a_crash():
     if snap.init_error is None:
         pytest.skip("this machine has a working NVML")
     assert snap.gpus == () and snap.init_error.code in model.ERROR_CODES
+
+
+def test_record_tool_writes_a_replayable_snapshot(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    tool = Path(__file__).resolve().parents[2] / "tools" / "record-nvml-snapshot.py"
+    spec = importlib.util.spec_from_file_location("record_nvml_snapshot", tool)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recorded = Snapshot.load(FIXTURES / "h100-remap-pending.json")
+    monkeypatch.setitem(__import__("sys").modules, "pynvml", FakeNvml(recorded))
+    out = tmp_path / "node.json"
+    assert module.main(["-o", str(out), "--comment", "test node"]) == 0
+    assert "8 GPUs, driver 550.90.07" in capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["comment"] == "test node"
+    snap = nvml.get_snapshot(f"replay:{out}")
+    assert snap.gpus[3].remapped_rows.isPending
+    assert snap.gpus[5].uuid == "GPU-00000000-0000-4000-8000-000000000005"
+    strip = lambda s: _comparable(replace(s, gpus=tuple(replace(g, uuid="") for g in s.gpus)))  # noqa: E731
+    assert strip(snap) == strip(recorded)

@@ -559,7 +559,7 @@ def test_only_job_gpus_restricts_every_per_gpu_check():
         only_job_gpus=True,
         settle_s=0,
     )
-    assert problems(results) == [] and results[0].component == "gpu1-2"
+    assert problems(results) == [] and results[0].component == "gpu1,2"
     # without the option (or without SLURM_JOB_GPUS) every GPU is looked at
     assert problems(
         run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=job, settle_s=0)
@@ -576,3 +576,56 @@ def _edit(tmp_path, fixture, index, **changes):
     path = tmp_path / f"{fixture}-{index}-{len(list(tmp_path.iterdir()))}.json"
     path.write_text(json.dumps(data))
     return f"replay:{path}"
+
+
+# --- configuration --------------------------------------------------------------------
+
+
+def test_options_come_from_node_class_tables():
+    import tomllib
+
+    from nodecheck.config import parse_config
+
+    text = f"""
+[checks."gpu.xid"]
+critical = [79, 48]
+[[node_class]]
+name = "hgx-h100"
+match = ["gpu[001-064]"]
+nvml = "replay:{FIXTURES / "h100-healthy.json"}"
+[node_class.checks."gpu.count"]
+expected = 8
+[node_class.checks."gpu.driver"]
+cuda_driver_version = "12.4"
+[node_class.checks."gpu.nvlink"]
+max_increase = {{ recovery = 2 }}
+"""
+    config = parse_config(tomllib.loads(text), None, REGISTRY)
+    node = config.for_node("gpu007", REGISTRY)
+    assert node.node_class == "hgx-h100"
+    assert node.settings.nvml.startswith("replay:")
+    assert node.checks["gpu.count"].options["expected"] == 8
+    assert node.checks["gpu.driver"].options["cuda_driver_version"] == "12.4"
+    assert node.checks["gpu.nvlink"].options["max_increase"] == {"recovery": 2}
+    assert node.checks["gpu.xid"].options["critical"] == [79, 48]
+    other = config.for_node("login1", REGISTRY)
+    assert other.checks["gpu.count"].options["expected"] is None
+    assert other.settings.nvml == "real"
+
+
+@pytest.mark.parametrize(
+    ("table", "error"),
+    [
+        ('[checks."gpu.count"]\nexpected = "8"', "expected int"),
+        ('[checks."gpu.count"]\nexpected = true', "expected int"),
+        ('[checks."gpu.count"]\nexpectd = 8', "unknown option 'expectd'"),
+        ('[checks."gpu.xid"]\ncritical = ["79"]', r"critical\[0\]: expected int"),
+    ],
+)
+def test_bad_gpu_options_are_config_errors(table, error):
+    import tomllib
+
+    from nodecheck.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=error):
+        parse_config(tomllib.loads(table), None, REGISTRY)

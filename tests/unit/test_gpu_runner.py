@@ -82,7 +82,7 @@ def test_hang_outside_the_job_gpus_does_not_hang(tmp_path):
         for item in plan("h100-hang-remap.json", tmp_path, check_ids=["gpu.remap", "gpu.ecc"])
     ]
     results = run_checks(planned, budget_s=10)
-    assert {(r.status, r.component) for r in results} == {(Status.PASS, "gpu0-1")}
+    assert {(r.status, r.component) for r in results} == {(Status.PASS, "gpu0,1")}
 
 
 def test_drain_reason_for_pending_remap(tmp_path):
