@@ -339,35 +339,40 @@ def probe(
     }
     lock = threading.Lock()
 
+    def record(peer: str, outcome: Outcome) -> None:
+        with lock:
+            outcomes[peer] = outcome
+
+    def state_of(peer: str) -> str:
+        with lock:
+            return outcomes[peer].kind
+
     def work(peer: str, family: int, address: str) -> None:
-        last = Outcome("timeout", "no answer")
         while time.monotonic() < deadline:
             if listener is not None and listener.reached_us(peer):
-                last = Outcome("inbound", "peer reached us", _since(started))
-                break
+                record(peer, Outcome("inbound", "peer reached us", _since(started)))
+                return
             got = _attempt(family, own[1], address, port, deadline, job, me, peer)
+            record(peer, got)
             if got.kind in REACHED:
-                last = got
-                break
-            last = got
+                return
             if got.kind != "timeout":
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-        if last.kind not in REACHED and listener is not None and listener.reached_us(peer):
-            last = Outcome("inbound", "peer reached us", _since(started))
-        with lock:
-            outcomes[peer] = last
+        if listener is not None and listener.reached_us(peer):
+            record(peer, Outcome("inbound", "peer reached us", _since(started)))
 
     alive: dict[str, bool] = {}
 
-    def fabric_reached(peer: str) -> bool:
-        with lock:
-            return outcomes[peer].kind in REACHED
-
     def check_control(peer: str, family: int, address: str) -> None:
+        """Only asked once the fabric attempt to this peer came back silent."""
         got = Outcome("timeout")
         while time.monotonic() < deadline and got.kind not in REACHED:
-            if fabric_reached(peer):
+            kind = state_of(peer)
+            if kind in REACHED:
                 return  # no question to answer
+            if kind == "pending":
+                time.sleep(0.02)
+                continue
             got = _attempt(family, None, address, port, deadline, job, me, peer)
             if got.kind != "timeout":
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))

@@ -252,3 +252,30 @@ def test_listener_ignores_garbage_and_answers_hellos():
     finally:
         listener.stop.set()
         sock.close()
+
+
+def test_control_network_is_not_asked_when_the_fabric_answers():
+    port = free_port()
+    got = run_nodes(["n61", "n62"], "n[61-62]", port, control_template="127.0.1.{num}")
+    for [result], took in got.values():
+        assert result.status is Status.PASS
+        assert "control_alive" not in result.values
+        assert took < 1.0
+
+
+def test_silent_peer_known_up_on_control_network_with_one_peer_is_still_a_warning():
+    port = free_port()
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.72", port))
+    black_hole.listen(0)
+    filler = socket.create_connection(("127.0.0.72", port), timeout=1)
+    try:
+        got = run_nodes(["n71"], "n[71-72]", port, deadline_s=2.0, control_template="127.0.1.{num}")
+    finally:
+        filler.close()
+        black_hole.close()
+    [result], took = got["n71"]
+    assert result.status is Status.WARN
+    assert result.values["control_alive"] == {"n72": True}  # 127.0.1.72 refuses: alive
+    assert "too few peers known up" in result.message
+    assert took < 3.0
