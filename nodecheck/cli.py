@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from nodecheck.policy import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
 from nodecheck.registry import PHASES
@@ -316,6 +317,8 @@ def _report(args: argparse.Namespace) -> int:
                 "check": parsed.check_id if parsed else None,
                 "component": parsed.component if parsed else None,
                 "message": parsed.message if parsed else None,
+                "severity": (parsed.severity or None) if parsed else None,
+                "remedy": (parsed.remedy or None) if parsed else None,
                 "phase": parsed.phase if parsed else None,
                 "job": (parsed.job_id or None) if parsed else None,
                 "since": info.reason_time or None,
@@ -327,9 +330,16 @@ def _report(args: argparse.Namespace) -> int:
                 "reason": info.reason,
             }
         )
+    breakers, held = _breaker_report(config, nodes)
     if args.json:
-        print(json.dumps({"count": len(rows), "nodes": rows}, indent=2))
+        print(
+            json.dumps(
+                {"count": len(rows), "nodes": rows, "breaker": breakers, "held_by_slurm": held},
+                indent=2,
+            )
+        )
         return EXIT_OK
+    _print_breaker_report(breakers, held)
     if not rows:
         print("no nodes drained by nodecheck")
         return EXIT_OK
@@ -340,6 +350,8 @@ def _report(args: argparse.Namespace) -> int:
         "COMPONENT",
         "SINCE",
         f"DRAINS/{history.human_window(window)}",
+        "SEVERITY",
+        "ACTION",
     )
     table = [head] + [
         (
@@ -349,6 +361,8 @@ def _report(args: argparse.Namespace) -> int:
             r["component"] or "?",
             r["since"] or "?",
             "?" if r["drains_in_window"] is None else str(r["drains_in_window"]),
+            r["severity"] or "?",
+            r["remedy"] or "?",
         )
         for r in rows
     ]
@@ -358,3 +372,55 @@ def _report(args: argparse.Namespace) -> int:
         print(f"{line}  {'REASON' if r is None else r['reason']}")
     print(f"{len(rows)} node(s) drained by nodecheck")
     return EXIT_OK
+
+
+# Slurm's own reason when a prolog/epilog exits non-zero without setting one: what a node
+# shows when nodecheck's circuit breaker left the drain to Slurm.
+_SLURM_HOOK_FAILURE = ("Prolog error", "Epilog error", "prolog failed", "epilog failed")
+
+
+def _breaker_report(config: Any, nodes: list[Any]) -> tuple[list[dict], list[dict]]:
+    """Per partition: nodecheck's drains against the breaker limit; and the nodes Slurm
+    drained for a failed prolog/epilog, which is where a tripped breaker leaves them."""
+    from nodecheck.actions import breaker_limits
+    from nodecheck.breaker import partition_status
+
+    breakers = [
+        {
+            "partition": b.partition,
+            "open": b.open,
+            "drained": b.drained,
+            "total": b.total,
+            "why": b.why,
+        }
+        for b in partition_status(nodes, breaker_limits(config))
+    ]
+    held = [
+        {
+            "node": n.name,
+            "reason": n.reason,
+            "since": n.reason_time or None,
+            "partitions": list(n.partitions),
+        }
+        for n in sorted(nodes, key=lambda n: n.name)
+        if n.drained and n.reason.startswith(_SLURM_HOOK_FAILURE)
+    ]
+    return breakers, held
+
+
+def _print_breaker_report(breakers: list[dict], held: list[dict]) -> None:
+    for b in breakers:
+        if b["open"]:
+            print(
+                f"CIRCUIT BREAKER OPEN in partition {b['partition']}: {b['why']}; "
+                "nodecheck stops draining there, failing nodes are left to Slurm"
+            )
+    if held:
+        print(
+            f"{len(held)} node(s) drained by Slurm after a failed prolog/epilog "
+            "(nodecheck did not drain them: breaker open, or nodecheck could not reach "
+            "the controller); a human decides:"
+        )
+        for h in held:
+            print(f"  {h['node']}  since {h['since'] or '?'}  {h['reason']}")
+        print()
