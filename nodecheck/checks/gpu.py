@@ -264,7 +264,10 @@ def gpu_count(ctx: CheckContext) -> Iterator[CheckResult]:
         msg = f"{found} GPUs visible (expected {expected}; update gpu.count expected)"
         yield _result(cid, Status.WARN, msg, **values)
     elif not lost:
-        if found == 0:
+        if found == 0 and expected is None:
+            msg = "NVML sees no GPUs; none expected (gpu.count expected not set)"
+            yield _result(cid, Status.SKIP, msg, **values)
+        elif found == 0:
             yield _result(cid, Status.PASS, "no GPUs (as expected)", **values)
         else:
             yield _result(cid, Status.PASS, f"{found} GPUs visible", **values)

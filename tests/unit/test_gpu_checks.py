@@ -629,3 +629,16 @@ def test_bad_gpu_options_are_config_errors(table, error):
 
     with pytest.raises(ConfigError, match=error):
         parse_config(tomllib.loads(table), None, REGISTRY)
+
+
+def test_count_nvml_without_gpus(tmp_path):
+    data = json.loads((FIXTURES / "h100-healthy.json").read_text())
+    data.update(device_count=0, gpus=[])
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps(data))
+    r = only(run("gpu.count", f"replay:{path}"), Status.SKIP)
+    assert r.message == "NVML sees no GPUs; none expected (gpu.count expected not set)"
+    assert only(run("gpu.count", f"replay:{path}", expected=0)).message == "no GPUs (as expected)"
+    r = only(run("gpu.count", f"replay:{path}", expected=8), Status.FAIL)
+    assert r.message == "0 GPUs visible (expected 8)"
+    assert only(run("gpu.ecc", f"replay:{path}"), Status.SKIP).message == "no GPUs visible"
