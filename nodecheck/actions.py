@@ -109,6 +109,7 @@ def _drain_and_mark(
     backend = backend_for(config, env)
     limits = breaker_limits(config)
     if limits.enabled:
+        breaker.jitter(deadline)
         # One call gives both this node's state and what the breaker needs.
         nodes = _with_retries("list_nodes", attempts, deadline, backend.list_nodes)
         info = next((n for n in nodes if n.name == node), None) or backend.node_info(node)
@@ -142,6 +143,13 @@ def _drain_and_mark(
                 verdict.reason, history.flapping_prefix(max(drains, 1), window)
             )
     _with_retries("drain", attempts, deadline, lambda: backend.drain(node, reason))
+    if limits.enabled and not info.drained_by_nodecheck:
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic()) / 4))  # let a wave land
+        after = _with_retries("list_nodes", attempts, deadline, backend.list_nodes)
+        crowded = breaker.backs_off(after, node, limits)
+        if crowded.open:
+            _with_retries("resume", attempts, deadline, lambda: backend.resume(node))
+            return _breaker_open(state_dir, reason, crowded)
 
     def mark(h: history.History) -> None:
         with h.write():

@@ -12,6 +12,7 @@ decides. Nodes drained that way are never resumed by nodecheck (the reason is no
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -100,3 +101,52 @@ def partition_status(nodes: Iterable[NodeInfo], limits: BreakerLimits) -> list[B
         why = f"{drained}/{len(members)} drained by nodecheck, breaker opens above {allowed}"
         out.append(BreakerState(full, why, part, drained, len(members)))
     return out
+
+
+def _key(n: NodeInfo) -> tuple[float, str]:
+    return (reason_epoch(n.reason_time) or float("inf"), n.name)
+
+
+def backs_off(
+    nodes: Iterable[NodeInfo], node: str, limits: BreakerLimits, now: float | None = None
+) -> BreakerState:
+    """After draining: did nodes failing at the same moment push the count past a limit?
+
+    Every node checks before it drains, but a wave of simultaneous failures all see the
+    same "within limits" picture. So each re-reads after its drain and ranks nodecheck's
+    drains by (drain time, name): the first ones within the limit keep their drain, the
+    rest back off. Everyone ranks the same list, so the survivors agree.
+    """
+    nodes = list(nodes)
+    now = time.time() if now is None else now
+    ours = sorted((n for n in nodes if n.drained_by_nodecheck), key=_key)
+    names = [n.name for n in ours]
+    if node not in names:
+        return BreakerState(False, "not drained by nodecheck")
+    if limits.max_drains > 0:
+        since = now - limits.window_min * 60
+        recent = [n.name for n in ours if (reason_epoch(n.reason_time) or now) >= since]
+        if node in recent and recent.index(node) >= limits.max_drains:
+            why = (
+                f"{len(recent)} nodes drained by nodecheck in the last "
+                f"{limits.window_min:g} min (limit {limits.max_drains})"
+            )
+            return BreakerState(True, why, recent=len(recent))
+    me = next(n for n in ours if n.name == node)
+    for part in me.partitions:
+        members = [n for n in nodes if part in n.partitions]
+        ranked = [n.name for n in ours if part in n.partitions]
+        allowed = max(limits.floor, math.floor(limits.max_share * len(members)))
+        if limits.max_share > 0 and ranked.index(node) >= allowed:
+            why = (
+                f"partition {part}: {len(ranked)} of {len(members)} nodes drained by "
+                f"nodecheck at once (limit {limits.max_share:.0%}, at least {limits.floor})"
+            )
+            return BreakerState(True, why, part, len(ranked) - 1, len(members))
+    return BreakerState(False, "within limits")
+
+
+def jitter(deadline: float, most_s: float = 2.0) -> None:
+    """Spread a wave of simultaneous drains a little, within what the budget allows."""
+    room = max(0.0, (deadline - time.monotonic()) / 4)
+    time.sleep(random.uniform(0, min(most_s, room)))  # noqa: S311 (not for security)

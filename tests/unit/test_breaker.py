@@ -71,3 +71,25 @@ def test_reason_times_from_scontrol_and_pyslurm():
 def test_partition_status_for_the_report():
     [gpu] = partition_status(cluster(20, 3), BreakerLimits(0.10, 2, 0))
     assert gpu.open and (gpu.drained, gpu.total) == (3, 20)
+
+
+def test_a_simultaneous_wave_agrees_on_who_keeps_the_drain():
+    from nodecheck.breaker import backs_off
+
+    limits = BreakerLimits(max_share=0.25, floor=2, max_drains=0)
+    # 8 nodes, 5 drained by nodecheck within the same two seconds (a wave).
+    nodes = [node(f"n{i}", reason=OURS, minutes_ago=(10 - i) / 60) for i in range(5)]
+    nodes += [node(f"h{i}") for i in range(3)]
+    kept = [n.name for n in nodes[:5] if not backs_off(nodes, n.name, limits, NOW).open]
+    assert kept == ["n0", "n1"]  # the two earliest; the rest back off
+    state = backs_off(nodes, "n4", limits, NOW)
+    assert state.open and "5 of 8 nodes drained by nodecheck at once" in state.why
+    assert not backs_off(nodes, "h0", limits, NOW).open  # not ours: nothing to back off
+
+
+def test_wave_rate_limit():
+    from nodecheck.breaker import backs_off
+
+    limits = BreakerLimits(max_share=0, max_drains=3, window_min=10)
+    nodes = [node(f"n{i}", reason=OURS, minutes_ago=(10 - i) / 60) for i in range(5)]
+    assert [n.name for n in nodes if backs_off(nodes, n.name, limits, NOW).open] == ["n3", "n4"]
