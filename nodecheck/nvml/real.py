@@ -174,7 +174,8 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
         "clocks_event_reasons",
         ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
     )
-    get("temperature_c", "nvmlDeviceGetTemperature", 0)  # NVML_TEMPERATURE_GPU
+    # NVML_TEMPERATURE_GPU; the V form is newer, the plain one deprecated but everywhere.
+    get("temperature_c", ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"), 0)
     get("power_usage_mw", "nvmlDeviceGetPowerUsage")
     get("power_limit_mw", "nvmlDeviceGetEnforcedPowerLimit")
     get("persistence_mode", "nvmlDeviceGetPersistenceMode", conv=bool)

@@ -431,3 +431,21 @@ def test_record_tool_writes_a_replayable_snapshot(monkeypatch, tmp_path, capsys)
     assert snap.gpus[5].uuid == "GPU-00000000-0000-4000-8000-000000000005"
     strip = lambda s: _comparable(replace(s, gpus=tuple(replace(g, uuid="") for g in s.gpus)))  # noqa: E731
     assert strip(snap) == strip(recorded)
+
+
+class NewDriverNvml(FakeNvml):
+    """A driver with nvmlDeviceGetTemperatureV: the collector prefers it."""
+
+    def nvmlDeviceGetTemperatureV(self, h, sensor):
+        self.calls.append("temperatureV")
+        return self._field(h, "temperature_c")
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        raise AssertionError("deprecated call used although the V form exists")
+
+
+def test_real_collector_prefers_newer_temperature_call(monkeypatch):
+    snap = Snapshot.load(FIXTURES / "h100-hot-idle.json")
+    fake = NewDriverNvml(snap)
+    got = _collect_with(monkeypatch, fake)
+    assert got.gpus[7].temperature_c == 88 and "temperatureV" in fake.calls
