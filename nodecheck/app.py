@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -162,7 +162,13 @@ def execute(req: RunRequest) -> RunOutcome:
         results = _hysteresis(config, nodecfg, results)
     for r in results:
         log.info("check_result", **r.as_dict())
-    verdict = decide(results, req.phase, job.job_id, config.on_internal_error)
+    verdict = decide(
+        results,
+        req.phase,
+        job.job_id,
+        config.on_internal_error,
+        _job_scope(config, nodecfg, req.phase, job, results),
+    )
     dry_run = req.dry_run or nodecfg.dry_run
     action = "none"
     # Resuming is the health phase's job; a healthy prolog/epilog goes nowhere near Slurm.
@@ -227,6 +233,25 @@ def _record(config: Config, out: RunOutcome) -> None:
         history.record_run(config, out.node, rec)
     except Exception as exc:
         get_logger().warning("history_not_saved", error=f"{type(exc).__name__}: {exc}")
+
+
+def _job_scope(
+    config: Config, nodecfg: NodeConfig, phase: str, job: JobInfo, results: list[CheckResult]
+) -> Callable[[CheckResult], bool] | None:
+    """With job_scoped = true: which failures matter to this job (read only on failure)."""
+    if not (config.job_scoped and phase in ("prolog", "epilog") and job.gpus is not None):
+        return None
+    if not any(r.status is Status.FAIL for r in results):
+        return None
+    from nodecheck.jobscope import JobScope
+
+    try:
+        scope = JobScope.from_sysfs(nodecfg.settings.sysfs_root, job.gpus, config.job_scope_hca)
+    except OSError as exc:  # without topology every failure counts: the safe side
+        get_logger().warning("job_scope_unknown", error=str(exc))
+        return None
+    get_logger().info("job_scope", gpus=sorted(scope.gpus), local=sorted(scope.local_devices))
+    return scope.contains
 
 
 def _dry_run_verdict(verdict: Verdict) -> Verdict:

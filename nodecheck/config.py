@@ -62,6 +62,10 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "breaker_floor": (int, 3),
     "breaker_max_drains": (int, 20),
     "breaker_window_min": ((int, float), 10),
+    # Job-scoped prolog/epilog (nodecheck/jobscope.py): a failure outside the job's GPUs
+    # and the HCAs local to them drains the node but lets the job run.
+    "job_scoped": (bool, False),
+    "job_scope_hca": (str, "pcie"),
     # node_exporter textfile-collector file; "" disables metrics. May contain {node}.
     "metrics_file": (str, "/var/lib/node_exporter/textfile_collector/nodecheck.prom"),
 }
@@ -325,6 +329,8 @@ def _parse_settings(
         raise ConfigError(f"{where}: flap_window_s must be in (0, 2592000] (30 days)")
     if "breaker_max_share" in out and not 0 <= out["breaker_max_share"] <= 1:
         raise ConfigError(f"{where}: breaker_max_share must be in [0, 1]")
+    if "job_scope_hca" in out and out["job_scope_hca"] not in ("pcie", "numa"):
+        raise ConfigError(f"{where}: job_scope_hca must be 'pcie' or 'numa'")
     if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):
         raise ConfigError(f"{where}: nvml must be 'real' or 'replay:/path/to/snapshot.json'")
     return out

@@ -7,6 +7,7 @@ ERROR (nodecheck's own failure) follows on_internal_error; a manual run never ac
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from nodecheck.reason import format_reason
@@ -43,7 +44,10 @@ def decide(
     phase: str,
     job_id: str | None,
     on_internal_error: str,
+    in_job_scope: Callable[[CheckResult], bool] | None = None,
 ) -> Verdict:
+    """`in_job_scope` (job_scoped = true): failures outside the job's GPUs/HCAs still drain
+    the node, but let this job run (exit 0): Slurm keeps the node DRAINING until it ends."""
     failures = tuple(r for r in results if r.status is Status.FAIL)
     errors = tuple(r for r in results if r.status is Status.ERROR)
     warnings = tuple(r for r in results if r.status is Status.WARN)
@@ -58,6 +62,14 @@ def decide(
 
     if failures:
         reason = format_reason(list(failures) + list(errors), phase, job_id)
+        if in_job_scope is not None and not any(in_job_scope(r) for r in failures):
+            return verdict(
+                Action.DRAIN,
+                EXIT_OK,
+                reason,
+                f"{len(failures)} check(s) failed outside this job's GPUs/HCAs: "
+                "drain once the job ends",
+            )
         return verdict(Action.DRAIN, EXIT_FAIL, reason, f"{len(failures)} check(s) failed")
     if errors and on_internal_error == "drain":
         reason = format_reason(list(errors), phase, job_id)
