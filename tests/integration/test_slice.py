@@ -21,6 +21,7 @@ def nodecheck_toml(work: Path, *, scontrol: str = "/usr/bin/scontrol", extra: st
     return f"""
 log_file = "{work}/nodecheck.log"
 state_dir = "{work}/state/{{node}}"
+metrics_file = "{work}/metrics/{{node}}.prom"
 killswitch_file = "{work}/disabled"
 scontrol = "{scontrol}"
 slurm_backend = "scontrol"
@@ -135,7 +136,8 @@ def test_leftover_process_drains_in_the_epilog(clean_slurm_cluster, work):
         assert f"{stray} sleep" in reason and reason.endswith(
             f"[epilog job {job} sev=high act=cleanup]"
         )
-        assert cluster.job_state(job) == "COMPLETED"
+        # The epilog drains, then records its run and exits; only then is the job done.
+        cluster.wait_for(lambda: cluster.job_state(job) == "COMPLETED", 15, message="job done")
         assert cluster.node_state("n1")[0] == "idle"
     finally:
         if pidfile.exists():
