@@ -7,6 +7,7 @@ CLI (always present where Slurm is). `select_backend` chooses and says why.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,6 +16,23 @@ from nodecheck import REASON_PREFIX
 
 class SlurmError(RuntimeError):
     """The controller could not be reached or refused the request."""
+
+
+_call_deadline: float | None = None
+
+
+def set_call_deadline(deadline: float | None) -> None:
+    """Controller calls made from now on end by this time.monotonic() deadline (the run's
+    budget), whatever the backend's own timeout; None lifts it."""
+    global _call_deadline
+    _call_deadline = deadline
+
+
+def call_timeout(default: float) -> float:
+    """Seconds the next controller call may take (<= 0: the budget is spent)."""
+    if _call_deadline is None:
+        return default
+    return min(default, _call_deadline - time.monotonic() - 0.1)
 
 
 @dataclass(frozen=True)

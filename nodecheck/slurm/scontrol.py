@@ -7,7 +7,7 @@ import re
 import subprocess
 
 from nodecheck.hostlist import is_plain_node_name
-from nodecheck.slurm import NodeInfo, SlurmError
+from nodecheck.slurm import NodeInfo, SlurmError, call_timeout
 
 # Slurm appends "[user@2026-11-25T21:40:01]" to the reason it prints.
 _REASON_STAMP = re.compile(r"^(?P<text>.*?)\s*\[(?P<user>[^@\]]+)@(?P<time>[^\]]+)\]$")
@@ -101,9 +101,12 @@ class ScontrolBackend:
         conf = self.slurm_conf or os.environ.get("SLURM_CONF")
         if conf:
             env["SLURM_CONF"] = conf
+        timeout = call_timeout(self.timeout_s)
+        if timeout <= 0:
+            raise SlurmError(f"{args[0]} {args[1]}: not attempted, the run's time budget is spent")
         try:
             proc = subprocess.run(
-                args, capture_output=True, text=True, timeout=self.timeout_s, env=env, check=False
+                args, capture_output=True, text=True, timeout=timeout, env=env, check=False
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SlurmError(f"{args[0]} {args[1]}: {exc}") from exc
