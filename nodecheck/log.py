@@ -11,13 +11,14 @@ healthy prolog does not pay for it before its probes even start.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import IO, Any
 
-_settings: dict[str, Any] = {"streams": [sys.stderr], "verbose": False}
+_settings: dict[str, Any] = {"streams": [sys.stderr], "verbose": False, "log_file": None}
 _pending: dict[str, Any] = {}  # bind_run fields given before structlog was loaded
 _loaded = False
 
@@ -27,14 +28,25 @@ class _TeeLogger:
 
     def __init__(self, streams: list[IO[str]]) -> None:
         self.streams = streams
+        self.broken: set[int] = set()
 
     def msg(self, message: str) -> None:
         for stream in self.streams:
             try:
                 stream.write(message + "\n")
                 stream.flush()
-            except (OSError, ValueError):
-                pass  # a full disk or closed pipe must not turn into a failed check run
+            except (OSError, ValueError) as exc:
+                # A full disk or closed pipe must not turn into a failed check run; say so
+                # once on stderr (slurmd's log), which still gets every line.
+                if id(stream) not in self.broken and stream is not sys.stderr:
+                    self.broken.add(id(stream))
+                    note = {"event": "log_file_write_failed", "file": _settings["log_file"]}
+                    note["error"] = str(exc)
+                    try:
+                        sys.stderr.write(json.dumps(note) + "\n")
+                        sys.stderr.flush()
+                    except (OSError, ValueError):
+                        pass
 
     debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -61,7 +73,7 @@ def setup_logging(log_file: str | None, to_stderr: bool, verbose: bool = False) 
             streams.append(handle)
     if to_stderr:
         streams.append(sys.stderr)
-    _settings.update(streams=streams, verbose=verbose)
+    _settings.update(streams=streams, verbose=verbose, log_file=log_file)
     if _loaded:
         _configure()
     return problem
