@@ -1,0 +1,587 @@
+"""Hostile and faulty conditions, end to end through the CLI in a clean environment.
+
+Each test states a verdict from docs/hostile.md: nothing crashes into an anonymous drain
+(an uncaught exception exits 1, which Slurm turns into "Prolog error"), nothing hangs,
+nothing is lost, and every condition leaves a clear log line. Wall times are measured
+from process start to process exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.sysfs import healthy_node
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "nvml"
+PRINTABLE = set(map(chr, range(0x20, 0x7F)))
+
+
+@dataclass
+class Out:
+    rc: int
+    wall: float
+    stdout: str
+    stderr: str
+
+    @property
+    def events(self) -> list[dict]:
+        return [json.loads(ln) for ln in self.stderr.splitlines() if ln.startswith("{")]
+
+    def named(self, event: str) -> list[dict]:
+        return [e for e in self.events if e.get("event") == event]
+
+    @property
+    def verdict(self) -> dict:
+        [v] = self.named("verdict")
+        return v
+
+
+def run_cli(argv, env, extra_check: str = "", cwd="/", timeout=60) -> Out:
+    """`python -I -m nodecheck ARGV` (or, with extra_check, the same after registering a
+    test check), timed from spawn to exit."""
+    if extra_check:
+        code = (
+            "import sys\n"
+            "from nodecheck.registry import check\n"
+            "from nodecheck.results import CheckResult, Status\n"
+            f"{textwrap.dedent(extra_check)}\n"
+            "from nodecheck.cli import main\n"
+            f"sys.exit(main({list(argv)!r}))\n"
+        )
+        cmd = [sys.executable, "-I", "-c", code]
+    else:
+        cmd = [sys.executable, "-I", "-m", "nodecheck", *argv]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"nodecheck still running after {timeout}s: {stderr[-2000:]}")
+    wall = time.monotonic() - started
+    return Out(proc.returncode, wall, stdout, stderr)
+
+
+def hook(cfg: Path, phase="prolog", env_extra=None, extra_check="", **kw) -> Out:
+    env = {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "812", "NODECHECK_CONFIG": str(cfg)}
+    env.update(env_extra or {})
+    return run_cli(["hook", phase], env, extra_check=extra_check, **kw)
+
+
+def fake_scontrol(tmp_path: Path, mode: str = "ok") -> tuple[Path, Path]:
+    """Records each call's exact arguments (NUL-separated, calls separated by \\1).
+    mode ok: answers `show node` with an idle node; fail: controller unreachable;
+    hang: never answers."""
+    calls = tmp_path / "scontrol-calls"
+    script = tmp_path / f"scontrol-{mode}"
+    body = {
+        "ok": 'if [ "$1" = show ]; then\n'
+        '  printf "NodeName=%s Arch=x86_64\\n   State=IDLE ThreadsPerCore=1\\n" "$3"\nfi\n'
+        "exit 0\n",
+        "fail": 'echo "slurm_load_node error: Unable to contact slurm controller '
+        '(connect failure)" >&2\nexit 1\n',
+        "hang": "exec /bin/sleep 300\n",
+    }[mode]
+    script.write_text(
+        f"#!/bin/sh\nprintf '%s\\0' \"$@\" >> {calls}; printf '\\1' >> {calls}\n" + body
+    )
+    script.chmod(0o755)
+    return script, calls
+
+
+def recorded(calls: Path) -> list[list[str]]:
+    """Each recorded call as its exact argument list."""
+    if not calls.exists():
+        return []
+    records = calls.read_bytes().split(b"\1")[:-1]
+    return [[arg.decode() for arg in rec.split(b"\0")[:-1]] for rec in records]
+
+
+def drain_call(calls: Path) -> list[str]:
+    """The last `scontrol update ... State=DRAIN` call's arguments."""
+    drains = [c for c in recorded(calls) if c[:1] == ["update"] and "State=DRAIN" in c]
+    assert drains, recorded(calls)
+    return drains[-1]
+
+
+def write_config(
+    tmp_path: Path, body: str = "", scontrol: Path | str = "/bin/false", attempts: int = 1
+) -> Path:
+    path = tmp_path / "nodecheck.toml"
+    path.write_text(
+        f'log_file = "{tmp_path}/nodecheck.log"\n'
+        f'state_dir = "{tmp_path}/state"\n'
+        f'metrics_file = "{tmp_path}/metrics/nodecheck.prom"\n'
+        f'killswitch_file = "{tmp_path}/disabled"\n'
+        f'scontrol = "{scontrol}"\n'
+        'slurm_backend = "scontrol"\n'
+        f"drain_attempts = {attempts}\n"
+        f"{textwrap.dedent(body)}"
+    )
+    path.chmod(0o644)
+    return path
+
+
+def assert_safe_reason(reason: str) -> None:
+    assert reason.startswith("nodecheck: ")
+    assert len(reason) <= 250
+    assert set(reason) <= PRINTABLE, repr(reason)
+    for bad in ('"', "'", "`", "$", "\\", "|", "&", "\n"):
+        assert bad not in reason, (bad, reason)
+
+
+# ---------------------------------------------------------------- probes that misbehave
+
+
+def test_hung_probe_ends_the_run_within_budget(tmp_path):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    os.mkfifo(proc / "meminfo")  # reading it blocks forever, like a dying device file
+    scontrol, calls = fake_scontrol(tmp_path)
+    cfg = write_config(
+        tmp_path,
+        f"""
+        budget_s = 3
+        procfs_root = "{proc}"
+        nvml = "replay:{FIXTURES / "h100-hang-remap.json"}"
+        [checks."host.mem"]
+        timeout_s = 30
+        [checks."host.services"]
+        enabled = false
+        """,
+        scontrol,
+    )
+    out = hook(cfg)
+    assert out.wall < 3 + 0.5, out.wall
+    assert out.rc == 1
+    hung = [e for e in out.named("check_result") if e["status"] == "FAIL"]
+    assert any(e["check"] == "host.mem" and "probe hung" in e["message"] for e in hung)
+    assert "hung" in out.verdict["reason"]
+    assert drain_call(calls)[:2] == ["update", "NodeName=n1"]
+
+
+def test_hung_probe_and_hung_controller_still_end_within_budget(tmp_path):
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    os.mkfifo(proc / "meminfo")
+    scontrol, _ = fake_scontrol(tmp_path, "hang")
+    cfg = write_config(
+        tmp_path,
+        f"""
+        budget_s = 4
+        procfs_root = "{proc}"
+        [checks."host.services"]
+        enabled = false
+        """,
+        scontrol,
+        attempts=3,
+    )
+    out = hook(cfg)
+    assert out.wall < 4 + 0.5, out.wall
+    assert out.rc == 1  # FAIL: Slurm drains the node itself ("Prolog error") if we could not
+    assert out.verdict["action"] == "drain failed"
+    assert out.named("slurm_action_failed")
+
+
+CRASH = """
+import os, signal
+@check("t.crash", summary="dies", timeout_s=5)
+def crash(ctx):
+    os.kill(os.getpid(), signal.SIGSEGV)
+    yield
+"""
+
+
+@pytest.mark.parametrize(("policy", "rc"), [("pass", 0), ("drain", 1)])
+def test_crashing_probe_is_an_internal_error_never_an_anonymous_drain(tmp_path, policy, rc):
+    scontrol, calls = fake_scontrol(tmp_path)
+    cfg = write_config(tmp_path, f'on_internal_error = "{policy}"\n', scontrol)
+    out = hook(cfg, extra_check=CRASH)
+    assert out.rc == rc
+    [res] = [e for e in out.named("check_result") if e["check"] == "t.crash"]
+    assert res["status"] == "ERROR"
+    assert "probe process ended without a result (killed by signal 11)" in res["message"]
+    if policy == "pass":
+        assert not calls.exists()
+        assert out.verdict["status"] == "ERROR" and out.verdict["reason"] is None
+    else:
+        reason = out.verdict["reason"]
+        assert reason.startswith("nodecheck: t.crash node: internal error: probe process ended")
+        assert drain_call(calls)[-1] == f"Reason={reason}"
+
+
+HOG = """
+@check("t.hog", summary="eats memory", timeout_s=10)
+def hog(ctx):
+    chunks = []
+    while True:
+        chunks.append(bytearray(64 * 1024 * 1024))
+    yield
+"""
+
+
+def test_memory_hog_probe_hits_its_limit(tmp_path):
+    cfg = write_config(tmp_path, "probe_memory_mb = 256\n")
+    out = hook(cfg, extra_check=HOG)
+    assert out.rc == 0
+    [res] = [e for e in out.named("check_result") if e["check"] == "t.hog"]
+    assert res["status"] == "ERROR"
+    assert "MemoryError" in res["message"] or "probe process ended" in res["message"]
+    assert out.verdict["status"] == "ERROR"
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ("budget_s = 'soon'\n", "budget_s"),
+        ("budget_s = true\n", "budget_s"),
+        ("resume_after_passes = 1.5\n", "resume_after_passes"),
+        ("no_such_setting = 1\n", "no_such_setting"),
+        ('[checks."host.nosuch"]\nenabled = true\n', "host.nosuch"),
+        ('[checks."host.mounts"]\nrequired = "/scratch"\n', "host.mounts.required"),
+        ('[checks."host.mounts"]\nreqired = ["/scratch"]\n', "reqired"),
+        ("[[node_class]]\nname = 'x'\nmatch = 5\n", "match"),
+        ("budget_s = 20\nbudget_s = 21\n", "TOML"),
+    ],
+)
+def test_bad_config_is_a_logged_internal_error(tmp_path, body, names):
+    scontrol, calls = fake_scontrol(tmp_path)
+    cfg = write_config(tmp_path, body, scontrol)
+    out = hook(cfg)
+    assert out.rc == 0
+    [err] = out.named("internal_error")
+    assert names in err["error"] and str(cfg) in err["error"]
+    assert not calls.exists()
+    manual = run_cli(["run"], {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg)})
+    assert manual.rc == 2 and names in (manual.stdout + manual.stderr)
+
+
+def _unreadable(tmp_path: Path, how: str) -> Path:
+    path = tmp_path / "conf" / "nodecheck.toml"
+    path.parent.mkdir()
+    if how == "missing":
+        pass
+    elif how == "directory":
+        path.mkdir()
+    elif how == "eio":  # root ignores file modes: a read that fails for real
+        path.symlink_to("/proc/self/mem")
+    elif how == "fifo":
+        os.mkfifo(path)
+    elif how == "binary":
+        path.write_bytes(b"budget_s = 5\n\xff\xfe\x00garbage\n")
+        path.chmod(0o644)
+    elif how == "world-writable":
+        path.write_text("budget_s = 5\n")
+        path.chmod(0o666)
+    elif how == "dangling-symlink":
+        path.symlink_to(tmp_path / "nowhere.toml")
+    return path
+
+
+@pytest.mark.parametrize(
+    "how", ["missing", "directory", "eio", "fifo", "binary", "world-writable", "dangling-symlink"]
+)
+def test_missing_or_unreadable_config_is_a_logged_internal_error(tmp_path, how):
+    cfg = _unreadable(tmp_path, how)
+    out = hook(cfg, timeout=20)
+    assert out.rc == 0, out.stderr[-2000:]
+    assert out.wall < 10
+    [err] = out.named("internal_error")
+    assert str(cfg) in err["error"] or "config" in err["error"]
+    assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- devices
+
+
+def test_nvml_library_absent(tmp_path):
+    """pynvml cannot load libnvidia-ml: gpu.count FAILs when the class expects GPUs and
+    SKIPs when it expects none; the other gpu checks SKIP."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        pass
+    else:
+        pytest.skip("NVML is present on this machine")
+    scontrol, _ = fake_scontrol(tmp_path)
+    expects = write_config(
+        tmp_path, 'nvml = "real"\n[checks."gpu.count"]\nexpected = 8\n', scontrol
+    )
+    out = hook(expects)
+    gpu = {e["check"]: e for e in out.named("check_result") if e["check"].startswith("gpu.")}
+    assert gpu["gpu.count"]["status"] == "FAIL"
+    assert "NVML unavailable" in gpu["gpu.count"]["message"]
+    assert out.rc == 1 and "gpu.count" in out.verdict["reason"]
+    none = write_config(tmp_path, 'nvml = "real"\n[checks."gpu.count"]\nexpected = 0\n', scontrol)
+    out = hook(none)
+    assert out.rc == 0, out.verdict
+    gpu = {e["check"]: e for e in out.named("check_result") if e["check"].startswith("gpu.")}
+    assert gpu["gpu.count"]["status"] == "SKIP"
+
+
+def test_unreadable_sysfs_file_is_reported_by_port(tmp_path):
+    fake = healthy_node(tmp_path / "sys", hcas=4)
+    fake.break_file(fake.port_path("mlx5_2", 1) / "state", "eio")
+    scontrol, _ = fake_scontrol(tmp_path)
+    ports = ", ".join(f'"mlx5_{i}/1"' for i in range(4))
+    cfg = write_config(
+        tmp_path, f'sysfs_root = "{fake.root}"\n[checks."ib.port"]\nports = [{ports}]\n', scontrol
+    )
+    out = hook(cfg)
+    bad = [
+        e
+        for e in out.named("check_result")
+        if e["check"] == "ib.port" and e.get("component") == "mlx5_2/1"
+    ]
+    assert bad and bad[0]["status"] in ("FAIL", "ERROR")
+    assert "Traceback" not in out.stderr
+    if bad[0]["status"] == "FAIL":
+        assert out.rc == 1 and "mlx5_2/1" in out.verdict["reason"]
+    else:
+        assert out.rc == 0
+
+
+# ---------------------------------------------------------------- disk full
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """A 256 KiB tmpfs, filled up; skipped where mount is not permitted."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    got = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=755", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if got.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {got.stderr.decode().strip()}")
+    try:
+        for sub in ("state", "metrics", "log"):
+            (mnt / sub).mkdir(mode=0o700)
+        fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_disk_full_for_state_metrics_and_log(tmp_path, full_fs, failing):
+    scontrol, calls = fake_scontrol(tmp_path)
+    body = f"""
+    log_file = "{full_fs}/log/nodecheck.log"
+    state_dir = "{full_fs}/state"
+    metrics_file = "{full_fs}/metrics/nodecheck.prom"
+    """
+    if failing:
+        body += '[checks."host.mounts"]\nrequired = ["/nodecheck-missing"]\n'
+    cfg = tmp_path / "nodecheck.toml"
+    cfg.write_text(
+        f'scontrol = "{scontrol}"\nslurm_backend = "scontrol"\ndrain_attempts = 1\n'
+        f'killswitch_file = "{tmp_path}/disabled"\n{textwrap.dedent(body)}'
+    )
+    cfg.chmod(0o644)
+    out = hook(cfg)
+    assert "Traceback" not in out.stderr
+    verdict = out.verdict  # the verdict still reaches stderr (slurmd's log)
+    if failing:
+        assert out.rc == 1
+        assert verdict["action"] == "drained"
+        assert drain_call(calls)[:2] == ["update", "NodeName=n1"]
+    else:
+        # Checks that keep state (the XID cursor, IB counter baselines) cannot save it:
+        # their own ERROR, on_internal_error decides (pass: the job runs).
+        assert out.rc == 0 and verdict["status"] in ("PASS", "ERROR")
+        errors = [e for e in out.named("check_result") if e["status"] == "ERROR"]
+        assert all("full" in e["message"] for e in errors), errors
+        assert not calls.exists()
+    assert out.named("log_file_write_failed") or out.named("log_file_unusable")
+    assert out.named("history_not_saved")
+
+
+def test_log_file_on_dev_full(tmp_path):
+    cfg = write_config(tmp_path, 'log_file = "/dev/full"\n')
+    cfg.write_text(cfg.read_text().replace(f'log_file = "{tmp_path}/nodecheck.log"\n', ""))
+    out = hook(cfg)
+    assert out.rc == 0
+    assert out.verdict["status"] in ("PASS", "WARN")
+    [note] = out.named("log_file_write_failed")
+    assert note["file"] == "/dev/full" and "No space left" in note["error"]
+
+
+# ---------------------------------------------------------------- controller
+
+
+def test_unreachable_controller_retries_then_exits_nonzero(tmp_path):
+    scontrol, calls = fake_scontrol(tmp_path, "fail")
+    cfg = write_config(
+        tmp_path,
+        'budget_s = 6\n[checks."host.mounts"]\nrequired = ["/nope"]\n',
+        scontrol,
+        attempts=3,
+    )
+    out = hook(cfg)
+    assert out.rc == 1
+    assert out.wall < 6 + 0.5
+    failed = out.named("slurm_call_failed")
+    assert [e["attempt"] for e in failed] == [1, 2, 3]
+    assert "Unable to contact slurm controller" in failed[0]["error"]
+    assert out.verdict["action"] == "drain failed"
+    assert len(recorded(calls)) == 3
+
+
+# ---------------------------------------------------------------- hostile text
+
+
+HOSTILE = "x\"';$(reboot)`id`|&>/tmp/p\n\tnext line " + "A" * 400
+
+
+def test_hostile_hca_name_gives_a_safe_one_line_reason(tmp_path):
+    fake = healthy_node(tmp_path / "sys", hcas=2)
+    name = "mlx5_" + HOSTILE.replace("/", "_")[:200]
+    fake.add_hca(name, state=1, phys_state=3)
+    scontrol, calls = fake_scontrol(tmp_path)
+    ports = json.dumps(["mlx5_0/1", "mlx5_1/1", f"{name}/1"])  # JSON strings are TOML strings
+    cfg = write_config(
+        tmp_path, f'sysfs_root = "{fake.root}"\n[checks."ib.port"]\nports = {ports}\n', scontrol
+    )
+    out = hook(cfg)
+    assert out.rc == 1, out.stderr[-3000:]
+    reason = out.verdict["reason"]
+    assert_safe_reason(reason)
+    drain = drain_call(calls)
+    assert drain[:3] == ["update", "NodeName=n1", "State=DRAIN"]
+    assert drain[3] == f"Reason={reason}" and len(drain) == 4
+
+
+def test_hostile_gpu_name_gives_a_safe_one_line_reason(tmp_path):
+    snap = json.loads((FIXTURES / "h100-healthy.json").read_text())
+    snap["gpus"][3]["name"] = HOSTILE
+    replay = tmp_path / "hostile.json"
+    replay.write_text(json.dumps(snap))
+    scontrol, calls = fake_scontrol(tmp_path)
+    cfg = write_config(
+        tmp_path,
+        f'nvml = "replay:{replay}"\n[checks."gpu.model"]\nname = "NVIDIA H100 80GB HBM3"\n',
+        scontrol,
+    )
+    out = hook(cfg)
+    assert out.rc == 1
+    reason = out.verdict["reason"]
+    assert_safe_reason(reason)
+    assert "gpu.model" in reason
+    assert drain_call(calls)[3] == f"Reason={reason}"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SLURM_JOB_ID", "5; rm -rf /"),
+        ("SLURM_JOB_ID", "$(reboot)"),
+        ("SLURM_JOB_ID", "9" * 5000),
+        ("SLURM_JOB_ID", "12\n13"),
+        ("SLURM_JOB_USER", 'alice"; reboot'),
+        ("SLURM_JOB_USER", "../../etc"),
+        ("SLURM_JOB_UID", "-1"),
+        ("SLURM_JOB_GPUS", "0,1,$(id)"),
+        ("SLURM_NODELIST", "n[1-3];reboot"),
+    ],
+)
+def test_hostile_job_env_is_ignored_and_logged(tmp_path, name, value):
+    scontrol, calls = fake_scontrol(tmp_path)
+    cfg = write_config(tmp_path, '[checks."host.mounts"]\nrequired = ["/nope"]\n', scontrol)
+    out = hook(cfg, env_extra={name: value})
+    [ignored] = out.named("env_ignored")
+    assert name in ignored["variables"]
+    assert out.rc == 1
+    reason = out.verdict["reason"]
+    assert_safe_reason(reason)
+    assert value not in reason
+    assert drain_call(calls)[3] == f"Reason={reason}"
+
+
+@pytest.mark.parametrize(
+    "value", ["n1;reboot", "n1 n2", "../n1", "$(id)", "n1\nn2", "", "x" * 300, "-n1"]
+)
+def test_hostile_node_name_is_refused_without_a_slurm_call(tmp_path, value):
+    scontrol, calls = fake_scontrol(tmp_path)
+    cfg = write_config(tmp_path, '[checks."host.mounts"]\nrequired = ["/nope"]\n', scontrol)
+    out = hook(cfg, env_extra={"SLURMD_NODENAME": value})
+    if value == "":  # unset in effect: the host name is used, a plain name
+        assert out.rc == 1
+        return
+    assert out.rc == 0
+    assert "refusing node name" in out.stderr
+    assert not calls.exists()
+
+
+@pytest.mark.parametrize(
+    "where", ["/dev/null", "/", "relative/slurm.conf", "/nonexistent/slurm.conf", "world", "\n"]
+)
+def test_odd_slurm_conf_does_not_change_the_config_nodecheck_trusts(tmp_path, where):
+    if where == "world":
+        evil = tmp_path / "evil"
+        evil.mkdir()
+        (evil / "nodecheck.toml").write_text("disabled = true\n")
+        (evil / "nodecheck.toml").chmod(0o666)
+        where = str(evil / "slurm.conf")
+    env = {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "3", "SLURM_CONF": where}
+    out = run_cli(["hook", "prolog"], env, cwd=tmp_path)
+    assert out.rc == 0
+    assert "Traceback" not in out.stderr
+    if "evil" in where:
+        [err] = out.named("internal_error")
+        assert "writable by group or others" in err["error"]
+    assert not out.named("disabled")
+
+
+@pytest.mark.parametrize(
+    "value", ["python3", "relative/python3", "/nonexistent/python", "/usr/bin/python3 -c 1", ""]
+)
+def test_entrypoint_ignores_a_nodecheck_python_that_is_no_absolute_executable(tmp_path, value):
+    cfg = write_config(tmp_path, "")
+    (tmp_path / "python3").symlink_to("/bin/false")  # what a relative value would find
+    (tmp_path / "relative").mkdir()
+    (tmp_path / "relative" / "python3").symlink_to("/bin/false")
+    env = {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg), "NODECHECK_PYTHON": value}
+    out = subprocess.run(
+        [str(REPO / "prolog" / "nodecheck-prolog")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"event": "verdict"' in out.stderr
+
+
+def test_no_environment_at_all(tmp_path):
+    out = run_cli(["hook", "prolog"], {}, cwd=tmp_path)
+    assert out.rc == 0
+    assert "Traceback" not in out.stderr
