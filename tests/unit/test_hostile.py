@@ -585,3 +585,61 @@ def test_no_environment_at_all(tmp_path):
     out = run_cli(["hook", "prolog"], {}, cwd=tmp_path)
     assert out.rc == 0
     assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- file permissions
+
+
+def _created(root: Path) -> list[Path]:
+    return [root, *root.rglob("*")] if root.exists() else []
+
+
+@pytest.mark.parametrize("failing", [False, True])
+def test_state_history_metrics_and_log_files_are_private_even_with_umask_000(tmp_path, failing):
+    scontrol, _ = fake_scontrol(tmp_path)
+    body = '[checks."host.mounts"]\nrequired = ["/nope"]\n' if failing else ""
+    cfg = write_config(tmp_path, body, scontrol)
+    env = {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "9", "NODECHECK_CONFIG": str(cfg)}
+    for phase in ("prolog", "epilog", "health"):
+        proc = subprocess.run(
+            [sys.executable, "-I", "-m", "nodecheck", "hook", phase],
+            env=env, cwd="/", capture_output=True, text=True, timeout=60, umask=0,
+        )  # fmt: skip
+        assert "Traceback" not in proc.stderr
+    made = [
+        *_created(tmp_path / "state"),
+        *_created(tmp_path / "metrics"),
+        tmp_path / "nodecheck.log",
+    ]
+    assert any(p.name.startswith("state") for p in made)
+    assert (tmp_path / "metrics" / "nodecheck.prom").exists()
+    for path in made:
+        st = path.lstat()
+        assert st.st_uid == os.geteuid(), path  # root, when run as root (as slurmd runs us)
+        assert not st.st_mode & 0o002, f"{path} is world-writable ({st.st_mode & 0o777:o})"
+        assert not st.st_mode & 0o020, f"{path} is group-writable ({st.st_mode & 0o777:o})"
+    for path in _created(tmp_path / "state"):
+        assert not path.lstat().st_mode & 0o077, f"{path} is not private"
+
+
+def test_world_writable_config_is_refused_and_nothing_is_salvaged_from_it(tmp_path):
+    """A config others can write must not even lend its scontrol path or policy."""
+    evil = tmp_path / "evil-scontrol"
+    marker = tmp_path / "evil-ran"
+    evil.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    evil.chmod(0o755)
+    cfg = write_config(
+        tmp_path, 'on_internal_error = "drain"\nbudget_s = "broken"\n', scontrol=evil
+    )
+    cfg.chmod(0o666)
+    out = hook(cfg)
+    assert out.rc == 0
+    [err] = out.named("internal_error")
+    assert "writable by group or others" in err["error"]
+    assert err["on_internal_error"] == "pass"
+    assert not marker.exists()
+    for argv in (["run"], ["list"], ["resume", "--force"]):
+        manual = run_cli(argv, {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg)})
+        assert manual.rc == 2, (argv, manual.stdout, manual.stderr)
+        assert "writable by group or others" in manual.stdout + manual.stderr
+    assert not marker.exists()
