@@ -172,7 +172,10 @@ else
     # check, and fail loudly if a new sdist changed the line.
     grep -q 'if Version(self.version) != Version(SLURM_VERSION):' setup.py
     sed -i 's/if Version(self.version) != Version(SLURM_VERSION):/if False:  # nodecheck: relaxed/' setup.py
-    export CFLAGS='-include /opt/pyslurm-build/slurm-compat.h'
+    # The header goes in CPPFLAGS; CFLAGS replaces Python's default compile flags: -O0 keeps
+    # the compile short (a test build), -Wall keeps it honest (no warnings expected).
+    export CPPFLAGS='-include /opt/pyslurm-build/slurm-compat.h'
+    export CFLAGS='-O0 -Wall'
     export SLURM_INCLUDE_DIR=/usr/include
     export SLURM_LIB_DIR=/usr/lib/\$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -dumpmachine)
     export PYSLURM_BUILD_JOBS=\$(nproc)
@@ -186,7 +189,8 @@ else
   " >"$CACHE/pyslurm-build.log" 2>&1 \
     || { tail -n 30 "$CACHE/pyslurm-build.log" >&2; die "pyslurm build failed (log: $CACHE/pyslurm-build.log)"; }
   echo "$build_key" >"$STAMPS/pyslurm"
-  step_done pyslurm "$t0" "$(tail -n 1 "$CACHE/pyslurm-build.log")"
+  warnings=$(grep -c 'warning:' "$CACHE/pyslurm-build.log" || true)
+  step_done pyslurm "$t0" "$(tail -n 1 "$CACHE/pyslurm-build.log"); $warnings compiler warnings"
 fi
 
 log "$(printf '%-12s %6s s  root %s (%s)' total "$(took "$TOTAL_T0")" "$ROOT" "$(du -sh --one-file-system "$ROOT" | cut -f1)")"
