@@ -2,6 +2,7 @@
 # PID 1 of run-tests.sh's private net+mount+pid namespace: mount the sid root, start the tests
 # (tests/contract's fixture starts the 2-node cluster with tools/testcluster.py), tear down.
 # Usage (from run-tests.sh only): in-namespace.sh ROOT REPO [pytest args...]
+# shellcheck disable=SC2317  # functions run from traps
 set -euo pipefail
 
 ROOT=$1
@@ -27,12 +28,12 @@ leftovers() { # PIDs in this namespace other than ours and our own subshells
       && continue
     # zombies hold no mounts; they go with the namespace
     [ "$(awk '{ print $3 }' "$d/stat" 2>/dev/null)" = Z ] && continue
-    [ -e "$d" ] && printf '%s(%s) ' "$pid" "$(cat "$d/comm" 2>/dev/null)"
+    [ -e "$d" ] && printf '%s:%s ' "$pid" "$(cat "$d/comm" 2>/dev/null)"
   done
 }
 
 cleanup() {
-  local rc=$? i
+  local rc=$? i p
   trap - EXIT INT TERM
   set +e
   if [ "$rc" != 0 ] && [ -d "$ROOT$STATE/log" ]; then
@@ -52,7 +53,7 @@ cleanup() {
     [ -z "$others" ] && break
     if [ "$i" = 0 ]; then
       log "killing leftover processes: $others"
-      kill -KILL $(echo "$others" | sed 's/([^)]*)//g') 2>/dev/null
+      for p in $others; do kill -KILL "${p%%:*}" 2>/dev/null; done
       sleep 0.2
     else
       sleep 0.2

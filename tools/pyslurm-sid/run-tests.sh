@@ -11,6 +11,7 @@
 # Teardown (in-namespace.sh's trap, on success, failure or signal): daemons stopped by their
 # recorded PIDs (testcluster.py down), mounts unmounted, then the namespaces end with it.
 # Extra arguments go to pytest (e.g. -k drain, -x).
+# shellcheck disable=SC2317  # functions run from traps
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
