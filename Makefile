@@ -1,4 +1,4 @@
-.PHONY: install test test-unit test-integration lint format bench clean cluster-up cluster-down cluster-status test-pyslurm
+.PHONY: install test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm
 
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
@@ -32,6 +32,10 @@ format:
 
 bench:
 	$(VPY) bench/bench.py
+
+# Every node of a throw-away cluster fails at once: drain time and controller calls (root).
+bench-cluster:
+	$(VPY) bench/controller_load.py
 
 clean:
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
