@@ -119,9 +119,13 @@ def test_pending_remap_drains_n1_and_the_job_runs_on_n2(clean_slurm_cluster, wor
             "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) ["
         ), reason
         assert f" job {job}" in reason
-        assert any(
-            v["node"] == "n1" and v.get("job") == str(job) and v["status"] == "FAIL"
-            for v in verdicts(work, "prolog")
+        # (the drain is logged before the verdict line: wait for it)
+        cluster.wait_for(
+            lambda: any(
+                v["node"] == "n1" and v["status"] == "FAIL" for v in verdicts(work, "prolog")
+            ),
+            15,
+            message="n1 prolog verdict",
         )
         assert cluster.node_state("n2")[0] in ("idle", "allocated", "mixed", "completing")
 
