@@ -201,6 +201,18 @@ def _breaker_open(state_dir: Path, reason: str, tripped: breaker.BreakerState) -
     return "breaker open"
 
 
+def _hold_reason(config: Config | None, marker: Mapping[str, object]) -> str | None:
+    """Why a drain must not end by itself: the node flaps, or its check's faults do not
+    show again once they are past (an XID is read once from the kernel log)."""
+    if marker.get("flapping"):
+        return "flapping"
+    parsed = parse_reason(str(marker.get("reason", "")))
+    manual = config.manual_resume_checks if config else ["gpu.xid"]
+    if parsed is not None and parsed.check_id in manual:
+        return f"{parsed.check_id} needs a manual resume"
+    return None
+
+
 def _maybe_resume(config: Config | None, node: str, env: Mapping[str, str]) -> str:
     """Health phase, node passed. Nothing to do (and no controller call) unless the local
     marker says nodecheck drained this node. Then: resume after `resume_after_passes`
@@ -220,11 +232,15 @@ def _maybe_resume(config: Config | None, node: str, env: Mapping[str, str]) -> s
     if not marker:
         return "none"
     backend = backend_for(config, env)
-    if marker.get("flapping"):
+    hold = _hold_reason(config, marker)
+    if hold:
+        # Held drains are left to an admin; ask Slurm only to notice that one took over.
         info = backend.node_info(node)
         if info.drained_by_nodecheck:
-            log.warning("flap_hold", reason=info.reason)
-            return "held: flapping"
+            log.warning(
+                "flap_hold" if hold == "flapping" else "manual_resume_hold", reason=info.reason
+            )
+            return f"held: {hold}"
         result = "not drained" if not info.drained else "refused: drained by someone else"
     elif passes < needed:
         log.info("resume_pending", passes=passes, needed=needed)

@@ -62,6 +62,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "breaker_floor": (int, 3),
     "breaker_max_drains": (int, 20),
     "breaker_window_min": ((int, float), 10),
+    # Drains by these checks are never resumed by the health phase: their fault is gone
+    # from view once read (an XID passes the next run), so a human decides.
+    "manual_resume_checks": (list, ["gpu.xid"]),
     # Job-scoped prolog/epilog (nodecheck/jobscope.py): a failure outside the job's GPUs
     # and the HCAs local to them drains the node but lets the job run.
     "job_scoped": (bool, False),
@@ -329,6 +332,10 @@ def _parse_settings(
         raise ConfigError(f"{where}: flap_window_s must be in (0, 2592000] (30 days)")
     if "breaker_max_share" in out and not 0 <= out["breaker_max_share"] <= 1:
         raise ConfigError(f"{where}: breaker_max_share must be in [0, 1]")
+    if "manual_resume_checks" in out and not all(
+        isinstance(c, str) for c in out["manual_resume_checks"]
+    ):
+        raise ConfigError(f"{where}: manual_resume_checks must be a list of check ids")
     if "job_scope_hca" in out and out["job_scope_hca"] not in ("pcie", "numa"):
         raise ConfigError(f"{where}: job_scope_hca must be 'pcie' or 'numa'")
     if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):

@@ -255,6 +255,17 @@ def test_drain_then_resume_after_n_health_passes(lifecycle):
     assert counters == {"drains": 1, "resumes": 1, "flap_holds": 0, "breaker_trips": 0}
 
 
+def test_xid_drains_wait_for_a_human(lifecycle):
+    xid = CheckResult("gpu.xid", Status.FAIL, "Xid 119 (GSP RPC timeout)", "gpu2")
+    assert lifecycle("prolog", [xid]).action_taken == "drained"
+    for _ in range(3):  # the XID is behind the cursor now: the checks pass
+        assert lifecycle("health", [PASS]).action_taken == "held: gpu.xid needs a manual resume"
+    assert lifecycle.fake_slurm.nodes["n1"].drained_by_nodecheck
+    lifecycle.fake_slurm.resume("n1")  # an admin looked and resumed it
+    assert lifecycle("health", [PASS]).action_taken == "not drained"
+    assert lifecycle("health", [PASS]).action_taken == "none"
+
+
 def test_admin_drain_is_never_touched(lifecycle):
     lifecycle.fake_slurm.nodes["n1"] = NodeInfo("n1", ("IDLE", "DRAIN"), "PSU swap", "admin")
     assert lifecycle("prolog", [FAIL]).action_taken == "admin drain kept"
