@@ -31,7 +31,9 @@ def drain_args(scontrol: str, node: str, reason: str) -> list[str]:
         "update",
         f"NodeName={checked_node_name(node)}",
         "State=DRAIN",
-        f"Reason={checked_reason(reason)}",
+        # scontrol strips one leading and one trailing '"' from the value: give it that pair
+        # so a reason ending in a quote survives intact.
+        f'Reason="{checked_reason(reason)}"',
     ]
 
 

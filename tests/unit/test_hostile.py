@@ -220,7 +220,7 @@ def test_crashing_probe_is_an_internal_error_never_an_anonymous_drain(tmp_path, 
     else:
         reason = out.verdict["reason"]
         assert reason.startswith("nodecheck: t.crash node: internal error: probe process ended")
-        assert drain_call(calls)[-1] == f"Reason={reason}"
+        assert drain_call(calls)[-1] == f'Reason="{reason}"'
 
 
 HOG = """
@@ -476,7 +476,7 @@ def test_hostile_hca_name_gives_a_safe_one_line_reason(tmp_path):
     assert_safe_reason(reason)
     drain = drain_call(calls)
     assert drain[:3] == ["update", "NodeName=n1", "State=DRAIN"]
-    assert drain[3] == f"Reason={reason}" and len(drain) == 4
+    assert drain[3] == f'Reason="{reason}"' and len(drain) == 4
 
 
 def test_hostile_gpu_name_gives_a_safe_one_line_reason(tmp_path):
@@ -495,7 +495,7 @@ def test_hostile_gpu_name_gives_a_safe_one_line_reason(tmp_path):
     reason = out.verdict["reason"]
     assert_safe_reason(reason)
     assert "gpu.model" in reason
-    assert drain_call(calls)[3] == f"Reason={reason}"
+    assert drain_call(calls)[3] == f'Reason="{reason}"'
 
 
 @pytest.mark.parametrize(
@@ -522,7 +522,7 @@ def test_hostile_job_env_is_ignored_and_logged(tmp_path, name, value):
     reason = out.verdict["reason"]
     assert_safe_reason(reason)
     assert value not in reason
-    assert drain_call(calls)[3] == f"Reason={reason}"
+    assert drain_call(calls)[3] == f'Reason="{reason}"'
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,7 @@ def test_argument_lists_never_need_a_shell():
     reason = 'nodecheck: x.y z: a "quoted" $(thing); rm'
     args = drain_args("/usr/bin/scontrol", "gpu001", reason)
     assert args == ["/usr/bin/scontrol", "update", "NodeName=gpu001", "State=DRAIN",
-                    f"Reason={reason}"]
+                    f'Reason="{reason}"']
     assert resume_args("/usr/bin/scontrol", "n1")[-1] == "State=RESUME"
     assert show_node_args("/usr/bin/scontrol") == ["/usr/bin/scontrol", "show", "node"]
 
