@@ -540,7 +540,18 @@ class TestCluster:
             return False
         if rec.get("start_time") is not None and started != rec["start_time"]:
             return False  # PID recycled by something else
-        return str(self.state_dir) in " ".join(_proc_cmdline(pid))
+        cmdline = _proc_cmdline(pid)
+        if not cmdline:
+            # Empty for a moment around exec, and for good once a zombie: with the start
+            # time already matching, only a zombie is dead.
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            return (
+                stat[stat.rindex(")") + 2 :].split()[0] != "Z" and rec.get("start_time") is not None
+            )
+        return str(self.state_dir) in " ".join(cmdline)
 
     def pids(self) -> dict[str, int]:
         """Recorded daemons that are still alive: name -> PID."""
