@@ -310,6 +310,30 @@ def _boot_id(ctx: CheckContext) -> str | None:
     return raw if isinstance(raw, str) and raw else None
 
 
+# Waiting for the state lock must end well inside the group's deadline: a state file held
+# by someone else is nodecheck's problem (ERROR), never a "probe hung" FAIL of the fabric.
+STATE_BUSY_MS = 3000
+STATE_OPEN_ATTEMPTS = 5
+
+
+@contextlib.contextmanager
+def _open_state(state_dir: Path) -> Iterator[Any]:
+    """open_state, retried briefly: several probe processes creating a fresh state file at
+    once can get SQLITE_BUSY at once (switching to WAL does not wait for the busy handler)."""
+    from nodecheck.state import StateError, open_state
+
+    with contextlib.ExitStack() as stack:
+        for attempt in range(STATE_OPEN_ATTEMPTS):
+            try:
+                store = stack.enter_context(open_state(state_dir))
+                break
+            except StateError as exc:
+                if "locked" not in str(exc) or attempt == STATE_OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        yield store
+
+
 @contextlib.contextmanager
 def _immediate(store: Any) -> Iterator[None]:
     """Serialise read-modify-write of one key between concurrent runs (shared nodes)."""
@@ -317,6 +341,7 @@ def _immediate(store: Any) -> Iterator[None]:
     if conn is None:
         yield
         return
+    conn.execute(f"PRAGMA busy_timeout = {STATE_BUSY_MS}")
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -335,13 +360,11 @@ def _judge_and_store(
     boot_id: str | None,
     now: float,
 ) -> list[CheckResult]:
-    from nodecheck.state import open_state
-
     opts = ctx.options
     key = f"ib.counters/{ctx.node}"
     job_id = ctx.job.job_id
     results = []
-    with open_state(ctx.settings.state_dir) as store, _immediate(store):
+    with _open_state(ctx.settings.state_dir) as store, _immediate(store):
         blob = store.get_json(key) or {}
         if blob.get("v") != STATE_VERSION:
             blob = {"v": STATE_VERSION, "ports": {}, "jobs": {}}

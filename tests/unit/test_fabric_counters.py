@@ -237,3 +237,52 @@ def test_fake_builder_roundtrip(tmp_path):
     fake.add_hca("mlx5_0", counters={"link_downed": 2}, hw_counters={"out_of_buffer": 9})
     assert fake.counter_path("mlx5_0", 1, "link_downed").read_text() == "2\n"
     assert fake.counter_path("mlx5_0", 1, "out_of_buffer", hw=True).read_text() == "9\n"
+
+
+def test_concurrent_runs_on_a_fresh_state_lose_nothing(node):
+    """Several prologs at once (shared node), state file created by whoever comes first."""
+    import json
+    import os
+
+    pids = []
+    for job in range(6):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: one prolog
+            os.close(read)
+            try:
+                statuses = [r.status.name for r in node.run("prolog", str(100 + job)).values()]
+                os.write(write, json.dumps(statuses).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        pids.append((pid, read))
+    seen = []
+    for pid, read in pids:
+        os.waitpid(pid, 0)
+        with os.fdopen(read) as fh:
+            seen.extend(json.loads(fh.read() or '["no result"]'))
+    assert set(seen) == {"PASS"}, seen
+    with open_state(node.state) as store:
+        jobs = store.get_json("ib.counters/n1")["jobs"]
+    assert sorted(jobs) == [str(100 + j) for j in range(6)]
+
+
+def test_state_held_by_someone_else_is_an_error_not_a_hang(node, monkeypatch):
+    import sqlite3
+
+    node.run("prolog", "1")
+    monkeypatch.setattr(fabric, "STATE_BUSY_MS", 300)
+    holder = sqlite3.connect(node.state / "state.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        got = node.run("epilog", "1")
+        took = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert got["state"].status is Status.ERROR
+    assert "locked" in got["state"].message
+    assert got["mlx5_0/1"].status is Status.PASS
+    assert took < 2.0
