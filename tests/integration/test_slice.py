@@ -64,6 +64,11 @@ def verdicts(work: Path, phase: str, job: int) -> list[dict]:
     ]
 
 
+def wait_verdict(cluster, work: Path, phase: str, job: int) -> dict:
+    """The run's verdict line: logged last, after any drain, just before the hook exits."""
+    return cluster.wait_for(lambda: verdicts(work, phase, job), 30, message=f"{phase} verdict")[0]
+
+
 def wait_drained(cluster, node: str, timeout: float) -> str:
     """Wait until `node` is drained (or draining); return its reason."""
     state = cluster.wait_for(
@@ -166,7 +171,9 @@ def test_resume_only_resumes_our_own_drain(clean_slurm_cluster, work):
     cluster.write_nodecheck_config(nodecheck_toml(work, extra=BROKEN_N1))
     job = cluster.sbatch("-w", "n1", "--wrap", "true")
     wait_drained(cluster, "n1", 30)
+    wait_verdict(cluster, work, "prolog", job)  # the prolog has exited: nothing races us
     cluster.run(["scancel", str(job)], check=False)
+    wait_verdict(cluster, work, "epilog", job)  # nor does the cancelled job's epilog
     cluster.drain("n2", "replacing PSU, do not touch")
 
     still_broken = nodecheck_cli(cluster, "resume", "--node", "n1")
@@ -208,7 +215,7 @@ enabled = false
     job = cluster.sbatch("-w", "n1", "--wrap", "true")
     reason = wait_drained(cluster, "n1", 30)
     assert reason.startswith("nodecheck: host.mem node: probe hung: no answer within 2.0s")
-    [verdict] = verdicts(work, "prolog", job)
+    verdict = wait_verdict(cluster, work, "prolog", job)
     assert verdict["duration_s"] < 8 + 0.5
     assert time.monotonic() - started < 25
     cluster.run(["scancel", str(job)], check=False)
