@@ -142,7 +142,12 @@ def _drain_and_mark(
             reason = history.flapping_reason(
                 verdict.reason, history.flapping_prefix(max(drains, 1), window)
             )
-    _with_retries("drain", attempts, deadline, lambda: backend.drain(node, reason))
+    # Already drained by us (the epilog after a failed prolog, a health run on a node still
+    # broken): the first reason stands and the controller is spared a write, unless the
+    # node has just started to flap and its reason must say so.
+    already = info.drained_by_nodecheck and (held or not flapping)
+    if not already:
+        _with_retries("drain", attempts, deadline, lambda: backend.drain(node, reason))
     if limits.enabled and not info.drained_by_nodecheck:
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic()) / 4))  # let a wave land
         after = _with_retries("list_nodes", attempts, deadline, backend.list_nodes)
@@ -150,10 +155,13 @@ def _drain_and_mark(
         if crowded.open:
             _with_retries("resume", attempts, deadline, lambda: backend.resume(node))
             return _breaker_open(state_dir, reason, crowded)
+    if already:
+        reason = info.reason
 
     def mark(h: history.History) -> None:
         with h.write():
-            h.put(DRAIN_MARKER, {"reason": reason, "at": now, "flapping": flapping})
+            if not (already and h.store.get_json(DRAIN_MARKER)):
+                h.put(DRAIN_MARKER, {"reason": reason, "at": now, "flapping": flapping})
             if new_episode:
                 h.add_event("drain", reason, now)
             if flapping and not held:
@@ -163,7 +171,7 @@ def _drain_and_mark(
         history.with_history(state_dir, mark)
     except (StateError, OSError) as exc:
         log.warning("drain_marker_not_saved", error=str(exc))
-    taken = "drained (flapping)" if flapping else "drained"
+    taken = ("already drained" if already else "drained") + (" (flapping)" if flapping else "")
     log.warning("drain", result=taken, reason=reason, new_episode=new_episode)
     return taken
 

@@ -243,7 +243,10 @@ def test_drain_then_resume_after_n_health_passes(lifecycle):
     assert lifecycle("prolog", [FAIL]).action_taken == "drained"
     assert lifecycle.fake_slurm.nodes["n1"].drained_by_nodecheck
     assert lifecycle("health", [PASS]).action_taken == "passed 1/3 before resume"
-    assert lifecycle("health", [FAIL]).action_taken == "drained"  # still broken: streak reset
+    calls = len(lifecycle.fake_slurm.calls)
+    # still broken: the streak resets, and the drain already there is left as it is
+    assert lifecycle("health", [FAIL]).action_taken == "already drained"
+    assert ("drain", "n1") not in lifecycle.fake_slurm.calls[calls:]
     assert lifecycle("health", [PASS]).action_taken == "passed 1/3 before resume"
     assert lifecycle("health", [PASS]).action_taken == "passed 2/3 before resume"
     assert lifecycle("health", [PASS]).action_taken == "resumed"
@@ -296,7 +299,7 @@ def test_a_flapping_node_stays_drained_with_a_flapping_reason(lifecycle):
         assert lifecycle("health", [PASS]).action_taken == "held: flapping"
     assert lifecycle.fake_slurm.nodes["n1"].drained_by_nodecheck
     # Failing again while held keeps the flapping reason and does not count a new episode.
-    assert lifecycle("health", [FAIL]).action_taken == "drained (flapping)"
+    assert lifecycle("health", [FAIL]).action_taken == "already drained (flapping)"
     assert "flapping (drained 3x in 1h)" in lifecycle.fake_slurm.nodes["n1"].reason
     counters = history.with_history(lifecycle.state_dir, lambda h: h.counters())
     assert counters == {"drains": 3, "resumes": 2, "flap_holds": 1, "breaker_trips": 0}
