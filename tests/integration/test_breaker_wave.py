@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EPILOG, HEALTH, PROLOG
-
 REPO = Path(__file__).resolve().parents[2]
+EPILOG = REPO / "epilog" / "nodecheck-epilog"
+HEALTH = REPO / "health" / "nodecheck-health"
+PROLOG = REPO / "prolog" / "nodecheck-prolog"
 
 
 def test_breaker_stops_nodecheck_drains_at_the_threshold(make_slurm_cluster, tmp_path):
@@ -52,10 +53,19 @@ required = ["/mount-that-a-bad-push-expects"]
     assert sorted(e["node"] for e in tripped) == slurms
     assert all("partition debug" in e["why"] for e in tripped)
 
-    env = {"PATH": "/usr/bin:/bin", "SLURM_CONF": str(cluster.conf_path),
-           "NODECHECK_CONFIG": str(cluster.nodecheck_config)}
-    out = subprocess.run([sys.executable, "-m", "nodecheck", "report", "--json"], env=env,
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLURM_CONF": str(cluster.conf_path),
+        "NODECHECK_CONFIG": str(cluster.nodecheck_config),
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "nodecheck", "report", "--json"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     report = json.loads(out.stdout)
     assert sorted(r["node"] for r in report["nodes"]) == ours
     assert {r["check"] for r in report["nodes"]} == {"host.mounts"}
@@ -63,8 +73,14 @@ required = ["/mount-that-a-bad-push-expects"]
     [debug] = report["breaker"]
     assert debug["open"] and (debug["drained"], debug["total"]) == (2, 8)
     assert sorted(h["node"] for h in report["held_by_slurm"]) == slurms
-    text = subprocess.run([sys.executable, "-m", "nodecheck", "report"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "nodecheck", "report"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert "CIRCUIT BREAKER OPEN in partition debug" in text
     for job in jobs:
         cluster.run(["scancel", str(job)], check=False)

@@ -7,9 +7,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import EPILOG, PROLOG
-
 REPO = Path(__file__).resolve().parents[2]
+EPILOG = REPO / "epilog" / "nodecheck-epilog"
+PROLOG = REPO / "prolog" / "nodecheck-prolog"
 
 
 def test_controller_down_while_draining_retries_within_budget_then_exits_nonzero(
