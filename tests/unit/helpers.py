@@ -25,8 +25,9 @@ def make_ctx(
         node="n1",
         node_class="test",
         job=job or JobInfo(job_id="812", uid=1000, user="alice"),
-        settings=NodeSettings(sysfs_root=sysfs_root, procfs_root=procfs_root, nvml=nvml,
-                              state_dir=state_dir),
+        settings=NodeSettings(
+            sysfs_root=sysfs_root, procfs_root=procfs_root, nvml=nvml, state_dir=state_dir
+        ),
         options=dict(options or {}),
     )
 
@@ -37,8 +38,14 @@ def make_check(
     timeout_s: float = 2.0,
     group: str | None = None,
 ) -> Check:
-    return Check(id=check_id, func=func, phases=ALL_PHASES, timeout_s=timeout_s,
-                 summary="test check", group=group)
+    return Check(
+        id=check_id,
+        func=func,
+        phases=ALL_PHASES,
+        timeout_s=timeout_s,
+        summary="test check",
+        group=group,
+    )
 
 
 def options_of(check: Check, **overrides: Any) -> dict[str, Any]:

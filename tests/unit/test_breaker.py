@@ -9,8 +9,9 @@ NOW = datetime(2026, 11, 25, 22, 0, 0).timestamp()
 def node(name, parts=("gpu",), reason="", minutes_ago=60.0):
     when = datetime.fromtimestamp(NOW - minutes_ago * 60).isoformat(timespec="seconds")
     states = ("IDLE", "DRAIN") if reason else ("IDLE",)
-    return NodeInfo(name, states, reason, "root" if reason else "", when if reason else "",
-                    tuple(parts))
+    return NodeInfo(
+        name, states, reason, "root" if reason else "", when if reason else "", tuple(parts)
+    )
 
 
 OURS = "nodecheck: gpu.ecc gpu1: 3 DBE [prolog job 1 sev=critical act=reset-gpu]"

@@ -16,8 +16,14 @@ def nodecheck(args, env_extra=None, config=None):
     if config is not None:
         env["NODECHECK_CONFIG"] = str(config)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "nodecheck", *args], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "nodecheck", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -36,7 +42,7 @@ def config(tmp_path, body, scontrol="/bin/false"):
         f'log_file = "{tmp_path}/nodecheck.log"\nstate_dir = "{tmp_path}/state"\n'
         f'scontrol = "{scontrol}"\nslurm_backend = "scontrol"\ndrain_attempts = 1\n'
         f'killswitch_file = "{tmp_path}/disabled"\nmetrics_file = "{tmp_path}/nodecheck.prom"\n'
-        f'{body}'
+        f"{body}"
     )
     path.chmod(0o644)
     return path
@@ -75,10 +81,15 @@ def test_healthy_prolog_makes_no_slurm_call_and_loads_no_backend(tmp_path, recor
         "print('LOADED', sorted(m for m in sys.modules if m.startswith("
         "('nodecheck.slurm', 'nodecheck.actions', 'pyslurm')))); sys.exit(rc)"
     )
-    env = {"PATH": "/usr/bin:/bin", "SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "77",
-           "NODECHECK_CONFIG": str(cfg)}
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLURMD_NODENAME": "n1",
+        "SLURM_JOB_ID": "77",
+        "NODECHECK_CONFIG": str(cfg),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "LOADED []" in out.stdout
     assert not calls.exists()
@@ -93,14 +104,19 @@ def test_failing_prolog_calls_scontrol_and_exits_nonzero(tmp_path, recorder):
     assert out.returncode == 1
     assert calls.read_text().startswith("show node")  # the breaker reads every node
     verdict = verdict_in((tmp_path / "nodecheck.log").read_text())
-    assert verdict["reason"] == "nodecheck: host.mounts /nope: not mounted [prolog job 5 sev=critical act=admin]"
+    assert verdict["reason"] == (
+        "nodecheck: host.mounts /nope: not mounted [prolog job 5 sev=critical act=admin]"
+    )
     assert verdict["action"] == "drain failed"  # our fake controller refuses
 
 
 def test_dry_run_logs_would_drain_and_passes(tmp_path, recorder):
     scontrol, calls = recorder
-    cfg = config(tmp_path, 'dry_run = true\n[checks."host.mounts"]\nrequired = ["/nope"]\n',
-                 scontrol=scontrol)
+    cfg = config(
+        tmp_path,
+        'dry_run = true\n[checks."host.mounts"]\nrequired = ["/nope"]\n',
+        scontrol=scontrol,
+    )
     out = nodecheck(["hook", "epilog"], {"SLURM_JOB_ID": "5"}, config=cfg)
     assert out.returncode == 0
     assert not calls.exists()
@@ -121,8 +137,10 @@ def test_killswitch_file_makes_every_phase_a_logged_noop(tmp_path, recorder):
 
 @pytest.mark.parametrize(
     ("body", "policy", "code"),
-    [("budget_s = 'x'\n", "pass", 0), ("budget_s = 'x'\non_internal_error = 'drain'\n",
-                                        "drain", 1)],
+    [
+        ("budget_s = 'x'\n", "pass", 0),
+        ("budget_s = 'x'\non_internal_error = 'drain'\n", "drain", 1),
+    ],
 )
 def test_broken_config_follows_on_internal_error(tmp_path, recorder, body, policy, code):
     scontrol, calls = recorder
@@ -138,13 +156,15 @@ def test_broken_config_follows_on_internal_error(tmp_path, recorder, body, polic
 def test_missing_config_named_by_env_is_internal_error_not_a_drain(tmp_path, recorder):
     out = nodecheck(["hook", "prolog"], {"NODECHECK_CONFIG": str(tmp_path / "none.toml")})
     assert out.returncode == 0
-    assert any(e["event"] == "internal_error" and "not found" in e["error"]
-               for e in events(out.stderr))
+    assert any(
+        e["event"] == "internal_error" and "not found" in e["error"] for e in events(out.stderr)
+    )
 
 
 def test_hostile_node_name_in_env_is_refused_cleanly(tmp_path):
-    out = nodecheck(["hook", "prolog"], {"SLURMD_NODENAME": "n1;reboot"},
-                    config=config(tmp_path, ""))
+    out = nodecheck(
+        ["hook", "prolog"], {"SLURMD_NODENAME": "n1;reboot"}, config=config(tmp_path, "")
+    )
     assert out.returncode == 0
     assert "refusing node name" in out.stderr
 
@@ -160,13 +180,19 @@ def test_list_and_explain(tmp_path):
 def test_entrypoint_scripts_hand_over_the_phase(tmp_path, recorder):
     scontrol, _ = recorder
     cfg = config(tmp_path, "", scontrol=scontrol)
-    for script, phase in (("prolog/nodecheck-prolog", "prolog"),
-                          ("epilog/nodecheck-epilog", "epilog"),
-                          ("health/nodecheck-health", "health")):
-        env = {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg),
-               "NODECHECK_PYTHON": sys.executable}
-        out = subprocess.run([str(REPO / script)], env=env, capture_output=True, text=True,
-                             timeout=60, cwd="/")
+    for script, phase in (
+        ("prolog/nodecheck-prolog", "prolog"),
+        ("epilog/nodecheck-epilog", "epilog"),
+        ("health/nodecheck-health", "health"),
+    ):
+        env = {
+            "SLURMD_NODENAME": "n1",
+            "NODECHECK_CONFIG": str(cfg),
+            "NODECHECK_PYTHON": sys.executable,
+        }
+        out = subprocess.run(
+            [str(REPO / script)], env=env, capture_output=True, text=True, timeout=60, cwd="/"
+        )
         assert out.returncode == 0, out.stderr
         verdict = verdict_in(out.stderr)
         assert verdict["phase"] == phase

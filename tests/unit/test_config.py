@@ -32,13 +32,16 @@ def test_config_beside_slurm_conf_is_found(tmp_path):
     path = write(tmp_path, "budget_s = 7\n")
     found, required = find_config_path(None, {"SLURM_CONF": str(tmp_path / "slurm.conf")})
     assert (found, required) == (path, True)
-    env_first, _ = find_config_path(None, {"NODECHECK_CONFIG": "/x.toml",
-                                           "SLURM_CONF": str(tmp_path / "slurm.conf")})
+    env_first, _ = find_config_path(
+        None, {"NODECHECK_CONFIG": "/x.toml", "SLURM_CONF": str(tmp_path / "slurm.conf")}
+    )
     assert str(env_first) == "/x.toml"
 
 
 def test_node_class_matching_and_overrides(tmp_path):
-    config = load(tmp_path, """
+    config = load(
+        tmp_path,
+        """
 budget_s = 15
 [checks."host.mounts"]
 required = ["/home"]
@@ -52,7 +55,8 @@ sysfs_root = "/fake/sys"
 required = ["/home", "/scratch"]
 [node_class.checks."host.mem"]
 enabled = false
-""")
+""",
+    )
     gpu = config.for_node("gpu007", REGISTRY)
     assert gpu.node_class == "h100"
     assert gpu.budget_s == 9
@@ -74,12 +78,12 @@ enabled = false
         ("budget_s = 'ten'", "budget_s: expected int or float, got str"),
         ("bugdet_s = 10", "unknown setting 'bugdet_s'"),
         ("on_internal_error = 'explode'", "on_internal_error must be one of"),
-        ("[checks.\"host.mounts\"]\nrequried = []", "unknown option 'requried'"),
+        ('[checks."host.mounts"]\nrequried = []', "unknown option 'requried'"),
         ("[checks.\"host.mounts\"]\nrequired = '/home'", "required: expected list"),
-        ("[checks.\"host.mounts\"]\nrequired = [1]", "required[0]: expected str"),
-        ("[checks.\"host.mem\"]\nmin_total_gib = true", "expected int or float, got bool"),
-        ("[checks.\"gpu.nosuch\"]\nenabled = true", "unknown check"),
-        ("[checks.\"host.mem\"]\ntimeout_s = 0", "timeout_s must be in"),
+        ('[checks."host.mounts"]\nrequired = [1]', "required[0]: expected str"),
+        ('[checks."host.mem"]\nmin_total_gib = true', "expected int or float, got bool"),
+        ('[checks."gpu.nosuch"]\nenabled = true', "unknown check"),
+        ('[checks."host.mem"]\ntimeout_s = 0', "timeout_s must be in"),
         ("[checks.\"host.mem\"]\nphases = ['boot']", "phases must be a list"),
         ("[[node_class]]\nmatch = ['n1']", "needs a non-empty string 'name'"),
         ("[[node_class]]\nname = 'x'\nmatch = ['n[1-']", "match"),

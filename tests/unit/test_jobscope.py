@@ -158,7 +158,7 @@ expected = 8
 
     code, verdict = prolog("0,1")  # the replayed fault is on gpu3
     assert code == 0 and verdict["action"] == "drained"
-    assert "update NodeName=n1 State=DRAIN Reason=\"nodecheck: gpu.remap gpu3" in calls.read_text()
+    assert 'update NodeName=n1 State=DRAIN Reason="nodecheck: gpu.remap gpu3' in calls.read_text()
     calls.unlink()
     code, verdict = prolog("2,3")
     assert code == 1 and verdict["action"] == "drained"

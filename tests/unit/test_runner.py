@@ -85,8 +85,7 @@ def test_probe_killed_by_signal_is_error():
 
 
 def test_memory_hog_is_stopped_by_the_limit():
-    [result] = run_checks([plan(make_check("t.mem", eats_memory))], budget_s=5,
-                          memory_limit_mb=256)
+    [result] = run_checks([plan(make_check("t.mem", eats_memory))], budget_s=5, memory_limit_mb=256)
     assert result.status is Status.ERROR
     assert "MemoryError" in result.message
 
@@ -108,16 +107,20 @@ def test_group_shares_one_child_and_a_hang_fails_the_rest_of_the_group():
         yield CheckResult("g.second", Status.PASS, str(os.getpid()))
 
     results = run_checks(
-        [plan(make_check("g.first", first, group="g")),
-         plan(make_check("g.second", second, group="g"))],
+        [
+            plan(make_check("g.first", first, group="g")),
+            plan(make_check("g.second", second, group="g")),
+        ],
         budget_s=5,
     )
     assert results[0].message == results[1].message  # same child pid
     assert results[0].message != str(os.getpid())
 
     results = run_checks(
-        [plan(make_check("t.hang", hangs, group="h"), timeout=0.4),
-         plan(make_check("g.second", second, group="h"), timeout=0.4)],
+        [
+            plan(make_check("t.hang", hangs, group="h"), timeout=0.4),
+            plan(make_check("g.second", second, group="h"), timeout=0.4),
+        ],
         budget_s=5,
     )
     assert [r.status for r in results] == [Status.FAIL, Status.FAIL]

@@ -3,11 +3,12 @@ import pytest
 from nodecheck.slurm import NodeInfo, SlurmError
 from nodecheck.slurm.scontrol import drain_args, parse_show_node, resume_args, show_node_args
 
-SHOW = """NodeName=n1 Arch=x86_64 CoresPerSocket=1
+N1_REASON = "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812]"
+SHOW = f"""NodeName=n1 Arch=x86_64 CoresPerSocket=1
    CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.10
    State=IDLE+DRAIN ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A
    Partitions=debug,gpu
-   Reason=nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812] [root@2026-11-25T21:40:01]
+   Reason={N1_REASON} [root@2026-11-25T21:40:01]
 
 NodeName=n2 Arch=x86_64 CoresPerSocket=1
    State=MIXED ThreadsPerCore=1
@@ -24,7 +25,7 @@ def test_parse_show_node():
     assert n1 == NodeInfo(
         name="n1",
         states=("IDLE", "DRAIN"),
-        reason="nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812]",
+        reason=N1_REASON,
         reason_user="root",
         reason_time="2026-11-25T21:40:01",
         partitions=("debug", "gpu"),
@@ -38,8 +39,13 @@ def test_parse_show_node():
 def test_argument_lists_never_need_a_shell():
     reason = 'nodecheck: x.y z: a "quoted" $(thing); rm'
     args = drain_args("/usr/bin/scontrol", "gpu001", reason)
-    assert args == ["/usr/bin/scontrol", "update", "NodeName=gpu001", "State=DRAIN",
-                    f'Reason="{reason}"']
+    assert args == [
+        "/usr/bin/scontrol",
+        "update",
+        "NodeName=gpu001",
+        "State=DRAIN",
+        f'Reason="{reason}"',
+    ]
     assert resume_args("/usr/bin/scontrol", "n1")[-1] == "State=RESUME"
     assert show_node_args("/usr/bin/scontrol") == ["/usr/bin/scontrol", "show", "node"]
 
