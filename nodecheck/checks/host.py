@@ -207,6 +207,7 @@ class Proc:
     state: str
     job_id: str | None
     slurm_node: str | None  # SLURMD_NODENAME from its environment, if any
+    slurm_conf: str | None  # SLURM_CONF from its environment, if any
 
 
 def _read_proc(pid_dir: Path) -> Proc | None:
@@ -225,7 +226,7 @@ def _read_proc(pid_dir: Path) -> Proc | None:
     try:
         for entry in (pid_dir / "environ").read_bytes().split(b"\0"):
             key, _, value = entry.partition(b"=")
-            if key in (b"SLURM_JOB_ID", b"SLURMD_NODENAME"):
+            if key in (b"SLURM_JOB_ID", b"SLURMD_NODENAME", b"SLURM_CONF"):
                 env[key] = value.decode(errors="replace")
     except OSError:
         pass
@@ -237,6 +238,7 @@ def _read_proc(pid_dir: Path) -> Proc | None:
         fields[0],
         env.get(b"SLURM_JOB_ID"),
         env.get(b"SLURMD_NODENAME"),
+        env.get(b"SLURM_CONF"),
     )
 
 
@@ -270,7 +272,9 @@ def _our_tree(procs: dict[int, Proc], me: int, run_root: int) -> set[int]:
 
 def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
     """Processes of this job on this node (several slurmd may share a host, each with its
-    own SLURMD_NODENAME), minus our own process tree."""
+    own SLURMD_NODENAME; several clusters too, each with its own SLURM_CONF, which slurmd
+    gives both the job and this epilog), minus our own process tree."""
+    conf = os.environ.get("SLURM_CONF")
     procs = list_procs(ctx.proc_path())
     ours = _our_tree(procs, os.getpid(), run_root)
     ignored = set(ctx.options["ignore_commands"])
@@ -282,7 +286,11 @@ def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
         and p.state != "Z"
         and p.comm not in ignored
         and (
-            (p.job_id == ctx.job.job_id and p.slurm_node in (None, ctx.node))
+            (
+                p.job_id == ctx.job.job_id
+                and p.slurm_node in (None, ctx.node)
+                and (conf is None or p.slurm_conf in (None, conf))
+            )
             or (by_user and p.uid == ctx.job.uid)
         )
     ]

@@ -124,7 +124,8 @@ def test_services(proc):
     ]
 
 
-def test_procs_finds_leftovers_of_this_job_only(proc):
+def test_procs_finds_leftovers_of_this_job_only(proc, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/slurm.conf")
     job = JobInfo(job_id="812", uid=1000, user="alice")
     fake_pid(proc, 200, 1, 1000, "python", env=b"HOME=/x\0SLURM_JOB_ID=812\0")
     fake_pid(proc, 201, 1, 1000, "sleep", env=b"SLURM_JOB_ID=811\0")  # another job's
@@ -133,12 +134,21 @@ def test_procs_finds_leftovers_of_this_job_only(proc):
     # same job id, but a step of it on another node sharing this host (multiple slurmd)
     fake_pid(proc, 204, 1, 1000, "python", env=b"SLURM_JOB_ID=812\0SLURMD_NODENAME=n2\0")
     fake_pid(proc, 205, 1, 1000, "python", env=b"SLURM_JOB_ID=812\0SLURMD_NODENAME=n1\0")
+    # same job id and node name, but another cluster's slurmd on this host
+    fake_pid(
+        proc,
+        206,
+        1,
+        1000,
+        "python",
+        env=b"SLURM_JOB_ID=812\0SLURMD_NODENAME=n1\0SLURM_CONF=/other/slurm.conf\0",
+    )
     [res] = run("host.procs", proc, job=job, phase="epilog", grace_s=0)
     assert res.status is Status.FAIL
     assert sorted(res.values["pids"]) == [200, 205]
     assert "2 processes left after job 812: 200 python, 205 python" in res.message
     [by_user] = run("host.procs", proc, job=job, phase="epilog", grace_s=0, match="user")
-    assert sorted(by_user.values["pids"]) == [200, 201, 203, 204, 205]
+    assert sorted(by_user.values["pids"]) == [200, 201, 203, 204, 205, 206]
 
 
 def test_procs_skip_without_job(proc):
