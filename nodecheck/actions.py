@@ -50,16 +50,6 @@ def _with_retries(what: str, attempts: int, deadline: float, call: Callable[[], 
     raise SlurmError(f"{what} failed after retries: {last}")
 
 
-def drain(backend: SlurmBackend, node: str, reason: str, attempts: int, deadline: float) -> str:
-    """Drain with our reason, unless someone else already drained the node."""
-    info = _with_retries("node_info", attempts, deadline, lambda: backend.node_info(node))
-    if info.drained and not info.drained_by_nodecheck:
-        get_logger().warning("admin_drain_kept", existing_reason=info.reason)
-        return "admin drain kept"
-    _with_retries("drain", attempts, deadline, lambda: backend.drain(node, reason))
-    return "drained"
-
-
 def resume_if_ours(backend: SlurmBackend, node: str) -> str:
     info = backend.node_info(node)
     if not info.drained:
