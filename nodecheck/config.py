@@ -71,6 +71,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "job_scope_hca": (str, "pcie"),
     # node_exporter textfile-collector file; "" disables metrics. May contain {node}.
     "metrics_file": (str, "/var/lib/node_exporter/textfile_collector/nodecheck.prom"),
+    # false: a healthy prolog/epilog leaves the metrics file to the next health run (or the
+    # next run that finds a problem) and keeps prometheus_client off job start.
+    "metrics_on_job_path": (bool, False),
 }
 # What a node class may override besides its check tables.
 _CLASS_OVERRIDABLE = ("budget_s", "dry_run", "disabled", "sysfs_root", "procfs_root", "nvml")

@@ -369,7 +369,7 @@ def record_run(config: Any, node: str, rec: RunRecord) -> None:
 
     metrics_file = config.metrics_file_for(node)
     metrics: Any = None
-    if metrics_file is not None:
+    if metrics_file is not None and metrics_due(config.values, rec):
         from nodecheck import metrics as metrics_module
 
         if metrics_module.available():
@@ -393,6 +393,16 @@ def record_run(config: Any, node: str, rec: RunRecord) -> None:
                 get_logger().warning("metrics_not_written", file=str(metrics_file), error=str(exc))
 
     with_history(config.state_dir_for(node), work)
+
+
+def metrics_due(values: Mapping[str, Any], rec: RunRecord) -> bool:
+    """Rewrite the metrics file on this run? Always in health/manual runs and whenever a
+    prolog/epilog found a problem or acted; a healthy prolog/epilog leaves it to the next
+    health run (its row is in the history) unless metrics_on_job_path is set, because
+    prometheus_client's import alone costs ~20-30 ms of job start."""
+    if rec.phase not in ("prolog", "epilog") or values.get("metrics_on_job_path", False):
+        return True
+    return rec.status not in ("PASS", "SKIP") or rec.action != "none"
 
 
 def retention_for(values: Mapping[str, Any]) -> Retention:

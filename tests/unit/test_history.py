@@ -344,6 +344,7 @@ def test_concurrent_prologs_leave_a_consistent_history(tmp_path):
     cfg = tmp_path / "nodecheck.toml"
     cfg.write_text(
         f'state_dir = "{state}"\nmetrics_file = "{tmp_path}/m.prom"\nlog_file = ""\n'
+        "metrics_on_job_path = true\n"
         f'killswitch_file = "{tmp_path}/off"\nscontrol = "/bin/false"\n'
         'slurm_backend = "scontrol"\n'
         '[checks."host.mounts"]\nrequired = ["/"]\n'

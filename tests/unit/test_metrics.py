@@ -71,7 +71,7 @@ def test_counters_and_drained_come_from_the_state(tmp_path):
             h.put(history.DRAIN_MARKER, {"reason": "x", "at": time.time()})
 
     history.with_history(tmp_path / "state", drained)
-    history.record_run(cfg, "n7", run("epilog", [], "PASS"))
+    history.record_run(cfg, "n7", run("health", [], "PASS"))
     got = samples((tmp_path / "m.prom").read_text())
     assert got[("nodecheck_drains_total", (("node", "n7"),))] == 2
     assert got[("nodecheck_resumes_total", (("node", "n7"),))] == 1
@@ -109,3 +109,33 @@ def test_render_is_valid_with_no_runs_yet():
     text = metrics.render("n1", {}, {}, False).decode()
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"nodecheck_drains", "nodecheck_drained"} <= names
+
+
+def test_a_healthy_prolog_leaves_the_metrics_file_to_the_health_run(tmp_path):
+    prom = tmp_path / "m.prom"
+    cfg = config_for(tmp_path, str(prom))
+    history.record_run(cfg, "n1", run("prolog", [], "PASS"))
+    history.record_run(cfg, "n1", run("epilog", [], "PASS"))
+    assert not prom.exists()  # prometheus_client stays off job start
+    history.record_run(cfg, "n1", run("health", [], "PASS"))
+    got = samples(prom.read_text())
+    # the health run's file still carries the prolog/epilog runs, from the history
+    for phase in ("prolog", "epilog", "health"):
+        key = ("nodecheck_run_status", (("node", "n1"), ("phase", phase), ("status", "PASS")))
+        assert got[key] == 1
+    prom.unlink()
+    bad = CheckResult("host.mem", Status.FAIL, "low")
+    history.record_run(cfg, "n1", run("prolog", [bad], "FAIL", action="drained"))
+    assert prom.exists()  # a problem is exported at once
+    prom.unlink()
+    eager = parse_config(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "metrics_file": str(prom),
+            "metrics_on_job_path": True,
+        },
+        None,
+        all_checks(),
+    )
+    history.record_run(eager, "n1", run("prolog", [], "PASS"))
+    assert prom.exists()
