@@ -236,8 +236,10 @@ def _explain(args: argparse.Namespace) -> int:
         f"timeout {chk.timeout_s}s; {'on' if chk.enabled_by_default else 'off'} by default"
     )
     if chk.explain:
+        import inspect
+
         print()
-        print(chk.explain)
+        print(inspect.cleandoc(chk.explain))
     if chk.options:
         print(f'\noptions ([checks."{chk.id}"] or per node class):')
         for name, opt in chk.options.items():

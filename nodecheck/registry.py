@@ -7,7 +7,6 @@ with the `@check(...)` decorator in its family module under `nodecheck/checks/`.
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -99,7 +98,7 @@ def check(
             options=dict(options or {}),
             group=group,
             enabled_by_default=enabled_by_default,
-            explain=explain or inspect.cleandoc(func.__doc__ or ""),
+            explain=explain or func.__doc__ or "",
             severity=severity,
             remedy=remedy,
         )
