@@ -12,7 +12,7 @@ import contextlib
 import os
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -277,15 +277,8 @@ def _parse_hysteresis(
     tables: Any, where: str, registry: Mapping[str, Check]
 ) -> dict[str, Hysteresis]:
     """`[hysteresis."ib.counters"]` with `warn_count` (2..1000) and `window_s` (0..30 days]."""
-    if not isinstance(tables, dict):
-        raise ConfigError(f"{where}: must be a table of check tables")
     out = {}
-    for cid, table in tables.items():
-        here = f"{where}.{cid}"
-        if cid not in registry:
-            raise ConfigError(f"{here}: unknown check (see `nodecheck list`)")
-        if not isinstance(table, dict):
-            raise ConfigError(f"{here}: must be a table")
+    for cid, here, table in _per_check_tables(tables, where, registry):
         unknown = set(table) - {"warn_count", "window_s"}
         if unknown:
             raise ConfigError(
@@ -373,20 +366,28 @@ def _parse_node_class(raw: Any, where: str, registry: Mapping[str, Check]) -> No
     return NodeClass(name=name, patterns=tuple(patterns), overrides=overrides, checks=checks)
 
 
-def _parse_check_tables(
+def _per_check_tables(
     tables: Any, where: str, registry: Mapping[str, Check]
-) -> dict[str, dict[str, Any]]:
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(check id, where, table) for each `"<check-id>" = { ... }` of a table keyed by check."""
     if not isinstance(tables, dict):
         raise ConfigError(f"{where}: must be a table of check tables")
-    out = {}
     for cid, table in tables.items():
         here = f"{where}.{cid}"
         if cid not in registry:
             raise ConfigError(f"{here}: unknown check (see `nodecheck list`)")
         if not isinstance(table, dict):
             raise ConfigError(f"{here}: must be a table")
-        out[cid] = _parse_check_table(table, here, registry[cid])
-    return out
+        yield cid, here, table
+
+
+def _parse_check_tables(
+    tables: Any, where: str, registry: Mapping[str, Check]
+) -> dict[str, dict[str, Any]]:
+    return {
+        cid: _parse_check_table(table, here, registry[cid])
+        for cid, here, table in _per_check_tables(tables, where, registry)
+    }
 
 
 def _parse_check_table(table: Mapping[str, Any], where: str, chk: Check) -> dict[str, Any]:
