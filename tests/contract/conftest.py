@@ -14,7 +14,6 @@ Environment:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -33,21 +32,10 @@ SLURM_BIN = Path(os.environ.get("NODECHECK_SLURM_BIN", "/usr/bin"))
 SCONTROL = SLURM_BIN / "scontrol"
 
 
-def _load_testcluster():
-    """tools/ is not a package: load tools/testcluster.py as module `testcluster`."""
-    if "testcluster" in sys.modules:
-        return sys.modules["testcluster"]
-    spec = importlib.util.spec_from_file_location(
-        "testcluster", REPO_ROOT / "tools" / "testcluster.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["testcluster"] = module
-    spec.loader.exec_module(module)
-    return module
+# tools/ is not a package; testcluster.py is a stdlib-only script that is also a module.
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import testcluster  # noqa: E402
 
-
-testcluster = _load_testcluster()
 TestCluster = testcluster.TestCluster
 
 

@@ -6,7 +6,6 @@ and munge binaries the cluster fixtures skip; with NODECHECK_REQUIRE_SLURM=1 (CI
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -25,21 +24,10 @@ SLURM_SBIN = Path(os.environ.get("NODECHECK_SLURM_SBIN", "/usr/sbin"))
 SLURM_BIN = Path(os.environ.get("NODECHECK_SLURM_BIN", "/usr/bin"))
 
 
-def _load_testcluster():
-    """tools/ is not a package: load tools/testcluster.py as module `testcluster`."""
-    if "testcluster" in sys.modules:
-        return sys.modules["testcluster"]
-    spec = importlib.util.spec_from_file_location(
-        "testcluster", REPO_ROOT / "tools" / "testcluster.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["testcluster"] = module
-    spec.loader.exec_module(module)
-    return module
+# tools/ is not a package; testcluster.py is a stdlib-only script that is also a module.
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import testcluster  # noqa: E402
 
-
-testcluster = _load_testcluster()
 TestCluster = testcluster.TestCluster
 
 
@@ -164,3 +152,11 @@ def clean_slurm_cluster(slurm_cluster: TestCluster) -> TestCluster:
     """The session cluster, reset first: no jobs, every node IDLE (drains resumed)."""
     slurm_cluster.reset()
     return slurm_cluster
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A test's scratch dir that slurmd's hooks (root, another cwd) can read: config, logs,
+    state, fake sysfs trees."""
+    tmp_path.chmod(0o755)
+    return tmp_path

@@ -7,11 +7,11 @@ nodecheck.toml restored.
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
 import pytest
+from nc_cluster import base_toml, events, wait_drained
 
 from tests.fixtures.sysfs import healthy_node
 
@@ -19,48 +19,21 @@ NDR = "400 Gb/sec (4X NDR)"
 
 
 def fabric_toml(work: Path, good: Path, extra: str = "") -> str:
-    return f"""
-log_file = "{work}/nodecheck.log"
-state_dir = "{work}/state/{{node}}"
-killswitch_file = "{work}/disabled"
-scontrol = "/usr/bin/scontrol"
-slurm_backend = "scontrol"
-budget_s = 15
+    return base_toml(
+        work,
+        extra=f"""
 sysfs_root = "{good}"
-[checks."host.disk"]
-min_free_gib = {{ "/tmp" = 0.01 }}
-# Other test clusters on the same host reuse node names and job ids, so their processes
-# can look like leftovers of our jobs; these tests are about the fabric.
-[checks."host.procs"]
-enabled = false
 [checks."ib.port"]
 ports = ["mlx5_0/1", "mlx5_1/1"]
 rate = "{NDR}"
 link_layer = "InfiniBand"
 {extra}
-"""
-
-
-def events(work: Path, event: str) -> list[dict]:
-    log = work / "nodecheck.log"
-    if not log.exists():
-        return []
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            record = json.loads(line)
-            if record.get("event") == event:
-                out.append(record)
-    return out
+""",
+    )
 
 
 def results_of(work: Path, check: str, node: str, phase: str, job: int) -> list[dict]:
-    return [
-        e
-        for e in events(work, "check_result")
-        if e["check"] == check and e["node"] == node and e["phase"] == phase
-        and e.get("job") == str(job)
-    ]  # fmt: skip
+    return events(work, "check_result", check=check, node=node, phase=phase, job=job)
 
 
 @pytest.fixture
@@ -89,21 +62,6 @@ def cluster(slurm_cluster, tmp_path):
             if state.startswith("drain") and reason.startswith("nodecheck: "):
                 cluster.resume(node)
         cluster.wait_all_idle(30)
-
-
-@pytest.fixture
-def work(tmp_path):
-    tmp_path.chmod(0o755)
-    return tmp_path
-
-
-def wait_drained(cluster, node: str, timeout: float) -> str:
-    state = cluster.wait_for(
-        lambda: (s := cluster.node_state(node))[0].startswith("drain") and s,
-        timeout,
-        message=f"{node} drained",
-    )
-    return state[1]
 
 
 def test_port_down_drains_n1_with_device_and_port_and_n2_runs_the_job(cluster, work):

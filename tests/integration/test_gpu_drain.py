@@ -7,10 +7,9 @@ whole gpu.* family. The cluster is put back (nodes resumed) at the end.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pytest
+from nc_cluster import base_toml, events
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "nvml"
@@ -36,16 +35,9 @@ expected_active = 18
 required = true
 """
 
-    return f"""
-log_file = "{work}/nodecheck.log"
-state_dir = "{work}/state/{{node}}"
-killswitch_file = "{work}/disabled"
-slurm_backend = "scontrol"
-budget_s = 15
-[checks."host.disk"]
-min_free_gib = {{ "/tmp" = 0.01 }}
-[checks."host.procs"]
-grace_s = 2
+    return (
+        base_toml(work)
+        + f"""
 [checks."gpu.xid"]
 kmsg = "{FIXTURES / "kmsg-h100-before.txt"}"
 [checks."gpu.idle"]
@@ -53,41 +45,18 @@ settle_s = 0.5
 {node_class("h100-bad", "n1", n1_fixture)}
 {node_class("h100-good", "n2", n2_fixture)}
 """
-
-
-@pytest.fixture
-def work(tmp_path):
-    tmp_path.chmod(0o755)
-    return tmp_path
+    )
 
 
 def verdicts(work: Path, phase: str) -> list[dict]:
-    log = work / "nodecheck.log"
-    if not log.exists():
-        return []
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event.get("event") == "verdict" and event.get("phase") == phase:
-                out.append(event)
-    return out
+    return events(work, "verdict", phase=phase)
 
 
 def gpu_results(work: Path, node: str, phase: str, job: int) -> dict[str, set[str]]:
     """check id -> statuses logged for one node/phase/job."""
     out: dict[str, set[str]] = {}
-    for line in (work / "nodecheck.log").read_text().splitlines():
-        if not line.startswith("{"):
-            continue
-        e = json.loads(line)
-        if (
-            e.get("event") == "check_result"
-            and e.get("node") == node
-            and e.get("phase") == phase
-            and e.get("job") == str(job)
-            and e["check"].startswith("gpu.")
-        ):
+    for e in events(work, "check_result", node=node, phase=phase, job=job):
+        if e["check"].startswith("gpu."):
             out.setdefault(e["check"], set()).add(e["status"])
     return out
 

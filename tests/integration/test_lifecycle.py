@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
+from nc_cluster import EPILOG, HEALTH, PROLOG, base_toml, events, nodecheck_cli
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
-PROLOG = REPO / "prolog" / "nodecheck-prolog"
-EPILOG = REPO / "epilog" / "nodecheck-epilog"
-HEALTH = REPO / "health" / "nodecheck-health"
 MISSING_MOUNT = "/nodecheck-test-missing-mount"
 
 
 def toml(work: Path, broken: tuple[str, ...] = (), extra: str = "") -> str:
-    text = f"""
-log_file = "{work}/nodecheck.log"
-state_dir = "{work}/state/{{node}}"
-metrics_file = "{work}/metrics/{{node}}.prom"
-killswitch_file = "{work}/disabled"
-slurm_backend = "scontrol"
-budget_s = 15
-{extra}
-[checks."host.disk"]
-min_free_gib = {{ "/tmp" = 0.01 }}
-[checks."host.procs"]
-grace_s = 2
-"""
+    text = base_toml(work, extra=extra)
     if broken:
         names = ", ".join(f'"{n}"' for n in broken)
         text += f"""
@@ -47,25 +30,6 @@ match = [{names}]
 required = ["{MISSING_MOUNT}"]
 """
     return text
-
-
-@pytest.fixture
-def work(tmp_path):
-    tmp_path.chmod(0o755)
-    return tmp_path
-
-
-def events(work: Path, name: str, node: str | None = None) -> list[dict]:
-    log = work / "nodecheck.log"
-    if not log.exists():
-        return []
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            event = json.loads(line)
-            if event["event"] == name and (node is None or event.get("node") == node):
-                out.append(event)
-    return out
 
 
 def cluster_with_hooks(make_slurm_cluster, nodes: int):
@@ -88,22 +52,6 @@ def health(cluster, node: str) -> dict:
     assert out.returncode in (0, 1), out.stderr[-2000:]
     verdict = [json.loads(x) for x in out.stderr.splitlines() if x.startswith('{"')]
     return next(e for e in reversed(verdict) if e["event"] == "verdict")
-
-
-def nodecheck_cli(cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "SLURM_CONF": str(cluster.conf_path),
-        "NODECHECK_CONFIG": str(cluster.nodecheck_config),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "nodecheck", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def drained(cluster, node: str) -> bool:
@@ -136,11 +84,11 @@ def test_prolog_drain_comes_back_by_itself_through_health_check_program(make_slu
     cluster.write_files()
     cluster.reconfigure()
     cluster.wait_for(lambda: not drained(cluster, "n1"), 90, message="n1 resumed by nodecheck")
-    [resume] = events(work, "resume", "n1")
+    [resume] = events(work, "resume", node="n1")
     assert resume["result"] == "resumed" and resume["passes"] == 2
-    pending = [e for e in events(work, "verdict", "n1") if e["phase"] == "health"]
+    pending = [e for e in events(work, "verdict", node="n1") if e["phase"] == "health"]
     assert any(e["action"] == "passed 1/2 before resume" for e in pending)
-    assert not events(work, "drain", "n2") and not drained(cluster, "n2")
+    assert not events(work, "drain", node="n2") and not drained(cluster, "n2")
     cluster.reconfigure()
     cluster.wait_for(lambda: cluster.node_state("n1")[0] == "idle", 30, message="n1 idle")
     again = cluster.sbatch("-w", "n1", "--wrap", "true")

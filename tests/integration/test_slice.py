@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
+from nc_cluster import (
+    base_toml,
+    events,
+    nodecheck_cli,
+    wait_drained,
+    wait_verdict,
+)
 
-REPO = Path(__file__).resolve().parents[2]
 MISSING_MOUNT = "/nodecheck-test-missing-mount"
-
-
-def nodecheck_toml(work: Path, *, scontrol: str = "/usr/bin/scontrol", extra: str = "") -> str:
-    return f"""
-log_file = "{work}/nodecheck.log"
-state_dir = "{work}/state/{{node}}"
-metrics_file = "{work}/metrics/{{node}}.prom"
-killswitch_file = "{work}/disabled"
-scontrol = "{scontrol}"
-slurm_backend = "scontrol"
-budget_s = 15
-[checks."host.disk"]
-min_free_gib = {{ "/tmp" = 0.01 }}
-[checks."host.procs"]
-grace_s = 2
-{extra}
-"""
 
 
 BROKEN_N1 = f"""
@@ -43,40 +28,8 @@ required = ["{MISSING_MOUNT}"]
 """
 
 
-@pytest.fixture
-def work(tmp_path):
-    tmp_path.chmod(0o755)
-    return tmp_path
-
-
-def events(work: Path) -> list[dict]:
-    log = work / "nodecheck.log"
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-
-
 def verdicts(work: Path, phase: str, job: int) -> list[dict]:
-    return [
-        e
-        for e in events(work)
-        if e["event"] == "verdict" and e["phase"] == phase and e.get("job") == str(job)
-    ]
-
-
-def wait_verdict(cluster, work: Path, phase: str, job: int) -> dict:
-    """The run's verdict line: logged last, after any drain, just before the hook exits."""
-    return cluster.wait_for(lambda: verdicts(work, phase, job), 30, message=f"{phase} verdict")[0]
-
-
-def wait_drained(cluster, node: str, timeout: float) -> str:
-    """Wait until `node` is drained (or draining); return its reason."""
-    state = cluster.wait_for(
-        lambda: (s := cluster.node_state(node))[0].startswith("drain") and s,
-        timeout,
-        message=f"{node} drained",
-    )
-    return state[1]
+    return events(work, "verdict", phase=phase, job=job)
 
 
 def recording_scontrol(work: Path) -> tuple[Path, Path]:
@@ -91,7 +44,7 @@ def recording_scontrol(work: Path) -> tuple[Path, Path]:
 def test_healthy_nodes_run_the_job_with_no_controller_call(clean_slurm_cluster, work):
     cluster = clean_slurm_cluster
     scontrol, calls = recording_scontrol(work)
-    cluster.write_nodecheck_config(nodecheck_toml(work, scontrol=str(scontrol)))
+    cluster.write_nodecheck_config(base_toml(work, scontrol=str(scontrol)))
     job = cluster.sbatch("-w", "n1", "--wrap", "echo hello")
     cluster.wait_for(lambda: cluster.job_state(job) == "COMPLETED", 30, message="job done")
     cluster.wait_for(lambda: verdicts(work, "epilog", job), 15, message="epilog verdict")
@@ -105,7 +58,7 @@ def test_healthy_nodes_run_the_job_with_no_controller_call(clean_slurm_cluster, 
 
 def test_failing_prolog_drains_only_that_node_and_the_job_runs_elsewhere(clean_slurm_cluster, work):
     cluster = clean_slurm_cluster
-    cluster.write_nodecheck_config(nodecheck_toml(work, extra=BROKEN_N1))
+    cluster.write_nodecheck_config(base_toml(work, extra=BROKEN_N1))
     pinned = cluster.sbatch("-w", "n1", "--wrap", "echo pinned")
     reason = wait_drained(cluster, "n1", 30)
     assert reason.startswith(f"nodecheck: host.mounts {MISSING_MOUNT}: not mounted [prolog job")
@@ -122,7 +75,7 @@ def test_failing_prolog_drains_only_that_node_and_the_job_runs_elsewhere(clean_s
 
 def test_leftover_process_drains_in_the_epilog(clean_slurm_cluster, work):
     cluster = clean_slurm_cluster
-    cluster.write_nodecheck_config(nodecheck_toml(work))
+    cluster.write_nodecheck_config(base_toml(work))
     pidfile = work / "stray.pid"
     script = work / "job.sh"
     # A job step that daemonises a child: it escapes proctrack/linuxproc but keeps the
@@ -150,25 +103,9 @@ def test_leftover_process_drains_in_the_epilog(clean_slurm_cluster, work):
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
-def nodecheck_cli(cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "SLURM_CONF": str(cluster.conf_path),
-        "NODECHECK_CONFIG": str(cluster.nodecheck_config),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "nodecheck", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_resume_only_resumes_our_own_drain(clean_slurm_cluster, work):
     cluster = clean_slurm_cluster
-    cluster.write_nodecheck_config(nodecheck_toml(work, extra=BROKEN_N1))
+    cluster.write_nodecheck_config(base_toml(work, extra=BROKEN_N1))
     job = cluster.sbatch("-w", "n1", "--wrap", "true")
     wait_drained(cluster, "n1", 30)
     wait_verdict(cluster, work, "prolog", job)  # the prolog has exited: nothing races us
@@ -180,7 +117,7 @@ def test_resume_only_resumes_our_own_drain(clean_slurm_cluster, work):
     assert still_broken.returncode == 1 and "checks still fail" in still_broken.stdout
     assert cluster.node_state("n1")[0].startswith("drain")
 
-    cluster.write_nodecheck_config(nodecheck_toml(work))  # the admin fixed the mount
+    cluster.write_nodecheck_config(base_toml(work))  # the admin fixed the mount
     fixed = nodecheck_cli(cluster, "resume", "--node", "n1")
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert "n1: resumed" in fixed.stdout
@@ -210,7 +147,7 @@ enabled = false
 [node_class.checks."host.services"]
 enabled = false
 """
-    cluster.write_nodecheck_config(nodecheck_toml(work, extra=extra))
+    cluster.write_nodecheck_config(base_toml(work, extra=extra))
     started = time.monotonic()
     job = cluster.sbatch("-w", "n1", "--wrap", "true")
     reason = wait_drained(cluster, "n1", 30)

@@ -1,0 +1,93 @@
+"""What the integration tests share: a base nodecheck.toml, reading nodecheck's JSON log,
+waiting for drains and verdicts, and running the CLI against a test cluster.
+
+(A module, not conftest.py: test files import it by this unique name.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+PROLOG = REPO / "prolog" / "nodecheck-prolog"
+EPILOG = REPO / "epilog" / "nodecheck-epilog"
+HEALTH = REPO / "health" / "nodecheck-health"
+
+
+def base_toml(work: Path, *, scontrol: str = "/usr/bin/scontrol", extra: str = "") -> str:
+    """Settings every test cluster config starts with: logs, state and metrics under `work`
+    (state and metrics per node: several slurmd share this host), a quick procs grace."""
+    return f"""
+log_file = "{work}/nodecheck.log"
+state_dir = "{work}/state/{{node}}"
+metrics_file = "{work}/metrics/{{node}}.prom"
+killswitch_file = "{work}/disabled"
+scontrol = "{scontrol}"
+slurm_backend = "scontrol"
+budget_s = 15
+{extra}
+[checks."host.disk"]
+min_free_gib = {{ "/tmp" = 0.01 }}
+[checks."host.procs"]
+grace_s = 2
+"""
+
+
+def events(work: Path, name: str | None = None, **fields: Any) -> list[dict]:
+    """nodecheck's log events, optionally only those named `name` with these field values
+    (a `job` given as int matches the logged string)."""
+    log = work / "nodecheck.log"
+    if not log.exists():
+        return []
+    want = {k: str(v) if k == "job" else v for k, v in fields.items()}
+    out = []
+    for line in log.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        event = json.loads(line)
+        if (name is None or event.get("event") == name) and all(
+            event.get(k) == v for k, v in want.items()
+        ):
+            out.append(event)
+    return out
+
+
+def wait_verdict(cluster, work: Path, phase: str, job: int, **fields: Any) -> dict:
+    """The run's verdict line: logged last, after any drain, just before the hook exits."""
+    found = cluster.wait_for(
+        lambda: events(work, "verdict", phase=phase, job=job, **fields),
+        30,
+        message=f"{phase} verdict of job {job}",
+    )
+    return found[0]
+
+
+def wait_drained(cluster, node: str, timeout: float) -> str:
+    """Wait until `node` is drained (or draining); return its reason."""
+    state = cluster.wait_for(
+        lambda: (s := cluster.node_state(node))[0].startswith("drain") and s,
+        timeout,
+        message=f"{node} drained",
+    )
+    return state[1]
+
+
+def nodecheck_cli(cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """`nodecheck ARGS` as an admin on a login node of this cluster would run it."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLURM_CONF": str(cluster.conf_path),
+        "NODECHECK_CONFIG": str(cluster.nodecheck_config),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "nodecheck", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
