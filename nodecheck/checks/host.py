@@ -210,8 +210,9 @@ class Proc:
     slurm_conf: str | None  # SLURM_CONF from its environment, if any
 
 
-def _read_proc(pid_dir: Path) -> Proc | None:
-    """One /proc/PID entry, or None if it vanished or cannot be read."""
+def _read_proc(pid_dir: Path, with_env: bool = True) -> Proc | None:
+    """One /proc/PID entry, or None if it vanished or cannot be read. `with_env` reads the
+    Slurm variables of its environment (one more file per process)."""
     try:
         stat_text = (pid_dir / "stat").read_text()
         status = (pid_dir / "status").read_text()
@@ -224,7 +225,8 @@ def _read_proc(pid_dir: Path) -> Proc | None:
     uid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:")), -1)
     env: dict[bytes, str] = {}
     try:
-        for entry in (pid_dir / "environ").read_bytes().split(b"\0"):
+        environ = (pid_dir / "environ").read_bytes() if with_env else b""
+        for entry in environ.split(b"\0"):
             key, _, value = entry.partition(b"=")
             if key in (b"SLURM_JOB_ID", b"SLURMD_NODENAME", b"SLURM_CONF"):
                 env[key] = value.decode(errors="replace")
@@ -242,11 +244,11 @@ def _read_proc(pid_dir: Path) -> Proc | None:
     )
 
 
-def list_procs(proc_root: Path) -> dict[int, Proc]:
+def list_procs(proc_root: Path, with_env: bool = True) -> dict[int, Proc]:
     procs = {}
     for entry in proc_root.iterdir():
         if entry.name.isdigit():
-            proc = _read_proc(entry)
+            proc = _read_proc(entry, with_env)
             if proc is not None:
                 procs[proc.pid] = proc
     return procs
@@ -353,7 +355,8 @@ def host_services(ctx: CheckContext) -> Iterator[CheckResult]:
         yield CheckResult("host.services", Status.SKIP, "no services configured")
         return
     # /proc/PID/comm is truncated to 15 characters by the kernel.
-    running = {p.comm for p in list_procs(ctx.proc_path()).values() if p.state != "Z"}
+    procs = list_procs(ctx.proc_path(), with_env=False)
+    running = {p.comm for p in procs.values() if p.state != "Z"}
     for name in required:
         if name[:15] in running:
             yield CheckResult("host.services", Status.PASS, "running", component=name)
