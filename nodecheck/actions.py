@@ -98,8 +98,10 @@ def _drain_and_mark(
     attempts = config.drain_attempts if config else 3
     backend = backend_for(config, env)
     limits = breaker_limits(config)
+    state_dir = _state_dir(config, node)
     if limits.enabled:
-        breaker.jitter(deadline)
+        if not _marked_drained(state_dir):  # a node already ours is not part of a wave
+            breaker.jitter(deadline)
         # One call gives both this node's state and what the breaker needs.
         nodes = _with_retries("list_nodes", attempts, deadline, backend.list_nodes)
         info = next((n for n in nodes if n.name == node), None) or backend.node_info(node)
@@ -108,7 +110,6 @@ def _drain_and_mark(
     if info.drained and not info.drained_by_nodecheck:
         log.warning("admin_drain_kept", existing_reason=info.reason)
         return "admin drain kept"
-    state_dir = _state_dir(config, node)
     if limits.enabled and not info.drained_by_nodecheck:
         tripped = breaker.evaluate(nodes, node, limits)
         if tripped.open:
@@ -164,6 +165,13 @@ def _drain_and_mark(
     taken = ("already drained" if already else "drained") + (" (flapping)" if flapping else "")
     log.warning("drain", result=taken, reason=reason, new_episode=new_episode)
     return taken
+
+
+def _marked_drained(state_dir: Path) -> bool:
+    try:
+        return bool(history.with_history(state_dir, lambda h: h.store.get_json(DRAIN_MARKER)))
+    except (StateError, OSError):
+        return False
 
 
 def breaker_limits(config: Config | None) -> breaker.BreakerLimits:
