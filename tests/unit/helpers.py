@@ -10,6 +10,13 @@ from nodecheck.context import CheckContext, JobInfo, NodeSettings
 from nodecheck.registry import ALL_PHASES, Check
 from nodecheck.results import CheckResult
 
+NVML_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
+
+
+def nvml_check_ids(registry: Mapping[str, Any]) -> list[str]:
+    """The gpu.* checks that read NVML (gpu.xid reads the kernel log)."""
+    return sorted(c for c in registry if c.startswith("gpu.") and c != "gpu.xid")
+
 
 def make_ctx(
     phase: str = "prolog",

@@ -11,20 +11,16 @@ from pathlib import Path
 
 import pynvml
 import pytest
+from helpers import NVML_FIXTURES
 
 from nodecheck import nvml, progress
 from nodecheck.nvml import model, real
 from nodecheck.nvml.model import NvmlError, Snapshot
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
-ALL_FIXTURES = sorted(FIXTURES.glob("*.json"))
+ALL_FIXTURES = sorted(NVML_FIXTURES.glob("*.json"))
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    nvml.clear_cache()
-    yield
-    nvml.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_nvml_cache")
 
 
 def test_error_table_matches_pynvml_codes():
@@ -60,7 +56,7 @@ def test_fixture_round_trips(path):
 
 
 def test_healthy_fixture_has_real_nvml_shapes():
-    snap = Snapshot.load(FIXTURES / "h100-healthy.json")
+    snap = Snapshot.load(NVML_FIXTURES / "h100-healthy.json")
     assert snap.driver_version == "550.90.07" and snap.cuda_driver_version == 12040
     gpu = snap.gpus[3]
     assert gpu.name == "NVIDIA H100 80GB HBM3"
@@ -72,7 +68,7 @@ def test_healthy_fixture_has_real_nvml_shapes():
 
 
 def test_unknown_keys_are_rejected():
-    data = json.loads((FIXTURES / "h100-healthy.json").read_text())
+    data = json.loads((NVML_FIXTURES / "h100-healthy.json").read_text())
     data["gpus"][0]["temprature_c"] = 40
     with pytest.raises(ValueError, match="temprature_c"):
         Snapshot.from_dict(data)
@@ -81,7 +77,7 @@ def test_unknown_keys_are_rejected():
 
 
 def test_replay_source_and_selection():
-    source = f"replay:{FIXTURES / 'h100-healthy.json'}"
+    source = f"replay:{NVML_FIXTURES / 'h100-healthy.json'}"
     snap = nvml.get_snapshot(source)
     assert snap.source == source and len(snap.gpus) == 8 and snap.selected is None
     assert nvml.get_snapshot(source) is snap  # cached per process
@@ -92,9 +88,9 @@ def test_replay_source_and_selection():
 
 def test_replay_cache_sees_a_rewritten_file(tmp_path):
     path = tmp_path / "snap.json"
-    path.write_text((FIXTURES / "h100-healthy.json").read_text())
+    path.write_text((NVML_FIXTURES / "h100-healthy.json").read_text())
     first = nvml.get_snapshot(f"replay:{path}")
-    path.write_text((FIXTURES / "h100-missing-gpu.json").read_text())
+    path.write_text((NVML_FIXTURES / "h100-missing-gpu.json").read_text())
     os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
     assert len(nvml.get_snapshot(f"replay:{path}").gpus) == len(first.gpus) - 1
 
@@ -111,7 +107,7 @@ def test_no_pynvml_import_until_a_real_snapshot(tmp_path):
     code = (
         "import sys, nodecheck.nvml, nodecheck.nvml.model;"
         "from nodecheck.nvml import get_snapshot;"
-        f"get_snapshot('replay:{FIXTURES / 'h100-healthy.json'}');"
+        f"get_snapshot('replay:{NVML_FIXTURES / 'h100-healthy.json'}');"
         "print('pynvml' in sys.modules)"
     )
     out = subprocess.run(
@@ -159,13 +155,13 @@ def _in_child(fn, timeout_s):
 
 
 def test_replay_hang_blocks_with_a_note_naming_the_call():
-    source = f"replay:{FIXTURES / 'h100-hang-remap.json'}"
+    source = f"replay:{NVML_FIXTURES / 'h100-hang-remap.json'}"
     hung, notes = _in_child(lambda: nvml.get_snapshot(source), timeout_s=1.0)
     assert hung and notes[-1] == "nvmlDeviceGetRemappedRows gpu3"
 
 
 def test_replay_hang_outside_the_selection_does_not_hang():
-    source = f"replay:{FIXTURES / 'h100-hang-remap.json'}"
+    source = f"replay:{NVML_FIXTURES / 'h100-hang-remap.json'}"
     hung, notes = _in_child(lambda: nvml.get_snapshot(source, [0, 1]), timeout_s=5.0)
     assert not hung and notes[-1] == "DONE"
 
@@ -364,7 +360,7 @@ def test_real_collector_notes_each_call(monkeypatch):
     notes = []
     progress.set_sink(notes.append)
     try:
-        _collect_with(monkeypatch, FakeNvml(Snapshot.load(FIXTURES / "h100-healthy.json")))
+        _collect_with(monkeypatch, FakeNvml(Snapshot.load(NVML_FIXTURES / "h100-healthy.json")))
     finally:
         progress.set_sink(None)
     assert notes[0] == "nvmlInit"
@@ -373,7 +369,7 @@ def test_real_collector_notes_each_call(monkeypatch):
 
 
 def test_real_collector_selection_touches_only_those_gpus(monkeypatch):
-    fake = FakeNvml(Snapshot.load(FIXTURES / "h100-lost-gpu.json"))
+    fake = FakeNvml(Snapshot.load(NVML_FIXTURES / "h100-lost-gpu.json"))
     got = _collect_with(monkeypatch, fake, [1, 2])
     assert [g.index for g in got.gpus] == [1, 2] and got.selected == (1, 2)
     assert "handle3" not in fake.calls
@@ -391,7 +387,7 @@ class OldDriverNvml(FakeNvml):
 
 
 def test_real_collector_falls_back_to_older_fabric_struct_and_throttle_name(monkeypatch):
-    snap = Snapshot.load(FIXTURES / "h100-hw-slowdown.json")
+    snap = Snapshot.load(NVML_FIXTURES / "h100-hw-slowdown.json")
     fake = OldDriverNvml(snap, fabric_v3=False)
     got = _collect_with(monkeypatch, fake)
     assert got.gpus[0].fabric == snap.gpus[0].fabric
@@ -419,7 +415,7 @@ def test_record_tool_writes_a_replayable_snapshot(monkeypatch, tmp_path, capsys)
     spec = importlib.util.spec_from_file_location("record_nvml_snapshot", tool)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    recorded = Snapshot.load(FIXTURES / "h100-remap-pending.json")
+    recorded = Snapshot.load(NVML_FIXTURES / "h100-remap-pending.json")
     monkeypatch.setitem(__import__("sys").modules, "pynvml", FakeNvml(recorded))
     out = tmp_path / "node.json"
     assert module.main(["-o", str(out), "--comment", "test node"]) == 0
@@ -445,7 +441,7 @@ class NewDriverNvml(FakeNvml):
 
 
 def test_real_collector_prefers_newer_temperature_call(monkeypatch):
-    snap = Snapshot.load(FIXTURES / "h100-hot-idle.json")
+    snap = Snapshot.load(NVML_FIXTURES / "h100-hot-idle.json")
     fake = NewDriverNvml(snap)
     got = _collect_with(monkeypatch, fake)
     assert got.gpus[7].temperature_c == 88 and "temperatureV" in fake.calls

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import make_ctx, options_of
+from helpers import NVML_FIXTURES, make_ctx, nvml_check_ids, options_of
 
 from nodecheck import nvml
 from nodecheck.checks import gpu  # noqa: F401  (registers the gpu family)
@@ -14,15 +14,10 @@ from nodecheck.registry import all_checks
 from nodecheck.results import Status
 
 REGISTRY = all_checks()
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
-NVML_CHECKS = sorted(c for c in REGISTRY if c.startswith("gpu.") and c != "gpu.xid")
+NVML_CHECKS = nvml_check_ids(REGISTRY)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    nvml.clear_cache()
-    yield
-    nvml.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_nvml_cache")
 
 
 @pytest.fixture
@@ -32,7 +27,7 @@ def state_dir(tmp_path):
 
 def run(check_id, fixture, phase="prolog", job=None, state_dir=None, **options):
     chk = REGISTRY[check_id]
-    source = fixture if str(fixture).startswith("replay:") else f"replay:{FIXTURES / fixture}"
+    source = fixture if str(fixture).startswith("replay:") else f"replay:{NVML_FIXTURES / fixture}"
     ctx = make_ctx(
         phase=phase,
         options=options_of(chk, **options),
@@ -91,7 +86,8 @@ def test_count_pass():
 
 
 def test_count_missing_gpu_names_the_bus_id():
-    ids = [g.pci_bus_id for g in nvml.get_snapshot(f"replay:{FIXTURES / 'h100-healthy.json'}").gpus]
+    healthy = nvml.get_snapshot(f"replay:{NVML_FIXTURES / 'h100-healthy.json'}")
+    ids = [g.pci_bus_id for g in healthy.gpus]
     r = only(run("gpu.count", "h100-missing-gpu.json", expected=8, pci_bus_ids=ids), Status.FAIL)
     assert r.component == "node"
     assert r.message == "7 GPUs visible (expected 8); missing 00000000:DB:00.0"
@@ -342,7 +338,7 @@ def test_nvlink_not_supported(state_dir):
 
 def test_nvlink_counters_rising_between_runs(tmp_path, state_dir):
     path = tmp_path / "node.json"
-    shutil.copy(FIXTURES / "h100-healthy.json", path)
+    shutil.copy(NVML_FIXTURES / "h100-healthy.json", path)
     assert problems(run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)) == []
     # same readings again: nothing rose
     nvml.clear_cache()
@@ -523,13 +519,13 @@ def test_idle_leftover_process_in_epilog():
 
 def test_idle_waits_for_processes_to_go(tmp_path, monkeypatch):
     path = tmp_path / "node.json"
-    shutil.copy(FIXTURES / "h100-leftover-process.json", path)
+    shutil.copy(NVML_FIXTURES / "h100-leftover-process.json", path)
     calls = []
     real_fresh = nvml.collect_fresh
 
     def fresh(source, indices=None):
         calls.append(source)
-        shutil.copy(FIXTURES / "h100-healthy.json", path)  # the process exited meanwhile
+        shutil.copy(NVML_FIXTURES / "h100-healthy.json", path)  # the process exited meanwhile
         return real_fresh(source, indices)
 
     monkeypatch.setattr(nvml, "collect_fresh", fresh)
@@ -571,7 +567,7 @@ def test_only_job_gpus_restricts_every_per_gpu_check():
 
 def _edit(tmp_path, fixture, index, **changes):
     """A copy of a fixture with some fields of one GPU changed; returns its replay source."""
-    data = json.loads((FIXTURES / fixture).read_text())
+    data = json.loads((NVML_FIXTURES / fixture).read_text())
     data["gpus"][index].update(changes)
     path = tmp_path / f"{fixture}-{index}-{len(list(tmp_path.iterdir()))}.json"
     path.write_text(json.dumps(data))
@@ -592,7 +588,7 @@ critical = [79, 48]
 [[node_class]]
 name = "hgx-h100"
 match = ["gpu[001-064]"]
-nvml = "replay:{FIXTURES / "h100-healthy.json"}"
+nvml = "replay:{NVML_FIXTURES / "h100-healthy.json"}"
 [node_class.checks."gpu.count"]
 expected = 8
 [node_class.checks."gpu.driver"]
@@ -632,7 +628,7 @@ def test_bad_gpu_options_are_config_errors(table, error):
 
 
 def test_count_nvml_without_gpus(tmp_path):
-    data = json.loads((FIXTURES / "h100-healthy.json").read_text())
+    data = json.loads((NVML_FIXTURES / "h100-healthy.json").read_text())
     data.update(device_count=0, gpus=[])
     path = tmp_path / "empty.json"
     path.write_text(json.dumps(data))

@@ -2,12 +2,10 @@
 FAIL naming the call, gpu.xid (its own child) still reports, drain reasons name the GPU."""
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
-from helpers import make_ctx, options_of
+from helpers import NVML_FIXTURES, make_ctx, nvml_check_ids, options_of
 
-from nodecheck import nvml
 from nodecheck.checks import gpu  # noqa: F401
 from nodecheck.context import JobInfo
 from nodecheck.reason import format_reason
@@ -16,22 +14,17 @@ from nodecheck.results import Status
 from nodecheck.runner import Planned, run_checks
 
 REGISTRY = all_checks()
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
-NVML_CHECKS = sorted(c for c in REGISTRY if c.startswith("gpu.") and c != "gpu.xid")
+NVML_CHECKS = nvml_check_ids(REGISTRY)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    nvml.clear_cache()
-    yield
-    nvml.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_nvml_cache")
 
 
 def plan(fixture, tmp_path, phase="prolog", timeout_s=2.0, check_ids=None):
     out = []
     log = tmp_path / "kmsg"
     if not log.exists():
-        log.write_text((FIXTURES / "kmsg-h100-before.txt").read_text())
+        log.write_text((NVML_FIXTURES / "kmsg-h100-before.txt").read_text())
     for cid in check_ids or [*NVML_CHECKS, "gpu.xid"]:
         chk = REGISTRY[cid]
         if phase not in chk.phases:
@@ -42,7 +35,7 @@ def plan(fixture, tmp_path, phase="prolog", timeout_s=2.0, check_ids=None):
         ctx = make_ctx(
             phase=phase,
             options=options_of(chk, **extra),
-            nvml=f"replay:{FIXTURES / fixture}",
+            nvml=f"replay:{NVML_FIXTURES / fixture}",
             state_dir=tmp_path / "state",
             procfs_root=tmp_path,
         )

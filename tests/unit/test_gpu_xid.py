@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import make_ctx, options_of
+from helpers import NVML_FIXTURES, make_ctx, options_of
 
 from nodecheck.checks import gpu
 from nodecheck.checks.gpu import LogRecord, parse_xids, read_kernel_log
@@ -13,9 +13,8 @@ from nodecheck.registry import all_checks
 from nodecheck.results import Status
 
 REGISTRY = all_checks()
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
-BEFORE = FIXTURES / "kmsg-h100-before.txt"
-AFTER = FIXTURES / "kmsg-h100-xid79.txt"
+BEFORE = NVML_FIXTURES / "kmsg-h100-before.txt"
+AFTER = NVML_FIXTURES / "kmsg-h100-xid79.txt"
 BOOT = "6b2a9cde-1f0e-4b36-9a0c-2d5e4f7a8b91\n"
 
 
