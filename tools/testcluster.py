@@ -236,6 +236,19 @@ def _tail(path: Path, lines: int = 25) -> str:
 # ----------------------------------------------------------------------------- cluster
 
 
+def missing_binaries(
+    sbin: str | os.PathLike[str],
+    bin: str | os.PathLike[str],
+    munge_sbin: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """The daemons and client commands a test cluster needs that are not executable here."""
+    sbin, bin = Path(sbin), Path(bin)
+    munge = Path(munge_sbin) if munge_sbin else sbin
+    need = [sbin / "slurmctld", sbin / "slurmd", munge / "munged"]
+    need += [bin / b for b in ("sinfo", "scontrol", "sbatch", "squeue", "scancel")]
+    return [str(p) for p in need if not os.access(p, os.X_OK)]
+
+
 class TestCluster:
     """A local Slurm cluster: munged + slurmctld + `nodes` slurmd, everything in state_dir."""
 
@@ -581,9 +594,7 @@ class TestCluster:
             (self.state_dir / "spool" / node).mkdir(mode=0o700, parents=True)
 
     def _check_binaries(self) -> None:
-        need = [self.sbin / "slurmctld", self.sbin / "slurmd", self.munge_sbin / "munged"]
-        need += [self.bin / b for b in ("sinfo", "scontrol", "sbatch", "squeue", "scancel")]
-        missing = [str(p) for p in need if not os.access(p, os.X_OK)]
+        missing = missing_binaries(self.sbin, self.bin, self.munge_sbin)
         if missing:
             raise ClusterError(f"missing Slurm/munge binaries: {', '.join(missing)}")
         for script in (self.prolog, self.epilog, self.health_program):

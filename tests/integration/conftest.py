@@ -45,9 +45,7 @@ def skip_or_fail(reason: str) -> None:
 def slurm_unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "integration tests need root (the test Slurm cluster runs its daemons as root)"
-    needed = [SLURM_SBIN / "slurmctld", SLURM_SBIN / "slurmd", SLURM_SBIN / "munged"]
-    needed += [SLURM_BIN / name for name in ("sbatch", "scontrol", "sinfo", "squeue", "scancel")]
-    missing = [str(p) for p in needed if not os.access(p, os.X_OK)]
+    missing = testcluster.missing_binaries(SLURM_SBIN, SLURM_BIN)
     if missing:
         return (
             f"Slurm/munge binaries missing ({', '.join(missing)}); run tools/install-system-deps.sh"
