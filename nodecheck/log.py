@@ -2,45 +2,47 @@
 
 Slurm keeps a Prolog's stderr in slurmd's log, so hook phases write there too.
 Run-wide fields (node, phase, job) are bound once with `bind_run` and appear on
-every event.
+every event. A line looks like
+`{"event": "verdict", "status": "PASS", ..., "node": "n1", "level": "info",
+"timestamp": "2026-11-25T23:23:43.901933Z"}`.
 
-structlog is imported on first use, not at import time: it pulls in asyncio and costs
-~35 ms, and the runner loads it (`preload`) while the probe children run, so that the
-healthy prolog does not pay for it before its probes even start.
+This is written with the standard library only, on purpose: it runs at every job start,
+and importing structlog (which this module used before) cost more than the whole
+interpreter start because its package imports asyncio (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
-from pathlib import Path
+import time
 from typing import IO, Any
 
-_settings: dict[str, Any] = {"streams": [sys.stderr], "verbose": False, "log_file": None}
-_pending: dict[str, Any] = {}  # bind_run fields given before structlog was loaded
-_loaded = False
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
-class _TeeLogger:
-    """A structlog logger that writes each rendered line to several streams."""
+class _Sink:
+    """Where lines go: several streams, each failing on its own."""
 
-    def __init__(self, streams: list[IO[str]]) -> None:
-        self.streams = streams
+    def __init__(self) -> None:
+        self.streams: list[IO[str]] = [sys.stderr]
+        self.log_file: str | None = None
+        self.min_level = _LEVELS["info"]
+        self.bound: dict[str, Any] = {}
         self.broken: set[int] = set()
 
-    def msg(self, message: str) -> None:
+    def write(self, line: str) -> None:
         for stream in self.streams:
             try:
-                stream.write(message + "\n")
+                stream.write(line)
                 stream.flush()
             except (OSError, ValueError) as exc:
                 # A full disk or closed pipe must not turn into a failed check run; say so
                 # once on stderr (slurmd's log), which still gets every line.
                 if id(stream) not in self.broken and stream is not sys.stderr:
                     self.broken.add(id(stream))
-                    note = {"event": "log_file_write_failed", "file": _settings["log_file"]}
+                    note = {"event": "log_file_write_failed", "file": self.log_file}
                     note["error"] = str(exc)
                     try:
                         sys.stderr.write(json.dumps(note) + "\n")
@@ -48,12 +50,59 @@ class _TeeLogger:
                     except (OSError, ValueError):
                         pass
 
-    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+_sink = _Sink()
 
 
-def _open_log_file(path: Path) -> IO[str] | None:
+def _timestamp(now: float) -> str:
+    """ISO 8601 in UTC with microseconds, e.g. 2026-11-25T23:23:43.901933Z."""
+    seconds = int(now)
+    micro = int((now - seconds) * 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micro:06d}Z"
+
+
+def render(event: str, level: str, fields: dict[str, Any], now: float) -> str:
+    """One log line: the event's own fields win over the run-wide ones."""
+    record: dict[str, Any] = {"event": event, **fields}
+    for key, value in _sink.bound.items():
+        record.setdefault(key, value)
+    record["level"] = level
+    record["timestamp"] = _timestamp(now)
+    # default=str: a Path or an exception in a field is logged as text, never a crash.
+    return json.dumps(record, default=str) + "\n"
+
+
+class Logger:
+    """`log.info("event", key=value, ...)`; `exception` adds the current traceback."""
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if _LEVELS[level] >= _sink.min_level:
+            _sink.write(render(event, level, fields, time.time()))
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        import traceback
+
+        self._emit("error", event, {**fields, "exception": traceback.format_exc()})
+
+
+_logger = Logger()
+
+
+def _open_log_file(path: str) -> IO[str] | None:
     try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         return os.fdopen(fd, "a", encoding="utf-8")
     except OSError:
@@ -61,11 +110,11 @@ def _open_log_file(path: Path) -> IO[str] | None:
 
 
 def setup_logging(log_file: str | None, to_stderr: bool, verbose: bool = False) -> str | None:
-    """Configure structlog; returns a problem description if the log file is unusable."""
+    """Send lines to log_file and/or stderr; returns a problem if the log file is unusable."""
     streams: list[IO[str]] = []
     problem = None
     if log_file:
-        handle = _open_log_file(Path(log_file))
+        handle = _open_log_file(log_file)
         if handle is None:
             problem = f"cannot open log file {log_file}"
             to_stderr = True
@@ -73,68 +122,17 @@ def setup_logging(log_file: str | None, to_stderr: bool, verbose: bool = False) 
             streams.append(handle)
     if to_stderr:
         streams.append(sys.stderr)
-    _settings.update(streams=streams, verbose=verbose, log_file=log_file)
-    if _loaded:
-        _configure()
+    _sink.streams = streams
+    _sink.log_file = log_file
+    _sink.min_level = _LEVELS["debug" if verbose else "info"]
+    _sink.broken.clear()
     return problem
 
 
-def _configure() -> None:
-    import structlog
-
-    tee = _TeeLogger(_settings["streams"])
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.DEBUG if _settings["verbose"] else logging.INFO
-        ),
-        logger_factory=lambda *args: tee,
-        cache_logger_on_first_use=False,
-    )
-
-
-def preload() -> None:
-    """Import and configure structlog now (the runner calls this while probes run)."""
-    global _loaded
-    if _loaded:
-        return
-    import structlog
-
-    _configure()
-    if _pending:
-        structlog.contextvars.bind_contextvars(**_pending)
-        _pending.clear()
-    _loaded = True
-
-
 def bind_run(**fields: Any) -> None:
-    if not _loaded:
-        _pending.update(fields)
-        return
-    import structlog
-
-    structlog.contextvars.bind_contextvars(**fields)
+    """Fields every later line of this run carries (node, phase, job, node_class)."""
+    _sink.bound.update(fields)
 
 
-class _LazyLogger:
-    """Stands in for structlog's logger until a line is actually logged."""
-
-    def __getattr__(self, name: str) -> Any:
-        preload()
-        import structlog
-
-        return getattr(structlog.get_logger("nodecheck"), name)
-
-
-def get_logger() -> Any:
-    if not _loaded:
-        return _LazyLogger()
-    import structlog
-
-    return structlog.get_logger("nodecheck")
+def get_logger() -> Logger:
+    return _logger

@@ -17,11 +17,10 @@ import selectors
 import signal
 import struct
 import time
-import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from nodecheck import log, progress
+from nodecheck import progress
 from nodecheck.context import CheckContext
 from nodecheck.registry import Check
 from nodecheck.results import CheckResult, Status
@@ -68,6 +67,8 @@ def _run_one(item: Planned) -> list[CheckResult]:
             if not isinstance(r, CheckResult) or r.check_id != item.check.id:
                 raise TypeError(f"check returned {r!r}, not a CheckResult of its own id")
     except BaseException as exc:  # reported as ERROR: nodecheck's fault, not the node's
+        import traceback
+
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
         msg = f"internal error: {type(exc).__name__}: {exc}{at}"
@@ -192,10 +193,6 @@ def run_checks(
         groups.setdefault(item.check.group or item.check.id, []).append(item)
     results: dict[str, list[CheckResult]] = {}
     children = [_fork_group(g, run_deadline, memory_limit_mb) for g in groups.values()]
-    # The parent has nothing to do while its children probe: load logging now (structlog
-    # pulls in asyncio, ~35 ms) instead of before the probes start.
-    with contextlib.suppress(Exception):
-        log.preload()
     with selectors.DefaultSelector() as selector:
         for child in children:
             selector.register(child.fd, selectors.EVENT_READ, child)
