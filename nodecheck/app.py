@@ -7,7 +7,6 @@ so what an admin sees by hand is what the prolog decided.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -54,7 +53,7 @@ class UsageError(Exception):
 
 
 def node_name(explicit: str | None, env: Mapping[str, str]) -> str:
-    name = explicit or env.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0]
+    name = explicit or env.get("SLURMD_NODENAME") or os.uname().nodename.split(".")[0]
     if not is_plain_node_name(name):
         raise UsageError(f"refusing node name {name!r}: not a plain host name")
     return name

@@ -1,24 +1,28 @@
 """Command line: `nodecheck run|hook|list|explain|resume|report`.
 
-`hook PHASE` is what the prolog/epilog/health entrypoints call: it logs JSON to stderr
-(kept by slurmd) and the log file, acts on the verdict through Slurm, and exits with a
-code Slurm understands. `run` is the same pipeline for a human: a table, no action.
+`hook PHASE` is what the prolog/epilog/health entrypoints call (see nodecheck.hook).
+`run` is the same pipeline for a human: a table, no action.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from nodecheck.hook import HOOK_PHASES, HookArgs, hook_args, run_hook
 from nodecheck.policy import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
 from nodecheck.registry import PHASES
 
+if TYPE_CHECKING:  # argparse is imported only off the hook path (see nodecheck.hook)
+    import argparse
+
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="nodecheck", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="config file (default: see README, 'Configuration')")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -43,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--job", metavar="ID", help="job id to check for (epilog checks)")
 
     hook = sub.add_parser("hook", help="entrypoint for Slurm Prolog/Epilog/HealthCheckProgram")
-    hook.add_argument("phase", choices=("prolog", "epilog", "health"))
+    hook.add_argument("phase", choices=HOOK_PHASES)
     hook.add_argument("--dry-run", action="store_true", help="log what would be drained")
 
     lst = sub.add_parser("list", help="list checks and the phases they run in")
@@ -68,11 +72,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    fast = hook_args(words)
+    if fast is not None:
+        return run_hook(fast)
+    args = _parser().parse_args(words)
     from nodecheck.log import setup_logging
 
     if args.command == "hook":
-        return _hook(args)
+        return run_hook(HookArgs(args.phase, args.config, args.dry_run, args.verbose))
     setup_logging(None, to_stderr=args.verbose, verbose=args.verbose)
     if args.command == "run":
         return _run(args)
@@ -83,34 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "report":
         return _report(args)
     return _resume(args)
-
-
-def _hook(args: argparse.Namespace) -> int:
-    from nodecheck.app import RunRequest, execute
-    from nodecheck.log import get_logger, setup_logging
-
-    env = dict(os.environ)
-    log_file = _peek_log_file(args.config, env)
-    problem = setup_logging(log_file, to_stderr=True, verbose=args.verbose)
-    if problem:
-        get_logger().warning("log_file_unusable", problem=problem)
-    try:
-        out = execute(
-            RunRequest(
-                phase=args.phase, env=env, config_path=args.config, act=True, dry_run=args.dry_run
-            )
-        )
-    except Exception as exc:  # last line of defence: never an anonymous drain for our bug
-        get_logger().exception("internal_error", error=f"{type(exc).__name__}: {exc}")
-        return EXIT_OK
-    return out.verdict.exit_code
-
-
-def _peek_log_file(explicit: str | None, env: dict[str, str]) -> str | None:
-    """The log file is needed before the config is validated: take it from what is valid."""
-    from nodecheck.config import salvage_config
-
-    return salvage_config(explicit, env).log_file or None
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -197,3 +197,68 @@ def test_entrypoint_scripts_hand_over_the_phase(tmp_path, recorder):
         verdict = verdict_in(out.stderr)
         assert verdict["phase"] == phase
     assert os.access(REPO / "prolog/nodecheck-prolog", os.X_OK)
+
+
+HOOK_ARGVS = [
+    ["hook", "prolog"],
+    ["hook", "epilog", "--dry-run"],
+    ["--config", "/etc/x.toml", "-v", "hook", "health"],
+    ["--config=/etc/x.toml", "--verbose", "hook", "prolog", "--dry-run"],
+    ["-v", "--config", "hook", "hook", "epilog"],
+]
+NOT_FAST = [
+    ["hook", "bogus"],
+    ["hook"],
+    ["hook", "prolog", "--help"],
+    ["hook", "prolog", "--dry-run", "--dry-run"],
+    ["--conf", "x", "hook", "prolog"],  # an abbreviation: argparse's business
+    ["--config"],
+    ["--config", "hook", "prolog"],
+    ["run", "--phase", "prolog"],
+    ["--help"],
+    [],
+]
+
+
+@pytest.mark.parametrize("argv", HOOK_ARGVS)
+def test_fast_hook_argv_means_what_argparse_says(argv):
+    """The hook's argparse-free recogniser must agree with the real parser on every argv
+    it accepts, or slurmd would run something other than what `nodecheck --help` says."""
+    from nodecheck.cli import _parser
+    from nodecheck.hook import hook_args
+
+    fast = hook_args(argv)
+    full = _parser().parse_args(argv)
+    assert fast is not None
+    assert full.command == "hook"
+    assert (fast.phase, fast.config, fast.dry_run, fast.verbose) == (
+        full.phase,
+        full.config,
+        full.dry_run,
+        full.verbose,
+    )
+
+
+@pytest.mark.parametrize("argv", NOT_FAST)
+def test_anything_else_goes_to_argparse(argv):
+    from nodecheck.hook import hook_args
+
+    assert hook_args(argv) is None
+
+
+def test_hook_path_does_not_import_argparse(tmp_path):
+    """`python -I -m nodecheck hook prolog` leaves argparse (and its ~6 ms) unloaded."""
+    cfg = config(tmp_path, "")
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['nodecheck', 'hook', 'prolog', '--dry-run']\n"
+        "try:\n    runpy.run_module('nodecheck', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('argparse' in sys.modules, file=sys.__stdout__)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "False", out.stderr
+    assert verdict_in(out.stderr)["phase"] == "prolog"
