@@ -14,12 +14,9 @@ ERROR. When NVML cannot start at all, gpu.count alone decides whether that is a 
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -1109,96 +1106,6 @@ XID_STATE_KEY = "gpu.xid.cursor"
 DEFAULT_CRITICAL_XIDS = [48, 63, 64, 74, 79, 92, 94, 95, 119, 120, 140]
 # Fell off the bus, GSP timeout/error: a GPU reset is not enough, the node must reboot.
 XID_NEEDS_REBOOT = {79, 119, 120}
-_XID = re.compile(
-    r"NVRM: Xid \(PCI:(?P<pci>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2})(?:\.[0-7])?\): "
-    r"(?P<xid>\d+),\s*(?P<rest>.*)"
-)
-_XID_NOISE = re.compile(r"^(?:pid=[^,]*,\s*)?(?:name=[^,]*,\s*)?")
-_KMSG = re.compile(r"^(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<msg>.*)$")
-_DMESG = re.compile(r"^\[\s*(?P<sec>\d+)\.(?P<frac>\d+)\]\s?(?P<msg>.*)$")
-
-
-@dataclass(frozen=True)
-class LogRecord:
-    pos: int  # kmsg sequence number, or microseconds since boot for dmesg text
-    text: str
-
-
-@dataclass(frozen=True)
-class KernelLog:
-    records: list[LogRecord]
-    kind: str  # "kmsg" or "dmesg"
-    lost: int = 0  # records overwritten before we could read them (/dev/kmsg EPIPE)
-
-
-def read_kernel_log(path: Path, max_bytes: int = 64 * MIB) -> KernelLog:
-    """Read /dev/kmsg without blocking (one record per read), or a saved kmsg/dmesg file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if stat.S_ISCHR(os.fstat(fd).st_mode):
-            return _read_kmsg_device(fd)
-        chunks, size = [], 0
-        while size < max_bytes:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    return _parse_log_text(b"".join(chunks).decode(errors="replace"))
-
-
-def _read_kmsg_device(fd: int) -> KernelLog:
-    records, lost = [], 0
-    while True:
-        try:
-            data = os.read(fd, 16384)
-        except BlockingIOError:  # EAGAIN: no more records
-            break
-        except BrokenPipeError:  # EPIPE: the record we were at was overwritten
-            lost += 1
-            continue
-        if not data:
-            break
-        match = _KMSG.match(data.decode(errors="replace").split("\n", 1)[0])
-        if match:
-            records.append(LogRecord(int(match["seq"]), match["msg"]))
-    return KernelLog(records, "kmsg", lost)
-
-
-def _parse_log_text(text: str) -> KernelLog:
-    records: list[LogRecord] = []
-    kind = ""
-    for line in text.splitlines():
-        if not line or line[0].isspace():  # kmsg continuation (KEY=value) lines
-            continue
-        if (match := _KMSG.match(line)) and kind in ("", "kmsg"):
-            kind = "kmsg"
-            records.append(LogRecord(int(match["seq"]), match["msg"]))
-        elif (match := _DMESG.match(line)) and kind in ("", "dmesg"):
-            kind = "dmesg"
-            usec = int(match["sec"]) * 1_000_000 + int(match["frac"].ljust(6, "0")[:6])
-            records.append(LogRecord(usec, match["msg"]))
-    return KernelLog(records, kind or "kmsg")
-
-
-@dataclass(frozen=True)
-class Xid:
-    pos: int
-    xid: int
-    pci: str  # domain:bus:device as the driver prints it, e.g. 0000:9a:00
-    text: str
-
-
-def parse_xids(records: Iterable[LogRecord]) -> list[Xid]:
-    out = []
-    for record in records:
-        match = _XID.search(record.text)
-        if match:
-            text = _XID_NOISE.sub("", match["rest"]).strip()
-            out.append(Xid(record.pos, int(match["xid"]), match["pci"].lower(), text))
-    return out
 
 
 def _pci_key(address: str) -> tuple[int, int, int] | None:
@@ -1261,13 +1168,14 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
     the log was read. Fix: see NVIDIA's XID catalogue for the number; usually reset the
     GPU or reboot, RMA when it recurs. Not in the NVML group: it works when NVML hangs."""
     cid = "gpu.xid"
+    from nodecheck.kernlog import XID_MARK, Xid, parse_xids, read_kernel_log
     from nodecheck.state import open_state
 
     path = Path(ctx.options["kmsg"])
     critical, warn = set(ctx.options["critical"]), set(ctx.options["warn"])
     note(f"read {path}")
     try:
-        log = read_kernel_log(path)
+        log = read_kernel_log(path, keep=XID_MARK)
     except OSError as exc:
         yield _result(cid, Status.ERROR, f"cannot read {path}: {exc.strerror or exc}")
         return
@@ -1278,12 +1186,13 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
         same = same and cursor.get("kind") == log.kind
         after = int(cursor.get("pos", -1)) if same else -1
         fresh = [r for r in log.records if r.pos > after]
-        end = max((r.pos for r in log.records), default=after)
+        end = max(log.positions, default=after)
         state.put_json(
             XID_STATE_KEY,
             {"boot_id": boot, "source": str(path), "kind": log.kind, "pos": max(end, after)},
         )
     xids = parse_xids(fresh)
+    read_since = sum(1 for pos in log.positions if pos > after)
     minors = _gpu_minors(ctx)
     by_component: dict[str, list[Xid]] = {}
     for x in xids:
@@ -1293,7 +1202,7 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
         by_component.setdefault(component, []).append(x)
     gap = ""
     if same and log.kind == "kmsg":
-        first = min((r.pos for r in log.records), default=after + 1)
+        first = min(log.positions, default=after + 1)
         missed = max(0, first - after - 1) + log.lost
         if missed:
             gap = f"{missed} kernel log records lost before they were read"
@@ -1317,5 +1226,5 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
         others = sorted({x.xid for x in xids})
         extra = f" ({len(xids)} other: Xid {', '.join(map(str, others))})" if xids else ""
         since = "since last run" if same else "since boot"
-        values = {"records": len(fresh), "other_xids": others}
+        values = {"records": read_since, "other_xids": others}
         yield _result(cid, Status.PASS, f"no critical XID {since}{extra}", **values)

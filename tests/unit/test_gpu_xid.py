@@ -8,7 +8,7 @@ import pytest
 from helpers import NVML_FIXTURES, make_ctx, options_of
 
 from nodecheck.checks import gpu
-from nodecheck.checks.gpu import LogRecord, parse_xids, read_kernel_log
+from nodecheck.kernlog import XID_MARK, LogRecord, parse_xids, read_kernel_log
 from nodecheck.registry import all_checks
 from nodecheck.results import Status
 
@@ -183,7 +183,26 @@ def test_unreadable_log_is_an_error_of_ours(node):
 def test_reading_dev_kmsg_does_not_block():
     log = read_kernel_log(Path("/dev/kmsg"))
     assert log.kind == "kmsg"
-    assert all(isinstance(r.pos, int) for r in log.records)
+    assert log.records and all(isinstance(r.pos, int) for r in log.records)
+    assert [r.pos for r in log.records] == log.positions
+
+
+@pytest.mark.parametrize("source", [AFTER, Path("/dev/kmsg")], ids=["file", "device"])
+def test_keep_only_drops_text_not_positions(source):
+    """gpu.xid reads with keep=XID_MARK: the same positions as a full read, and exactly
+    the records whose message carries the mark."""
+    if not os.access(source, os.R_OK):
+        pytest.skip(f"{source} not readable here")
+    full = read_kernel_log(source)
+    kept = read_kernel_log(source, keep=XID_MARK)
+    # /dev/kmsg may grow between the two reads: compare the common part
+    common = min(len(full.positions), len(kept.positions))
+    assert kept.positions[:common] == full.positions[:common]
+    last = kept.positions[common - 1] if common else -1
+    assert [r for r in kept.records if r.pos <= last] == [
+        r for r in full.records if XID_MARK in r.text and r.pos <= last
+    ]
+    assert len(full.records) == len(full.positions)
 
 
 def test_xid_cursor_survives_in_state(node):
