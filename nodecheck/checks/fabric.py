@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nodecheck.checks import lazy_module
 from nodecheck.context import CheckContext
 from nodecheck.fabric import counters as C
-from nodecheck.fabric import sysfs as S
 from nodecheck.progress import note
 from nodecheck.registry import Option, check
 from nodecheck.results import CheckResult, Status
+
+S = lazy_module("nodecheck.fabric.sysfs")  # the sysfs readers: loaded in the probe child
 
 LINK_LAYERS = ("", "InfiniBand", "Ethernet")
 

@@ -18,24 +18,19 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nodecheck import nvml
 from nodecheck.context import CheckContext
-from nodecheck.nvml.model import (
-    CLOCK_EVENT_REASONS,
-    COMPUTE_MODES,
-    FABRIC_HEALTH,
-    FABRIC_STATE_COMPLETED,
-    FABRIC_STATE_NOT_SUPPORTED,
-    FABRIC_STATES,
-    Gpu,
-    NvmlError,
-    Snapshot,
-)
 from nodecheck.progress import note
 from nodecheck.registry import Option, check
 from nodecheck.results import CheckResult, Status
+
+if TYPE_CHECKING:
+    from nodecheck.nvml.model import Gpu, NvmlError, Snapshot
+
+# The NVML data model (nodecheck.nvml.model) is imported inside the checks, so that it is
+# built in the probe child that runs them, not in the prolog's parent process.
 
 GROUP = "gpu"
 TIMEOUT_S = 10.0  # the whole gpu group shares one deadline: NVML init plus every check
@@ -224,6 +219,8 @@ def gpu_count(ctx: CheckContext) -> Iterator[CheckResult]:
     Fix: check `dmesg` for Xid 79 / PCIe errors, reseat or reboot, RMA if it recurs.
     Also the place that says whether NVML failing to start matters: a node class
     expecting GPUs FAILs with "NVML unavailable", one expecting none SKIPs."""
+    from nodecheck.nvml.model import NvmlError
+
     cid = "gpu.count"
     expected = ctx.options["expected"]
     snap = _snapshot(ctx, all_gpus=True)
@@ -714,6 +711,8 @@ _REASON_TEXT = {
 
 
 def _reasons(names: Iterable[str]) -> list[str]:
+    from nodecheck.nvml.model import CLOCK_EVENT_REASONS
+
     names = list(names)
     unknown = [n for n in names if n not in CLOCK_EVENT_REASONS]
     if unknown:
@@ -749,6 +748,8 @@ def gpu_clocks(ctx: CheckContext) -> Iterator[CheckResult]:
     the board is signalling a fault (PSU, overheating, external brake): the next job runs
     at a fraction of its speed and slows every rank it talks to. Fix: check the BMC for
     PSU/thermal events, airflow and power cabling; reset the GPU; RMA if it persists."""
+    from nodecheck.nvml.model import CLOCK_EVENT_REASONS
+
     cid = "gpu.clocks"
     fail = _reasons(ctx.options["fail_reasons"])
     warn = _reasons(ctx.options["warn_reasons"])
@@ -964,6 +965,8 @@ def gpu_compute_mode(ctx: CheckContext) -> Iterator[CheckResult]:
     """A GPU left in 'prohibited' accepts no CUDA context; one in 'exclusive_process' where
     jobs expect 'default' breaks multi-process jobs (MPS-less sharing, some launchers).
     Fix: nvidia-smi -c DEFAULT (or the mode the class wants)."""
+    from nodecheck.nvml.model import COMPUTE_MODES
+
     cid = "gpu.compute_mode"
     want, status = ctx.options["expected"], _severity(ctx)
     if want not in COMPUTE_MODES.values():
@@ -1000,6 +1003,14 @@ def gpu_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
     nvidia-fabricmanager, before CUDA can use it: until then CUDA init fails or NVLink
     traffic has nowhere to go. Fix: start/restart nvidia-fabricmanager (its version must
     match the driver), check its log; then reset the GPUs or reboot."""
+    from nodecheck.nvml.model import (
+        FABRIC_HEALTH,
+        FABRIC_STATE_COMPLETED,
+        FABRIC_STATE_NOT_SUPPORTED,
+        FABRIC_STATES,
+        NvmlError,
+    )
+
     cid = "gpu.fabric"
     required = ctx.options["required"]
 

@@ -11,11 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodecheck.bounded import call_all_with_deadline
+from nodecheck.checks import lazy_module
 from nodecheck.context import CheckContext
 from nodecheck.progress import note
 from nodecheck.registry import Option, check
 from nodecheck.results import CheckResult, Status
+
+bounded = lazy_module("nodecheck.bounded")  # threads for calls that may hang; child only
 
 GIB = 1024**3
 
@@ -85,7 +87,7 @@ def host_disk(ctx: CheckContext) -> Iterator[CheckResult]:
     if not wanted:
         yield CheckResult("host.disk", Status.SKIP, "no paths configured")
         return
-    outcomes = call_all_with_deadline(
+    outcomes = bounded.call_all_with_deadline(
         {path: (lambda p=path: os.statvfs(p)) for path in wanted}, ctx.options["stat_timeout_s"]
     )
     for path, need in wanted.items():
@@ -182,7 +184,7 @@ def host_mounts(ctx: CheckContext) -> Iterator[CheckResult]:
         else:
             present.append(target)
     note(f"stat {' '.join(present)}")
-    outcomes = call_all_with_deadline(
+    outcomes = bounded.call_all_with_deadline(
         {t: (lambda t=t: os.statvfs(t)) for t in present}, ctx.options["probe_timeout_s"]
     )
     for target in present:

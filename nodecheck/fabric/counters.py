@@ -18,9 +18,12 @@ maximum rather than wrap; a saturated counter can no longer show new errors, whi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from nodecheck.fabric.sysfs import ReadFailure
 from nodecheck.results import Status
+
+if TYPE_CHECKING:
+    from nodecheck.fabric.sysfs import ReadFailure
 
 # The IBA PortCounters error counters the kernel exposes under ports/N/counters, with the
 # value at which each saturates (field widths per drivers/infiniband/core/sysfs.c).
@@ -106,6 +109,8 @@ def judge_port(
     lose the baseline. Access errors (EACCES/EPERM) become ERROR, other read errors FAIL,
     values that do not parse ERROR (a format we do not understand is our problem).
     """
+    from nodecheck.fabric.sysfs import ReadFailure  # loaded where the probe runs
+
     out = PortJudgement()
     previous = previous or {}
     for name, value in current.items():

@@ -11,21 +11,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nodecheck.nvml.model import (
-    CLOCK_EVENT_REASONS,
-    COMPUTE_MODES,
-    FABRIC_HEALTH,
-    FABRIC_STATES,
-    FabricInfo,
-    Gpu,
-    MemoryInfo,
-    NvLink,
-    NvmlError,
-    ProcessInfo,
-    RemappedRows,
-    Snapshot,
-)
+if TYPE_CHECKING:
+    from nodecheck.nvml.model import Snapshot
 
 REPLAY_PREFIX = "replay:"
 
@@ -79,21 +68,4 @@ def collect_fresh(source: str, indices: Iterable[int] | None = None) -> Snapshot
     return real.collect(wanted, source=source)
 
 
-__all__ = [
-    "CLOCK_EVENT_REASONS",
-    "COMPUTE_MODES",
-    "FABRIC_HEALTH",
-    "FABRIC_STATES",
-    "REPLAY_PREFIX",
-    "FabricInfo",
-    "Gpu",
-    "MemoryInfo",
-    "NvLink",
-    "NvmlError",
-    "ProcessInfo",
-    "RemappedRows",
-    "Snapshot",
-    "clear_cache",
-    "collect_fresh",
-    "get_snapshot",
-]
+__all__ = ["REPLAY_PREFIX", "clear_cache", "collect_fresh", "get_snapshot", "replay_path"]
