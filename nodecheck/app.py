@@ -12,6 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+# history (and with it sqlite3 and nodecheck.state) is loaded before the probes fork: the
+# parent records every hook run, and the probe children that keep state share the import.
+from nodecheck import history
 from nodecheck.config import Config, ConfigError, NodeConfig, load_config, salvage_config
 from nodecheck.context import CheckContext, JobInfo
 from nodecheck.hostlist import is_plain_node_name
@@ -202,8 +205,6 @@ def _hysteresis(
     config: Config, nodecfg: NodeConfig, results: list[CheckResult]
 ) -> list[CheckResult]:
     """Repeated WARNs of a check with a [hysteresis] rule become a FAIL (nodecheck/history)."""
-    from nodecheck import history
-
     try:
         return history.with_history(
             nodecfg.settings.state_dir,
@@ -217,8 +218,6 @@ def _hysteresis(
 def _record(config: Config, out: RunOutcome) -> None:
     """The run's history row and the metrics file: one short write transaction, no
     controller call. Never fails the run."""
-    from nodecheck import history
-
     rec = history.RunRecord(
         at=time.time(),
         phase=out.phase,

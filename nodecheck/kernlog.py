@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 XID_MARK = "NVRM: Xid"
-_XID = re.compile(
+# Patterns, compiled on first use (re caches them): a kmsg read that finds no XID line
+# compiles none.
+_XID = (
     r"NVRM: Xid \(PCI:(?P<pci>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2})(?:\.[0-7])?\): "
     r"(?P<xid>\d+),\s*(?P<rest>.*)"
 )
-_XID_NOISE = re.compile(r"^(?:pid=[^,]*,\s*)?(?:name=[^,]*,\s*)?")
-_KMSG = re.compile(r"^(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<msg>.*)$")
-_DMESG = re.compile(r"^\[\s*(?P<sec>\d+)\.(?P<frac>\d+)\]\s?(?P<msg>.*)$")
+_XID_NOISE = r"^(?:pid=[^,]*,\s*)?(?:name=[^,]*,\s*)?"
+_KMSG = r"^(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<msg>.*)$"
+_DMESG = r"^\[\s*(?P<sec>\d+)\.(?P<frac>\d+)\]\s?(?P<msg>.*)$"
 MAX_FILE_BYTES = 64 * 1024**2
 
 
@@ -98,10 +100,10 @@ def _parse_log_text(text: str, keep: str | None) -> KernelLog:
     for line in text.splitlines():
         if not line or line[0].isspace():  # kmsg continuation (KEY=value) lines
             continue
-        if (match := _KMSG.match(line)) and kind in ("", "kmsg"):
+        if (match := re.match(_KMSG, line)) and kind in ("", "kmsg"):
             kind = "kmsg"
             pos = int(match["seq"])
-        elif (match := _DMESG.match(line)) and kind in ("", "dmesg"):
+        elif (match := re.match(_DMESG, line)) and kind in ("", "dmesg"):
             kind = "dmesg"
             pos = int(match["sec"]) * 1_000_000 + int(match["frac"].ljust(6, "0")[:6])
         else:
@@ -123,8 +125,8 @@ class Xid:
 def parse_xids(records: Iterable[LogRecord]) -> list[Xid]:
     out = []
     for record in records:
-        match = _XID.search(record.text)
+        match = re.search(_XID, record.text)
         if match:
-            text = _XID_NOISE.sub("", match["rest"]).strip()
+            text = re.sub(_XID_NOISE, "", match["rest"]).strip()
             out.append(Xid(record.pos, int(match["xid"]), match["pci"].lower(), text))
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import gc
 import os
 import pickle
 import resource
@@ -79,6 +80,7 @@ def _run_one(item: Planned) -> list[CheckResult]:
 
 def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
     faulthandler.disable()  # a crash is reported by the parent, not dumped into slurmd's log
+    gc.enable()  # the parent may run without it (nodecheck.__main__); a probe may loop long
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if memory_limit_mb > 0:
@@ -192,7 +194,13 @@ def run_checks(
     for item in planned:
         groups.setdefault(item.check.group or item.check.id, []).append(item)
     results: dict[str, list[CheckResult]] = {}
-    children = [_fork_group(g, run_deadline, memory_limit_mb) for g in groups.values()]
+    # Frozen objects are never scanned by a child's collector, so the children do not
+    # touch (and copy-on-write) the whole inherited heap when they collect their own garbage.
+    gc.freeze()
+    try:
+        children = [_fork_group(g, run_deadline, memory_limit_mb) for g in groups.values()]
+    finally:
+        gc.unfreeze()
     with selectors.DefaultSelector() as selector:
         for child in children:
             selector.register(child.fd, selectors.EVENT_READ, child)
