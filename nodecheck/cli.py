@@ -1,4 +1,4 @@
-"""Command line: `nodecheck run|hook|list|explain|resume|report`.
+"""Command line: `nodecheck run|hook|list|explain|resume|report|agent`.
 
 `hook PHASE` is what the prolog/epilog/health entrypoints call (see nodecheck.hook).
 `run` is the same pipeline for a human: a table, no action.
@@ -63,6 +63,14 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="resume without re-running the checks first"
     )
 
+    agent = sub.add_parser(
+        "agent", help="serve hook runs from a warm process (docs/agent.md); runs until stopped"
+    )
+    agent.add_argument(
+        "--socket",
+        help="Unix socket (default: $NODECHECK_AGENT_SOCKET, else /run/nodecheck/agent.sock)",
+    )
+
     report = sub.add_parser(
         "report",
         help="nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)",
@@ -81,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "hook":
         return run_hook(HookArgs(args.phase, args.config, args.dry_run, args.verbose))
+    if args.command == "agent":  # a service: its log is its stderr (the journal)
+        from nodecheck.agent import main as agent_main
+
+        setup_logging(None, to_stderr=True, verbose=args.verbose)
+        return agent_main(args.socket)
     setup_logging(None, to_stderr=args.verbose, verbose=args.verbose)
     if args.command == "run":
         return _run(args)

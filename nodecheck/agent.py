@@ -1,0 +1,279 @@
+"""`nodecheck agent`: keep nodecheck loaded, fork one worker per hook run.
+
+A prolog that starts a Python interpreter and imports nodecheck spends most of its time on
+the imports, not on the checks (docs/performance.md). The agent does that once: it loads
+every module a run can need, then waits on a Unix socket. For each connection from a
+process of its own user (root) it forks a worker, which takes the client's stdout/stderr
+and environment and runs exactly what `nodecheck hook PHASE` runs (nodecheck.hook), then
+reports the exit code. The client is nodecheck/agent_client.py, started by the entrypoints
+only when the socket exists; when the agent is absent, stale or broken, the client runs the
+hook itself. See docs/agent.md for deployment.
+
+Code changes on disk (an upgrade) make the agent stale: it turns the next request away,
+so the client runs the new code in-process, and exits for its service manager to restart it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+from pathlib import Path
+
+from nodecheck.hook import HOOK_PHASES, HookArgs
+from nodecheck.log import get_logger
+
+DEFAULT_SOCKET = "/run/nodecheck/agent.sock"
+MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB
+REQUEST_TIMEOUT_S = 5.0  # a client that connects and sends nothing does not hold a worker
+PACKAGE = Path(__file__).resolve().parent
+
+# Loaded once, so that a forked worker (and its probe children) import nothing.
+WARM_MODULES = (
+    "nodecheck.app",
+    "nodecheck.actions",
+    "nodecheck.breaker",
+    "nodecheck.history",
+    "nodecheck.jobscope",
+    "nodecheck.kernlog",
+    "nodecheck.nvml.model",
+    "nodecheck.nvml.replay",
+    "nodecheck.fabric.sysfs",
+    "nodecheck.bounded",
+    "nodecheck.slurm.scontrol",
+)
+
+
+class BadRequest(Exception):
+    pass
+
+
+def code_stamp(package: Path = PACKAGE) -> tuple[tuple[str, int, int], ...]:
+    """What the running code was loaded from: every module file's name, size and mtime."""
+    stamp = []
+    for path in sorted(package.rglob("*.py")):
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            stamp.append((str(path.relative_to(package)), st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
+def warm_up() -> list[str]:
+    """Import what runs need (and the check registry); returns what could not be loaded."""
+    import importlib
+
+    from nodecheck.registry import all_checks
+
+    all_checks()
+    missing = []
+    for name in (*WARM_MODULES, "pynvml", "prometheus_client"):
+        try:
+            module = importlib.import_module(name)
+            getattr(module, "__name__", None)  # a lazily bound module loads on first access
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def peer_uid(conn: socket.socket) -> int:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def read_request(conn: socket.socket) -> tuple[str, dict[str, str], list[int]]:
+    """The phase, the environment and the client's stdin/stdout/stderr (in that order)."""
+    conn.settimeout(REQUEST_TIMEOUT_S)
+    data, fds = b"", []
+    try:
+        first, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 3)
+        data = first
+        while first and len(data) <= MAX_REQUEST:
+            first = conn.recv(MAX_REQUEST)
+            data += first
+    except OSError as exc:
+        _close_all(fds)
+        raise BadRequest(f"reading the request: {exc}") from None
+    try:
+        if len(fds) != 3 or len(data) > MAX_REQUEST:
+            raise BadRequest(f"expected 3 descriptors and at most {MAX_REQUEST} bytes")
+        try:
+            body = json.loads(data)
+        except ValueError as exc:
+            raise BadRequest(f"not JSON: {exc}") from None
+        phase, env = body.get("phase") if isinstance(body, dict) else None, None
+        if isinstance(body, dict):
+            env = body.get("env")
+        if phase not in HOOK_PHASES:
+            raise BadRequest(f"unknown phase {phase!r}")
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and "\0" not in k + v and "=" not in k
+            for k, v in env.items()
+        ):
+            raise BadRequest("env must map names to strings")
+    except BadRequest:
+        _close_all(fds)
+        raise
+    return phase, env, fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _send(conn: socket.socket, text: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(text.encode())
+
+
+def _refuse(conn: socket.socket, text: str) -> None:
+    """Answer without serving. The request is read and dropped first: closing a socket
+    with unread data resets the connection, and the client would never see why."""
+    _send(conn, text)
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(1.0)
+        received = 0
+        while received <= MAX_REQUEST and (chunk := conn.recv(65536)):
+            received += len(chunk)
+
+
+def run_worker(conn: socket.socket) -> int:
+    """In the forked worker: one hook run for the client on `conn`."""
+    from nodecheck.hook import run_hook
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the runner waits for its probe children
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    gc.disable()  # short-lived, like `python -m nodecheck` (nodecheck.__main__)
+    try:
+        phase, env, fds = read_request(conn)
+    except BadRequest as exc:
+        get_logger().warning("agent_bad_request", error=str(exc))
+        _send(conn, f"bad request: {exc}\n")
+        return 1
+    # Still on the agent's own stderr (the journal): which run each worker served.
+    get_logger().info("agent_run", phase=phase, job=env.get("SLURM_JOB_ID"), worker=os.getpid())
+    _send(conn, "started\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    code = run_hook(HookArgs(phase))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _send(conn, f"exit {code}\n")
+    return 0
+
+
+def _listen(path: str) -> socket.socket:
+    """Bind the socket root-only: its directory 0700 (created if missing), the socket 0600."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SystemExit(f"nodecheck agent: {directory} must be a directory of ours, 0700/0755")
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                raise SystemExit(f"nodecheck agent: another agent is serving {path}")
+            except OSError:
+                os.unlink(path)  # left by an agent that died
+            finally:
+                probe.close()
+    old_umask = os.umask(0o177)
+    try:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+    finally:
+        os.umask(old_umask)
+    server.listen(64)
+    return server
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def serve(path: str) -> int:
+    log = get_logger()
+    stamp = code_stamp()
+    missing = warm_up()
+    server = _listen(path)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # A long-lived process: collect garbage, but never scan the warm heap (gc.freeze), so
+    # forked workers do not copy it page by page.
+    gc.enable()
+    gc.collect()
+    gc.freeze()
+    log.info("agent_ready", socket=path, pid=os.getpid(), not_loaded=missing)
+    served = 0
+    try:
+        while not stopping:
+            server.settimeout(1.0)
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                _reap()
+                continue
+            except OSError:
+                if stopping:
+                    break
+                raise
+            with conn:
+                uid = peer_uid(conn)
+                if uid != os.geteuid():
+                    log.warning("agent_peer_rejected", uid=uid)
+                    _refuse(conn, "refused: not our user\n")
+                    continue
+                if code_stamp() != stamp:
+                    log.warning("agent_stale", why="nodecheck's code changed on disk; exiting")
+                    _refuse(conn, "stale: code changed since the agent started\n")
+                    return 0
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    code = 70
+                    try:
+                        server.close()
+                        code = run_worker(conn)
+                    finally:
+                        os._exit(code)
+                served += 1
+            _reap()
+    finally:
+        server.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        log.info("agent_stopped", served=served)
+    return 0
+
+
+def main(path: str | None) -> int:
+    return serve(path or os.environ.get("NODECHECK_AGENT_SOCKET") or DEFAULT_SOCKET)

@@ -1,0 +1,128 @@
+"""Hand one hook run to the nodecheck agent; run it in this process if the agent cannot.
+
+Run by the prolog/epilog/health entrypoints, only when the agent's socket exists, as
+`python -I -S .../agent_client.py --socket PATH PHASE`. `-S` (no site-packages) keeps
+this process at the cost of a bare interpreter: it uses nothing but the standard library
+and never imports nodecheck (docs/agent.md).
+
+It connects to the agent, checks that the agent runs as our own user (root), sends the
+phase and this process's environment with our stdout/stderr (SCM_RIGHTS), so the agent's
+worker logs to slurmd exactly as an in-process run would, and exits with the worker's
+exit code. If anything fails before the worker says it started, or the worker ends
+without an exit code, it replaces itself with the in-process run
+(`python -I -m nodecheck hook PHASE`): the agent can make a job start faster, never less
+safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+from _socket import (
+    AF_UNIX,
+    SCM_RIGHTS,
+    SO_PEERCRED,
+    SOCK_STREAM,
+    SOL_SOCKET,
+    socket,
+)
+
+PHASES = ("prolog", "epilog", "health")
+CONNECT_TIMEOUT_S = 1.0
+MAX_REPLY = 4096
+
+
+class AgentUnavailable(Exception):
+    """Nothing ran in the agent: the in-process run takes over."""
+
+
+def _note(event: str, **fields: object) -> None:
+    """One JSON log line on stderr, in nodecheck's log format (slurmd keeps it)."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    line = {"event": event, **fields, "level": "warning", "timestamp": stamp}
+    try:
+        sys.stderr.write(json.dumps(line, default=str) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _peer_uid(sock: socket) -> int:
+    creds = sock.getsockopt(SOL_SOCKET, SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def request_bytes(phase: str, env: dict[str, str]) -> bytes:
+    return json.dumps({"phase": phase, "env": env}).encode()
+
+
+def run_in_agent(path: str, phase: str) -> int:
+    """The worker's exit code; AgentUnavailable if the run has to happen here instead."""
+    sock = socket(AF_UNIX, SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT_S)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise AgentUnavailable(f"cannot connect to {path}: {exc}") from None
+        if _peer_uid(sock) != os.geteuid():
+            raise AgentUnavailable(f"{path} is served by another user")
+        fds = struct.pack("3i", 0, 1, 2)
+        try:
+            sock.sendmsg([request_bytes(phase, dict(os.environ))], [(SOL_SOCKET, SCM_RIGHTS, fds)])
+            sock.shutdown(1)  # SHUT_WR: the request is complete
+        except OSError as exc:
+            raise AgentUnavailable(f"cannot send the request: {exc}") from None
+        # The worker's own deadlines bound the run, exactly as in-process (runner.py).
+        sock.settimeout(None)
+        reply = b""
+        while len(reply) < MAX_REPLY:
+            try:
+                chunk = sock.recv(MAX_REPLY)
+            except OSError as exc:
+                raise AgentUnavailable(f"lost the agent: {exc}") from None
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        sock.close()
+    return parse_reply(reply.decode(errors="replace"))
+
+
+def parse_reply(reply: str) -> int:
+    """`started\\nexit N\\n` from a worker that finished; anything else means no verdict."""
+    lines = reply.split("\n")
+    if lines[0] != "started":
+        why = lines[0] or "the agent closed the connection"
+        raise AgentUnavailable(f"agent refused the run: {why}")
+    for line in lines[1:]:
+        if line.startswith("exit ") and line[5:].isdigit():
+            return int(line[5:])
+    raise AgentUnavailable("the agent's worker ended without an exit code")
+
+
+def run_here(phase: str) -> None:
+    """Become the in-process run (does not return)."""
+    python = sys.executable or "/usr/bin/python3"
+    os.execv(python, [python, "-I", "-m", "nodecheck", "hook", phase])  # noqa: S606 (argv list)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "--socket" or argv[2] not in PHASES:
+        print("usage: agent_client.py --socket PATH prolog|epilog|health", file=sys.stderr)
+        return 2
+    path, phase = argv[1], argv[2]
+    try:
+        return run_in_agent(path, phase)
+    except AgentUnavailable as exc:
+        _note("agent_unavailable", socket=path, phase=phase, error=str(exc), fallback="in-process")
+    run_here(phase)
+    return 2  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,216 @@
+"""The agent (nodecheck/agent.py) and its client (nodecheck/agent_client.py), through the
+real entrypoints: same verdicts, logs and exit codes as the in-process run, and a
+fallback to it whenever the agent cannot serve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nodecheck.agent_client import AgentUnavailable, parse_reply
+
+REPO = Path(__file__).resolve().parents[2]
+PROLOG = REPO / "prolog" / "nodecheck-prolog"
+EPILOG = REPO / "epilog" / "nodecheck-epilog"
+
+
+def lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def named(text: str, event: str) -> list[dict]:
+    return [e for e in lines(text) if e["event"] == event]
+
+
+def write_config(tmp_path: Path, body: str = "", scontrol: str = "/bin/false") -> Path:
+    path = tmp_path / "nodecheck.toml"
+    path.write_text(
+        f'log_file = "{tmp_path}/nodecheck.log"\nstate_dir = "{tmp_path}/state"\n'
+        f'killswitch_file = "{tmp_path}/disabled"\nscontrol = "{scontrol}"\n'
+        f'slurm_backend = "scontrol"\ndrain_attempts = 1\n{body}'
+    )
+    path.chmod(0o644)
+    return path
+
+
+class Agent:
+    def __init__(self, sock: Path, log: Path, argv: list[str], cwd: Path = REPO) -> None:
+        self.sock, self.log = sock, log
+        self.proc = subprocess.Popen(
+            [*argv, "--socket", str(sock)],
+            cwd=cwd,
+            env={"PATH": "/usr/bin:/bin"},
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("w"),
+        )
+        deadline = time.monotonic() + 30
+        while "agent_ready" not in self.text():
+            assert self.proc.poll() is None, self.text()
+            assert time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+
+@pytest.fixture
+def agent(tmp_path):
+    run_dir = tmp_path / "run"
+    started = Agent(
+        run_dir / "agent.sock",
+        tmp_path / "agent.log",
+        [sys.executable, "-I", "-m", "nodecheck", "agent"],
+    )
+    yield started
+    assert started.stop() == 0
+    assert not started.sock.exists()  # removed on the way out
+    assert "agent_stopped" in started.text()
+
+
+def hook(entrypoint: Path, cfg: Path, sock: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {
+        "SLURMD_NODENAME": "n1",
+        "SLURM_JOB_ID": "31",
+        "NODECHECK_CONFIG": str(cfg),
+        "NODECHECK_PYTHON": sys.executable,
+        "NODECHECK_AGENT_SOCKET": str(sock),
+        **env,
+    }
+    return subprocess.run(
+        [str(entrypoint)], env=environ, capture_output=True, text=True, timeout=60, cwd="/"
+    )
+
+
+def test_socket_is_root_only(agent):
+    assert oct(agent.sock.stat().st_mode & 0o777) == "0o600"
+    assert oct(agent.sock.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_healthy_prolog_runs_in_the_agent(agent, tmp_path):
+    cfg = write_config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n')
+    out = hook(PROLOG, cfg, agent.sock, SLURM_JOB_USER="al'ice\"; rm -rf /")
+    assert out.returncode == 0, out.stderr
+    assert not named(out.stderr, "agent_unavailable")
+    [verdict] = named(out.stderr, "verdict")  # the worker logged to *our* stderr
+    assert (verdict["status"], verdict["job"], verdict["phase"]) == ("PASS", "31", "prolog")
+    assert named((tmp_path / "nodecheck.log").read_text(), "verdict") == [verdict]
+    [run] = named(agent.text(), "agent_run")
+    assert (run["phase"], run["job"]) == ("prolog", "31")
+
+
+def test_failing_epilog_exit_code_comes_back(agent, tmp_path):
+    calls = tmp_path / "calls"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
+    scontrol.chmod(0o755)
+    cfg = write_config(
+        tmp_path, '[checks."host.mounts"]\nrequired = ["/nope"]\n', scontrol=str(scontrol)
+    )
+    out = hook(EPILOG, cfg, agent.sock, SLURM_JOB_ID="32")
+    assert out.returncode == 1, out.stderr
+    [verdict] = named(out.stderr, "verdict")
+    assert verdict["reason"].startswith("nodecheck: host.mounts /nope: not mounted")
+    assert "[epilog job 32 " in verdict["reason"]
+    assert calls.read_text().startswith("show node")  # the worker talked to Slurm
+    assert [r["job"] for r in named(agent.text(), "agent_run")] == ["32"]
+
+
+def test_dead_agent_means_an_in_process_run(tmp_path):
+    sock = tmp_path / "agent.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(sock))  # a socket file nobody listens on: what a killed agent leaves
+    left.close()
+    out = hook(PROLOG, write_config(tmp_path), sock)
+    assert out.returncode == 0, out.stderr
+    [why] = named(out.stderr, "agent_unavailable")
+    assert why["fallback"] == "in-process" and "Connection refused" in why["error"]
+    assert named(out.stderr, "verdict")[0]["status"] in ("PASS", "WARN")
+
+
+def test_other_users_cannot_reach_the_agent(agent, tmp_path):
+    client = REPO / "nodecheck" / "agent_client.py"
+    probe = (  # imports first: this interpreter's stdlib may be unreadable to nobody
+        f"import sys; sys.path.insert(0, {str(client.parent)!r}); import agent_client as c; "
+        "import os; os.setgid(65534); os.setuid(65534); "
+        "c.run_here = lambda phase: sys.exit(99); "
+        f"sys.exit(c.main(['--socket', {str(agent.sock)!r}, 'prolog']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 99, out.stderr  # fell back to the in-process run (stubbed)
+    [why] = named(out.stderr, "agent_unavailable")
+    assert "Permission denied" in why["error"]
+    assert not named(agent.text(), "agent_run")
+
+
+def test_a_malformed_request_is_refused(agent):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(agent.sock))
+        conn.sendall(b'{"phase": "prolog", "env": {}}')  # no descriptors passed
+        conn.shutdown(socket.SHUT_WR)
+        reply = conn.recv(4096).decode()
+    assert reply.startswith("bad request: expected 3 descriptors")
+    with pytest.raises(AgentUnavailable, match="bad request"):
+        parse_reply(reply)
+    deadline = time.monotonic() + 10
+    while not named(agent.text(), "agent_bad_request"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [("started\nexit 0\n", 0), ("started\nexit 1\n", 1), ("started\n", None), ("", None)],
+)
+def test_reply_parsing(reply, code):
+    if code is None:
+        with pytest.raises(AgentUnavailable):
+            parse_reply(reply)
+    else:
+        assert parse_reply(reply) == code
+
+
+def test_changed_code_makes_the_agent_step_aside(tmp_path):
+    """After an upgrade on disk the agent refuses the next run (the client runs the new
+    code in-process) and exits for its service manager to restart it."""
+    copy = tmp_path / "src"
+    shutil.copytree(
+        REPO / "nodecheck", copy / "nodecheck", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    start = (
+        f"import sys; sys.path.insert(0, {str(copy)!r}); from nodecheck.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    stale = Agent(
+        tmp_path / "run" / "agent.sock",
+        tmp_path / "agent.log",
+        [sys.executable, "-I", "-c", start, "agent"],
+    )
+    try:
+        cfg = write_config(tmp_path)
+        assert hook(PROLOG, cfg, stale.sock).returncode == 0
+        assert len(named(stale.text(), "agent_run")) == 1  # served from the copy
+        module = copy / "nodecheck" / "results.py"
+        module.write_text(module.read_text() + "\n# upgraded\n")
+        out = hook(PROLOG, cfg, stale.sock)
+        assert out.returncode == 0, out.stderr
+        assert "stale" in named(out.stderr, "agent_unavailable")[0]["error"]
+        assert named(out.stderr, "verdict")  # run in-process instead
+        assert stale.proc.wait(10) == 0
+        assert named(stale.text(), "agent_stale")
+    finally:
+        stale.stop()
