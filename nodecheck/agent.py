@@ -81,9 +81,11 @@ def warm_up() -> list[str]:
     return missing
 
 
-def peer_uid(conn: socket.socket) -> int:
+def peer_credentials(conn: socket.socket) -> tuple[int, int]:
+    """The connected client's pid and uid (SO_PEERCRED, set by the kernel)."""
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
 
 
 def read_request(conn: socket.socket) -> tuple[str, dict[str, str], list[int]]:
@@ -168,7 +170,8 @@ def run_worker(conn: socket.socket) -> int:
         os.close(fd)
     os.environ.clear()
     os.environ.update(env)
-    code = run_hook(HookArgs(phase))
+    client_pid, _uid = peer_credentials(conn)
+    code = run_hook(HookArgs(phase), hook_pid=client_pid)
     sys.stdout.flush()
     sys.stderr.flush()
     _send(conn, f"exit {code}\n")
@@ -247,7 +250,7 @@ def serve(path: str) -> int:
                     break
                 raise
             with conn:
-                uid = peer_uid(conn)
+                _pid, uid = peer_credentials(conn)
                 if uid != os.geteuid():
                     log.warning("agent_peer_rejected", uid=uid)
                     _refuse(conn, "refused: not our user\n")

@@ -36,6 +36,7 @@ class RunRequest:
     check_patterns: tuple[str, ...] = ()
     act: bool = False  # hooks talk to Slurm when the verdict needs it; manual runs never do
     dry_run: bool = False
+    hook_pid: int | None = None  # the process Slurm started, if not this one (the agent's)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ def execute(req: RunRequest) -> RunOutcome:
                 job,
                 nodecfg.settings,
                 nodecfg.checks[chk.id].options,
+                req.hook_pid or os.getpid(),
             ),
             nodecfg.checks[chk.id].timeout_s,
         )

@@ -86,6 +86,9 @@ class CheckContext:
     job: JobInfo
     settings: NodeSettings
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The process Slurm started for this hook run: this one in-process, the client when
+    # the agent runs it. It and its ancestors carry the job's environment but are ours.
+    hook_pid: int | None = None
 
     def sys_path(self, *parts: str) -> Path:
         return self.settings.sysfs_root.joinpath(*parts)

@@ -47,7 +47,8 @@ def hook_args(argv: Sequence[str]) -> HookArgs | None:
     return HookArgs(words[1], config, bool(rest), verbose)
 
 
-def run_hook(args: HookArgs) -> int:
+def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
+    """One hook run; `hook_pid` is the process Slurm started when that is not this one."""
     from nodecheck.app import RunRequest, execute
     from nodecheck.config import salvage_config
     from nodecheck.log import get_logger, setup_logging
@@ -61,7 +62,12 @@ def run_hook(args: HookArgs) -> int:
     try:
         out = execute(
             RunRequest(
-                phase=args.phase, env=env, config_path=args.config, act=True, dry_run=args.dry_run
+                phase=args.phase,
+                env=env,
+                config_path=args.config,
+                act=True,
+                dry_run=args.dry_run,
+                hook_pid=hook_pid,
             )
         )
     except Exception as exc:  # last line of defence: never an anonymous drain for our bug

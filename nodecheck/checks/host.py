@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,13 +256,14 @@ def list_procs(proc_root: Path, with_env: bool = True) -> dict[int, Proc]:
     return procs
 
 
-def _our_tree(procs: dict[int, Proc], me: int, run_root: int) -> set[int]:
-    """Our own ancestors and everything under the nodecheck run (they carry the job's env)."""
-    ours = set()
-    pid = me
-    while pid in procs and pid not in ours:
-        ours.add(pid)
-        pid = procs[pid].ppid
+def _our_tree(procs: dict[int, Proc], starts: Iterable[int], run_root: int) -> set[int]:
+    """Our own ancestors (of this process and of the hook process Slurm started) and
+    everything under the nodecheck run: they carry the job's env too."""
+    ours: set[int] = set()
+    for pid in starts:
+        while pid in procs and pid not in ours:
+            ours.add(pid)
+            pid = procs[pid].ppid
     for pid in procs:
         chain, cur = [], pid
         while cur in procs and cur not in chain:
@@ -280,7 +281,8 @@ def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
     gives both the job and this epilog), minus our own process tree."""
     conf = os.environ.get("SLURM_CONF")
     procs = list_procs(ctx.proc_path())
-    ours = _our_tree(procs, os.getpid(), run_root)
+    starts = [os.getpid()] + ([ctx.hook_pid] if ctx.hook_pid else [])
+    ours = _our_tree(procs, starts, run_root)
     ignored = set(ctx.options["ignore_commands"])
     by_user = ctx.options["match"] == "user" and ctx.job.uid not in (None, 0)
     return [

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 from helpers import make_ctx, options_of
@@ -149,6 +150,21 @@ def test_procs_finds_leftovers_of_this_job_only(proc, monkeypatch):
     assert "2 processes left after job 812: 200 python, 205 python" in res.message
     [by_user] = run("host.procs", proc, job=job, phase="epilog", grace_s=0, match="user")
     assert sorted(by_user.values["pids"]) == [200, 201, 203, 204, 205, 206]
+
+
+def test_procs_spares_the_hook_process_the_agent_runs_for(proc):
+    """Through the agent, the epilog Slurm started (the agent client, carrying the job's
+    environment) is no ancestor of the probe: hook_pid names it as ours."""
+    job = JobInfo(job_id="812", uid=1000, user="alice")
+    fake_pid(proc, 250, 1, 0, "slurmd")
+    fake_pid(proc, 300, 250, 0, "python3", env=b"SLURM_JOB_ID=812\0")  # the client
+    fake_pid(proc, 301, 1, 1000, "python", env=b"SLURM_JOB_ID=812\0")  # a real leftover
+    chk = REGISTRY["host.procs"]
+    ctx = make_ctx(phase="epilog", options=options_of(chk, grace_s=0), job=job, procfs_root=proc)
+    [unaware] = chk.func(ctx)
+    assert sorted(unaware.values["pids"]) == [300, 301]
+    [res] = chk.func(replace(ctx, hook_pid=300))
+    assert res.values["pids"] == [301]
 
 
 def test_procs_skip_without_job(proc):
