@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import signal
 import socket
@@ -26,6 +25,7 @@ import struct
 import sys
 from pathlib import Path
 
+from nodecheck.agent_client import REQUEST_MAGIC
 from nodecheck.hook import HOOK_PHASES, HookArgs
 from nodecheck.log import get_logger
 
@@ -104,24 +104,30 @@ def read_request(conn: socket.socket) -> tuple[str, dict[str, str], list[int]]:
     try:
         if len(fds) != 3 or len(data) > MAX_REQUEST:
             raise BadRequest(f"expected 3 descriptors and at most {MAX_REQUEST} bytes")
-        try:
-            body = json.loads(data)
-        except ValueError as exc:
-            raise BadRequest(f"not JSON: {exc}") from None
-        phase, env = body.get("phase") if isinstance(body, dict) else None, None
-        if isinstance(body, dict):
-            env = body.get("env")
-        if phase not in HOOK_PHASES:
-            raise BadRequest(f"unknown phase {phase!r}")
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and "\0" not in k + v and "=" not in k
-            for k, v in env.items()
-        ):
-            raise BadRequest("env must map names to strings")
+        phase, env = parse_request(data)
     except BadRequest:
         _close_all(fds)
         raise
     return phase, env, fds
+
+
+def parse_request(data: bytes) -> tuple[str, dict[str, str]]:
+    """agent_client.request_bytes, read back: the phase and the client's environment
+    (decoded the way Python decodes its own environ)."""
+    magic, _, rest = data.partition(b"\0")
+    if magic != REQUEST_MAGIC:
+        raise BadRequest("not a nodecheck-agent/1 request")
+    raw_phase, _, raw_env = rest.partition(b"\0")
+    phase = raw_phase.decode(errors="replace")
+    if phase not in HOOK_PHASES:
+        raise BadRequest(f"unknown phase {phase!r}")
+    env = {}
+    for entry in raw_env.split(b"\0") if raw_env else []:
+        name, eq, value = entry.partition(b"=")
+        if not eq or not name:
+            raise BadRequest(f"malformed environment entry {entry[:40]!r}")
+        env[os.fsdecode(name)] = os.fsdecode(value)
+    return phase, env
 
 
 def _close_all(fds: list[int]) -> None:

@@ -2,8 +2,9 @@
 
 Run by the prolog/epilog/health entrypoints, only when the agent's socket exists, as
 `python -I -S .../agent_client.py --socket PATH PHASE`. `-S` (no site-packages) keeps
-this process at the cost of a bare interpreter: it uses nothing but the standard library
-and never imports nodecheck (docs/agent.md).
+this process at the cost of a bare interpreter: it imports nothing that the interpreter
+has not loaded already at startup (not even json or struct, which pull in `re` and cost
+more than the rest of this client), and never imports nodecheck (docs/agent.md).
 
 It connects to the agent, checks that the agent runs as our own user (root), sends the
 phase and this process's environment with our stdout/stderr (SCM_RIGHTS), so the agent's
@@ -16,9 +17,7 @@ safe.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
 import time
 from _socket import (
@@ -31,6 +30,7 @@ from _socket import (
 )
 
 PHASES = ("prolog", "epilog", "health")
+REQUEST_MAGIC = b"nodecheck-agent/1"
 CONNECT_TIMEOUT_S = 1.0
 MAX_REPLY = 4096
 
@@ -41,6 +41,8 @@ class AgentUnavailable(Exception):
 
 def _note(event: str, **fields: object) -> None:
     """One JSON log line on stderr, in nodecheck's log format (slurmd keeps it)."""
+    import json  # only on this rare path: its import costs more than the whole client
+
     now = time.time()
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
     line = {"event": event, **fields, "level": "warning", "timestamp": stamp}
@@ -52,12 +54,15 @@ def _note(event: str, **fields: object) -> None:
 
 
 def _peer_uid(sock: socket) -> int:
-    creds = sock.getsockopt(SOL_SOCKET, SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    creds = sock.getsockopt(SOL_SOCKET, SO_PEERCRED, 12)  # struct ucred: pid, uid, gid
+    return int.from_bytes(creds[4:8], sys.byteorder, signed=True)
 
 
-def request_bytes(phase: str, env: dict[str, str]) -> bytes:
-    return json.dumps({"phase": phase, "env": env}).encode()
+def request_bytes(phase: str, environ: dict[bytes, bytes]) -> bytes:
+    """`nodecheck-agent/1 NUL phase NUL NAME=value NUL ...`: the environment in the form
+    the kernel keeps it (names and values cannot contain NUL), no encoder needed."""
+    entries = [name + b"=" + value for name, value in environ.items()]
+    return b"\0".join([REQUEST_MAGIC, phase.encode(), *entries])
 
 
 def run_in_agent(path: str, phase: str) -> int:
@@ -71,9 +76,10 @@ def run_in_agent(path: str, phase: str) -> int:
             raise AgentUnavailable(f"cannot connect to {path}: {exc}") from None
         if _peer_uid(sock) != os.geteuid():
             raise AgentUnavailable(f"{path} is served by another user")
-        fds = struct.pack("3i", 0, 1, 2)
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # stdin/out/err
         try:
-            sock.sendmsg([request_bytes(phase, dict(os.environ))], [(SOL_SOCKET, SCM_RIGHTS, fds)])
+            request = request_bytes(phase, dict(os.environb))
+            sock.sendmsg([request], [(SOL_SOCKET, SCM_RIGHTS, fds)])
             sock.shutdown(1)  # SHUT_WR: the request is complete
         except OSError as exc:
             raise AgentUnavailable(f"cannot send the request: {exc}") from None

@@ -144,7 +144,7 @@ def test_other_users_cannot_reach_the_agent(agent, tmp_path):
     client = REPO / "nodecheck" / "agent_client.py"
     probe = (  # imports first: this interpreter's stdlib may be unreadable to nobody
         f"import sys; sys.path.insert(0, {str(client.parent)!r}); import agent_client as c; "
-        "import os; os.setgid(65534); os.setuid(65534); "
+        "import json, os; os.setgid(65534); os.setuid(65534); "
         "c.run_here = lambda phase: sys.exit(99); "
         f"sys.exit(c.main(['--socket', {str(agent.sock)!r}, 'prolog']))"
     )
@@ -160,7 +160,7 @@ def test_other_users_cannot_reach_the_agent(agent, tmp_path):
 def test_a_malformed_request_is_refused(agent):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(str(agent.sock))
-        conn.sendall(b'{"phase": "prolog", "env": {}}')  # no descriptors passed
+        conn.sendall(b"nodecheck-agent/1\0prolog\0A=b")  # no descriptors passed
         conn.shutdown(socket.SHUT_WR)
         reply = conn.recv(4096).decode()
     assert reply.startswith("bad request: expected 3 descriptors")
@@ -182,6 +182,19 @@ def test_reply_parsing(reply, code):
             parse_reply(reply)
     else:
         assert parse_reply(reply) == code
+
+
+def test_request_round_trip():
+    from nodecheck.agent import BadRequest, parse_request
+    from nodecheck.agent_client import request_bytes
+
+    env = {b"SLURM_JOB_ID": b"7", b"ODD": b"a=b\nc'\"; $(x)", b"LATIN": b"\xe9"}
+    phase, back = parse_request(request_bytes("epilog", env))
+    assert phase == "epilog"
+    assert back == {"SLURM_JOB_ID": "7", "ODD": "a=b\nc'\"; $(x)", "LATIN": "\udce9"}
+    for bad in (b"other/1\0prolog", b"nodecheck-agent/1\0bogus", b"nodecheck-agent/1\0prolog\0X"):
+        with pytest.raises(BadRequest):
+            parse_request(bad)
 
 
 def test_changed_code_makes_the_agent_step_aside(tmp_path):
