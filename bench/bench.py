@@ -7,13 +7,15 @@ Prolog (SLURMD_NODENAME, SLURM_JOB_ID, NODECHECK_CONFIG, no PATH):
 
 * wall time, start of the process to its exit, of
     - a bare interpreter start (`python -I -c pass`, the same python the prolog uses),
-    - the healthy prolog (`prolog/nodecheck-prolog`, what Slurm runs, and
-      `python -I -m nodecheck hook prolog` without the sh entrypoint),
+    - the healthy prolog (`prolog/nodecheck-prolog`, what Slurm runs) in-process and
+      handed to `nodecheck agent` (started by the bench on a socket of its own), and
+      `python -I -m nodecheck hook prolog` without the sh entrypoint,
     - the prolog with one failing check (one IB port down: drain + exit 1);
   rounds interleave the variants so background load hits all of them alike;
 * peak RSS from wait4() (the figure `/usr/bin/time -f %M` prints): the largest resident
   set of any single process of the tree, the forked probe children included (Linux folds
   reaped descendants into the child's ru_maxrss). It is not the sum over processes;
+  through the agent that is the client only: the agent's own size is printed apart;
 * Slurm calls, counted by a recording fake scontrol (`scontrol = ...` in the config);
 * import times (`python -X importtime`, median of several runs): the top entries and
   every nodecheck module.
@@ -27,6 +29,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,7 +70,10 @@ def registered_checks(python: Path) -> list[str]:
     return out.stdout.split()
 
 
-def write_config(work: Path, name: str, sysfs: Path, checks: list[str], scontrol: Path) -> Path:
+def write_config(
+    work: Path, name: str, sysfs: Path, checks: list[str], scontrol: Path, probes: bool = True
+) -> Path:
+    """The bench node's config; probes=False disables every check (the parent's work only)."""
     lines = [
         f'log_file = "{work}/{name}.log"',
         f'state_dir = "{work}/state-{name}"',
@@ -77,6 +83,12 @@ def write_config(work: Path, name: str, sysfs: Path, checks: list[str], scontrol
         "drain_attempts = 1",
         f'sysfs_root = "{sysfs}"',
         f'nvml = "replay:{NVML_FIXTURE}"',
+    ]
+    if not probes:
+        for check_id in checks:
+            lines += [f'[checks."{check_id}"]', "enabled = false"]
+        return _save(work / f"{name}.toml", lines)
+    lines += [
         '[checks."host.disk"]',
         'min_free_gib = { "/tmp" = 0.01 }',
         '[checks."host.mounts"]',
@@ -93,7 +105,10 @@ def write_config(work: Path, name: str, sysfs: Path, checks: list[str], scontrol
         lines += ['[checks."net.link"]', 'devices = ["eno1"]']
     if "gpu.count" in checks:
         lines += ['[checks."gpu.count"]', "expected = 8"]
-    path = work / f"{name}.toml"
+    return _save(work / f"{name}.toml", lines)
+
+
+def _save(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o644)
     return path
@@ -132,6 +147,33 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     return wall, usage.ru_maxrss, proc.returncode
+
+
+def start_agent(python: Path, sock: Path, log: Path) -> subprocess.Popen:
+    """`nodecheck agent` on a socket of this run (the entrypoints find it through
+    NODECHECK_AGENT_SOCKET), ready to serve."""
+    proc = subprocess.Popen(
+        [str(python), "-I", "-m", "nodecheck", "agent", "--socket", str(sock)],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+    )
+    deadline = time.monotonic() + 30
+    while "agent_ready" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"agent did not start: {log.read_text()}")
+        time.sleep(0.05)
+    return proc
+
+
+def agent_memory(pid: int) -> str:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return f"VmRSS {fields.get('VmRSS', '?')}, VmHWM {fields.get('VmHWM', '?')}"
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -210,6 +252,7 @@ def main() -> int:
     python = venv_python()
     work = Path(tempfile.mkdtemp(prefix="nodecheck-bench-"))
     work.chmod(0o755)
+    agent: subprocess.Popen | None = None
     try:
         checks = registered_checks(python)
         healthy_node(work / "sys-healthy", hcas=8)
@@ -219,7 +262,10 @@ def main() -> int:
         cfg_ok = write_config(work, "healthy", work / "sys-healthy", checks, scontrol)
         cfg_bad = write_config(work, "failing", work / "sys-broken", checks, scontrol)
 
-        def env(cfg: Path) -> dict[str, str]:
+        agent_sock = work / "run" / "agent.sock"
+        agent = start_agent(python, agent_sock, work / "agent.log")
+
+        def env(cfg: Path, sock: Path = work / "no-agent.sock") -> dict[str, str]:
             return {
                 "SLURMD_NODENAME": "n1",
                 "SLURM_JOB_ID": "4242",
@@ -228,13 +274,15 @@ def main() -> int:
                 "SLURM_SCRIPT_CONTEXT": "prolog_slurmd",
                 "NODECHECK_PYTHON": str(python),
                 "NODECHECK_CONFIG": str(cfg),
+                "NODECHECK_AGENT_SOCKET": str(sock),
             }
 
         variants = {
             "bare": ([str(python), "-I", "-c", "pass"], {}),
             "bare_system": (["/usr/bin/python3", "-I", "-c", "pass"], {}),
-            "structlog_only": ([str(python), "-I", "-c", "import structlog"], {}),
+            "bare_nosite": ([str(python), "-I", "-S", "-c", "pass"], {}),
             "healthy": ([str(PROLOG)], env(cfg_ok)),
+            "healthy_agent": ([str(PROLOG)], env(cfg_ok, agent_sock)),
             "healthy_module": (
                 [str(python), "-I", "-m", "nodecheck", "hook", "prolog"],
                 env(cfg_ok),
@@ -297,8 +345,9 @@ def main() -> int:
         labels = {
             "bare": "bare `python -I -c pass` (venv)",
             "bare_system": "bare `/usr/bin/python3 -I -c pass`",
-            "structlog_only": "`python -I -c 'import structlog'`",
-            "healthy": "healthy prolog (entrypoint)",
+            "bare_nosite": "bare `python -I -S -c pass` (as the client)",
+            "healthy": "healthy prolog, in-process (entrypoint)",
+            "healthy_agent": "healthy prolog via the agent (entrypoint)",
             "healthy_module": "healthy `python -I -m nodecheck hook prolog`",
             "failing": "one failing check (drain, exit 1)",
         }
@@ -320,23 +369,37 @@ def main() -> int:
         print()
         print("exit codes seen:", {k: sorted(v) for k, v in codes.items()})
         print("Slurm calls (recording scontrol), per run:")
-        for name in ("healthy", "healthy_module", "failing"):
+        for name in ("healthy", "healthy_agent", "healthy_module", "failing"):
             per_run = calls_after.get(name, 0) / total_rounds
             print(f"  {labels[name]:<46} {per_run:g}")
         if calls.exists():
             kinds = sorted({" ".join(line.split()[:2]) for line in calls.read_text().splitlines()})
             print(f"  calls seen: {kinds}")
+        print(f"agent process (workers are forks of it): {agent_memory(agent.pid)}")
+        served = (work / "agent.log").read_text().count('"agent_run"')
+        print(f"agent runs served: {served} (of {total_rounds} healthy_agent rounds)")
         print()
-        headline = stats["healthy"]["median"] / bare
-        print(
-            f"HEADLINE: healthy prolog {stats['healthy']['median'] * 1000:.1f} ms = "
-            f"{headline:.1f}x bare start ({bare * 1000:.1f} ms); peak RSS "
-            f"{statistics.median(rss['healthy']) / 1024:.1f} MB; Slurm calls on the healthy "
-            f"path {calls_after.get('healthy', 0) + calls_after.get('healthy_module', 0)}"
+        healthy_calls = sum(
+            calls_after.get(k, 0) for k in ("healthy", "healthy_agent", "healthy_module")
         )
+        for name, how in (("healthy_agent", "via the agent"), ("healthy", "in-process")):
+            print(
+                f"HEADLINE: healthy prolog {how} {stats[name]['median'] * 1000:.1f} ms = "
+                f"{stats[name]['median'] / bare:.1f}x bare start ({bare * 1000:.1f} ms); peak "
+                f"RSS {statistics.median(rss[name]) / 1024:.1f} MB; Slurm calls on the healthy "
+                f"path {healthy_calls}"
+            )
         print()
-        imports = import_times(python, env(cfg_ok), args.import_runs)
-        print(f"import time, healthy prolog (median of {args.import_runs} runs, microseconds):")
+        # Probe children would print their own imports into the same stream: measure the
+        # parent with every check disabled (it loads the same modules, then forks nothing).
+        cfg_parent = write_config(
+            work, "parent", work / "sys-healthy", checks, scontrol, probes=False
+        )
+        imports = import_times(python, env(cfg_parent), args.import_runs)
+        print(
+            f"import time, the in-process prolog's parent (median of {args.import_runs} runs, "
+            "microseconds; the probe children's own imports not included):"
+        )
         print("  top 15 by cumulative time:")
         top = sorted(imports.items(), key=lambda kv: -kv[1][1])[:15]
         for name, (self_us, cum_us) in top:
@@ -362,6 +425,9 @@ def main() -> int:
         loaded = [h for h in heavy if any(n.strip() == h for n in imports)]
         print(f"  heavy modules loaded in the parent: {loaded or 'none'}")
     finally:
+        if agent is not None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(10)
         if args.keep:
             print(f"work dir kept: {work}")
         else:
