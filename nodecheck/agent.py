@@ -23,6 +23,7 @@ import socket
 import stat
 import struct
 import sys
+import time
 from pathlib import Path
 
 from nodecheck.agent_client import REQUEST_MAGIC
@@ -32,6 +33,7 @@ from nodecheck.log import get_logger
 DEFAULT_SOCKET = "/run/nodecheck/agent.sock"
 MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB
 REQUEST_TIMEOUT_S = 5.0  # a client that connects and sends nothing does not hold a worker
+STOP_WAIT_S = 60.0  # on stop, how long runs in progress may take to finish
 PACKAGE = Path(__file__).resolve().parent
 
 # Loaded once, so that a forked worker (and its probe children) import nothing.
@@ -211,14 +213,30 @@ def _listen(path: str) -> socket.socket:
     return server
 
 
-def _reap() -> None:
+def _reap(workers: set[int]) -> None:
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
+            workers.clear()
             return
         if pid == 0:
             return
+        workers.discard(pid)
+
+
+def _wait_for(workers: set[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while workers and time.monotonic() < deadline:
+        _reap(workers)
+        time.sleep(0.05)
+
+
+def _remove_socket(path: str, inode: int) -> None:
+    """Unlink the socket if it is still the one we bound (not a successor's)."""
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
 
 
 def serve(path: str) -> int:
@@ -226,6 +244,8 @@ def serve(path: str) -> int:
     stamp = code_stamp()
     missing = warm_up()
     server = _listen(path)
+    inode = os.lstat(path).st_ino
+    workers: set[int] = set()
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -249,7 +269,7 @@ def serve(path: str) -> int:
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                _reap()
+                _reap(workers)
                 continue
             except OSError:
                 if stopping:
@@ -274,13 +294,16 @@ def serve(path: str) -> int:
                         code = run_worker(conn)
                     finally:
                         os._exit(code)
+                workers.add(pid)
                 served += 1
-            _reap()
+            _reap(workers)
     finally:
+        # Socket first: from now on the entrypoints run in-process. Then let the runs in
+        # progress finish (each is bounded by its own budget).
+        _remove_socket(path, inode)
         server.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        log.info("agent_stopped", served=served)
+        _wait_for(workers, STOP_WAIT_S)
+        log.info("agent_stopped", served=served, unfinished=len(workers))
     return 0
 
 

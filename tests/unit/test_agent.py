@@ -128,6 +128,40 @@ def test_failing_epilog_exit_code_comes_back(agent, tmp_path):
     assert [r["job"] for r in named(agent.text(), "agent_run")] == ["32"]
 
 
+def test_stopping_the_agent_lets_runs_in_progress_finish(agent, tmp_path):
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text("#!/bin/sh\nsleep 2\nexit 1\n")  # a slow controller
+    scontrol.chmod(0o755)
+    cfg = write_config(
+        tmp_path, '[checks."host.mounts"]\nrequired = ["/nope"]\n', scontrol=str(scontrol)
+    )
+    environ = {
+        "SLURMD_NODENAME": "n1",
+        "SLURM_JOB_ID": "33",
+        "NODECHECK_CONFIG": str(cfg),
+        "NODECHECK_PYTHON": sys.executable,
+        "NODECHECK_AGENT_SOCKET": str(agent.sock),
+    }
+    run = subprocess.Popen(
+        [str(PROLOG)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 20
+    while not named(agent.text(), "agent_run"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    agent.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 2
+    while agent.sock.exists():  # new runs go in-process at once
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 1, err  # the run in progress finished in the agent
+    assert not named(err, "agent_unavailable")
+    assert agent.proc.wait(30) == 0
+    [stopped] = named(agent.text(), "agent_stopped")
+    assert stopped["unfinished"] == 0
+
+
 def test_dead_agent_means_an_in_process_run(tmp_path):
     sock = tmp_path / "agent.sock"
     left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
