@@ -20,6 +20,11 @@ from nodecheck.results import CheckResult, Status
 bounded = lazy_module("nodecheck.bounded")  # threads for calls that may hang; child only
 
 GIB = 1024**3
+# mem, disk, mounts and services share one probe child (one fork instead of four): their
+# reads either cannot block (/proc/meminfo, /proc/PID/stat) or run under a deadline of
+# their own (statvfs and mount probes, nodecheck.bounded). host.procs stays alone: it reads
+# other processes' environ, which blocks while such a process's memory map is locked.
+GROUP = "host"
 
 
 def _meminfo(ctx: CheckContext) -> dict[str, int]:
@@ -35,6 +40,7 @@ def _meminfo(ctx: CheckContext) -> dict[str, int]:
 
 @check(
     "host.mem",
+    group=GROUP,
     summary="usable memory: total not below the node class's size (lost DIMMs), enough available",
     timeout_s=2.0,
     severity="high",
@@ -70,6 +76,7 @@ def host_mem(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "host.disk",
+    group=GROUP,
     summary="free space on scratch paths (/tmp, /dev/shm, local scratch)",
     timeout_s=5.0,
     severity="high",
@@ -151,6 +158,7 @@ def read_mounts(path: Path) -> dict[str, Mount]:
 
 @check(
     "host.mounts",
+    group=GROUP,
     summary="required filesystems mounted (type, read-write) and responding within a deadline",
     timeout_s=10.0,
     severity="critical",
@@ -345,6 +353,7 @@ def host_procs(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @check(
     "host.services",
+    group=GROUP,
     summary="required daemons running (by process name), e.g. munged, nvidia-fabricmanager",
     timeout_s=3.0,
     severity="critical",
