@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import gc
+import mmap
 import os
 import pickle
 import resource
@@ -27,6 +28,11 @@ from nodecheck.registry import Check
 from nodecheck.results import CheckResult, Status
 
 _HEADER = struct.Struct("!I")
+# A probe's progress notes (nodecheck.progress) go to a page shared with the parent, not
+# down the pipe: the real NVML adapter notes every call (hundreds per run on an 8-GPU node)
+# and the parent needs only the last one, only when the probe hangs.
+_NOTE_SLOT = 4096
+_NOTE_LEN = struct.Struct("=H")
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,11 @@ class _Child:
 
     pid: int
     fd: int
+    slot: mmap.mmap
     planned: list[Planned]
     started: float
     deadline: float
     buffer: bytes = b""
-    last_note: str = ""
     current: str = ""
     done: bool = False
 
@@ -56,6 +62,18 @@ def _send(fd: int, message: tuple) -> None:
     data = _HEADER.pack(len(payload)) + payload
     while data:
         data = data[os.write(fd, data) :]
+
+
+def _write_note(slot: mmap.mmap, text: str) -> None:
+    data = text.encode(errors="replace")[: _NOTE_SLOT - _NOTE_LEN.size]
+    slot[_NOTE_LEN.size : _NOTE_LEN.size + len(data)] = data
+    slot[: _NOTE_LEN.size] = _NOTE_LEN.pack(len(data))
+
+
+def _read_note(slot: mmap.mmap) -> str:
+    """The child's last note; read only once the child is stopped, so never half-written."""
+    (size,) = _NOTE_LEN.unpack(slot[: _NOTE_LEN.size])
+    return slot[_NOTE_LEN.size : _NOTE_LEN.size + size].decode(errors="replace")
 
 
 def _run_one(item: Planned) -> list[CheckResult]:
@@ -78,7 +96,7 @@ def _run_one(item: Planned) -> list[CheckResult]:
     return [replace(r, duration_s=took) for r in results]
 
 
-def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
+def _child_main(fd: int, slot: mmap.mmap, planned: list[Planned], memory_limit_mb: int) -> None:
     faulthandler.disable()  # a crash is reported by the parent, not dumped into slurmd's log
     gc.enable()  # the parent may run without it (nodecheck.__main__); a probe may loop long
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -87,20 +105,22 @@ def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
         limit = memory_limit_mb * 1024 * 1024
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    progress.set_sink(lambda text: _send(fd, ("note", text)))
+    progress.set_sink(lambda text: _write_note(slot, text))
     for item in planned:
+        _write_note(slot, "")  # a note left by the previous check is not this one's
         _send(fd, ("start", item.check.id))
         _send(fd, ("done", item.check.id, _run_one(item)))
 
 
 def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: int) -> _Child:
     read_fd, write_fd = os.pipe()
+    slot = mmap.mmap(-1, _NOTE_SLOT)  # anonymous and shared: the child writes, we read
     pid = os.fork()
     if pid == 0:  # child
         code = 0
         try:
             os.close(read_fd)
-            _child_main(write_fd, planned, memory_limit_mb)
+            _child_main(write_fd, slot, planned, memory_limit_mb)
         except BaseException:
             code = 70
         finally:
@@ -109,7 +129,7 @@ def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: in
     os.set_blocking(read_fd, False)
     now = time.monotonic()
     timeout = max(p.timeout_s for p in planned)
-    return _Child(pid, read_fd, planned, now, min(now + timeout, run_deadline))
+    return _Child(pid, read_fd, slot, planned, now, min(now + timeout, run_deadline))
 
 
 def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
@@ -120,10 +140,8 @@ def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
         frame = pickle.loads(child.buffer[_HEADER.size : _HEADER.size + size])  # noqa: S301 (our own child)
         child.buffer = child.buffer[_HEADER.size + size :]
         kind = frame[0]
-        if kind == "note":
-            child.last_note = frame[1]
-        elif kind == "start":
-            child.current, child.last_note = frame[1], ""
+        if kind == "start":
+            child.current = frame[1]
         elif kind == "done":
             results[frame[1]] = frame[2]
 
@@ -154,13 +172,15 @@ def _reap(pid: int, patience_s: float = 0.5) -> str:
 def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: bool) -> None:
     child.done = True
     os.close(child.fd)
-    ended = ""
+    ended, last_note = "", ""
     if timed_out:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGKILL)
         _reap(child.pid)
+        last_note = _read_note(child.slot)
     else:
         ended = _reap(child.pid)
+    child.slot.close()
     waited = time.monotonic() - child.started
     for item in child.planned:
         cid = item.check.id
@@ -170,7 +190,7 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
             msg = f"internal error: probe process ended without a result ({ended})"
             results[cid] = [CheckResult(cid, Status.ERROR, msg, duration_s=waited)]
         elif cid == child.current:
-            step = f"; last step: {child.last_note}" if child.last_note else ""
+            step = f"; last step: {last_note}" if last_note else ""
             msg = f"probe hung: no answer within {waited:.1f}s{step}"
             results[cid] = [
                 CheckResult(cid, Status.FAIL, msg, values={"hung": True}, duration_s=waited)
