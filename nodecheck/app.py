@@ -29,6 +29,8 @@ DEFAULT_KILLSWITCH = Path("/etc/nodecheck/disabled")
 
 @dataclass(frozen=True)
 class RunRequest:
+    """What to run: the phase, its environment, and whether to act on the verdict."""
+
     phase: str
     env: Mapping[str, str]
     config_path: str | None = None
@@ -41,6 +43,8 @@ class RunRequest:
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """What a run found and did: results, verdict, Slurm action, duration."""
+
     node: str
     phase: str
     node_class: str

@@ -16,6 +16,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Outcome:
+    """One bounded call: finished in time or not, and its value or error."""
+
     finished: bool
     value: Any = None
     error: BaseException | None = None

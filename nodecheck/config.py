@@ -100,6 +100,8 @@ class Hysteresis:
 
 @dataclass(frozen=True)
 class NodeClass:
+    """A [[node_class]] table: host patterns and what it overrides."""
+
     name: str
     patterns: tuple[str, ...]
     overrides: Mapping[str, Any]
@@ -121,6 +123,8 @@ class NodeConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The validated config file: top-level values, check tables, node classes."""
+
     path: Path | None
     values: Mapping[str, Any]
     checks: Mapping[str, Mapping[str, Any]]

@@ -80,6 +80,8 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class CheckContext:
+    """Everything a check may look at: phase, node, job, settings, its options."""
+
     phase: str
     node: str
     node_class: str

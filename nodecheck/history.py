@@ -79,6 +79,8 @@ DRAIN_MARKER = "drain"  # kv: set while nodecheck holds a drain of this node (ac
 
 @dataclass(frozen=True)
 class Retention:
+    """How much history to keep (history_max_rows, history_max_days)."""
+
     max_rows: int = 10000
     max_age_s: float = 30 * 86400
     # Lifecycle rows must outlive the flap window even if runs are kept for less.
@@ -87,6 +89,8 @@ class Retention:
 
 @dataclass(frozen=True)
 class RunRecord:
+    """One hook run as the history keeps it."""
+
     at: float
     phase: str
     job: str | None

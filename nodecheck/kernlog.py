@@ -33,12 +33,16 @@ MAX_FILE_BYTES = 64 * 1024**2
 
 @dataclass(frozen=True)
 class LogRecord:
+    """One kernel log message and its position in the log."""
+
     pos: int  # kmsg sequence number, or microseconds since boot for dmesg text
     text: str
 
 
 @dataclass(frozen=True)
 class KernelLog:
+    """What one read of the kernel log returned."""
+
     records: list[LogRecord]  # the records asked for (all of them without `keep`)
     kind: str  # "kmsg" or "dmesg"
     positions: list[int]  # the position of every record read, kept or not
@@ -116,6 +120,8 @@ def _parse_log_text(text: str, keep: str | None) -> KernelLog:
 
 @dataclass(frozen=True)
 class Xid:
+    """One NVIDIA XID message: the number, the GPU's PCI address, the text."""
+
     pos: int
     xid: int
     pci: str  # domain:bus:device as the driver prints it, e.g. 0000:9a:00

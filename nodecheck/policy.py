@@ -29,6 +29,8 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Verdict:
+    """The run's outcome: status, Slurm action, exit code and drain reason."""
+
     status: Status
     action: Action
     exit_code: int

@@ -60,6 +60,8 @@ _CONTEXT = re.compile(
 
 @dataclass(frozen=True)
 class ParsedReason:
+    """A nodecheck drain reason read back into its parts."""
+
     check_id: str
     component: str
     message: str

@@ -38,6 +38,8 @@ class Option:
 
 @dataclass(frozen=True)
 class Check:
+    """A registered check: its function and what the runner and config need to know."""
+
     id: str
     func: Callable[[CheckContext], Iterable[CheckResult]]
     phases: frozenset[str]

@@ -35,6 +35,8 @@ REMEDIES = {
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One finding of one check about one component."""
+
     check_id: str
     status: Status
     message: str

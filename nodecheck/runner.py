@@ -37,6 +37,8 @@ _NOTE_LEN = struct.Struct("=H")
 
 @dataclass(frozen=True)
 class Planned:
+    """A check to run, with its context and timeout."""
+
     check: Check
     ctx: CheckContext
     timeout_s: float

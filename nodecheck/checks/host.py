@@ -123,6 +123,8 @@ def host_disk(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @dataclass(frozen=True)
 class Mount:
+    """One line of /proc/self/mounts (octal escapes decoded)."""
+
     source: str
     target: str
     fstype: str
@@ -210,6 +212,8 @@ def host_mounts(ctx: CheckContext) -> Iterator[CheckResult]:
 
 @dataclass(frozen=True)
 class Proc:
+    """The parts of /proc/PID that host.procs and host.services look at."""
+
     pid: int
     ppid: int
     uid: int

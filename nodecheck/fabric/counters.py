@@ -82,6 +82,8 @@ DEFAULT_WARN_RISE = {
 
 @dataclass
 class PortJudgement:
+    """One port's counters judged against an earlier reading (filled in as it goes)."""
+
     status: Status = Status.PASS
     flagged: list[tuple[Status, str, int]] = field(default_factory=list)  # (verdict, name, rise)
     deltas: dict[str, int] = field(default_factory=dict)

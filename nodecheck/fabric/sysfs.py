@@ -142,6 +142,8 @@ def parse_rate(text: str) -> Rate | None:
 
 @dataclass
 class IbPort:
+    """One InfiniBand port as sysfs shows it; unreadable attributes as ReadFailure."""
+
     device: str
     port: int
     path: Path
@@ -158,6 +160,8 @@ class IbPort:
 
 @dataclass
 class IbDevice:
+    """One HCA's identity (firmware, board, GUID, PCI address, NUMA node) and ports."""
+
     name: str
     path: Path
     ports: list[int] = field(default_factory=list)
@@ -269,6 +273,8 @@ def port_netdevs(port_path: Path) -> list[str]:
 
 @dataclass
 class NetDev:
+    """One network interface's link state from /sys/class/net."""
+
     name: str
     operstate: str | ReadFailure
     carrier: int | ReadFailure | str | None

@@ -172,6 +172,8 @@ class MemoryInfo:
 
 @dataclass(frozen=True)
 class Gpu:
+    """One GPU as NVML reported it; a field NVML could not give is None (see errors)."""
+
     index: int
     minor_number: int | None = None
     name: str | None = None
@@ -222,6 +224,8 @@ class Gpu:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """The node's GPUs at one moment, from real NVML or a recorded file."""
+
     source: str
     collected_at: float = 0.0
     collect_s: float = 0.0
