@@ -4,6 +4,8 @@ A probe that hangs (NVML on a GPU that fell off the bus, stat on a dead NFS serv
 cannot be interrupted from inside Python, so it runs in a child process that is
 SIGKILLed at its deadline. The run as a whole never outlasts its budget: a hung probe
 becomes a FAIL of that probe; a check that raises, or a child that dies, an ERROR.
+Checks of one group run one after another in one child: each is cut at its own timeout_s,
+the group as a whole at its longest, and a hang fails the checks after it as "not run".
 """
 
 from __future__ import annotations
@@ -53,9 +55,11 @@ class _Child:
     slot: mmap.mmap
     planned: list[Planned]
     started: float
-    deadline: float
+    group_deadline: float  # the group's longest timeout (or the run's end)
+    deadline: float  # that, or sooner: the running check's own timeout
     buffer: bytes = b""
     current: str = ""
+    current_started: float = 0.0
     done: bool = False
 
 
@@ -130,8 +134,8 @@ def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: in
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     now = time.monotonic()
-    timeout = max(p.timeout_s for p in planned)
-    return _Child(pid, read_fd, slot, planned, now, min(now + timeout, run_deadline))
+    group_deadline = min(now + max(p.timeout_s for p in planned), run_deadline)
+    return _Child(pid, read_fd, slot, planned, now, group_deadline, group_deadline)
 
 
 def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
@@ -143,7 +147,11 @@ def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
         child.buffer = child.buffer[_HEADER.size + size :]
         kind = frame[0]
         if kind == "start":
-            child.current = frame[1]
+            # Each check of a group keeps its own timeout_s; the group as a whole, the longest.
+            now = time.monotonic()
+            child.current, child.current_started = frame[1], now
+            own = next(p.timeout_s for p in child.planned if p.check.id == frame[1])
+            child.deadline = min(child.group_deadline, now + own)
         elif kind == "done":
             results[frame[1]] = frame[2]
 
@@ -183,7 +191,9 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
     else:
         ended = _reap(child.pid)
     child.slot.close()
-    waited = time.monotonic() - child.started
+    now = time.monotonic()
+    waited = now - child.started
+    hung_for = now - (child.current_started or child.started)
     for item in child.planned:
         cid = item.check.id
         if cid in results:
@@ -193,7 +203,7 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
             results[cid] = [CheckResult(cid, Status.ERROR, msg, duration_s=waited)]
         elif cid == child.current:
             step = f"; last step: {last_note}" if last_note else ""
-            msg = f"probe hung: no answer within {waited:.1f}s{step}"
+            msg = f"probe hung: no answer within {hung_for:.1f}s{step}"
             results[cid] = [
                 CheckResult(cid, Status.FAIL, msg, values={"hung": True}, duration_s=waited)
             ]

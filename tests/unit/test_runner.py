@@ -127,6 +127,30 @@ def test_group_shares_one_child_and_a_hang_fails_the_rest_of_the_group():
     assert "earlier probe in its group (t.hang) hung" in results[1].message
 
 
+def test_each_check_of_a_group_keeps_its_own_timeout():
+    """A group's child lives as long as its longest timeout, but a check that hangs is cut
+    at its own: host.mem (2 s) shares a child with host.disk (5 s)."""
+
+    def quick(ctx):
+        yield CheckResult("g.quick", Status.PASS, "fine")
+
+    started = time.monotonic()
+    results = run_checks(
+        [
+            plan(make_check("g.quick", quick, group="g"), timeout=3.0),
+            plan(make_check("t.hang", hangs, group="g"), timeout=0.5),
+            plan(make_check("g.last", passing, group="g"), timeout=3.0),
+        ],
+        budget_s=10,
+    )
+    took = time.monotonic() - started
+    assert [r.status for r in results] == [Status.PASS, Status.FAIL, Status.FAIL]
+    hung_for = float(results[1].message.split("within ")[1].split("s")[0])
+    assert 0.5 <= hung_for < 2.5
+    assert "earlier probe in its group (t.hang) hung" in results[2].message
+    assert took < 2.5  # cut at the hung check's 0.5 s, not the group's 3 s
+
+
 def test_many_checks_run_concurrently():
     def slow(ctx):
         time.sleep(0.3)
