@@ -160,8 +160,10 @@ def run_worker(conn: socket.socket) -> int:
     from nodecheck.hook import run_hook
 
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the runner waits for its probe children
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the agent's stop handlers are not ours
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     gc.disable()  # short-lived, like `python -m nodecheck` (nodecheck.__main__)
+    _send(conn, "ready\n")  # only now does the client hand over its stdout/stderr
     try:
         phase, env, fds = read_request(conn)
     except BadRequest as exc:

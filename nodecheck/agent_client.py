@@ -6,13 +6,13 @@ this process at the cost of a bare interpreter: it imports nothing that the inte
 has not loaded already at startup (not even json or struct, which pull in `re` and cost
 more than the rest of this client), and never imports nodecheck (docs/agent.md).
 
-It connects to the agent, checks that the agent runs as our own user (root), sends the
-phase and this process's environment with our stdout/stderr (SCM_RIGHTS), so the agent's
-worker logs to slurmd exactly as an in-process run would, and exits with the worker's
-exit code. If anything fails before the worker says it started, or the worker ends
-without an exit code, it replaces itself with the in-process run
-(`python -I -m nodecheck hook PHASE`): the agent can make a job start faster, never less
-safe.
+It connects to the agent, checks that the agent runs as our own user (root), waits for
+the forked worker's "ready", sends the phase and this process's environment with our
+stdout/stderr (SCM_RIGHTS), so the worker logs to slurmd exactly as an in-process run
+would, and exits with the worker's exit code. If anything fails before the worker says it
+started, or the worker ends without an exit code, it replaces itself with the in-process
+run (`python -I -m nodecheck hook PHASE`): the agent can make a job start faster, never
+less safe.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from _socket import (
 PHASES = ("prolog", "epilog", "health")
 REQUEST_MAGIC = b"nodecheck-agent/1"
 CONNECT_TIMEOUT_S = 1.0
+# Accepting, forking and reading the request take milliseconds; an agent that says nothing
+# for this long is hung (stopped, stuck), and waiting on it would hang the job start.
+STARTED_TIMEOUT_S = 3.0
 MAX_REPLY = 4096
 
 
@@ -66,7 +69,10 @@ def request_bytes(phase: str, environ: dict[bytes, bytes]) -> bytes:
 
 
 def run_in_agent(path: str, phase: str) -> int:
-    """The worker's exit code; AgentUnavailable if the run has to happen here instead."""
+    """The worker's exit code; AgentUnavailable if the run has to happen here instead.
+
+    Our stdout/stderr are sent only to a worker that has said "ready": descriptors queued
+    at an agent that never accepts would keep slurmd's pipes open after we are gone."""
     sock = socket(AF_UNIX, SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT_S)
@@ -76,6 +82,10 @@ def run_in_agent(path: str, phase: str) -> int:
             raise AgentUnavailable(f"cannot connect to {path}: {exc}") from None
         if _peer_uid(sock) != os.geteuid():
             raise AgentUnavailable(f"{path} is served by another user")
+        greeting, _ = _read_line(sock, b"")
+        if greeting != b"ready":
+            why = greeting.decode(errors="replace") or "the agent closed the connection"
+            raise AgentUnavailable(f"agent refused the run: {why}")
         fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # stdin/out/err
         try:
             request = request_bytes(phase, dict(os.environb))
@@ -83,9 +93,10 @@ def run_in_agent(path: str, phase: str) -> int:
             sock.shutdown(1)  # SHUT_WR: the request is complete
         except OSError as exc:
             raise AgentUnavailable(f"cannot send the request: {exc}") from None
-        # The worker's own deadlines bound the run, exactly as in-process (runner.py).
+        started, reply = _read_line(sock, b"")
+        reply = started + b"\n" + reply
+        # From "started" on, the worker's own deadlines bound the run, as in-process.
         sock.settimeout(None)
-        reply = b""
         while len(reply) < MAX_REPLY:
             try:
                 chunk = sock.recv(MAX_REPLY)
@@ -97,6 +108,27 @@ def run_in_agent(path: str, phase: str) -> int:
     finally:
         sock.close()
     return parse_reply(reply.decode(errors="replace"))
+
+
+def _read_line(sock: socket, buffered: bytes) -> tuple[bytes, bytes]:
+    """One line from the agent within STARTED_TIMEOUT_S, and what came after it; b"" at
+    end of file. A silent agent is a hung one."""
+    sock.settimeout(STARTED_TIMEOUT_S)
+    data = buffered
+    while b"\n" not in data and len(data) < MAX_REPLY:
+        try:
+            chunk = sock.recv(MAX_REPLY)
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"no answer from the agent within {STARTED_TIMEOUT_S:g} s"
+            ) from None
+        except OSError as exc:
+            raise AgentUnavailable(f"lost the agent: {exc}") from None
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line, rest
 
 
 def parse_reply(reply: str) -> int:

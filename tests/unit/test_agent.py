@@ -174,6 +174,24 @@ def test_dead_agent_means_an_in_process_run(tmp_path):
     assert named(out.stderr, "verdict")[0]["status"] in ("PASS", "WARN")
 
 
+def test_hung_agent_means_an_in_process_run_not_a_hung_job_start(tmp_path):
+    sock = tmp_path / "agent.sock"
+    frozen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    frozen.bind(str(sock))
+    frozen.listen(8)  # connections queue up, nobody accepts: a stopped or stuck agent
+    try:
+        started = time.monotonic()
+        out = hook(PROLOG, write_config(tmp_path), sock)
+        took = time.monotonic() - started
+    finally:
+        frozen.close()
+    assert out.returncode == 0, out.stderr
+    [why] = named(out.stderr, "agent_unavailable")
+    assert why["error"] == "no answer from the agent within 3 s"
+    assert named(out.stderr, "verdict")
+    assert took < 30
+
+
 def test_other_users_cannot_reach_the_agent(agent, tmp_path):
     client = REPO / "nodecheck" / "agent_client.py"
     probe = (  # imports first: this interpreter's stdlib may be unreadable to nobody
@@ -194,6 +212,7 @@ def test_other_users_cannot_reach_the_agent(agent, tmp_path):
 def test_a_malformed_request_is_refused(agent):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(str(agent.sock))
+        assert conn.recv(6) == b"ready\n"
         conn.sendall(b"nodecheck-agent/1\0prolog\0A=b")  # no descriptors passed
         conn.shutdown(socket.SHUT_WR)
         reply = conn.recv(4096).decode()
