@@ -581,6 +581,30 @@ def test_entrypoint_ignores_a_nodecheck_python_that_is_no_absolute_executable(tm
     assert '"event": "verdict"' in out.stderr
 
 
+@pytest.mark.parametrize("how", ["symlink", "relative", "symlinked-dir"])
+def test_entrypoint_finds_itself_however_it_is_called(tmp_path, how):
+    """Slurm may point at a symlink to the entrypoint, or at a path through a symlinked
+    directory; a shell may call it by a relative path. Each finds nodecheck/entrypoint.sh
+    and the checkout's python."""
+    cfg = write_config(tmp_path, "")
+    env = {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg)}
+    target = REPO / "prolog" / "nodecheck-prolog"
+    cwd = tmp_path
+    if how == "symlink":
+        (tmp_path / "prolog.d").mkdir()
+        (tmp_path / "prolog.d" / "50-nodecheck").symlink_to(target)
+        argv = [str(tmp_path / "prolog.d" / "50-nodecheck")]
+    elif how == "symlinked-dir":
+        (tmp_path / "opt").symlink_to(REPO)
+        argv = [str(tmp_path / "opt" / "prolog" / "nodecheck-prolog")]
+    else:
+        cwd = REPO
+        argv = ["prolog/nodecheck-prolog"]
+    out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert '"event": "verdict"' in out.stderr
+
+
 def test_no_environment_at_all(tmp_path):
     out = run_cli(["hook", "prolog"], {}, cwd=tmp_path)
     assert out.rc == 0
