@@ -51,12 +51,16 @@ def cluster(slurm_cluster, tmp_path):
             config.unlink(missing_ok=True)
         else:
             cluster.write_nodecheck_config(before)
-        cluster.run(["scancel", "--full", f"--partition={cluster.partition}"], check=False)
-        cluster.wait_for(
-            lambda: not cluster.run(["squeue", "-h"], check=False).stdout.strip(),
-            30,
-            message="no jobs left",
-        )
+
+        def no_jobs_left() -> bool:
+            # A job cancelled while its prolog still runs comes back when that prolog fails
+            # (Slurm requeues it, held): cancel until the queue stays empty.
+            if not cluster.run(["squeue", "-h"], check=False).stdout.strip():
+                return True
+            cluster.run(["scancel", "--full", f"--partition={cluster.partition}"], check=False)
+            return False
+
+        cluster.wait_for(no_jobs_left, 30, interval=0.5, message="no jobs left")
         for node in ("n1", "n2"):
             state, reason = cluster.node_state(node)
             if state.startswith("drain") and reason.startswith("nodecheck: "):
