@@ -52,18 +52,37 @@ WARM_MODULES = (
 )
 
 
+THIRD_PARTY = ("pynvml", "prometheus_client")  # optional: loaded when installed
+
+
 class BadRequest(Exception):
     pass
 
 
-def code_stamp(package: Path = PACKAGE) -> tuple[tuple[str, int, int], ...]:
-    """What the running code was loaded from: every module file's name, size and mtime."""
+def code_stamp(
+    package: Path = PACKAGE, dependencies: tuple[str, ...] = ()
+) -> tuple[tuple[str, int, int], ...]:
+    """What the running code was loaded from: every module file of the package, and the
+    entry file of each third-party module we loaded (an upgrade rewrites it), by name, size
+    and mtime. A file that is gone drops out, which changes the stamp too."""
     stamp = []
-    for path in sorted(package.rglob("*.py")):
+    files = [*sorted(package.rglob("*.py")), *map(Path, dependencies)]
+    for path in files:
         with contextlib.suppress(OSError):
             st = path.stat()
-            stamp.append((str(path.relative_to(package)), st.st_size, st.st_mtime_ns))
+            stamp.append((str(path), st.st_size, st.st_mtime_ns))
     return tuple(stamp)
+
+
+def dependency_files() -> tuple[str, ...]:
+    """The files the warm third-party modules (pynvml, prometheus_client) came from."""
+    found = []
+    for name in THIRD_PARTY:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None) if module is not None else None
+        if path:
+            found.append(path)
+    return tuple(found)
 
 
 def warm_up() -> list[str]:
@@ -74,7 +93,7 @@ def warm_up() -> list[str]:
 
     all_checks()
     missing = []
-    for name in (*WARM_MODULES, "pynvml", "prometheus_client"):
+    for name in (*WARM_MODULES, *THIRD_PARTY):
         try:
             module = importlib.import_module(name)
             getattr(module, "__name__", None)  # a lazily bound module loads on first access
@@ -243,8 +262,9 @@ def _remove_socket(path: str, inode: int) -> None:
 
 def serve(path: str) -> int:
     log = get_logger()
-    stamp = code_stamp()
     missing = warm_up()
+    dependencies = dependency_files()
+    stamp = code_stamp(PACKAGE, dependencies)
     server = _listen(path)
     inode = os.lstat(path).st_ino
     workers: set[int] = set()
@@ -283,7 +303,7 @@ def serve(path: str) -> int:
                     log.warning("agent_peer_rejected", uid=uid)
                     _refuse(conn, "refused: not our user\n")
                     continue
-                if code_stamp() != stamp:
+                if code_stamp(PACKAGE, dependencies) != stamp:
                     log.warning("agent_stale", why="nodecheck's code changed on disk; exiting")
                     _refuse(conn, "stale: code changed since the agent started\n")
                     return 0

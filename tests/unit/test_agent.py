@@ -250,6 +250,26 @@ def test_request_round_trip():
             parse_request(bad)
 
 
+def test_code_stamp_sees_package_and_dependency_changes(tmp_path):
+    from nodecheck.agent import code_stamp
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    dep = tmp_path / "site" / "pynvml.py"
+    dep.parent.mkdir()
+    dep.write_text("# 12.535\n")
+    first = code_stamp(package, (str(dep),))
+    assert first == code_stamp(package, (str(dep),))
+    dep.write_text("# 12.560, upgraded\n")
+    second = code_stamp(package, (str(dep),))
+    assert second != first
+    (package / "b.py").write_text("y = 2\n")
+    assert code_stamp(package, (str(dep),)) != second
+    dep.unlink()  # uninstalled
+    assert len(code_stamp(package, (str(dep),))) == 2
+
+
 def test_changed_code_makes_the_agent_step_aside(tmp_path):
     """After an upgrade on disk the agent refuses the next run (the client runs the new
     code in-process) and exits for its service manager to restart it."""
