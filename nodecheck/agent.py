@@ -304,7 +304,7 @@ def serve(path: str) -> int:
                     _refuse(conn, "refused: not our user\n")
                     continue
                 if code_stamp(PACKAGE, dependencies) != stamp:
-                    log.warning("agent_stale", why="nodecheck's code changed on disk; exiting")
+                    log.warning("agent_stale", why="code changed on disk since start; exiting")
                     _refuse(conn, "stale: code changed since the agent started\n")
                     return 0
                 sys.stderr.flush()
