@@ -40,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.fixtures.agent import start_agent  # noqa: E402
 from tests.fixtures.sysfs import healthy_node  # noqa: E402
 
 PROLOG = REPO / "prolog" / "nodecheck-prolog"
@@ -149,25 +150,6 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, int, int]:
     return wall, usage.ru_maxrss, proc.returncode
 
 
-def start_agent(python: Path, sock: Path, log: Path) -> subprocess.Popen:
-    """`nodecheck agent` on a socket of this run (the entrypoints find it through
-    NODECHECK_AGENT_SOCKET), ready to serve."""
-    proc = subprocess.Popen(
-        [str(python), "-I", "-m", "nodecheck", "agent", "--socket", str(sock)],
-        cwd="/",
-        env={"PATH": "/usr/bin:/bin"},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-    )
-    deadline = time.monotonic() + 30
-    while "agent_ready" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"agent did not start: {log.read_text()}")
-        time.sleep(0.05)
-    return proc
-
-
 def agent_memory(pid: int) -> str:
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -263,7 +245,10 @@ def main() -> int:
         cfg_bad = write_config(work, "failing", work / "sys-broken", checks, scontrol)
 
         agent_sock = work / "run" / "agent.sock"
-        agent = start_agent(python, agent_sock, work / "agent.log")
+        # The entrypoints find it through NODECHECK_AGENT_SOCKET (env() below).
+        agent = start_agent(
+            [str(python), "-I", "-m", "nodecheck", "agent"], agent_sock, work / "agent.log"
+        )
 
         def env(cfg: Path, sock: Path = work / "no-agent.sock") -> dict[str, str]:
             return {

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import shlex
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from nc_cluster import EPILOG, PROLOG, REPO, base_toml, events, wait_drained, wait_verdict
+
+from tests.fixtures.agent import start_agent
 
 MISSING_MOUNT = "/nodecheck-test-missing-mount"
 
@@ -26,22 +26,6 @@ def hook_wrapper(work: Path, entrypoint: Path, sock: Path) -> Path:
     )
     script.chmod(0o755)
     return script
-
-
-def start_agent(work: Path, sock: Path) -> tuple[subprocess.Popen, Path]:
-    log = work / "agent.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-m", "nodecheck", "agent", "--socket", str(sock)],
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-    )
-    deadline = time.monotonic() + 30
-    while "agent_ready" not in log.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
-    return proc, log
 
 
 def agent_runs(log: Path) -> list[dict]:
@@ -61,7 +45,8 @@ def test_slurmd_hooks_run_in_the_agent_and_fall_back_without_it(make_slurm_clust
         epilog=hook_wrapper(work, EPILOG, sock),
         nodecheck_config_text=base_toml(work, extra=broken_n2),
     )
-    agent, log = start_agent(work, sock)
+    log = work / "agent.log"
+    agent = start_agent([sys.executable, "-I", "-m", "nodecheck", "agent"], sock, log, REPO)
     try:
         job = cluster.sbatch("-w", "n1", "--wrap", "true")
         cluster.wait_for(lambda: cluster.job_state(job) == "COMPLETED", 30, message="job done")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nodecheck.agent_client import AgentUnavailable, parse_reply
+from tests.fixtures.agent import start_agent
 
 REPO = Path(__file__).resolve().parents[2]
 PROLOG = REPO / "prolog" / "nodecheck-prolog"
@@ -44,18 +45,7 @@ def write_config(tmp_path: Path, body: str = "", scontrol: str = "/bin/false") -
 class Agent:
     def __init__(self, sock: Path, log: Path, argv: list[str], cwd: Path = REPO) -> None:
         self.sock, self.log = sock, log
-        self.proc = subprocess.Popen(
-            [*argv, "--socket", str(sock)],
-            cwd=cwd,
-            env={"PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL,
-            stderr=log.open("w"),
-        )
-        deadline = time.monotonic() + 30
-        while "agent_ready" not in self.text():
-            assert self.proc.poll() is None, self.text()
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.05)
+        self.proc = start_agent(argv, sock, log, cwd)
 
     def text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
