@@ -21,12 +21,11 @@ import os
 import signal
 import socket
 import stat
-import struct
 import sys
 import time
 from pathlib import Path
 
-from nodecheck.agent_client import REQUEST_MAGIC
+from nodecheck.agent_client import REQUEST_MAGIC, peer_credentials
 from nodecheck.hook import HOOK_PHASES, HookArgs
 from nodecheck.log import get_logger
 
@@ -100,13 +99,6 @@ def warm_up() -> list[str]:
         except ImportError:
             missing.append(name)
     return missing
-
-
-def peer_credentials(conn: socket.socket) -> tuple[int, int]:
-    """The connected client's pid and uid (SO_PEERCRED, set by the kernel)."""
-    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, _gid = struct.unpack("3i", creds)
-    return pid, uid
 
 
 def read_request(conn: socket.socket) -> tuple[str, dict[str, str], list[int]]:

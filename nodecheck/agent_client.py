@@ -56,9 +56,12 @@ def _note(event: str, **fields: object) -> None:
         pass
 
 
-def _peer_uid(sock: socket) -> int:
+def peer_credentials(sock: socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end (SO_PEERCRED, set by the kernel).
+    The agent reads its clients with this too."""
     creds = sock.getsockopt(SOL_SOCKET, SO_PEERCRED, 12)  # struct ucred: pid, uid, gid
-    return int.from_bytes(creds[4:8], sys.byteorder, signed=True)
+    pid, uid = (int.from_bytes(creds[i : i + 4], sys.byteorder, signed=True) for i in (0, 4))
+    return pid, uid
 
 
 def request_bytes(phase: str, environ: dict[bytes, bytes]) -> bytes:
@@ -80,9 +83,9 @@ def run_in_agent(path: str, phase: str) -> int:
             sock.connect(path)
         except OSError as exc:
             raise AgentUnavailable(f"cannot connect to {path}: {exc}") from None
-        if _peer_uid(sock) != os.geteuid():
+        if peer_credentials(sock)[1] != os.geteuid():
             raise AgentUnavailable(f"{path} is served by another user")
-        greeting, _ = _read_line(sock, b"")
+        greeting, _ = _read_line(sock)
         if greeting != b"ready":
             why = greeting.decode(errors="replace") or "the agent closed the connection"
             raise AgentUnavailable(f"agent refused the run: {why}")
@@ -93,7 +96,7 @@ def run_in_agent(path: str, phase: str) -> int:
             sock.shutdown(1)  # SHUT_WR: the request is complete
         except OSError as exc:
             raise AgentUnavailable(f"cannot send the request: {exc}") from None
-        started, reply = _read_line(sock, b"")
+        started, reply = _read_line(sock)
         reply = started + b"\n" + reply
         # From "started" on, the worker's own deadlines bound the run, as in-process.
         sock.settimeout(None)
@@ -110,11 +113,11 @@ def run_in_agent(path: str, phase: str) -> int:
     return parse_reply(reply.decode(errors="replace"))
 
 
-def _read_line(sock: socket, buffered: bytes) -> tuple[bytes, bytes]:
+def _read_line(sock: socket) -> tuple[bytes, bytes]:
     """One line from the agent within STARTED_TIMEOUT_S, and what came after it; b"" at
     end of file. A silent agent is a hung one."""
     sock.settimeout(STARTED_TIMEOUT_S)
-    data = buffered
+    data = b""
     while b"\n" not in data and len(data) < MAX_REPLY:
         try:
             chunk = sock.recv(MAX_REPLY)
