@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nodecheck import nvml
+from nodecheck.checks import lazy_module
 from nodecheck.context import CheckContext
 from nodecheck.progress import note
 from nodecheck.registry import Option, check
@@ -29,8 +30,9 @@ from nodecheck.results import CheckResult, Status
 if TYPE_CHECKING:
     from nodecheck.nvml.model import Gpu, NvmlError, Snapshot
 
-# The NVML data model (nodecheck.nvml.model) is imported inside the checks, so that it is
-# built in the probe child that runs them, not in the prolog's parent process.
+# The NVML data model, bound lazily: built in the probe child that runs these checks, not
+# in the prolog's parent process (as checks/fabric.py does with its sysfs readers).
+M = lazy_module("nodecheck.nvml.model")
 
 GROUP = "gpu"
 TIMEOUT_S = 10.0  # the whole gpu group shares one deadline: NVML init plus every check
@@ -219,8 +221,6 @@ def gpu_count(ctx: CheckContext) -> Iterator[CheckResult]:
     Fix: check `dmesg` for Xid 79 / PCIe errors, reseat or reboot, RMA if it recurs.
     Also the place that says whether NVML failing to start matters: a node class
     expecting GPUs FAILs with "NVML unavailable", one expecting none SKIPs."""
-    from nodecheck.nvml.model import NvmlError
-
     cid = "gpu.count"
     expected = ctx.options["expected"]
     snap = _snapshot(ctx, all_gpus=True)
@@ -236,7 +236,7 @@ def gpu_count(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.FAIL, f"NVML unavailable: {err}{want}", nvml_code=err.code)
         return
     if snap.device_count is None:
-        yield _error_result(cid, snap.errors.get("device_count", NvmlError(999)), "GPU count")
+        yield _error_result(cid, snap.errors.get("device_count", M.NvmlError(999)), "GPU count")
         return
     found = snap.device_count
     values = {"visible": found, "expected": expected}
@@ -711,13 +711,11 @@ _REASON_TEXT = {
 
 
 def _reasons(names: Iterable[str]) -> list[str]:
-    from nodecheck.nvml.model import CLOCK_EVENT_REASONS
-
     names = list(names)
-    unknown = [n for n in names if n not in CLOCK_EVENT_REASONS]
+    unknown = [n for n in names if n not in M.CLOCK_EVENT_REASONS]
     if unknown:
         raise ValueError(
-            f"unknown clock event reasons {unknown} (known: {list(CLOCK_EVENT_REASONS)})"
+            f"unknown clock event reasons {unknown} (known: {list(M.CLOCK_EVENT_REASONS)})"
         )
     return names
 
@@ -748,15 +746,13 @@ def gpu_clocks(ctx: CheckContext) -> Iterator[CheckResult]:
     the board is signalling a fault (PSU, overheating, external brake): the next job runs
     at a fraction of its speed and slows every rank it talks to. Fix: check the BMC for
     PSU/thermal events, airflow and power cabling; reset the GPU; RMA if it persists."""
-    from nodecheck.nvml.model import CLOCK_EVENT_REASONS
-
     cid = "gpu.clocks"
     fail = _reasons(ctx.options["fail_reasons"])
     warn = _reasons(ctx.options["warn_reasons"])
 
     def judge(gpu: Gpu) -> Iterator[CheckResult]:
         mask = gpu.clocks_event_reasons or 0
-        active = [n for n, bit in CLOCK_EVENT_REASONS.items() if mask & bit]
+        active = [n for n, bit in M.CLOCK_EVENT_REASONS.items() if mask & bit]
         values = {"reasons": active, "mask": mask}
         if ctx.options["only_when_idle"] and not _idle(gpu):
             count = len(gpu.processes or ())
@@ -965,15 +961,14 @@ def gpu_compute_mode(ctx: CheckContext) -> Iterator[CheckResult]:
     """A GPU left in 'prohibited' accepts no CUDA context; one in 'exclusive_process' where
     jobs expect 'default' breaks multi-process jobs (MPS-less sharing, some launchers).
     Fix: nvidia-smi -c DEFAULT (or the mode the class wants)."""
-    from nodecheck.nvml.model import COMPUTE_MODES
-
     cid = "gpu.compute_mode"
     want, status = ctx.options["expected"], _severity(ctx)
-    if want not in COMPUTE_MODES.values():
-        raise ValueError(f"expected must be one of {sorted(COMPUTE_MODES.values())}, not {want!r}")
+    modes = M.COMPUTE_MODES.values()
+    if want not in modes:
+        raise ValueError(f"expected must be one of {sorted(modes)}, not {want!r}")
 
     def judge(gpu: Gpu) -> Iterator[CheckResult]:
-        mode = COMPUTE_MODES.get(gpu.compute_mode or 0, str(gpu.compute_mode))
+        mode = M.COMPUTE_MODES.get(gpu.compute_mode or 0, str(gpu.compute_mode))
         if mode != want:
             msg = f"compute mode {mode} (expected {want})"
             yield _result(cid, status, msg, gpu, compute_mode=mode)
@@ -1003,14 +998,6 @@ def gpu_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
     nvidia-fabricmanager, before CUDA can use it: until then CUDA init fails or NVLink
     traffic has nowhere to go. Fix: start/restart nvidia-fabricmanager (its version must
     match the driver), check its log; then reset the GPUs or reboot."""
-    from nodecheck.nvml.model import (
-        FABRIC_HEALTH,
-        FABRIC_STATE_COMPLETED,
-        FABRIC_STATE_NOT_SUPPORTED,
-        FABRIC_STATES,
-        NvmlError,
-    )
-
     cid = "gpu.fabric"
     required = ctx.options["required"]
 
@@ -1018,7 +1005,7 @@ def gpu_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
         err = gpu.errors.get("fabric")
         fabric = gpu.fabric
         unsupported = (err is not None and err.not_supported) or (
-            fabric is not None and fabric.state == FABRIC_STATE_NOT_SUPPORTED
+            fabric is not None and fabric.state == M.FABRIC_STATE_NOT_SUPPORTED
         )
         if unsupported:
             if required:
@@ -1031,19 +1018,19 @@ def gpu_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
                 )
             return
         if err is not None or fabric is None:
-            yield _error_result(cid, err or NvmlError(999), "fabric info", gpu)
+            yield _error_result(cid, err or M.NvmlError(999), "fabric info", gpu)
             return
-        state = FABRIC_STATES.get(fabric.state, str(fabric.state))
+        state = M.FABRIC_STATES.get(fabric.state, str(fabric.state))
         values = {
             "state": state,
-            "status": NvmlError(fabric.status).name if fabric.status else "NVML_SUCCESS",
-            "health_summary": FABRIC_HEALTH.get(fabric.healthSummary or 0),
+            "status": M.NvmlError(fabric.status).name if fabric.status else "NVML_SUCCESS",
+            "health_summary": M.FABRIC_HEALTH.get(fabric.healthSummary or 0),
         }
-        if fabric.state != FABRIC_STATE_COMPLETED:
+        if fabric.state != M.FABRIC_STATE_COMPLETED:
             msg = f"fabric registration {state} (is nvidia-fabricmanager running?)"
             yield _result(cid, Status.FAIL, msg, gpu, **values)
         elif fabric.status != 0:
-            msg = f"fabric registration failed: {NvmlError(fabric.status)}"
+            msg = f"fabric registration failed: {M.NvmlError(fabric.status)}"
             yield _result(cid, Status.FAIL, msg, gpu, **values)
         elif fabric.healthSummary == 2:
             yield _result(cid, Status.FAIL, "fabric unhealthy", gpu, **values)

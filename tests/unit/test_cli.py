@@ -83,10 +83,9 @@ NOT_IN_HEALTHY_PARENT = (
     "argparse",
     "asyncio",
     "prometheus_client",
-    "nodecheck.nvml.model",
     "nodecheck.kernlog",
 )
-LAZY_IN_PARENT = ("nodecheck.fabric.sysfs", "nodecheck.bounded")
+LAZY_IN_PARENT = ("nodecheck.nvml.model", "nodecheck.fabric.sysfs", "nodecheck.bounded")
 
 
 def test_healthy_prolog_makes_no_slurm_call_and_loads_only_what_it_needs(tmp_path, recorder):
