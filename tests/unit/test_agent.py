@@ -227,6 +227,15 @@ def test_reply_parsing(reply, code):
         assert parse_reply(reply) == code
 
 
+def test_client_knows_the_same_phases_as_the_hook():
+    """agent_client.py must not import nodecheck (it runs with -S), so it keeps its own
+    copy of the phases; it must say what nodecheck.hook says."""
+    from nodecheck.agent_client import PHASES
+    from nodecheck.hook import HOOK_PHASES
+
+    assert PHASES == HOOK_PHASES
+
+
 def test_request_round_trip():
     from nodecheck.agent import BadRequest, parse_request
     from nodecheck.agent_client import request_bytes
