@@ -61,7 +61,7 @@ def registered_checks(python: Path) -> list[str]:
             str(python),
             "-I",
             "-c",
-            "from nodecheck.registry import all_checks; print(' '.join(all_checks()))",
+            "from nodecheck.checks.registry import all_checks; print(' '.join(all_checks()))",
         ],
         capture_output=True,
         text=True,
@@ -403,7 +403,7 @@ def main() -> int:
             "prometheus_client",
             "pyslurm",
             "nodecheck.slurm",
-            "nodecheck.actions",
+            "nodecheck.slurm.act",
             "subprocess",
             "asyncio",
         )

@@ -7,6 +7,6 @@ import sys
 # (docs/performance.md). Probe children turn it back on for their own objects (runner).
 gc.disable()
 
-from nodecheck.cli import main  # noqa: E402
+from nodecheck.entry.cli import main  # noqa: E402
 
 sys.exit(main())

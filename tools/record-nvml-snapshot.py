@@ -6,7 +6,7 @@
     tools/record-nvml-snapshot.py --gpus 0,1         # only some NVML indices
 
 The file is what `nvml = "replay:/path/node.json"` replays and what tests/fixtures/nvml/
-holds. It goes through the same collector the checks use (nodecheck.nvml.real), so a
+holds. It goes through the same collector the checks use (nodecheck.probes.nvml.real), so a
 field NVML refuses is recorded as its real NVML error. Exit 1 when NVML cannot start (the
 snapshot, with its init error, is still written). Add a `"replay": {"hang": {"call":
 "nvmlDeviceGetRemappedRows", "gpu": 3}}` table by hand to make a replay hang.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nodecheck.nvml import real
-from nodecheck.nvml.model import dumps
+from nodecheck.probes.nvml import real
+from nodecheck.probes.nvml.model import dumps
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from nodecheck import nvml
-from nodecheck.nvml import real
-from nodecheck.nvml.model import Snapshot
+from nodecheck.probes import nvml
+from nodecheck.probes.nvml import real
+from nodecheck.probes.nvml.model import Snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 60.0
@@ -62,9 +62,9 @@ if REASON:
 
 from helpers import make_ctx, options_of  # noqa: E402
 
-from nodecheck.registry import all_checks, with_defaults  # noqa: E402
-from nodecheck.results import Status  # noqa: E402
-from nodecheck.runner import Planned, run_checks  # noqa: E402
+from nodecheck.checks.registry import all_checks, with_defaults  # noqa: E402
+from nodecheck.run.results import Status  # noqa: E402
+from nodecheck.run.runner import Planned, run_checks  # noqa: E402
 
 REGISTRY = all_checks()
 NVML_CHECKS = sorted(c for c in REGISTRY if c.startswith("gpu.") and c != "gpu.xid")

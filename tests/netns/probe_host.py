@@ -9,9 +9,9 @@ import json
 import sys
 import time
 
-from nodecheck.checks import fabric
-from nodecheck.context import CheckContext, JobInfo, NodeSettings
-from nodecheck.registry import all_checks
+from nodecheck.checks.context import CheckContext, JobInfo, NodeSettings
+from nodecheck.checks.fabric import peers as fabric_peers_check
+from nodecheck.checks.registry import all_checks
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
         options=options,
     )
     started = time.monotonic()
-    results = [r.as_dict() for r in fabric.fabric_peers(ctx)]
+    results = [r.as_dict() for r in fabric_peers_check.fabric_peers(ctx)]
     print(json.dumps({"results": results, "took_s": time.monotonic() - started}))
 
 

@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture
 def fresh_nvml_cache():
     """NVML snapshots are cached per process: every GPU test starts and ends without one."""
-    from nodecheck import nvml
+    from nodecheck.probes import nvml
 
     nvml.clear_cache()
     yield

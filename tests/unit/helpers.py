@@ -6,9 +6,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nodecheck.context import CheckContext, JobInfo, NodeSettings
-from nodecheck.registry import ALL_PHASES, Check
-from nodecheck.results import CheckResult
+from nodecheck.checks.context import CheckContext, JobInfo, NodeSettings
+from nodecheck.checks.registry import ALL_PHASES, Check
+from nodecheck.run.results import CheckResult
 
 NVML_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
 

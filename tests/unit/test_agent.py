@@ -1,5 +1,5 @@
-"""The agent (nodecheck/agent.py) and its client (nodecheck/agent_client.py), through the
-real entrypoints: same verdicts, logs and exit codes as the in-process run, and a
+"""The agent (nodecheck/entry/agent.py) and its client (nodecheck/entry/agent_client.py),
+through the real entrypoints: same verdicts, logs and exit codes as the in-process run, and a
 fallback to it whenever the agent cannot serve."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nodecheck.agent_client import AgentUnavailable, parse_reply
+from nodecheck.entry.agent_client import AgentUnavailable, parse_reply
 from tests.fixtures.agent import start_agent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,7 +183,7 @@ def test_hung_agent_means_an_in_process_run_not_a_hung_job_start(tmp_path):
 
 
 def test_other_users_cannot_reach_the_agent(agent, tmp_path):
-    client = REPO / "nodecheck" / "agent_client.py"
+    client = REPO / "nodecheck" / "entry" / "agent_client.py"
     probe = (  # imports first: this interpreter's stdlib may be unreadable to nobody
         f"import sys; sys.path.insert(0, {str(client.parent)!r}); import agent_client as c; "
         "import json, os; os.setgid(65534); os.setuid(65534); "
@@ -229,16 +229,16 @@ def test_reply_parsing(reply, code):
 
 def test_client_knows_the_same_phases_as_the_hook():
     """agent_client.py must not import nodecheck (it runs with -S), so it keeps its own
-    copy of the phases; it must say what nodecheck.hook says."""
-    from nodecheck.agent_client import PHASES
-    from nodecheck.hook import HOOK_PHASES
+    copy of the phases; it must say what nodecheck.entry.hook says."""
+    from nodecheck.entry.agent_client import PHASES
+    from nodecheck.entry.hook import HOOK_PHASES
 
     assert PHASES == HOOK_PHASES
 
 
 def test_request_round_trip():
-    from nodecheck.agent import BadRequest, parse_request
-    from nodecheck.agent_client import request_bytes
+    from nodecheck.entry.agent import BadRequest, parse_request
+    from nodecheck.entry.agent_client import request_bytes
 
     env = {b"SLURM_JOB_ID": b"7", b"ODD": b"a=b\nc'\"; $(x)", b"LATIN": b"\xe9"}
     phase, back = parse_request(request_bytes("epilog", env))
@@ -250,7 +250,7 @@ def test_request_round_trip():
 
 
 def test_code_stamp_sees_package_and_dependency_changes(tmp_path):
-    from nodecheck.agent import code_stamp
+    from nodecheck.entry.agent import code_stamp
 
     package = tmp_path / "pkg"
     package.mkdir()
@@ -277,7 +277,7 @@ def test_changed_code_makes_the_agent_step_aside(tmp_path):
         REPO / "nodecheck", copy / "nodecheck", ignore=shutil.ignore_patterns("__pycache__")
     )
     start = (
-        f"import sys; sys.path.insert(0, {str(copy)!r}); from nodecheck.cli import main; "
+        f"import sys; sys.path.insert(0, {str(copy)!r}); from nodecheck.entry.cli import main; "
         "sys.exit(main(sys.argv[1:]))"
     )
     stale = Agent(
@@ -289,7 +289,7 @@ def test_changed_code_makes_the_agent_step_aside(tmp_path):
         cfg = write_config(tmp_path)
         assert hook(PROLOG, cfg, stale.sock).returncode == 0
         assert len(named(stale.text(), "agent_run")) == 1  # served from the copy
-        module = copy / "nodecheck" / "results.py"
+        module = copy / "nodecheck" / "run" / "results.py"
         module.write_text(module.read_text() + "\n# upgraded\n")
         out = hook(PROLOG, cfg, stale.sock)
         assert out.returncode == 0, out.stderr

@@ -1,6 +1,6 @@
 from datetime import datetime
 
-from nodecheck.breaker import BreakerLimits, evaluate, partition_status, reason_epoch
+from nodecheck.run.breaker import BreakerLimits, evaluate, partition_status, reason_epoch
 from nodecheck.slurm import NodeInfo
 
 NOW = datetime(2026, 11, 25, 22, 0, 0).timestamp()
@@ -75,7 +75,7 @@ def test_partition_status_for_the_report():
 
 
 def test_a_simultaneous_wave_agrees_on_who_keeps_the_drain():
-    from nodecheck.breaker import backs_off
+    from nodecheck.run.breaker import backs_off
 
     limits = BreakerLimits(max_share=0.25, floor=2, max_drains=0)
     # 8 nodes, 5 drained by nodecheck within the same two seconds (a wave).
@@ -89,7 +89,7 @@ def test_a_simultaneous_wave_agrees_on_who_keeps_the_drain():
 
 
 def test_wave_rate_limit():
-    from nodecheck.breaker import backs_off
+    from nodecheck.run.breaker import backs_off
 
     limits = BreakerLimits(max_share=0, max_drains=3, window_min=10)
     nodes = [node(f"n{i}", reason=OURS, minutes_ago=(10 - i) / 60) for i in range(5)]

@@ -74,25 +74,29 @@ def test_unknown_check_is_a_usage_error(tmp_path):
 
 
 # Modules the healthy prolog's parent process must not load: the Slurm backend (the healthy
-# path never talks to the controller), argparse (nodecheck.hook), and the check families'
+# path never talks to the controller), argparse (nodecheck.entry.hook), and the check families'
 # data models, which are built in the probe children (docs/performance.md).
 NOT_IN_HEALTHY_PARENT = (
     "nodecheck.slurm",
-    "nodecheck.actions",
+    "nodecheck.slurm.act",
     "pyslurm",
     "argparse",
     "asyncio",
     "prometheus_client",
-    "nodecheck.kernlog",
+    "nodecheck.probes.kernlog",
 )
-LAZY_IN_PARENT = ("nodecheck.nvml.model", "nodecheck.fabric.sysfs", "nodecheck.bounded")
+LAZY_IN_PARENT = (
+    "nodecheck.probes.nvml.model",
+    "nodecheck.probes.fabric.sysfs",
+    "nodecheck.run.bounded",
+)
 
 
 def test_healthy_prolog_makes_no_slurm_call_and_loads_only_what_it_needs(tmp_path, recorder):
     scontrol, calls = recorder
     cfg = config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n', scontrol=scontrol)
     probe = (
-        "import sys, types; from nodecheck.cli import main; rc = main(['hook', 'prolog']); "
+        "import sys, types; from nodecheck.entry.cli import main; rc = main(['hook', 'prolog']); "
         f"print('LOADED', sorted(m for m in sys.modules if m.startswith({NOT_IN_HEALTHY_PARENT})));"
         f"print('RAN', sorted(m for m in {LAZY_IN_PARENT} "
         "if type(sys.modules.get(m)) is types.ModuleType)); sys.exit(rc)"
@@ -244,8 +248,8 @@ NOT_FAST = [
 def test_fast_hook_argv_means_what_argparse_says(argv):
     """The hook's argparse-free recogniser must agree with the real parser on every argv
     it accepts, or slurmd would run something other than what `nodecheck --help` says."""
-    from nodecheck.cli import _parser
-    from nodecheck.hook import hook_args
+    from nodecheck.entry.cli import _parser
+    from nodecheck.entry.hook import hook_args
 
     fast = hook_args(argv)
     full = _parser().parse_args(argv)
@@ -261,6 +265,6 @@ def test_fast_hook_argv_means_what_argparse_says(argv):
 
 @pytest.mark.parametrize("argv", NOT_FAST)
 def test_anything_else_goes_to_argparse(argv):
-    from nodecheck.hook import hook_args
+    from nodecheck.entry.hook import hook_args
 
     assert hook_args(argv) is None

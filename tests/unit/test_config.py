@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from nodecheck.config import ConfigError, find_config_path, load_config, parse_config
-from nodecheck.registry import all_checks
+from nodecheck.checks.registry import all_checks
+from nodecheck.run.config import ConfigError, find_config_path, load_config, parse_config
 
 REGISTRY = all_checks()
 

@@ -6,10 +6,10 @@ import pytest
 from helpers import make_ctx, options_of
 
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
-from nodecheck.context import JobInfo
-from nodecheck.reason import format_reason
-from nodecheck.registry import all_checks, with_defaults
-from nodecheck.results import Status
+from nodecheck.checks.context import JobInfo
+from nodecheck.checks.registry import all_checks, with_defaults
+from nodecheck.run.reason import format_reason
+from nodecheck.run.results import Status
 from tests.fixtures.sysfs import FakeSysfs, healthy_node
 
 REGISTRY = all_checks()
@@ -254,7 +254,7 @@ def test_roce_netdev_created_with_its_hca(tmp_path):
 def test_fabric_options_in_toml(tmp_path):
     import tomllib
 
-    from nodecheck.config import ConfigError, parse_config
+    from nodecheck.run.config import ConfigError, parse_config
 
     text = f"""
 [checks."ib.counters"]

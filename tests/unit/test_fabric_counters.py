@@ -8,13 +8,13 @@ import time
 import pytest
 from helpers import make_ctx, options_of
 
-import nodecheck.checks.fabric as fabric
-from nodecheck.context import JobInfo
-from nodecheck.fabric import counters as C
-from nodecheck.fabric.sysfs import ReadFailure
-from nodecheck.registry import all_checks
-from nodecheck.results import Status
-from nodecheck.state import open_state
+import nodecheck.checks.fabric.counters as fabric
+from nodecheck.checks.context import JobInfo
+from nodecheck.checks.registry import all_checks
+from nodecheck.probes.fabric import counters as counter_probe
+from nodecheck.probes.fabric.sysfs import ReadFailure
+from nodecheck.run.results import Status
+from nodecheck.store.state import open_state
 from tests.fixtures.sysfs import FakeSysfs, healthy_node
 
 CHECK = all_checks()["ib.counters"]
@@ -219,17 +219,19 @@ def test_judge_port_pure():
         "denied": ReadFailure("/y", errno.EACCES, "Permission denied"),
         "odd": "n/a",
     }
-    judged = C.judge_port(cur, {"link_downed": 1, "symbol_error": 12, "denied": 3}, fail, warn)
+    judged = counter_probe.judge_port(
+        cur, {"link_downed": 1, "symbol_error": 12, "denied": 3}, fail, warn
+    )
     assert judged.status is Status.FAIL
     assert judged.flagged == [(Status.FAIL, "link_downed", 3)]
     assert judged.reset == ["symbol_error"]
     assert judged.absent == ["gone"]
     assert judged.stored == {"link_downed": 4, "symbol_error": 10, "denied": 3}
-    only_access = C.judge_port({"denied": cur["denied"]}, None, fail, warn)
+    only_access = counter_probe.judge_port({"denied": cur["denied"]}, None, fail, warn)
     assert only_access.status is Status.ERROR
-    assert C.describe_age(30) == "30s"
-    assert C.describe_age(3 * 3600) == "3.0h"
-    assert C.describe_age(3 * 86400) == "3.0d"
+    assert counter_probe.describe_age(30) == "30s"
+    assert counter_probe.describe_age(3 * 3600) == "3.0h"
+    assert counter_probe.describe_age(3 * 86400) == "3.0d"
 
 
 def test_fake_builder_roundtrip(tmp_path):

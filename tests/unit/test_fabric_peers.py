@@ -15,10 +15,10 @@ import pytest
 from helpers import make_ctx, options_of
 
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
-from nodecheck.context import JobInfo
-from nodecheck.fabric import peers as P
-from nodecheck.registry import all_checks
-from nodecheck.results import Status
+from nodecheck.checks.context import JobInfo
+from nodecheck.checks.registry import all_checks
+from nodecheck.probes.fabric import peers as peer_probe
+from nodecheck.run.results import Status
 
 CHECK = all_checks()["fabric.peers"]
 
@@ -45,29 +45,29 @@ def free_port() -> int:
     ],
 )
 def test_expand_nodelist(text, names):
-    assert P.expand_nodelist(text) == names
+    assert peer_probe.expand_nodelist(text) == names
 
 
 @pytest.mark.parametrize("text", ["n[1-", "n]1[", "n[a-b]", "n[5-1]", "n[1-999999]"])
 def test_expand_nodelist_rejects(text):
     with pytest.raises(ValueError):
-        P.expand_nodelist(text)
+        peer_probe.expand_nodelist(text)
 
 
 def test_node_address():
-    assert P.node_address("gpu012", "10.10.0.{num}", {}) == "10.10.0.12"
-    assert P.node_address("gpu012", "{node}-ib", {}) == "gpu012-ib"
-    assert P.node_address("gpu012", "{node}-ib", {"gpu012": "10.9.9.9"}) == "10.9.9.9"
+    assert peer_probe.node_address("gpu012", "10.10.0.{num}", {}) == "10.10.0.12"
+    assert peer_probe.node_address("gpu012", "{node}-ib", {}) == "gpu012-ib"
+    assert peer_probe.node_address("gpu012", "{node}-ib", {"gpu012": "10.9.9.9"}) == "10.9.9.9"
     with pytest.raises(ValueError):
-        P.node_address("n1", "{host}", {})
+        peer_probe.node_address("n1", "{host}", {})
 
 
 def test_choose_peers_all_or_symmetric_ring_neighbours():
     nodes = [f"n{i}" for i in range(1, 6)]
-    assert P.choose_peers(nodes, "n3", 8) == ["n1", "n2", "n4", "n5"]
-    assert P.choose_peers(nodes, "n9", 8) == []
+    assert peer_probe.choose_peers(nodes, "n3", 8) == ["n1", "n2", "n4", "n5"]
+    assert peer_probe.choose_peers(nodes, "n9", 8) == []
     big = [f"gpu{i:03d}" for i in range(1, 41)]
-    chosen = {n: set(P.choose_peers(big, n, 6)) for n in big}
+    chosen = {n: set(peer_probe.choose_peers(big, n, 6)) for n in big}
     assert all(len(c) == 6 for c in chosen.values())
     assert chosen["gpu001"] == {"gpu002", "gpu003", "gpu004", "gpu040", "gpu039", "gpu038"}
     for node, peers in chosen.items():
@@ -79,8 +79,8 @@ def test_choose_peers_all_or_symmetric_ring_neighbours():
 
 
 def report(kinds, alive=None, **kw):
-    return P.ProbeReport(
-        peers={p: P.Outcome(k) for p, k in kinds.items()},
+    return peer_probe.ProbeReport(
+        peers={p: peer_probe.Outcome(k) for p, k in kinds.items()},
         control_alive=alive or {},
         elapsed_s=0.2,
         **kw,
@@ -88,14 +88,16 @@ def report(kinds, alive=None, **kw):
 
 
 def test_judge_all_reached():
-    got = P.judge(report({"n2": "ok", "n3": "inbound", "n4": "refused"}), "10.0.0.1", 2, False)
+    got = peer_probe.judge(
+        report({"n2": "ok", "n3": "inbound", "n4": "refused"}), "10.0.0.1", 2, False
+    )
     assert got.status == "PASS"
     assert got.message == "reached 3 of 3 peers in 0.2s"
     assert got.values["peers"]["n4"] == "refused"
 
 
 def test_judge_one_silent_peer_is_a_warning_naming_it():
-    got = P.judge(report({"n2": "ok", "n3": "timeout"}), "10.0.0.1", 2, True)
+    got = peer_probe.judge(report({"n2": "ok", "n3": "timeout"}), "10.0.0.1", 2, True)
     assert got.status == "WARN"
     assert got.message.startswith("no answer from n3 (timeout) within 0.2s; reached 1 of 2")
 
@@ -103,24 +105,24 @@ def test_judge_one_silent_peer_is_a_warning_naming_it():
 def test_judge_none_reached_fails_only_when_peers_are_known_up():
     silent = {"n2": "timeout", "n3": "timeout", "n4": "unreachable"}
     up = {"n2": True, "n3": True, "n4": False}
-    got = P.judge(report(silent, up), "10.0.0.1", 2, True)
+    got = peer_probe.judge(report(silent, up), "10.0.0.1", 2, True)
     assert got.status == "FAIL"
     assert got.message == (
         "reached none of 3 peers over the fabric within 0.2s, "
         "though 2 answer on the control network"
     )
-    assert P.judge(report(silent, up), "10.0.0.1", 3, True).status == "WARN"
-    no_control = P.judge(report(silent), "10.0.0.1", 2, False)
+    assert peer_probe.judge(report(silent, up), "10.0.0.1", 3, True).status == "WARN"
+    no_control = peer_probe.judge(report(silent), "10.0.0.1", 2, False)
     assert no_control.status == "WARN"
     assert "no control network" in no_control.message
-    two_node = P.judge(report({"n2": "timeout"}, {"n2": True}), "10.0.0.1", 2, True)
+    two_node = peer_probe.judge(report({"n2": "timeout"}, {"n2": True}), "10.0.0.1", 2, True)
     assert two_node.status == "WARN"
 
 
 def test_judge_own_address_missing_and_unresolved_peers():
-    got = P.judge(report({}, own_address_missing=True), "10.0.0.1", 2, False)
+    got = peer_probe.judge(report({}, own_address_missing=True), "10.0.0.1", 2, False)
     assert got.status == "ERROR"
-    got = P.judge(report({"n2": "ok", "n3": "unresolved"}), "10.0.0.1", 2, False)
+    got = peer_probe.judge(report({"n2": "ok", "n3": "unresolved"}), "10.0.0.1", 2, False)
     assert got.status == "WARN"
     assert "no fabric address for n3" in got.message
 
@@ -238,8 +240,8 @@ def test_bad_options():
 
 def test_listener_ignores_garbage_and_answers_hellos():
     port = free_port()
-    sock = P._open_listener(socket.AF_INET, "127.0.0.51", port)
-    listener = P._Listener(sock, "n51", "9", {"n52"})
+    sock = peer_probe._open_listener(socket.AF_INET, "127.0.0.51", port)
+    listener = peer_probe._Listener(sock, "n51", "9", {"n52"})
     listener.thread.start()
     try:
         with socket.create_connection(("127.0.0.51", port), timeout=2) as c:

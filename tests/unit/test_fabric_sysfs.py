@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from nodecheck.fabric import sysfs as S
+from nodecheck.probes.fabric import sysfs as sysfs
 from tests.fixtures.sysfs import FakeSysfs, healthy_node, rate_string
 
 
@@ -28,45 +28,45 @@ from tests.fixtures.sysfs import FakeSysfs, healthy_node, rate_string
 )
 def test_rate_strings_match_the_kernel_and_parse_back(speed, width, text):
     assert rate_string(speed, width) == text
-    rate = S.parse_rate(text + "\n")
+    rate = sysfs.parse_rate(text + "\n")
     assert rate is not None
     assert (rate.width, rate.speed) == (width, speed)
     assert str(rate) == text
 
 
 def test_rate_parser_accepts_old_kernel_sdr_and_rejects_garbage():
-    assert S.parse_rate("10 Gb/sec (4X)") == S.Rate(10.0, 4, "")
-    assert S.parse_rate("fast") is None
-    assert S.parse_rate("") is None
+    assert sysfs.parse_rate("10 Gb/sec (4X)") == sysfs.Rate(10.0, 4, "")
+    assert sysfs.parse_rate("fast") is None
+    assert sysfs.parse_rate("") is None
 
 
 def test_coded_values():
-    assert S.parse_coded("4: ACTIVE\n") == S.Coded(4, "ACTIVE")
-    assert S.parse_coded("7: Phy Test") == S.Coded(7, "Phy Test")
-    assert str(S.Coded(5, "LinkUp")) == "5: LinkUp"
-    assert S.parse_coded("ACTIVE") is None
+    assert sysfs.parse_coded("4: ACTIVE\n") == sysfs.Coded(4, "ACTIVE")
+    assert sysfs.parse_coded("7: Phy Test") == sysfs.Coded(7, "Phy Test")
+    assert str(sysfs.Coded(5, "LinkUp")) == "5: LinkUp"
+    assert sysfs.parse_coded("ACTIVE") is None
 
 
 def test_healthy_tree_reads_back(tmp_path):
     healthy_node(tmp_path, hcas=2, roce=1)
-    assert S.list_ib_devices(tmp_path) == ["mlx5_0", "mlx5_1", "mlx5_2"]
-    dev = S.read_ib_device(tmp_path, "mlx5_1")
+    assert sysfs.list_ib_devices(tmp_path) == ["mlx5_0", "mlx5_1", "mlx5_2"]
+    dev = sysfs.read_ib_device(tmp_path, "mlx5_1")
     assert dev is not None
     assert dev.ports == [1]
     assert dev.fw_ver == "28.39.1002"
     assert dev.numa_node == 1
     assert dev.pci_address == "0000:1b:00.0"
-    port = S.read_ib_port(tmp_path, "mlx5_0", 1)
+    port = sysfs.read_ib_port(tmp_path, "mlx5_0", 1)
     assert port is not None
-    assert port.state == S.Coded(4, "ACTIVE")
-    assert port.phys_state == S.Coded(5, "LinkUp")
-    assert port.rate == S.Rate(400.0, 4, "NDR")
+    assert port.state == sysfs.Coded(4, "ACTIVE")
+    assert port.phys_state == sysfs.Coded(5, "LinkUp")
+    assert port.rate == sysfs.Rate(400.0, 4, "NDR")
     assert port.link_layer == "InfiniBand"
-    roce = S.read_ib_port(tmp_path, "mlx5_2", 1)
+    roce = sysfs.read_ib_port(tmp_path, "mlx5_2", 1)
     assert roce is not None
     assert roce.link_layer == "Ethernet"
-    assert S.port_netdevs(roce.path) == ["eth2"]
-    net = S.read_netdev(tmp_path, "eth2")
+    assert sysfs.port_netdevs(roce.path) == ["eth2"]
+    net = sysfs.read_netdev(tmp_path, "eth2")
     assert net is not None
     assert (net.operstate, net.carrier, net.speed, net.mtu) == ("up", 1, 200000, 9000)
 
@@ -75,19 +75,19 @@ def test_natural_sort_of_devices(tmp_path):
     fake = FakeSysfs(tmp_path)
     for name in ("mlx5_10", "mlx5_2", "mlx5_1"):
         fake.add_hca(name)
-    assert S.list_ib_devices(tmp_path) == ["mlx5_1", "mlx5_2", "mlx5_10"]
+    assert sysfs.list_ib_devices(tmp_path) == ["mlx5_1", "mlx5_2", "mlx5_10"]
 
 
 def test_missing_things(tmp_path):
-    assert S.list_ib_devices(tmp_path) == []
-    assert S.read_ib_device(tmp_path, "mlx5_0") is None
+    assert sysfs.list_ib_devices(tmp_path) == []
+    assert sysfs.read_ib_device(tmp_path, "mlx5_0") is None
     fake = FakeSysfs(tmp_path)
     fake.add_hca("mlx5_0", ports=2)
     fake.remove_port("mlx5_0", 2)
-    assert S.read_ib_port(tmp_path, "mlx5_0", 2) is None
+    assert sysfs.read_ib_port(tmp_path, "mlx5_0", 2) is None
     fake.remove_hca("mlx5_0")
-    assert S.list_ib_devices(tmp_path) == []
-    assert S.read_netdev(tmp_path, "ib0") is None
+    assert sysfs.list_ib_devices(tmp_path) == []
+    assert sysfs.read_netdev(tmp_path, "ib0") is None
 
 
 def test_unreadable_counters_are_reported_not_raised(tmp_path):
@@ -95,13 +95,13 @@ def test_unreadable_counters_are_reported_not_raised(tmp_path):
     fake.add_hca("mlx5_0", counters={"port_rcv_errors": 7})
     fake.break_file(fake.counter_path("mlx5_0", 1, "symbol_error"), "eio")
     fake.break_file(fake.counter_path("mlx5_0", 1, "link_downed"), "dir")
-    got = S.read_port_counters(
+    got = sysfs.read_port_counters(
         fake.port_path("mlx5_0", 1),
         ["symbol_error", "link_downed", "port_rcv_errors", "no_such_counter"],
         "counters",
     )
     assert got["port_rcv_errors"] == 7
-    assert isinstance(got["symbol_error"], S.ReadFailure)
+    assert isinstance(got["symbol_error"], sysfs.ReadFailure)
     assert got["symbol_error"].errno == errno.EIO
     assert got["link_downed"].errno == errno.EISDIR
     assert got["no_such_counter"].missing
@@ -110,11 +110,11 @@ def test_unreadable_counters_are_reported_not_raised(tmp_path):
 def test_down_interface_carrier_is_unreadable(tmp_path):
     fake = FakeSysfs(tmp_path)
     fake.add_netdev("ib0", operstate="down", carrier=None, speed=None, type=32)
-    net = S.read_netdev(tmp_path, "ib0")
+    net = sysfs.read_netdev(tmp_path, "ib0")
     assert net is not None
     assert net.operstate == "down"
-    assert isinstance(net.carrier, S.ReadFailure)
-    assert isinstance(net.speed, S.ReadFailure)
+    assert isinstance(net.carrier, sysfs.ReadFailure)
+    assert isinstance(net.speed, sysfs.ReadFailure)
     assert net.type == 32
 
 

@@ -13,9 +13,10 @@ import pynvml
 import pytest
 from helpers import NVML_FIXTURES
 
-from nodecheck import nvml, progress
-from nodecheck.nvml import model, real
-from nodecheck.nvml.model import NvmlError, Snapshot
+from nodecheck.probes import nvml
+from nodecheck.probes.nvml import model, real
+from nodecheck.probes.nvml.model import NvmlError, Snapshot
+from nodecheck.run import progress
 
 ALL_FIXTURES = sorted(NVML_FIXTURES.glob("*.json"))
 
@@ -105,8 +106,8 @@ def test_no_pynvml_import_until_a_real_snapshot(tmp_path):
     import sys
 
     code = (
-        "import sys, nodecheck.nvml, nodecheck.nvml.model;"
-        "from nodecheck.nvml import get_snapshot;"
+        "import sys, nodecheck.probes.nvml, nodecheck.probes.nvml.model;"
+        "from nodecheck.probes.nvml import get_snapshot;"
         f"get_snapshot('replay:{NVML_FIXTURES / 'h100-healthy.json'}');"
         "print('pynvml' in sys.modules)"
     )

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from helpers import NVML_FIXTURES, make_ctx, nvml_check_ids, options_of
 
-from nodecheck import nvml
 from nodecheck.checks import gpu  # noqa: F401  (registers the gpu family)
-from nodecheck.context import JobInfo
-from nodecheck.registry import all_checks
-from nodecheck.results import Status
+from nodecheck.checks.context import JobInfo
+from nodecheck.checks.registry import all_checks
+from nodecheck.probes import nvml
+from nodecheck.run.results import Status
 
 REGISTRY = all_checks()
 NVML_CHECKS = nvml_check_ids(REGISTRY)
@@ -580,7 +580,7 @@ def _edit(tmp_path, fixture, index, **changes):
 def test_options_come_from_node_class_tables():
     import tomllib
 
-    from nodecheck.config import parse_config
+    from nodecheck.run.config import parse_config
 
     text = f"""
 [checks."gpu.xid"]
@@ -621,7 +621,7 @@ max_increase = {{ recovery = 2 }}
 def test_bad_gpu_options_are_config_errors(table, error):
     import tomllib
 
-    from nodecheck.config import ConfigError, parse_config
+    from nodecheck.run.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=error):
         parse_config(tomllib.loads(table), None, REGISTRY)

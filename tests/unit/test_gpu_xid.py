@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from helpers import NVML_FIXTURES, make_ctx, options_of
 
-from nodecheck.checks import gpu
-from nodecheck.kernlog import XID_MARK, LogRecord, parse_xids, read_kernel_log
-from nodecheck.registry import all_checks
-from nodecheck.results import Status
+from nodecheck.checks.gpu import xid as gpu_xid
+from nodecheck.checks.registry import all_checks
+from nodecheck.probes.kernlog import XID_MARK, LogRecord, parse_xids, read_kernel_log
+from nodecheck.run.results import Status
 
 REGISTRY = all_checks()
 BEFORE = NVML_FIXTURES / "kmsg-h100-before.txt"
@@ -206,11 +206,11 @@ def test_keep_only_drops_text_not_positions(source):
 
 
 def test_xid_cursor_survives_in_state(node):
-    from nodecheck.state import open_state
+    from nodecheck.store.state import open_state
 
     _, log, state = node
     shutil.copy(AFTER, log)
     run(node)
     with open_state(state) as st:
-        cursor = st.get_json(gpu.XID_STATE_KEY)
+        cursor = st.get_json(gpu_xid.XID_STATE_KEY)
     assert cursor == {"boot_id": BOOT.strip(), "source": str(log), "kind": "kmsg", "pos": 3109}

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from nodecheck import app, history
-from nodecheck.config import ConfigError, Hysteresis, parse_config
-from nodecheck.reason import MAX_REASON, format_reason, parse_reason
-from nodecheck.registry import all_checks
-from nodecheck.results import CheckResult, Status
+from nodecheck.checks.registry import all_checks
+from nodecheck.run import pipeline as app
+from nodecheck.run.config import ConfigError, Hysteresis, parse_config
+from nodecheck.run.reason import MAX_REASON, format_reason, parse_reason
+from nodecheck.run.results import CheckResult, Status
 from nodecheck.slurm import NodeInfo
-from nodecheck.state import STATE_FILE, is_corruption
+from nodecheck.store import history
+from nodecheck.store.state import STATE_FILE, is_corruption
 
 REPO = Path(__file__).resolve().parents[2]
 FAIL = CheckResult("host.mounts", Status.FAIL, "not mounted", "/scratch")
@@ -193,7 +194,7 @@ class FakeSlurm:
 def lifecycle(tmp_path, monkeypatch):
     """Run hook phases in-process with canned check results and a fake controller."""
     fake = FakeSlurm()
-    monkeypatch.setattr("nodecheck.actions.backend_for", lambda config, env: fake)
+    monkeypatch.setattr("nodecheck.slurm.act.backend_for", lambda config, env: fake)
     canned: list[list[CheckResult]] = [[PASS]]
     monkeypatch.setattr(app, "run_checks", lambda planned, budget, mem: list(canned[0]))
 

@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 from helpers import make_ctx, options_of
 
-from nodecheck.checks import host
-from nodecheck.context import JobInfo
-from nodecheck.registry import all_checks
-from nodecheck.results import Status
+from nodecheck.checks.context import JobInfo
+from nodecheck.checks.host import mounts as host_mounts
+from nodecheck.checks.registry import all_checks
+from nodecheck.run.results import Status
 
 REGISTRY = all_checks()
 
@@ -84,7 +84,7 @@ def test_mounts_missing_wrong_type_readonly(proc, tmp_path):
 
 def test_mount_that_hangs_is_reported_within_its_timeout(proc, monkeypatch):
     (proc / "self" / "mounts").write_text("nfs:/x /home nfs4 rw 0 0\n")
-    monkeypatch.setattr(host.os, "statvfs", lambda p: time.sleep(30))
+    monkeypatch.setattr(host_mounts.os, "statvfs", lambda p: time.sleep(30))
     started = time.monotonic()
     [hung] = run("host.mounts", proc, required=["/home"], probe_timeout_s=0.3)
     assert hung.status is Status.FAIL and "not responding within 0.3s" in hung.message

@@ -52,10 +52,10 @@ def run_cli(argv, env, extra_check: str = "", cwd="/", timeout=60) -> Out:
     if extra_check:
         code = (
             "import sys\n"
-            "from nodecheck.registry import check\n"
-            "from nodecheck.results import CheckResult, Status\n"
+            "from nodecheck.checks.registry import check\n"
+            "from nodecheck.run.results import CheckResult, Status\n"
             f"{textwrap.dedent(extra_check)}\n"
-            "from nodecheck.cli import main\n"
+            "from nodecheck.entry.cli import main\n"
             f"sys.exit(main({list(argv)!r}))\n"
         )
         cmd = [sys.executable, "-I", "-c", code]
@@ -584,7 +584,7 @@ def test_entrypoint_ignores_a_nodecheck_python_that_is_no_absolute_executable(tm
 @pytest.mark.parametrize("how", ["symlink", "relative", "symlinked-dir"])
 def test_entrypoint_finds_itself_however_it_is_called(tmp_path, how):
     """Slurm may point at a symlink to the entrypoint, or at a path through a symlinked
-    directory; a shell may call it by a relative path. Each finds nodecheck/entrypoint.sh
+    directory; a shell may call it by a relative path. Each finds nodecheck/entry/entrypoint.sh
     and the checkout's python."""
     cfg = write_config(tmp_path, "")
     env = {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg)}

@@ -1,4 +1,4 @@
-from nodecheck.context import JobInfo
+from nodecheck.checks.context import JobInfo
 
 
 def test_job_env_is_read():

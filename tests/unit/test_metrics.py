@@ -7,10 +7,10 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nodecheck import history, metrics
-from nodecheck.config import parse_config
-from nodecheck.registry import all_checks
-from nodecheck.results import CheckResult, Status
+from nodecheck.checks.registry import all_checks
+from nodecheck.run.config import parse_config
+from nodecheck.run.results import CheckResult, Status
+from nodecheck.store import history, metrics
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

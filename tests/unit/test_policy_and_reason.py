@@ -1,8 +1,8 @@
 import pytest
 
-from nodecheck.policy import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, Action, decide
-from nodecheck.reason import MAX_REASON, format_reason, parse_reason
-from nodecheck.results import CheckResult, Status
+from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, Action, decide
+from nodecheck.run.reason import MAX_REASON, format_reason, parse_reason
+from nodecheck.run.results import CheckResult, Status
 
 PASS = CheckResult("host.mem", Status.PASS, "ok")
 WARN = CheckResult("host.disk", Status.WARN, "low", component="/tmp")
@@ -82,7 +82,7 @@ def test_reason_round_trips():
 
 
 def test_most_severe_failure_leads_and_severity_and_remedy_round_trip():
-    from nodecheck.registry import all_checks, with_defaults
+    from nodecheck.checks.registry import all_checks, with_defaults
 
     registry = all_checks()
     disk = with_defaults(CheckResult("host.disk", Status.FAIL, "0.1 GiB free", "/tmp"), registry)
@@ -122,7 +122,7 @@ def test_most_severe_failure_leads_and_severity_and_remedy_round_trip():
 
 
 def test_internal_errors_get_low_severity_admin_remedy():
-    from nodecheck.registry import all_checks, with_defaults
+    from nodecheck.checks.registry import all_checks, with_defaults
 
     err = with_defaults(CheckResult("host.mem", Status.ERROR, "internal error: x"), all_checks())
     assert (err.severity, err.remedy) == ("low", "admin")

@@ -4,9 +4,9 @@ import time
 
 from helpers import make_check, make_ctx
 
-from nodecheck import progress
-from nodecheck.results import CheckResult, Status
-from nodecheck.runner import Planned, run_checks
+from nodecheck.run import progress
+from nodecheck.run.results import CheckResult, Status
+from nodecheck.run.runner import Planned, run_checks
 
 
 def plan(check, timeout=None):

@@ -1,0 +1,33 @@
+"""What the fabric checks share: the lazily bound sysfs readers and the list of HCA ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nodecheck.checks import lazy_module
+from nodecheck.run.results import Status
+
+sysfs = lazy_module("nodecheck.probes.fabric.sysfs")  # the sysfs readers: loaded in the probe child
+
+LINK_LAYERS = ("", "InfiniBand", "Ethernet")
+
+
+def _fail_or_error(failure: sysfs.ReadFailure) -> Status:
+    """An attribute we may not read is our problem; one the device cannot answer is its."""
+    return Status.ERROR if failure.access else Status.FAIL
+
+
+def _port_name(text: str) -> tuple[str, int] | None:
+    dev, sep, port = text.partition("/")
+    if not sep or not dev or not port.isdigit():
+        return None
+    return dev, int(port)
+
+
+def _present_ports(sysfs_root: Path) -> list[tuple[str, int]]:
+    found = []
+    for dev in sysfs.list_ib_devices(sysfs_root):
+        info = sysfs.read_ib_device(sysfs_root, dev)
+        if info is not None:
+            found.extend((dev, port) for port in info.ports)
+    return found

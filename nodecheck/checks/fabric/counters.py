@@ -1,0 +1,282 @@
+"""ib.counters: port error counters rising faster than their thresholds between runs."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nodecheck.checks.context import CheckContext
+from nodecheck.checks.fabric.common import _port_name, _present_ports, sysfs
+from nodecheck.checks.registry import Option, check
+from nodecheck.probes.fabric import counters as counter_probe
+from nodecheck.run.progress import note
+from nodecheck.run.results import CheckResult, Status
+
+# ----------------------------------------------------------------------------- ib.counters
+
+STATE_VERSION = 1
+MAX_JOB_READINGS = 64
+JOB_READING_MAX_AGE_S = 30 * 86400
+
+
+@check(
+    "ib.counters",
+    summary="HCA port error counters not rising past thresholds between runs (prolog->epilog)",
+    timeout_s=8.0,
+    group="fabric",
+    severity="medium",
+    remedy="check-cable",
+    options={
+        "ports": Option(list, [], "ports to watch as device/port (empty: all present)", item=str),
+        "counters": Option(
+            list, counter_probe.DEFAULT_COUNTERS, "counters/* files to watch", item=str
+        ),
+        "hw_counters": Option(
+            list,
+            counter_probe.DEFAULT_HW_COUNTERS,
+            "hw_counters/* files to watch where present",
+            item=str,
+        ),
+        "fail_rise": Option(
+            dict,
+            counter_probe.DEFAULT_FAIL_RISE,
+            "counter -> rise within one window above which FAIL",
+            item=int,
+        ),
+        "warn_rise": Option(
+            dict,
+            counter_probe.DEFAULT_WARN_RISE,
+            "counter -> rise within one window above which WARN",
+            item=int,
+        ),
+        "max_window_s": Option(
+            (int, float), 86400, "a run window older than this is only a new baseline"
+        ),
+    },
+)
+def ib_counters(ctx: CheckContext) -> Iterator[CheckResult]:
+    """Link errors that pile up during a job (symbol errors, link recoveries, link downs)
+    mean a marginal cable, transceiver or port: collectives slow down or fail. Fix: check
+    the link with `mlxlink -m -c` / the switch side, replace the cable, clear the counters
+    (`perfquery -x -R`) and resume."""
+    opts = ctx.options
+    root = ctx.settings.sysfs_root
+    if opts["ports"]:
+        bad = [name for name in opts["ports"] if _port_name(name) is None]
+        if bad:
+            msg = f"option ports: {', '.join(bad)} not of the form device/port (mlx5_0/1)"
+            yield CheckResult("ib.counters", Status.ERROR, msg)
+            return
+        ports = [_port_name(name) for name in opts["ports"]]
+    else:
+        ports = _present_ports(root)
+    readings: dict[str, dict[str, Any]] = {}
+    guids: dict[str, str | None] = {}
+    for dev, port in ports:  # type: ignore[misc]
+        path = sysfs.ib_class_dir(root) / dev / "ports" / str(port)
+        if not path.is_dir():
+            continue  # a missing port is ib.port's verdict
+        name = f"{dev}/{port}"
+        note(f"reading {name} counters")
+        got: dict[str, Any] = sysfs.read_port_counters(path, list(opts["counters"]), "counters")
+        hw = sysfs.read_port_counters(path, list(opts["hw_counters"]), "hw_counters")
+        got.update({k: v for k, v in hw.items() if k not in got})
+        readings[name] = got
+        guid = sysfs.read_attr(sysfs.ib_class_dir(root) / dev / "node_guid")
+        guids[name] = guid if isinstance(guid, str) else None
+    if not readings:
+        yield CheckResult("ib.counters", Status.SKIP, "no HCA ports present")
+        return
+    boot_id = _boot_id(ctx)
+    now = time.time()
+    note("updating counter state")
+    try:
+        results = _judge_and_store(ctx, readings, guids, boot_id, now)
+    except Exception as exc:  # state unusable: still report what the reads showed
+        msg = f"counter state unavailable ({type(exc).__name__}: {exc}); nothing compared"
+        yield CheckResult("ib.counters", Status.ERROR, msg[:240], component="state")
+        results = []
+        for name, reading in readings.items():
+            judged = counter_probe.judge_port(reading, None, {}, {})
+            results.append(
+                _counter_result(name, judged, "baseline", None, ctx, 0.0, "not compared")
+            )
+    yield from results
+
+
+def _boot_id(ctx: CheckContext) -> str | None:
+    raw = sysfs.read_attr(ctx.proc_path("sys", "kernel", "random", "boot_id"))
+    return raw if isinstance(raw, str) and raw else None
+
+
+# Waiting for the state lock must end well inside the group's deadline: a state file held
+# by someone else is nodecheck's problem (ERROR), never a "probe hung" FAIL of the fabric.
+STATE_BUSY_MS = 3000
+STATE_OPEN_ATTEMPTS = 5
+
+
+@contextlib.contextmanager
+def _open_state(state_dir: Path) -> Iterator[Any]:
+    """open_state, retried briefly: several probe processes creating a fresh state file at
+    once can get SQLITE_BUSY at once (switching to WAL does not wait for the busy handler)."""
+    from nodecheck.store.state import StateError, open_state
+
+    with contextlib.ExitStack() as stack:
+        for attempt in range(STATE_OPEN_ATTEMPTS):
+            try:
+                store = stack.enter_context(open_state(state_dir))
+                break
+            except StateError as exc:
+                if "locked" not in str(exc) or attempt == STATE_OPEN_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+        yield store
+
+
+@contextlib.contextmanager
+def _immediate(store: Any) -> Iterator[None]:
+    """Serialise read-modify-write of one key between concurrent runs (shared nodes)."""
+    conn = getattr(store, "conn", None)
+    if conn is None:
+        yield
+        return
+    conn.execute(f"PRAGMA busy_timeout = {STATE_BUSY_MS}")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    if conn.in_transaction:
+        conn.commit()
+
+
+def _judge_and_store(
+    ctx: CheckContext,
+    readings: dict[str, dict[str, Any]],
+    guids: dict[str, str | None],
+    boot_id: str | None,
+    now: float,
+) -> list[CheckResult]:
+    opts = ctx.options
+    key = f"ib.counters/{ctx.node}"
+    job_id = ctx.job.job_id
+    results = []
+    with _open_state(ctx.settings.state_dir) as store, _immediate(store):
+        blob = store.get_json(key) or {}
+        if blob.get("v") != STATE_VERSION:
+            blob = {"v": STATE_VERSION, "ports": {}, "jobs": {}}
+        job_reading = None
+        if ctx.phase == "epilog" and job_id:
+            job_reading = blob["jobs"].pop(job_id, None)
+        new_entries = {}
+        for name, reading in readings.items():
+            window, previous, since, why = _pick_window(
+                blob, job_reading, name, guids[name], boot_id, now, opts["max_window_s"]
+            )
+            judged = counter_probe.judge_port(
+                reading, previous, dict(opts["fail_rise"]), dict(opts["warn_rise"])
+            )
+            entry = {"t": now, "boot": boot_id, "guid": guids[name], "c": judged.stored}
+            new_entries[name] = entry
+            blob["ports"][name] = entry
+            results.append(_counter_result(name, judged, window, since, ctx, now, why))
+        if ctx.phase == "prolog" and job_id:
+            blob["jobs"][job_id] = {"t": now, "boot": boot_id, "ports": new_entries}
+        _prune_jobs(blob["jobs"], now)
+        store.put_json(key, blob)
+    return results
+
+
+def _pick_window(
+    blob: dict[str, Any],
+    job_reading: dict[str, Any] | None,
+    name: str,
+    guid: str | None,
+    boot_id: str | None,
+    now: float,
+    max_window_s: float,
+) -> tuple[str, dict[str, int] | None, float | None, str]:
+    """(window kind, previous counters or None, previous time, why a baseline)."""
+    candidates = []
+    if job_reading is not None and name in job_reading.get("ports", {}):
+        candidates.append(("job", job_reading["ports"][name]))
+    if name in blob["ports"]:
+        candidates.append(("run", blob["ports"][name]))
+    if not candidates:
+        return "baseline", None, None, "baseline recorded"
+    kind, prev = candidates[0]
+    if prev.get("guid") and guid and prev["guid"] != guid:
+        return "baseline", None, prev.get("t"), f"HCA changed (GUID {guid}), new baseline"
+    if prev.get("boot") and boot_id and prev["boot"] != boot_id:
+        return "baseline", None, prev.get("t"), "node rebooted since last reading, new baseline"
+    age = now - float(prev.get("t", now))
+    if kind == "run" and age > max_window_s:
+        why = f"last reading {counter_probe.describe_age(age)} old, new baseline"
+        return "baseline", None, prev.get("t"), why
+    return kind, dict(prev.get("c", {})), prev.get("t"), ""
+
+
+def _prune_jobs(jobs: dict[str, Any], now: float) -> None:
+    """Drop prolog readings whose epilog never came (node crashed, nodecheck disabled)."""
+    for job in [j for j, r in jobs.items() if now - float(r.get("t", 0)) > JOB_READING_MAX_AGE_S]:
+        del jobs[job]
+    if len(jobs) > MAX_JOB_READINGS:
+        for job in sorted(jobs, key=lambda j: float(jobs[j].get("t", 0)))[:-MAX_JOB_READINGS]:
+            del jobs[job]
+
+
+def _counter_result(
+    name: str,
+    judged: counter_probe.PortJudgement,
+    window: str,
+    since: float | None,
+    ctx: CheckContext,
+    now: float,
+    why: str,
+) -> CheckResult:
+    if window == "job":
+        span = f"during job {ctx.job.job_id}"
+    elif since is not None:
+        span = f"since last check {counter_probe.describe_age(max(0.0, now - since))} ago"
+    else:
+        span = ""
+    parts = []
+    if judged.unreadable:
+        items = [f"{k} ({v})" for k, v in judged.unreadable.items()]
+        parts.append("unreadable: " + ", ".join(items[:2]) + (" ..." if len(items) > 2 else ""))
+    if judged.unparsable:
+        items = [f"{k}={v[:20]!r}" for k, v in judged.unparsable.items()]
+        parts.append("not understood: " + ", ".join(items[:2]))
+    if judged.flagged:
+        rises = ", ".join(f"{k} +{rise}" for _, k, rise in judged.flagged[:4])
+        parts.append(f"{rises} {span}".strip())
+    if judged.saturated:
+        parts.append(f"{', '.join(judged.saturated)} saturated (clear counters to see new errors)")
+    if judged.reset:
+        parts.append(f"counter reset ({', '.join(judged.reset[:3])}), new baseline")
+    if why:
+        parts.append(why)
+    if not parts:
+        parts.append(f"no rise above thresholds {span}".strip())
+    values: dict[str, Any] = {
+        "window": window,
+        "counters": judged.stored,
+        "rise": {k: v for k, v in judged.deltas.items() if v},
+    }
+    if since is not None and window != "baseline":
+        values["window_s"] = round(now - since, 1)
+    for label in ("reset", "saturated", "absent"):
+        if getattr(judged, label):
+            values[label] = getattr(judged, label)
+    if judged.unreadable:
+        values["unreadable"] = {k: str(v) for k, v in judged.unreadable.items()}
+    severity, remedy = ("high", "reboot") if judged.unreadable else ("", "")
+    return CheckResult(
+        "ib.counters", judged.status, "; ".join(parts)[:200], component=name, values=values,
+        severity=severity, remedy=remedy,
+    )  # fmt: skip

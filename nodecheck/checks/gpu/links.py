@@ -1,0 +1,218 @@
+"""gpu.pcie and gpu.nvlink: PCIe link width and generation, NVLink state and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from nodecheck.checks.context import CheckContext
+from nodecheck.checks.registry import Option, check
+from nodecheck.run.results import CheckResult, Status
+
+if TYPE_CHECKING:
+    from nodecheck.probes.nvml.model import Gpu
+from nodecheck.checks.gpu.common import (
+    GROUP,
+    ONLY_JOB_GPUS,
+    TIMEOUT_S,
+    _error_result,
+    _per_gpu,
+    _result,
+    _snapshot,
+)
+
+
+@check(
+    "gpu.pcie",
+    severity="medium",
+    remedy="admin",
+    summary="PCIe link width (and optionally generation) not below max or expected",
+    group=GROUP,
+    timeout_s=TIMEOUT_S,
+    options={
+        "expected_width": Option(int, None, "expected lanes, e.g. 16 (unset: the GPU's max)"),
+        "expected_gen": Option(int, None, "expected generation, e.g. 5 (implies check_gen)"),
+        "check_gen": Option(
+            bool, False, "also compare the generation (GPUs drop to gen1 at idle to save power)"
+        ),
+        "only_job_gpus": ONLY_JOB_GPUS,
+    },
+)
+def gpu_pcie(ctx: CheckContext) -> Iterator[CheckResult]:
+    """A link that trained narrower (x8 instead of x16) halves host<->GPU bandwidth: data
+    loading and NCCL over PCIe crawl. The current generation drops at idle on purpose, so
+    it is only compared when configured. Fix: reseat the GPU/riser, check the slot and
+    cables; a link that degrades again is hardware."""
+    cid = "gpu.pcie"
+    opts = ctx.options
+    needs = {
+        "pcie_width_current": "PCIe link width",
+        "pcie_width_max": "PCIe max link width",
+        "pcie_gen_current": "PCIe link generation",
+        "pcie_gen_max": "PCIe max link generation",
+    }
+
+    def judge(gpu: Gpu) -> Iterator[CheckResult]:
+        width, gen = gpu.pcie_width_current, gpu.pcie_gen_current
+        values = {
+            "width": width,
+            "max_width": gpu.pcie_width_max,
+            "gen": gen,
+            "max_gen": gpu.pcie_gen_max,
+        }
+        want_width = opts["expected_width"] or gpu.pcie_width_max
+        want_gen = opts["expected_gen"] or (gpu.pcie_gen_max if opts["check_gen"] else None)
+        if want_width and width is not None and width < want_width:
+            yield _result(
+                cid, Status.FAIL, f"PCIe x{width} (expected x{want_width})", gpu, **values
+            )
+        elif want_gen and gen is not None and gen < want_gen:
+            yield _result(
+                cid, Status.FAIL, f"PCIe gen{gen} (expected gen{want_gen})", gpu, **values
+            )
+        else:
+            yield _result(cid, Status.PASS, f"PCIe gen{gen} x{width}", gpu, **values)
+
+    yield from _per_gpu(ctx, cid, judge, needs)
+
+
+# --- gpu.nvlink -----------------------------------------------------------------------
+
+NVLINK_STATE_KEY = "gpu.nvlink.counters"
+DEFAULT_NVLINK_RISE = {
+    "replay": 100,
+    "recovery": 0,
+    "crc_flit": 100,
+    "crc_data": 0,
+    "ecc_data": 100,
+}
+
+
+@check(
+    "gpu.nvlink",
+    severity="high",
+    remedy="reset-gpu",
+    summary="expected NVLinks active; NVLink error counters not rising since the last run",
+    group=GROUP,
+    timeout_s=TIMEOUT_S,
+    options={
+        "expected_active": Option(
+            int, None, "active links each GPU must have, e.g. 18 on H100 SXM (unset: all)"
+        ),
+        "max_increase": Option(
+            dict,
+            DEFAULT_NVLINK_RISE,
+            "per counter (replay, recovery, crc_flit, crc_data, ecc_data): rise allowed "
+            "between two runs on one link",
+            item=int,
+        ),
+        "only_job_gpus": ONLY_JOB_GPUS,
+    },
+)
+def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
+    """A down NVLink makes GPU<->GPU traffic take the slow path or NCCL fail outright;
+    rising recovery/CRC errors are a link on its way out. Fix: reset the GPUs or reboot;
+    on NVSwitch systems check nvidia-fabricmanager; a link that keeps failing is hardware
+    (baseboard, GPU). Counter readings are kept in the state dir between runs."""
+    cid = "gpu.nvlink"
+    opts = ctx.options
+    limits = {**DEFAULT_NVLINK_RISE, **opts["max_increase"]}
+    unknown = set(limits) - set(DEFAULT_NVLINK_RISE)
+    if unknown:
+        raise ValueError(f"max_increase: unknown counters {sorted(unknown)}")
+    snap = _snapshot(ctx)
+    readings: dict[str, dict[str, dict[str, int]]] = {}
+    previous, state_error = _nvlink_previous(ctx)
+
+    def judge(gpu: Gpu) -> Iterator[CheckResult]:
+        err = gpu.errors.get("nvlink")
+        if err is not None and not gpu.nvlinks:
+            if err.not_supported and opts["expected_active"]:
+                msg = f"no NVLink (expected {opts['expected_active']} active links)"
+                yield _result(cid, Status.FAIL, msg, gpu)
+            elif err.not_supported:
+                yield _result(cid, Status.SKIP, "no NVLink on this GPU", gpu)
+            else:
+                yield _error_result(cid, err, "NVLink state", gpu)
+            return
+        broken = [link for link in gpu.nvlinks if "state" in link.errors]
+        if broken:
+            yield _error_result(cid, broken[0].errors["state"], f"NVLink {broken[0].link}", gpu)
+            return
+        active = [link.link for link in gpu.nvlinks if link.active]
+        down = [link.link for link in gpu.nvlinks if not link.active]
+        values: dict[str, Any] = {"active": len(active), "links": len(gpu.nvlinks), "down": down}
+        if gpu.uuid:
+            readings[gpu.uuid] = {
+                str(link.link): dict(link.counters) for link in gpu.nvlinks if link.active
+            }
+        expected = opts["expected_active"]
+        if expected is not None and len(active) < expected:
+            where = f"; down: {_list(down)}" if down else ""
+            msg = f"{len(active)} NVLinks active (expected {expected}){where}"
+            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            return
+        if expected is None and down:
+            msg = f"NVLink {_list(down)} down ({len(active)}/{len(gpu.nvlinks)} active)"
+            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            return
+        rises = _nvlink_rises(previous.get(gpu.uuid or "", {}), readings.get(gpu.uuid or "", {}))
+        over = [(link, c, d) for link, c, d in rises if d > limits[c]]
+        values["rises"] = [f"link{link} {c} +{d}" for link, c, d in rises]
+        if over:
+            link, counter, delta = max(over, key=lambda item: item[2] - limits[item[1]])
+            more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
+            msg = f"NVLink {link} {counter} errors +{delta} since last run{more}"
+            yield _result(cid, Status.FAIL, msg, gpu, sev="medium", act="admin", **values)
+        else:
+            yield _result(cid, Status.PASS, f"{len(active)} NVLinks active", gpu, **values)
+
+    if snap.available and snap.gpus:
+        results = list(_per_gpu(ctx, cid, judge))
+        if state_error is None:
+            state_error = _nvlink_save(ctx, previous, readings)
+        yield from results
+        if state_error is not None:
+            msg = f"NVLink counters not compared: state unavailable: {state_error}"
+            yield _result(cid, Status.ERROR, msg)
+    else:
+        yield from _per_gpu(ctx, cid, judge)
+
+
+def _list(items: list[int]) -> str:
+    return ",".join(str(i) for i in items)
+
+
+def _nvlink_previous(ctx: CheckContext) -> tuple[dict[str, Any], str | None]:
+    from nodecheck.store.state import open_state
+
+    try:
+        with open_state(ctx.settings.state_dir) as state:
+            return dict(state.get_json(NVLINK_STATE_KEY, {}) or {}), None
+    except Exception as exc:  # state trouble must not hide a down link
+        return {}, f"{type(exc).__name__}: {exc}"
+
+
+def _nvlink_save(ctx: CheckContext, previous: dict[str, Any], readings: dict) -> str | None:
+    from nodecheck.store.state import open_state
+
+    try:
+        with open_state(ctx.settings.state_dir) as state:
+            state.put_json(NVLINK_STATE_KEY, {**previous, **readings})
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _nvlink_rises(
+    before: Mapping[str, Mapping[str, int]], now: Mapping[str, Mapping[str, int]]
+) -> list[tuple[int, str, int]]:
+    """(link, counter, increase) for every counter that went up. A counter that went down
+    was reset (driver reload, reboot): its new value is the baseline, not a rise."""
+    rises = []
+    for link, counters in now.items():
+        old = before.get(link, {})
+        for counter, value in counters.items():
+            if counter in old and value > old[counter]:
+                rises.append((int(link), counter, value - old[counter]))
+    return sorted(rises)

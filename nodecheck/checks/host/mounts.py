@@ -1,0 +1,103 @@
+"""host.mounts: required filesystems mounted and answering (a hung NFS server must not hang us)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodecheck.checks.context import CheckContext
+from nodecheck.checks.host.common import GROUP, bounded
+from nodecheck.checks.registry import Option, check
+from nodecheck.run.progress import note
+from nodecheck.run.results import CheckResult, Status
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mounts (octal escapes decoded)."""
+
+    source: str
+    target: str
+    fstype: str
+    options: tuple[str, ...]
+
+
+def _unescape(field: str) -> str:
+    # /proc/mounts escapes space, tab, newline and backslash as \ooo octal.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def read_mounts(path: Path) -> dict[str, Mount]:
+    """Mount table by target; a later mount over the same target wins, as in the kernel."""
+    mounts = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        mount = Mount(
+            _unescape(parts[0]), _unescape(parts[1]), parts[2], tuple(parts[3].split(","))
+        )
+        mounts[mount.target] = mount
+    return mounts
+
+
+@check(
+    "host.mounts",
+    group=GROUP,
+    summary="required filesystems mounted (type, read-write) and responding within a deadline",
+    timeout_s=10.0,
+    severity="critical",
+    remedy="admin",
+    options={
+        "required": Option(list, [], "mount points that must be mounted", item=str),
+        "fstypes": Option(dict, {}, "mount point -> expected filesystem type", item=str),
+        "read_write": Option(list, [], "mount points that must be mounted rw", item=str),
+        "probe_timeout_s": Option((int, float), 3.0, "a mount slower than this to stat is hung"),
+    },
+)
+def host_mounts(ctx: CheckContext) -> Iterator[CheckResult]:
+    """A missing /home or /scratch, or a hung NFS/Lustre client, kills every job that lands.
+    Fix: remount (`mount -a`), check the storage network / client, then resume."""
+    required: list[str] = ctx.options["required"]
+    if not required:
+        yield CheckResult("host.mounts", Status.SKIP, "no mounts configured")
+        return
+    mounts = read_mounts(ctx.proc_path("self", "mounts"))
+    present = []
+    for target in required:
+        mount = mounts.get(target)
+        want_type = ctx.options["fstypes"].get(target)
+        if mount is None:
+            yield CheckResult("host.mounts", Status.FAIL, "not mounted", component=target)
+        elif want_type and mount.fstype != want_type:
+            msg = f"mounted as {mount.fstype}, expected {want_type}"
+            yield CheckResult("host.mounts", Status.FAIL, msg, component=target)
+        elif target in ctx.options["read_write"] and "ro" in mount.options:
+            yield CheckResult("host.mounts", Status.FAIL, "mounted read-only", component=target)
+        else:
+            present.append(target)
+    note(f"stat {' '.join(present)}")
+    outcomes = bounded.call_all_with_deadline(
+        {t: (lambda t=t: os.statvfs(t)) for t in present}, ctx.options["probe_timeout_s"]
+    )
+    for target in present:
+        got = outcomes[target]
+        if not got.finished:
+            msg = f"not responding within {ctx.options['probe_timeout_s']}s (hung mount?)"
+            yield CheckResult("host.mounts", Status.FAIL, msg, component=target)
+        elif got.error is not None:
+            msg = f"stat failed: {getattr(got.error, 'strerror', None) or got.error}"
+            yield CheckResult("host.mounts", Status.FAIL, msg, component=target)
+        else:
+            fstype = mounts[target].fstype
+            yield CheckResult("host.mounts", Status.PASS, f"{fstype} mounted", component=target)

@@ -1,0 +1,142 @@
+"""The check registry: every check declares its id, phases, timeout and options here.
+
+A check is a plain function `(ctx: CheckContext) -> Iterable[CheckResult]`, registered
+with the `@check(...)` decorator in its family module under `nodecheck/checks/`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from nodecheck.run.results import REMEDIES, SEVERITIES, CheckResult, Status
+
+if TYPE_CHECKING:
+    from nodecheck.checks.context import CheckContext
+
+PHASES = ("prolog", "epilog", "health", "manual")
+ALL_PHASES = frozenset(PHASES)
+# Keys every check table in the config accepts, besides the check's own options.
+COMMON_KEYS = ("enabled", "timeout_s", "phases")
+
+_ID = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One tunable of a check: its accepted type(s), default and a line of help."""
+
+    kind: type | tuple[type, ...]
+    default: Any
+    help: str
+    # For list options: the type of each element; for dict options: the type of each value.
+    item: type | tuple[type, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """A registered check: its function and what the runner and config need to know."""
+
+    id: str
+    func: Callable[[CheckContext], Iterable[CheckResult]]
+    phases: frozenset[str]
+    timeout_s: float
+    summary: str
+    options: Mapping[str, Option] = field(default_factory=dict)
+    # Checks sharing a group run one after another in the same isolated child, so they
+    # can share one probe (e.g. one NVML session for every gpu.* check).
+    group: str | None = None
+    enabled_by_default: bool = True
+    explain: str = ""
+    # Defaults for failing results that do not set their own (see results.SEVERITIES/REMEDIES).
+    severity: str = "high"
+    remedy: str = "admin"
+
+    @property
+    def area(self) -> str:
+        return self.id.split(".", 1)[0]
+
+
+_REGISTRY: dict[str, Check] = {}
+
+
+def check(
+    check_id: str,
+    *,
+    summary: str,
+    phases: Iterable[str] = ALL_PHASES,
+    timeout_s: float = 5.0,
+    options: Mapping[str, Option] | None = None,
+    group: str | None = None,
+    enabled_by_default: bool = True,
+    explain: str = "",
+    severity: str = "high",
+    remedy: str = "admin",
+) -> Callable[[Callable[[CheckContext], Iterable[CheckResult]]], Callable[..., Any]]:
+    """Register the decorated function as check `check_id`."""
+
+    def register(func: Callable[[CheckContext], Iterable[CheckResult]]) -> Callable[..., Any]:
+        if not _ID.match(check_id):
+            raise ValueError(f"check id {check_id!r} is not of the form area.name")
+        if check_id in _REGISTRY:
+            raise ValueError(f"check {check_id!r} registered twice")
+        bad = set(phases) - ALL_PHASES
+        if bad:
+            raise ValueError(f"check {check_id!r}: unknown phases {sorted(bad)}")
+        if severity not in SEVERITIES or remedy not in REMEDIES:
+            raise ValueError(f"check {check_id!r}: unknown severity/remedy {severity}/{remedy}")
+        clash = set(options or {}) & set(COMMON_KEYS)
+        if clash:
+            raise ValueError(f"check {check_id!r}: option names {sorted(clash)} are reserved")
+        _REGISTRY[check_id] = Check(
+            id=check_id,
+            func=func,
+            phases=frozenset(phases),
+            timeout_s=timeout_s,
+            summary=summary,
+            options=dict(options or {}),
+            group=group,
+            enabled_by_default=enabled_by_default,
+            explain=explain or func.__doc__ or "",
+            severity=severity,
+            remedy=remedy,
+        )
+        return func
+
+    return register
+
+
+def all_checks() -> dict[str, Check]:
+    """Every registered check, loading the check families on first use."""
+    from nodecheck import checks
+
+    checks.load_families()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def match_ids(patterns: Iterable[str], known: Iterable[str]) -> list[str]:
+    """Expand `--check` arguments (ids or globs such as `gpu.*`) against known ids."""
+    known = list(known)
+    chosen: list[str] = []
+    for pattern in patterns:
+        hits = [cid for cid in known if fnmatch.fnmatchcase(cid, pattern)]
+        if not hits:
+            raise KeyError(pattern)
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+def with_defaults(result: CheckResult, registry: Mapping[str, Check]) -> CheckResult:
+    """Fill in severity and remedy of a FAIL/WARN/ERROR from its check's declaration."""
+    if result.status in (Status.PASS, Status.SKIP) or (result.severity and result.remedy):
+        return result
+    chk = registry.get(result.check_id)
+    if result.status is Status.ERROR:
+        severity, remedy = "low", "admin"  # nodecheck's own problem, not the node's
+    else:
+        severity = chk.severity if chk else "high"
+        remedy = chk.remedy if chk else "admin"
+    return replace(result, severity=result.severity or severity, remedy=result.remedy or remedy)

@@ -1,0 +1,1 @@
+"""Entry points: the CLI, the hook that slurmd runs, the node agent and its client."""

@@ -1,0 +1,325 @@
+"""`nodecheck agent`: keep nodecheck loaded, fork one worker per hook run.
+
+A prolog that starts a Python interpreter and imports nodecheck spends most of its time on
+the imports, not on the checks (docs/performance.md). The agent does that once: it loads
+every module a run can need, then waits on a Unix socket. For each connection from a
+process of its own user (root) it forks a worker, which takes the client's stdout/stderr
+and environment and runs exactly what `nodecheck hook PHASE` runs (nodecheck.entry.hook), then
+reports the exit code. The client is nodecheck/entry/agent_client.py, started by the entrypoints
+only when the socket exists; when the agent is absent, stale or broken, the client runs the
+hook itself. See docs/agent.md for deployment.
+
+Code changes on disk (an upgrade) make the agent stale: it turns the next request away,
+so the client runs the new code in-process, and exits for its service manager to restart it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+
+from nodecheck.entry.agent_client import REQUEST_MAGIC, peer_credentials
+from nodecheck.entry.hook import HOOK_PHASES, HookArgs
+from nodecheck.log import get_logger
+
+DEFAULT_SOCKET = "/run/nodecheck/agent.sock"
+MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB
+REQUEST_TIMEOUT_S = 5.0  # a client that connects and sends nothing does not hold a worker
+STOP_WAIT_S = 60.0  # on stop, how long runs in progress may take to finish
+PACKAGE = Path(__file__).resolve().parents[1]  # the whole nodecheck package
+
+# Loaded once, so that a forked worker (and its probe children) import nothing.
+WARM_MODULES = (
+    "nodecheck.run.pipeline",
+    "nodecheck.slurm.act",
+    "nodecheck.run.breaker",
+    "nodecheck.store.history",
+    "nodecheck.probes.jobscope",
+    "nodecheck.probes.kernlog",
+    "nodecheck.probes.nvml.model",
+    "nodecheck.probes.nvml.replay",
+    "nodecheck.probes.fabric.sysfs",
+    "nodecheck.run.bounded",
+    "nodecheck.slurm.scontrol",
+)
+
+
+THIRD_PARTY = ("pynvml", "prometheus_client")  # optional: loaded when installed
+
+
+class BadRequest(Exception):
+    pass
+
+
+def code_stamp(
+    package: Path = PACKAGE, dependencies: tuple[str, ...] = ()
+) -> tuple[tuple[str, int, int], ...]:
+    """What the running code was loaded from: every module file of the package, and the
+    entry file of each third-party module we loaded (an upgrade rewrites it), by name, size
+    and mtime. A file that is gone drops out, which changes the stamp too."""
+    stamp = []
+    files = [*sorted(package.rglob("*.py")), *map(Path, dependencies)]
+    for path in files:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            stamp.append((str(path), st.st_size, st.st_mtime_ns))
+    return tuple(stamp)
+
+
+def dependency_files() -> tuple[str, ...]:
+    """The files the warm third-party modules (pynvml, prometheus_client) came from."""
+    found = []
+    for name in THIRD_PARTY:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None) if module is not None else None
+        if path:
+            found.append(path)
+    return tuple(found)
+
+
+def warm_up() -> list[str]:
+    """Import what runs need (and the check registry); returns what could not be loaded."""
+    import importlib
+
+    from nodecheck.checks.registry import all_checks
+
+    all_checks()
+    missing = []
+    for name in (*WARM_MODULES, *THIRD_PARTY):
+        try:
+            module = importlib.import_module(name)
+            getattr(module, "__name__", None)  # a lazily bound module loads on first access
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def read_request(conn: socket.socket) -> tuple[str, dict[str, str], list[int]]:
+    """The phase, the environment and the client's stdin/stdout/stderr (in that order)."""
+    conn.settimeout(REQUEST_TIMEOUT_S)
+    data, fds = b"", []
+    try:
+        first, fds, _flags, _addr = socket.recv_fds(conn, MAX_REQUEST, 3)
+        data = first
+        while first and len(data) <= MAX_REQUEST:
+            first = conn.recv(MAX_REQUEST)
+            data += first
+    except OSError as exc:
+        _close_all(fds)
+        raise BadRequest(f"reading the request: {exc}") from None
+    try:
+        if len(fds) != 3 or len(data) > MAX_REQUEST:
+            raise BadRequest(f"expected 3 descriptors and at most {MAX_REQUEST} bytes")
+        phase, env = parse_request(data)
+    except BadRequest:
+        _close_all(fds)
+        raise
+    return phase, env, fds
+
+
+def parse_request(data: bytes) -> tuple[str, dict[str, str]]:
+    """agent_client.request_bytes, read back: the phase and the client's environment
+    (decoded the way Python decodes its own environ)."""
+    magic, _, rest = data.partition(b"\0")
+    if magic != REQUEST_MAGIC:
+        raise BadRequest("not a nodecheck-agent/1 request")
+    raw_phase, _, raw_env = rest.partition(b"\0")
+    phase = raw_phase.decode(errors="replace")
+    if phase not in HOOK_PHASES:
+        raise BadRequest(f"unknown phase {phase!r}")
+    env = {}
+    for entry in raw_env.split(b"\0") if raw_env else []:
+        name, eq, value = entry.partition(b"=")
+        if not eq or not name:
+            raise BadRequest(f"malformed environment entry {entry[:40]!r}")
+        env[os.fsdecode(name)] = os.fsdecode(value)
+    return phase, env
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _send(conn: socket.socket, text: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(text.encode())
+
+
+def _refuse(conn: socket.socket, text: str) -> None:
+    """Answer without serving. The request is read and dropped first: closing a socket
+    with unread data resets the connection, and the client would never see why."""
+    _send(conn, text)
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(1.0)
+        received = 0
+        while received <= MAX_REQUEST and (chunk := conn.recv(65536)):
+            received += len(chunk)
+
+
+def run_worker(conn: socket.socket) -> int:
+    """In the forked worker: one hook run for the client on `conn`."""
+    from nodecheck.entry.hook import run_hook
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the runner waits for its probe children
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the agent's stop handlers are not ours
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    gc.disable()  # short-lived, like `python -m nodecheck` (nodecheck.__main__)
+    _send(conn, "ready\n")  # only now does the client hand over its stdout/stderr
+    try:
+        phase, env, fds = read_request(conn)
+    except BadRequest as exc:
+        get_logger().warning("agent_bad_request", error=str(exc))
+        _send(conn, f"bad request: {exc}\n")
+        return 1
+    # Still on the agent's own stderr (the journal): which run each worker served.
+    get_logger().info("agent_run", phase=phase, job=env.get("SLURM_JOB_ID"), worker=os.getpid())
+    _send(conn, "started\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update(env)
+    client_pid, _uid = peer_credentials(conn)
+    code = run_hook(HookArgs(phase), hook_pid=client_pid)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _send(conn, f"exit {code}\n")
+    return 0
+
+
+def _listen(path: str) -> socket.socket:
+    """Bind the socket root-only: its directory 0700 (created if missing), the socket 0600."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SystemExit(f"nodecheck agent: {directory} must be a directory of ours, 0700/0755")
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                raise SystemExit(f"nodecheck agent: another agent is serving {path}")
+            except OSError:
+                os.unlink(path)  # left by an agent that died
+            finally:
+                probe.close()
+    old_umask = os.umask(0o177)
+    try:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+    finally:
+        os.umask(old_umask)
+    server.listen(64)
+    return server
+
+
+def _reap(workers: set[int]) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            workers.clear()
+            return
+        if pid == 0:
+            return
+        workers.discard(pid)
+
+
+def _wait_for(workers: set[int], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while workers and time.monotonic() < deadline:
+        _reap(workers)
+        time.sleep(0.05)
+
+
+def _remove_socket(path: str, inode: int) -> None:
+    """Unlink the socket if it is still the one we bound (not a successor's)."""
+    with contextlib.suppress(OSError):
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+
+
+def serve(path: str) -> int:
+    log = get_logger()
+    missing = warm_up()
+    dependencies = dependency_files()
+    stamp = code_stamp(PACKAGE, dependencies)
+    server = _listen(path)
+    inode = os.lstat(path).st_ino
+    workers: set[int] = set()
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    # A long-lived process: collect garbage, but never scan the warm heap (gc.freeze), so
+    # forked workers do not copy it page by page.
+    gc.enable()
+    gc.collect()
+    gc.freeze()
+    log.info("agent_ready", socket=path, pid=os.getpid(), not_loaded=missing)
+    served = 0
+    try:
+        while not stopping:
+            server.settimeout(1.0)
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                _reap(workers)
+                continue
+            except OSError:
+                if stopping:
+                    break
+                raise
+            with conn:
+                _pid, uid = peer_credentials(conn)
+                if uid != os.geteuid():
+                    log.warning("agent_peer_rejected", uid=uid)
+                    _refuse(conn, "refused: not our user\n")
+                    continue
+                if code_stamp(PACKAGE, dependencies) != stamp:
+                    log.warning("agent_stale", why="code changed on disk since start; exiting")
+                    _refuse(conn, "stale: code changed since the agent started\n")
+                    return 0
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    code = 70
+                    try:
+                        server.close()
+                        code = run_worker(conn)
+                    finally:
+                        os._exit(code)
+                workers.add(pid)
+                served += 1
+            _reap(workers)
+    finally:
+        # Socket first: from now on the entrypoints run in-process. Then let the runs in
+        # progress finish (each is bounded by its own budget).
+        _remove_socket(path, inode)
+        server.close()
+        _wait_for(workers, STOP_WAIT_S)
+        log.info("agent_stopped", served=served, unfinished=len(workers))
+    return 0
+
+
+def main(path: str | None) -> int:
+    return serve(path or os.environ.get("NODECHECK_AGENT_SOCKET") or DEFAULT_SOCKET)

@@ -1,0 +1,421 @@
+"""Command line: `nodecheck run|hook|list|explain|resume|report|agent`.
+
+`hook PHASE` is what the prolog/epilog/health entrypoints call (see nodecheck.entry.hook).
+`run` is the same pipeline for a human: a table, no action.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from nodecheck.checks.registry import PHASES
+from nodecheck.entry.hook import HOOK_PHASES, HookArgs, hook_args, run_hook
+from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
+
+if TYPE_CHECKING:  # argparse is imported only off the hook path (see nodecheck.entry.hook)
+    import argparse
+
+
+def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="nodecheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="config file (default: see README, 'Configuration')")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run checks now and print the results (never drains)")
+    run.add_argument(
+        "--phase",
+        choices=PHASES,
+        default="manual",
+        help="run the checks of this phase (default: manual)",
+    )
+    run.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this check (id or glob like 'gpu.*'); repeatable",
+    )
+    run.add_argument("--node", help="node name to resolve the node class for")
+    run.add_argument("--json", action="store_true", help="machine-readable output")
+    run.add_argument("--job", metavar="ID", help="job id to check for (epilog checks)")
+
+    hook = sub.add_parser("hook", help="entrypoint for Slurm Prolog/Epilog/HealthCheckProgram")
+    hook.add_argument("phase", choices=HOOK_PHASES)
+    hook.add_argument("--dry-run", action="store_true", help="log what would be drained")
+
+    lst = sub.add_parser("list", help="list checks and the phases they run in")
+    lst.add_argument("--json", action="store_true")
+    lst.add_argument("--node", help="show enabled/phases as configured for this node")
+
+    explain = sub.add_parser("explain", help="what a check looks at and what to do when it fails")
+    explain.add_argument("check_id")
+
+    resume = sub.add_parser("resume", help="resume this node, only if nodecheck drained it")
+    resume.add_argument("--node", help="node name (default: this host)")
+    resume.add_argument(
+        "--force", action="store_true", help="resume without re-running the checks first"
+    )
+
+    agent = sub.add_parser(
+        "agent", help="serve hook runs from a warm process (docs/agent.md); runs until stopped"
+    )
+    agent.add_argument(
+        "--socket",
+        help="Unix socket (default: $NODECHECK_AGENT_SOCKET, else /run/nodecheck/agent.sock)",
+    )
+
+    report = sub.add_parser(
+        "report",
+        help="nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)",
+    )
+    report.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    fast = hook_args(words)
+    if fast is not None:
+        return run_hook(fast)
+    args = _parser().parse_args(words)
+    from nodecheck.log import setup_logging
+
+    if args.command == "hook":
+        return run_hook(HookArgs(args.phase, args.config, args.dry_run, args.verbose))
+    if args.command == "agent":  # a service: its log is its stderr (the journal)
+        from nodecheck.entry.agent import main as agent_main
+
+        setup_logging(None, to_stderr=True, verbose=args.verbose)
+        return agent_main(args.socket)
+    setup_logging(None, to_stderr=args.verbose, verbose=args.verbose)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "list":
+        return _list(args)
+    if args.command == "explain":
+        return _explain(args)
+    if args.command == "report":
+        return _report(args)
+    return _resume(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nodecheck.run.pipeline import RunRequest, UsageError, execute
+    from nodecheck.slurm import SlurmError
+
+    env = dict(os.environ)
+    if args.job:
+        env["SLURM_JOB_ID"] = args.job
+    try:
+        out = execute(
+            RunRequest(
+                phase=args.phase,
+                env=env,
+                config_path=args.config,
+                node=args.node,
+                check_patterns=tuple(args.check),
+            )
+        )
+    except (UsageError, SlurmError) as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    if args.json:
+        print(json.dumps(_outcome_json(out), indent=2))
+    else:
+        print(_table(out))
+    return out.verdict.exit_code
+
+
+def _outcome_json(out: object) -> dict:
+    from nodecheck.run.pipeline import RunOutcome
+
+    assert isinstance(out, RunOutcome)
+    return {
+        "node": out.node,
+        "node_class": out.node_class,
+        "phase": out.phase,
+        "job": out.job.job_id,
+        "status": out.verdict.status.name,
+        "summary": out.verdict.summary,
+        "reason": out.verdict.reason,
+        "action": out.action_taken,
+        "exit_code": out.verdict.exit_code,
+        "duration_s": round(out.duration_s, 3),
+        "notes": list(out.notes),
+        "results": [r.as_dict() for r in out.results],
+    }
+
+
+def _table(out: object) -> str:
+    from nodecheck.run.pipeline import RunOutcome
+
+    assert isinstance(out, RunOutcome)
+    rows = [("CHECK", "COMPONENT", "STATUS", "MESSAGE")]
+    rows += [(r.check_id, r.component, r.status.name, r.message) for r in out.results]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
+        for row in rows
+    ]
+    lines.append("")
+    lines.append(
+        f"node {out.node} (class {out.node_class}), phase {out.phase}: "
+        f"{out.verdict.status.name} - {out.verdict.summary} ({out.duration_s:.2f}s)"
+    )
+    for note in out.notes:
+        lines.append(f"note: {note}")
+    if out.verdict.reason:
+        lines.append(
+            f"a {out.phase if out.phase != 'manual' else 'prolog'} would drain with: "
+            f"{out.verdict.reason}"
+        )
+    return "\n".join(lines)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from nodecheck.checks.registry import all_checks
+    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.pipeline import node_name
+
+    registry = all_checks()
+    node = node_name(args.node, os.environ)
+    try:
+        nodecfg = load_config(args.config, os.environ, registry).for_node(node, registry)
+    except ConfigError as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    rows = [
+        {
+            "id": cid,
+            "enabled": nodecfg.checks[cid].enabled,
+            "phases": sorted(nodecfg.checks[cid].phases, key=PHASES.index),
+            "timeout_s": nodecfg.checks[cid].timeout_s,
+            "summary": chk.summary,
+        }
+        for cid, chk in registry.items()
+    ]
+    if args.json:
+        print(
+            json.dumps({"node": node, "node_class": nodecfg.node_class, "checks": rows}, indent=2)
+        )
+        return EXIT_OK
+    print(f"checks for node {node} (class {nodecfg.node_class}):")
+    for row in rows:
+        flag = " " if row["enabled"] else "-"
+        phases = ",".join(row["phases"])
+        print(f"{flag} {row['id']:<18} {phases:<28} {row['summary']}")
+    print("('-' = disabled for this node)")
+    return EXIT_OK
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from nodecheck.checks.registry import all_checks
+
+    registry = all_checks()
+    chk = registry.get(args.check_id)
+    if chk is None:
+        print(f"nodecheck: unknown check {args.check_id!r} (see `nodecheck list`)", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(f"{chk.id}: {chk.summary}")
+    print(
+        f"runs in: {', '.join(sorted(chk.phases, key=PHASES.index))}; "
+        f"timeout {chk.timeout_s}s; {'on' if chk.enabled_by_default else 'off'} by default"
+    )
+    if chk.explain:
+        import inspect
+
+        print()
+        print(inspect.cleandoc(chk.explain))
+    if chk.options:
+        print(f'\noptions ([checks."{chk.id}"] or per node class):')
+        for name, opt in chk.options.items():
+            print(f"  {name} = {json.dumps(opt.default)}  # {opt.help}")
+    return EXIT_OK
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from nodecheck.checks.registry import all_checks
+    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.pipeline import RunRequest, execute, node_name
+    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm.act import backend_for, resume_if_ours
+
+    node = node_name(args.node, os.environ)
+    try:
+        config = load_config(args.config, os.environ, all_checks())
+    except ConfigError as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    if not args.force:
+        out = execute(
+            RunRequest(phase="health", env=dict(os.environ), config_path=args.config, node=node)
+        )
+        if out.verdict.failures:
+            print(_table(out))
+            print(f"not resuming {node}: checks still fail (use --force to resume anyway)")
+            return EXIT_FAIL
+    try:
+        result = resume_if_ours(backend_for(config, os.environ), node)
+    except SlurmError as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(f"{node}: {result}")
+    return EXIT_FAIL if result.startswith("refused") else EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Every node Slurm shows drained with a `nodecheck:` reason: check, component, since
+    when, and how often it was drained within flap_window_s (from the node's history when
+    this host has it, else from a "flapping (drained Nx ...)" reason, else unknown)."""
+    import re
+    import time
+
+    from nodecheck.checks.registry import all_checks
+    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.reason import parse_reason
+    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm.act import backend_for
+    from nodecheck.store import history
+
+    try:
+        config = load_config(args.config, os.environ, all_checks())
+        nodes = backend_for(config, os.environ).list_nodes()
+    except (ConfigError, SlurmError) as exc:
+        print(f"nodecheck: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    window = float(config.flap_window_s)
+    since = time.time() - window
+    rows = []
+    for info in sorted(nodes, key=lambda n: n.name):
+        if not info.drained_by_nodecheck:
+            continue
+        parsed = parse_reason(info.reason)
+        flapping = bool(parsed and history.is_flapping_message(parsed.message))
+        drains = history.read_only_history(
+            config.state_dir_for(info.name), lambda h: h.events_since("drain", since)
+        )
+        source = "history" if drains is not None else None
+        if drains is None and parsed and flapping:
+            found = re.match(r"flapping \(drained (\d+)x", parsed.message)
+            drains, source = (int(found[1]), "reason") if found else (None, None)
+        rows.append(
+            {
+                "node": info.name,
+                "state": "+".join(info.states),
+                "check": parsed.check_id if parsed else None,
+                "component": parsed.component if parsed else None,
+                "message": parsed.message if parsed else None,
+                "severity": (parsed.severity or None) if parsed else None,
+                "remedy": (parsed.remedy or None) if parsed else None,
+                "phase": parsed.phase if parsed else None,
+                "job": (parsed.job_id or None) if parsed else None,
+                "since": info.reason_time or None,
+                "by": info.reason_user or None,
+                "flapping": flapping,
+                "drains_in_window": drains,
+                "drains_source": source,
+                "window": history.human_window(window),
+                "reason": info.reason,
+            }
+        )
+    breakers, held = _breaker_report(config, nodes)
+    if args.json:
+        print(
+            json.dumps(
+                {"count": len(rows), "nodes": rows, "breaker": breakers, "held_by_slurm": held},
+                indent=2,
+            )
+        )
+        return EXIT_OK
+    _print_breaker_report(breakers, held)
+    if not rows:
+        print("no nodes drained by nodecheck")
+        return EXIT_OK
+    head = (
+        "NODE",
+        "STATE",
+        "CHECK",
+        "COMPONENT",
+        "SINCE",
+        f"DRAINS/{history.human_window(window)}",
+        "SEVERITY",
+        "ACTION",
+    )
+    table = [head] + [
+        (
+            r["node"],
+            r["state"],
+            r["check"] or "?",
+            r["component"] or "?",
+            r["since"] or "?",
+            "?" if r["drains_in_window"] is None else str(r["drains_in_window"]),
+            r["severity"] or "?",
+            r["remedy"] or "?",
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row, r in zip(table, [None, *rows], strict=True):
+        line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))
+        print(f"{line}  {'REASON' if r is None else r['reason']}")
+    print(f"{len(rows)} node(s) drained by nodecheck")
+    return EXIT_OK
+
+
+# Slurm's own reason when a prolog/epilog exits non-zero without setting one: what a node
+# shows when nodecheck's circuit breaker left the drain to Slurm.
+_SLURM_HOOK_FAILURE = ("Prolog error", "Epilog error", "prolog failed", "epilog failed")
+
+
+def _breaker_report(config: Any, nodes: list[Any]) -> tuple[list[dict], list[dict]]:
+    """Per partition: nodecheck's drains against the breaker limit; and the nodes Slurm
+    drained for a failed prolog/epilog, which is where a tripped breaker leaves them."""
+    from nodecheck.run.breaker import partition_status
+    from nodecheck.slurm.act import breaker_limits
+
+    breakers = [
+        {
+            "partition": b.partition,
+            "open": b.open,
+            "drained": b.drained,
+            "total": b.total,
+            "why": b.why,
+        }
+        for b in partition_status(nodes, breaker_limits(config))
+    ]
+    held = [
+        {
+            "node": n.name,
+            "reason": n.reason,
+            "since": n.reason_time or None,
+            "partitions": list(n.partitions),
+        }
+        for n in sorted(nodes, key=lambda n: n.name)
+        if n.drained and n.reason.startswith(_SLURM_HOOK_FAILURE)
+    ]
+    return breakers, held
+
+
+def _print_breaker_report(breakers: list[dict], held: list[dict]) -> None:
+    for b in breakers:
+        if b["open"]:
+            print(
+                f"CIRCUIT BREAKER OPEN in partition {b['partition']}: {b['why']}; "
+                "nodecheck stops draining there, failing nodes are left to Slurm"
+            )
+    if held:
+        print(
+            f"{len(held)} node(s) drained by Slurm after a failed prolog/epilog "
+            "(nodecheck did not drain them: breaker open, or nodecheck could not reach "
+            "the controller); a human decides:"
+        )
+        for h in held:
+            print(f"  {h['node']}  since {h['since'] or '?'}  {h['reason']}")
+        print()

@@ -1,0 +1,28 @@
+# Shared by the prolog/, epilog/ and health/ entrypoints (sourced, never run on its own;
+# the caller sets $here to its own directory). Slurm gives these no PATH, so every path
+# here is absolute.
+#
+# Python: $NODECHECK_PYTHON, else the checkout's .venv (make install), else
+# /usr/bin/python3. NODECHECK_PYTHON counts only as an absolute path to an executable
+# file: a relative or broken value must not turn into "Prolog error" drains (or run
+# something from the cwd).
+#
+# The run goes to the nodecheck agent when its socket exists ($NODECHECK_AGENT_SOCKET if
+# absolute, else /run/nodecheck/agent.sock; docs/agent.md); the client falls back to the
+# in-process run by itself. Without a socket the hook runs in-process directly.
+nodecheck_hook() {
+    phase=$1
+    python=$here/../.venv/bin/python3
+    case ${NODECHECK_PYTHON:-} in
+    /*) [ -f "$NODECHECK_PYTHON" ] && [ -x "$NODECHECK_PYTHON" ] && python=$NODECHECK_PYTHON ;;
+    esac
+    [ -f "$python" ] && [ -x "$python" ] || python=/usr/bin/python3
+    sock=/run/nodecheck/agent.sock
+    case ${NODECHECK_AGENT_SOCKET:-} in
+    /*) sock=$NODECHECK_AGENT_SOCKET ;;
+    esac
+    if [ -S "$sock" ]; then
+        exec "$python" -I -S "$here/../nodecheck/entry/agent_client.py" --socket "$sock" "$phase"
+    fi
+    exec "$python" -I -m nodecheck hook "$phase"
+}

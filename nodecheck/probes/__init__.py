@@ -1,0 +1,1 @@
+"""Every OS and hardware boundary: NVML, sysfs (InfiniBand, net), the kernel log, PCI topology."""

@@ -1,0 +1,278 @@
+"""Collect a Snapshot from the real NVML through pynvml. The only module importing pynvml.
+
+pynvml is imported inside `collect`, never at import time, so nodecheck starts fast and
+works on nodes without it. Every NVML call is preceded by a progress note (`note`), so a
+call that hangs (a GPU falling off the bus often looks like that) is named when the probe
+is killed at its deadline. Every NVML error is kept as data with its real return code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from nodecheck.probes.nvml.model import (
+    ARGUMENT_VERSION_MISMATCH,
+    FUNCTION_NOT_FOUND,
+    NOT_SUPPORTED,
+    NVLINK_COUNTERS,
+    FabricInfo,
+    Gpu,
+    MemoryInfo,
+    NvLink,
+    NvmlError,
+    ProcessInfo,
+    RemappedRows,
+    Snapshot,
+)
+from nodecheck.run.progress import note
+
+_MISSING = object()
+# Link numbers NVML answers with one of these are not there on this part.
+_NO_SUCH_LINK = (NOT_SUPPORTED, 2)  # NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_INVALID_ARGUMENT
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+class _Caller:
+    """Calls pynvml functions by name, turning NVMLError into NvmlError data."""
+
+    def __init__(self, pynvml: Any) -> None:
+        self.nv = pynvml
+
+    def __call__(self, fn_name: str, *args: Any, where: str = "") -> tuple[Any, NvmlError | None]:
+        note(f"{fn_name} {where}".strip())
+        fn = getattr(self.nv, fn_name, None)
+        if fn is None:  # this pynvml predates the call
+            return None, NvmlError(FUNCTION_NOT_FOUND)
+        try:
+            return fn(*args), None
+        except self.nv.NVMLError as exc:
+            return None, NvmlError(int(exc.value))
+
+    def first(
+        self, names: Iterable[str], *args: Any, where: str = ""
+    ) -> tuple[Any, NvmlError | None]:
+        """Try newer then older names of one call, moving on only when one is missing."""
+        value, err = None, NvmlError(FUNCTION_NOT_FOUND)
+        for name in names:
+            value, err = self(name, *args, where=where)
+            if err is None or err.code != FUNCTION_NOT_FOUND:
+                break
+        return value, err
+
+
+def collect(indices: Iterable[int] | None = None, source: str = "real") -> Snapshot:
+    """Take one snapshot of every GPU (or of `indices` only) through the real NVML."""
+    started, wall = time.monotonic(), time.time()
+    try:
+        import pynvml
+    except ImportError:
+        # No bindings at all is the same situation as no libnvidia-ml.so for the checks.
+        return Snapshot(
+            source=source,
+            collected_at=wall,
+            init_error=NvmlError(12, message="pynvml (nvidia-ml-py) not installed"),
+        )
+    call = _Caller(pynvml)
+    _, init_error = call("nvmlInit")
+    if init_error is not None:
+        return Snapshot(
+            source=source,
+            collected_at=wall,
+            collect_s=time.monotonic() - started,
+            init_error=init_error,
+        )
+    try:
+        errors: dict[str, NvmlError] = {}
+        driver, err = call("nvmlSystemGetDriverVersion")
+        if err:
+            errors["driver_version"] = err
+        cuda, err = call("nvmlSystemGetCudaDriverVersion")
+        if err:
+            errors["cuda_driver_version"] = err
+        count, err = call("nvmlDeviceGetCount")
+        if err:
+            errors["device_count"] = err
+        wanted = sorted(set(indices)) if indices is not None else list(range(count or 0))
+        gpus = tuple(_collect_gpu(call, pynvml, i) for i in wanted if count and i < count)
+        return Snapshot(
+            source=source,
+            collected_at=wall,
+            collect_s=time.monotonic() - started,
+            driver_version=_text(driver) if driver is not None else None,
+            cuda_driver_version=cuda,
+            device_count=count,
+            gpus=gpus,
+            errors=errors,
+            selected=tuple(wanted) if indices is not None else None,
+        )
+    finally:
+        call("nvmlShutdown")
+
+
+def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
+    where = f"gpu{index}"
+    handle, err = call("nvmlDeviceGetHandleByIndex", index, where=where)
+    if err is not None:
+        return Gpu(index=index, errors={"handle": err})
+    values: dict[str, Any] = {"index": index}
+    errors: dict[str, NvmlError] = {}
+
+    def get(key: str, fn_name: str | tuple[str, ...], *args: Any, conv: Callable = lambda v: v):
+        names = (fn_name,) if isinstance(fn_name, str) else fn_name
+        value, err = call.first(names, handle, *args, where=where)
+        if err is not None:
+            errors[key] = err
+            return _MISSING
+        values[key] = conv(value)
+        return values[key]
+
+    get("minor_number", "nvmlDeviceGetMinorNumber")
+    get("name", "nvmlDeviceGetName", conv=_text)
+    get("uuid", "nvmlDeviceGetUUID", conv=_text)
+    pci = get("pci_bus_id", "nvmlDeviceGetPciInfo", conv=lambda p: _text(p.busId))
+    if pci is not _MISSING and values["pci_bus_id"] == "":
+        values["pci_bus_id"] = None
+
+    value, err = call("nvmlDeviceGetEccMode", handle, where=where)
+    if err is not None:
+        errors["ecc_mode"] = err
+    else:
+        values["ecc_mode_current"], values["ecc_mode_pending"] = (bool(v) for v in value)
+    for kind, error_type in (("uncorrected", 1), ("corrected", 0)):
+        for counter, counter_type in (("volatile", 0), ("aggregate", 1)):
+            get(f"ecc_{kind}_{counter}", "nvmlDeviceGetTotalEccErrors", error_type, counter_type)
+
+    value, err = call("nvmlDeviceGetRemappedRows", handle, where=where)
+    if err is not None:
+        errors["remapped_rows"] = err
+    else:
+        corr, unc, pending, failure = value
+        values["remapped_rows"] = RemappedRows(int(corr), int(unc), bool(pending), bool(failure))
+    if "remapped_rows" in errors and errors["remapped_rows"].not_supported:
+        # Parts before Ampere retire whole pages instead of remapping rows.
+        get("retired_pages_pending", "nvmlDeviceGetRetiredPagesPendingStatus", conv=bool)
+        sbe_cause, dbe_cause = 0, 1  # NVML_PAGE_RETIREMENT_CAUSE_{MULTIPLE_SINGLE_BIT,DOUBLE_BIT}
+        get("retired_pages_sbe", "nvmlDeviceGetRetiredPages", sbe_cause, conv=len)
+        get("retired_pages_dbe", "nvmlDeviceGetRetiredPages", dbe_cause, conv=len)
+
+    get("pcie_gen_current", "nvmlDeviceGetCurrPcieLinkGeneration")
+    get("pcie_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration")
+    get("pcie_width_current", "nvmlDeviceGetCurrPcieLinkWidth")
+    get("pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth")
+
+    values["nvlinks"], nvlink_error = _collect_nvlinks(call, nv, handle, where)
+    if nvlink_error is not None:
+        errors["nvlink"] = nvlink_error
+
+    get(
+        "clocks_event_reasons",
+        ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
+    )
+    # NVML_TEMPERATURE_GPU; the V form is newer, the plain one deprecated but everywhere.
+    get("temperature_c", ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"), 0)
+    get("power_usage_mw", "nvmlDeviceGetPowerUsage")
+    get("power_limit_mw", "nvmlDeviceGetEnforcedPowerLimit")
+    get("persistence_mode", "nvmlDeviceGetPersistenceMode", conv=bool)
+    value, err = call("nvmlDeviceGetMigMode", handle, where=where)
+    if err is not None:
+        errors["mig_mode"] = err
+    else:
+        values["mig_mode_current"], values["mig_mode_pending"] = (bool(v) for v in value)
+    get("compute_mode", "nvmlDeviceGetComputeMode")
+
+    fabric, err = _collect_fabric(call, nv, handle, where)
+    if err is not None:
+        errors["fabric"] = err
+    else:
+        values["fabric"] = fabric
+
+    get(
+        "processes",
+        ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"),
+        conv=lambda procs: tuple(
+            ProcessInfo(pid=int(p.pid), usedGpuMemory=p.usedGpuMemory) for p in procs
+        ),
+    )
+    get(
+        "memory",
+        "nvmlDeviceGetMemoryInfo",
+        conv=lambda m: MemoryInfo(total=int(m.total), free=int(m.free), used=int(m.used)),
+    )
+    return Gpu(**values, errors=errors)
+
+
+def _collect_nvlinks(
+    call: _Caller, nv: Any, handle: Any, where: str
+) -> tuple[tuple[NvLink, ...], NvmlError | None]:
+    """Every link NVML knows on this GPU; (), error when there are none or the GPU is gone."""
+    links: list[NvLink] = []
+    first_error: NvmlError | None = None
+    for link in range(int(getattr(nv, "NVML_NVLINK_MAX_LINKS", 18))):
+        state, err = call("nvmlDeviceGetNvLinkState", handle, link, where=f"{where} link{link}")
+        if err is not None:
+            first_error = first_error or err
+            if err.gpu_lost:
+                break
+            if err.code in _NO_SUCH_LINK or err.code == FUNCTION_NOT_FOUND:
+                continue
+            links.append(NvLink(link=link, active=None, errors={"state": err}))
+            continue
+        counters: dict[str, int] = {}
+        counter_errors: dict[str, NvmlError] = {}
+        if state:
+            for number, counter in enumerate(NVLINK_COUNTERS):
+                value, err = call(
+                    "nvmlDeviceGetNvLinkErrorCounter",
+                    handle,
+                    link,
+                    number,
+                    where=f"{where} link{link} {counter}",
+                )
+                if err is not None:
+                    counter_errors[counter] = err
+                else:
+                    counters[counter] = int(value)
+        links.append(
+            NvLink(link=link, active=bool(state), counters=counters, errors=counter_errors)
+        )
+    if links:
+        return tuple(links), None
+    return (), first_error or NvmlError(NOT_SUPPORTED)
+
+
+def _collect_fabric(
+    call: _Caller, nv: Any, handle: Any, where: str
+) -> tuple[FabricInfo | None, NvmlError | None]:
+    """GPU fabric registration (NVSwitch systems): newest struct the driver accepts."""
+    for struct_name in ("c_nvmlGpuFabricInfo_v3_t", "c_nvmlGpuFabricInfo_v2_t"):
+        struct_type = getattr(nv, struct_name, None)
+        if struct_type is None:
+            continue
+        info = struct_type()
+        _, err = call("nvmlDeviceGetGpuFabricInfoV", handle, ctypes.byref(info), where=where)
+        if err is None:
+            return (
+                FabricInfo(
+                    state=int(info.state),
+                    status=int(info.status),
+                    healthMask=int(info.healthMask),
+                    healthSummary=int(getattr(info, "healthSummary", 0)) or None,
+                ),
+                None,
+            )
+        if err.code not in (ARGUMENT_VERSION_MISMATCH, FUNCTION_NOT_FOUND):
+            return None, err
+    struct_type = getattr(nv, "c_nvmlGpuFabricInfo_t", None)
+    if struct_type is None:
+        return None, NvmlError(FUNCTION_NOT_FOUND)
+    info = struct_type()
+    _, err = call("nvmlDeviceGetGpuFabricInfo", handle, ctypes.byref(info), where=where)
+    if err is not None:
+        return None, err
+    return FabricInfo(state=int(info.state), status=int(info.status)), None

@@ -1,0 +1,1 @@
+"""The run pipeline: config, the isolated probe runner, the decision and its data types."""

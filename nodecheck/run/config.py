@@ -1,0 +1,459 @@
+"""Load, validate and resolve the TOML configuration for one node.
+
+Search order for the file: `--config`, `$NODECHECK_CONFIG`, `nodecheck.toml` beside
+`$SLURM_CONF` (slurmd passes SLURM_CONF to Prolog/Epilog), `/etc/nodecheck/nodecheck.toml`.
+An explicitly named file that is missing is an error; with no file at all, built-in
+defaults apply. Every error is a ConfigError naming the key at fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nodecheck.checks.context import NodeSettings
+from nodecheck.checks.registry import ALL_PHASES, COMMON_KEYS, Check, Option
+from nodecheck.hostlist import host_matches, validate_pattern
+
+DEFAULT_PATH = Path("/etc/nodecheck/nodecheck.toml")
+ON_INTERNAL_ERROR = ("pass", "drain")
+BACKENDS = ("auto", "pyslurm", "scontrol")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and key."""
+
+
+# Top-level settings: name -> (accepted types, default). Paths are given as strings.
+_SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
+    "budget_s": ((int, float), 20.0),
+    "on_internal_error": (str, "pass"),
+    "dry_run": (bool, False),
+    "disabled": (bool, False),
+    "killswitch_file": (str, "/etc/nodecheck/disabled"),
+    "log_file": (str, "/var/log/nodecheck/nodecheck.log"),
+    "state_dir": (str, "/var/lib/nodecheck"),
+    "slurm_backend": (str, "auto"),
+    "scontrol": (str, "/usr/bin/scontrol"),
+    "slurm_conf": (str, ""),
+    "drain_attempts": (int, 3),
+    "resume_after_passes": (int, 1),
+    "probe_memory_mb": (int, 1024),
+    "sysfs_root": (str, "/sys"),
+    "procfs_root": (str, "/proc"),
+    "nvml": (str, "real"),
+    # History (nodecheck/store/history.py): the last N runs, none older than D days.
+    "history_max_rows": (int, 10000),
+    "history_max_days": ((int, float), 30),
+    # A node drained more than flap_max_drains times within flap_window_s stays drained
+    # ("flapping") until an admin resumes it; 0 turns flap control off.
+    "flap_max_drains": (int, 3),
+    "flap_window_s": ((int, float), 86400),
+    # Drain circuit breaker (nodecheck/run/breaker.py): no nodecheck drain past this share of a
+    # partition (but always allow breaker_floor nodes), nor past breaker_max_drains drains
+    # within breaker_window_min minutes cluster-wide. 0 turns a limit off.
+    "breaker_max_share": ((int, float), 0.10),
+    "breaker_floor": (int, 3),
+    "breaker_max_drains": (int, 20),
+    "breaker_window_min": ((int, float), 10),
+    # Drains by these checks are never resumed by the health phase: their fault is gone
+    # from view once read (an XID passes the next run), so a human decides.
+    "manual_resume_checks": (list, ["gpu.xid"]),
+    # Job-scoped prolog/epilog (nodecheck/probes/jobscope.py): a failure outside the job's GPUs
+    # and the HCAs local to them drains the node but lets the job run.
+    "job_scoped": (bool, False),
+    "job_scope_hca": (str, "pcie"),
+    # node_exporter textfile-collector file; "" disables metrics. May contain {node}.
+    "metrics_file": (str, "/var/lib/node_exporter/textfile_collector/nodecheck.prom"),
+    # false: a healthy prolog/epilog leaves the metrics file to the next health run (or the
+    # next run that finds a problem) and keeps prometheus_client off job start.
+    "metrics_on_job_path": (bool, False),
+}
+# What a node class may override besides its check tables.
+_CLASS_OVERRIDABLE = ("budget_s", "dry_run", "disabled", "sysfs_root", "procfs_root", "nvml")
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """One check's effective settings on one node."""
+
+    enabled: bool
+    timeout_s: float
+    phases: frozenset[str]
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Hysteresis:
+    """A WARN of this check on the same component `warn_count` times within `window_s`
+    (this run included) becomes a FAIL."""
+
+    warn_count: int
+    window_s: float
+
+
+@dataclass(frozen=True)
+class NodeClass:
+    """A [[node_class]] table: host patterns and what it overrides."""
+
+    name: str
+    patterns: tuple[str, ...]
+    overrides: Mapping[str, Any]
+    checks: Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The configuration as it applies to one node, node class applied."""
+
+    node: str
+    node_class: str
+    budget_s: float
+    dry_run: bool
+    disabled: bool
+    settings: NodeSettings
+    checks: Mapping[str, CheckSettings]
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated config file: top-level values, check tables, node classes."""
+
+    path: Path | None
+    values: Mapping[str, Any]
+    checks: Mapping[str, Mapping[str, Any]]
+    node_classes: tuple[NodeClass, ...] = field(default_factory=tuple)
+    hysteresis: Mapping[str, Hysteresis] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def state_dir_for(self, node: str) -> Path:
+        # "{node}" lets several slurmd on one host (multiple-slurmd setups, the test
+        # cluster) keep separate state.
+        return Path(self.values["state_dir"].replace("{node}", node))
+
+    def metrics_file_for(self, node: str) -> Path | None:
+        path = self.values["metrics_file"]
+        return Path(path.replace("{node}", node)) if path else None
+
+    def for_node(self, node: str, registry: Mapping[str, Check]) -> NodeConfig:
+        node_class = next(
+            (nc for nc in self.node_classes if any(host_matches(p, node) for p in nc.patterns)),
+            None,
+        )
+        values = dict(self.values)
+        class_checks: Mapping[str, Mapping[str, Any]] = {}
+        if node_class is not None:
+            values.update(node_class.overrides)
+            class_checks = node_class.checks
+        settings = NodeSettings(
+            sysfs_root=Path(values["sysfs_root"]),
+            procfs_root=Path(values["procfs_root"]),
+            nvml=values["nvml"],
+            state_dir=self.state_dir_for(node),
+        )
+        resolved = {}
+        for cid, chk in registry.items():
+            merged = {**self.checks.get(cid, {}), **class_checks.get(cid, {})}
+            resolved[cid] = CheckSettings(
+                enabled=merged.get("enabled", chk.enabled_by_default),
+                timeout_s=float(merged.get("timeout_s", chk.timeout_s)),
+                phases=frozenset(merged.get("phases", chk.phases)),
+                options={name: merged.get(name, opt.default) for name, opt in chk.options.items()},
+            )
+        return NodeConfig(
+            node=node,
+            node_class=node_class.name if node_class else "default",
+            budget_s=float(values["budget_s"]),
+            dry_run=values["dry_run"],
+            disabled=values["disabled"],
+            settings=settings,
+            checks=resolved,
+        )
+
+
+def find_config_path(explicit: str | None, env: Mapping[str, str]) -> tuple[Path, bool]:
+    """Return (path, required): required when the operator named the file."""
+    if explicit:
+        return Path(explicit), True
+    if env.get("NODECHECK_CONFIG"):
+        return Path(env["NODECHECK_CONFIG"]), True
+    slurm_conf = env.get("SLURM_CONF")
+    if slurm_conf:
+        beside = Path(slurm_conf).parent / "nodecheck.toml"
+        if beside.is_file():
+            return beside, True
+    return DEFAULT_PATH, False
+
+
+def load_config(
+    explicit: str | None, env: Mapping[str, str], registry: Mapping[str, Check]
+) -> Config:
+    path, required = find_config_path(explicit, env)
+    try:
+        data = read_toml(path)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: config file not found") from None
+        return parse_config({}, None, registry)
+    return parse_config(data, path, registry)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The config file's TOML, read the way a root-run tool must: only a regular file (a
+    FIFO would block the prolog forever, so open without blocking and look before reading)
+    that others cannot write, of sane size, in UTF-8. FileNotFoundError when there is none;
+    every other problem is a ConfigError naming the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open config: {exc.strerror}") from exc
+    try:
+        refuse_unsafe_file(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def refuse_unsafe_file(path: Path, st: os.stat_result) -> None:
+    """A root-run tool must not take orders from a file others can write."""
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path}: not a regular file")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path}: writable by group or others (mode {st.st_mode & 0o777:o})")
+    if st.st_uid not in (0, os.geteuid()):
+        raise ConfigError(f"{path}: owned by uid {st.st_uid}, not root or the running user")
+
+
+def parse_config(
+    data: Mapping[str, Any], path: Path | None, registry: Mapping[str, Check]
+) -> Config:
+    where = str(path) if path else "<defaults>"
+    values = {name: default for name, (_, default) in _SETTINGS.items()}
+    values.update(
+        _parse_settings(
+            data, where, allowed=_SETTINGS.keys(), extra=("checks", "node_class", "hysteresis")
+        )
+    )
+    checks = _parse_check_tables(data.get("checks", {}), f"{where}: checks", registry)
+    raw_classes = data.get("node_class", [])
+    if not isinstance(raw_classes, list):
+        raise ConfigError(f"{where}: node_class must be an array of tables ([[node_class]])")
+    classes = tuple(
+        _parse_node_class(raw, f"{where}: node_class[{i}]", registry)
+        for i, raw in enumerate(raw_classes)
+    )
+    hysteresis = _parse_hysteresis(data.get("hysteresis", {}), f"{where}: hysteresis", registry)
+    return Config(
+        path=path, values=values, checks=checks, node_classes=classes, hysteresis=hysteresis
+    )
+
+
+def _parse_hysteresis(
+    tables: Any, where: str, registry: Mapping[str, Check]
+) -> dict[str, Hysteresis]:
+    """`[hysteresis."ib.counters"]` with `warn_count` (2..1000) and `window_s` (0..30 days]."""
+    out = {}
+    for cid, here, table in _per_check_tables(tables, where, registry):
+        unknown = set(table) - {"warn_count", "window_s"}
+        if unknown:
+            raise ConfigError(
+                f"{here}: unknown key(s) {sorted(unknown)} (known: warn_count, window_s)"
+            )
+        if "warn_count" not in table or "window_s" not in table:
+            raise ConfigError(f"{here}: needs both warn_count and window_s")
+        _require_type(f"{here}.warn_count", table["warn_count"], int)
+        _require_type(f"{here}.window_s", table["window_s"], (int, float))
+        if not 2 <= table["warn_count"] <= 1000:
+            raise ConfigError(f"{here}.warn_count must be in [2, 1000]")
+        if not 0 < table["window_s"] <= 30 * 86400:
+            raise ConfigError(f"{here}.window_s must be in (0, 2592000] (30 days)")
+        out[cid] = Hysteresis(int(table["warn_count"]), float(table["window_s"]))
+    return out
+
+
+def _parse_settings(
+    data: Mapping[str, Any], where: str, allowed: Any, extra: tuple[str, ...]
+) -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        if key in extra:
+            continue
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        kinds, _ = _SETTINGS[key]
+        _require_type(f"{where}: {key}", value, kinds)
+        out[key] = value
+    if "on_internal_error" in out and out["on_internal_error"] not in ON_INTERNAL_ERROR:
+        raise ConfigError(f"{where}: on_internal_error must be one of {ON_INTERNAL_ERROR}")
+    if "slurm_backend" in out and out["slurm_backend"] not in BACKENDS:
+        raise ConfigError(f"{where}: slurm_backend must be one of {BACKENDS}")
+    if "budget_s" in out and not 0 < out["budget_s"] <= 3600:
+        raise ConfigError(f"{where}: budget_s must be in (0, 3600]")
+    if "drain_attempts" in out and not 1 <= out["drain_attempts"] <= 10:
+        raise ConfigError(f"{where}: drain_attempts must be in [1, 10]")
+    if "resume_after_passes" in out and not 1 <= out["resume_after_passes"] <= 1000:
+        raise ConfigError(f"{where}: resume_after_passes must be in [1, 1000]")
+    if "history_max_rows" in out and not 10 <= out["history_max_rows"] <= 1_000_000:
+        raise ConfigError(f"{where}: history_max_rows must be in [10, 1000000]")
+    if "history_max_days" in out and not 0 < out["history_max_days"] <= 3650:
+        raise ConfigError(f"{where}: history_max_days must be in (0, 3650]")
+    if "flap_max_drains" in out and not 0 <= out["flap_max_drains"] <= 1000:
+        raise ConfigError(f"{where}: flap_max_drains must be in [0, 1000] (0: off)")
+    if "flap_window_s" in out and not 0 < out["flap_window_s"] <= 30 * 86400:
+        raise ConfigError(f"{where}: flap_window_s must be in (0, 2592000] (30 days)")
+    if "breaker_max_share" in out and not 0 <= out["breaker_max_share"] <= 1:
+        raise ConfigError(f"{where}: breaker_max_share must be in [0, 1]")
+    if "manual_resume_checks" in out and not all(
+        isinstance(c, str) for c in out["manual_resume_checks"]
+    ):
+        raise ConfigError(f"{where}: manual_resume_checks must be a list of check ids")
+    if "job_scope_hca" in out and out["job_scope_hca"] not in ("pcie", "numa"):
+        raise ConfigError(f"{where}: job_scope_hca must be 'pcie' or 'numa'")
+    if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):
+        raise ConfigError(f"{where}: nvml must be 'real' or 'replay:/path/to/snapshot.json'")
+    return out
+
+
+def _parse_node_class(raw: Any, where: str, registry: Mapping[str, Check]) -> NodeClass:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: needs a non-empty string 'name'")
+    where = f"{where.rsplit(':', 1)[0]}: node_class {name!r}"
+    patterns = raw.get("match")
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if (
+        not isinstance(patterns, list)
+        or not patterns
+        or not all(isinstance(p, str) for p in patterns)
+    ):
+        raise ConfigError(f"{where}: 'match' must be a host pattern or a list of them")
+    for pattern in patterns:
+        try:
+            validate_pattern(pattern)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: match: {exc}") from None
+    body = {k: v for k, v in raw.items() if k not in ("name", "match")}
+    overrides = _parse_settings(body, where, allowed=_CLASS_OVERRIDABLE, extra=("checks",))
+    checks = _parse_check_tables(body.get("checks", {}), f"{where}: checks", registry)
+    return NodeClass(name=name, patterns=tuple(patterns), overrides=overrides, checks=checks)
+
+
+def _per_check_tables(
+    tables: Any, where: str, registry: Mapping[str, Check]
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(check id, where, table) for each `"<check-id>" = { ... }` of a table keyed by check."""
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where}: must be a table of check tables")
+    for cid, table in tables.items():
+        here = f"{where}.{cid}"
+        if cid not in registry:
+            raise ConfigError(f"{here}: unknown check (see `nodecheck list`)")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{here}: must be a table")
+        yield cid, here, table
+
+
+def _parse_check_tables(
+    tables: Any, where: str, registry: Mapping[str, Check]
+) -> dict[str, dict[str, Any]]:
+    return {
+        cid: _parse_check_table(table, here, registry[cid])
+        for cid, here, table in _per_check_tables(tables, where, registry)
+    }
+
+
+def _parse_check_table(table: Mapping[str, Any], where: str, chk: Check) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key == "enabled":
+            _require_type(f"{where}.enabled", value, bool)
+        elif key == "timeout_s":
+            _require_type(f"{where}.timeout_s", value, (int, float))
+            if not 0 < value <= 600:
+                raise ConfigError(f"{where}.timeout_s must be in (0, 600]")
+        elif key == "phases":
+            if not isinstance(value, list) or not set(value) <= ALL_PHASES:
+                raise ConfigError(f"{where}.phases must be a list drawn from {sorted(ALL_PHASES)}")
+        elif key in chk.options:
+            _require_option(f"{where}.{key}", value, chk.options[key])
+        else:
+            known = ", ".join([*COMMON_KEYS, *chk.options]) or "none"
+            raise ConfigError(f"{where}: unknown option {key!r} (known: {known})")
+        out[key] = value
+    return out
+
+
+def _require_option(where: str, value: Any, opt: Option) -> None:
+    _require_type(where, value, opt.kind)
+    if opt.item is None:
+        return
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _require_type(f"{where}[{i}]", item, opt.item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _require_type(f"{where}.{key}", item, opt.item)
+
+
+def _require_type(where: str, value: Any, kinds: type | tuple[type, ...]) -> None:
+    kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
+    # bool is an int in Python, but `expected = true` is a mistake, not a count.
+    ok = isinstance(value, kinds_t) and not (isinstance(value, bool) and bool not in kinds_t)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds_t)
+        raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def salvage_config(explicit: str | None, env: Mapping[str, str]) -> Config:
+    """Defaults plus every top-level setting that is valid on its own, from a config that
+    failed validation: enough to honour on_internal_error and reach Slurm the way the
+    site configured, never enough to run checks from."""
+    values = {name: default for name, (_, default) in _SETTINGS.items()}
+    try:
+        path, _ = find_config_path(explicit, env)
+        # Same safe read as load_config: never salvage from a file others can write (it
+        # could name the scontrol we run as root), never block on a FIFO.
+        data = read_toml(path)
+    except (OSError, ConfigError):
+        return Config(path=None, values=values, checks={})
+    for key, value in data.items():
+        if key in _SETTINGS:
+            with contextlib.suppress(ConfigError):
+                values.update(_parse_settings({key: value}, str(path), _SETTINGS.keys(), ()))
+    return Config(path=path, values=values, checks={})
+
+
+def with_overrides(config: Config, **values: Any) -> Config:
+    return replace(config, values={**config.values, **values})

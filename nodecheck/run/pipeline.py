@@ -1,0 +1,271 @@
+"""One nodecheck run, start to end: config -> checks -> verdict -> (Slurm action) -> log.
+
+The CLI's `run` (manual) and `hook` (prolog/epilog/health) both come through `execute`,
+so what an admin sees by hand is what the prolog decided.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from nodecheck.checks.context import CheckContext, JobInfo
+from nodecheck.checks.registry import Check, all_checks, match_ids, with_defaults
+from nodecheck.hostlist import is_plain_node_name
+from nodecheck.log import bind_run, get_logger
+from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
+from nodecheck.run.decide import Action, Verdict, decide, internal_error_verdict
+from nodecheck.run.results import CheckResult, Status
+from nodecheck.run.runner import Planned, run_checks
+
+# history (and with it sqlite3 and nodecheck.store.state) is loaded before the probes fork: the
+# parent records every hook run, and the probe children that keep state share the import.
+from nodecheck.store import history
+
+DEFAULT_KILLSWITCH = Path("/etc/nodecheck/disabled")
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run: the phase, its environment, and whether to act on the verdict."""
+
+    phase: str
+    env: Mapping[str, str]
+    config_path: str | None = None
+    node: str | None = None
+    check_patterns: tuple[str, ...] = ()
+    act: bool = False  # hooks talk to Slurm when the verdict needs it; manual runs never do
+    dry_run: bool = False
+    hook_pid: int | None = None  # the process Slurm started, if not this one (the agent's)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a run found and did: results, verdict, Slurm action, duration."""
+
+    node: str
+    phase: str
+    node_class: str
+    job: JobInfo
+    results: list[CheckResult]
+    verdict: Verdict
+    action_taken: str
+    duration_s: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+class UsageError(Exception):
+    """The operator asked for something that does not exist (e.g. an unknown check id)."""
+
+
+def node_name(explicit: str | None, env: Mapping[str, str]) -> str:
+    name = explicit or env.get("SLURMD_NODENAME") or os.uname().nodename.split(".")[0]
+    if not is_plain_node_name(name):
+        raise UsageError(f"refusing node name {name!r}: not a plain host name")
+    return name
+
+
+def select_checks(
+    registry: Mapping[str, Check], nodecfg: NodeConfig, phase: str, patterns: tuple[str, ...]
+) -> list[Check]:
+    if patterns:
+        try:
+            ids = match_ids(patterns, registry)
+        except KeyError as exc:
+            raise UsageError(f"no check matches {exc.args[0]!r} (see `nodecheck list`)") from None
+        return [registry[cid] for cid in ids]
+    return [
+        chk
+        for cid, chk in registry.items()
+        if nodecfg.checks[cid].enabled and phase in nodecfg.checks[cid].phases
+    ]
+
+
+def _killswitch_on(config: Config | None, nodecfg: NodeConfig | None) -> str | None:
+    if nodecfg is not None and nodecfg.disabled:
+        return "disabled = true in config"
+    switch = Path(config.killswitch_file) if config else DEFAULT_KILLSWITCH
+    if switch.exists():
+        return f"killswitch file {switch} present"
+    return None
+
+
+def execute(req: RunRequest) -> RunOutcome:
+    started = time.monotonic()
+    log = get_logger()
+    job = JobInfo.from_env(req.env)
+    node = node_name(req.node, req.env)
+    bind_run(node=node, phase=req.phase, job=job.job_id)
+    if job.ignored:
+        log.warning("env_ignored", variables=list(job.ignored), why="malformed values")
+
+    def outcome(
+        results: list[CheckResult], verdict: Verdict, action: str, node_class: str, *notes: str
+    ) -> RunOutcome:
+        return RunOutcome(
+            node,
+            req.phase,
+            node_class,
+            job,
+            results,
+            verdict,
+            action,
+            time.monotonic() - started,
+            notes,
+        )
+
+    off = _killswitch_on(None, None)
+    if off:
+        log.warning("disabled", why=off)
+        return outcome([], decide([], "manual", None, "pass"), "disabled", "-", off)
+    try:
+        registry = all_checks()
+        config = load_config(req.config_path, req.env, registry)
+        nodecfg = config.for_node(node, registry)
+    except (ConfigError, ImportError, OSError) as exc:
+        fallback = salvage_config(req.config_path, req.env)
+        policy = fallback.on_internal_error
+        message = f"config: {exc}" if isinstance(exc, ConfigError) else f"startup: {exc}"
+        log.error("internal_error", error=message, on_internal_error=policy)
+        verdict = internal_error_verdict(message, req.phase, job.job_id, policy)
+        deadline = started + float(fallback.budget_s)
+        action = _act(req, fallback, node, verdict, deadline) if req.act else "none"
+        out = outcome(list(verdict.errors), verdict, action, "-")
+        if req.act and fallback.path is not None:  # no config file: no idea where state is
+            _record(fallback, out)
+        return out
+    bind_run(node_class=nodecfg.node_class)
+    off = _killswitch_on(config, nodecfg)
+    if off:
+        log.warning("disabled", why=off)
+        return outcome([], decide([], "manual", None, "pass"), "disabled", nodecfg.node_class, off)
+
+    checks = select_checks(registry, nodecfg, req.phase, req.check_patterns)
+    planned = [
+        Planned(
+            chk,
+            CheckContext(
+                req.phase,
+                node,
+                nodecfg.node_class,
+                job,
+                nodecfg.settings,
+                nodecfg.checks[chk.id].options,
+                req.hook_pid or os.getpid(),
+            ),
+            nodecfg.checks[chk.id].timeout_s,
+        )
+        for chk in checks
+    ]
+    deadline = started + nodecfg.budget_s
+    # Keep a slice of the budget for talking to Slurm on the unhealthy path.
+    reserve = min(5.0, nodecfg.budget_s * 0.25)
+    budget = max(0.5, deadline - reserve - time.monotonic())
+    results = [
+        with_defaults(r, registry) for r in run_checks(planned, budget, config.probe_memory_mb)
+    ]
+    if config.hysteresis and any(r.status is Status.WARN for r in results):
+        results = _hysteresis(config, nodecfg, results)
+    for r in results:
+        log.info("check_result", **r.as_dict())
+    verdict = decide(
+        results,
+        req.phase,
+        job.job_id,
+        config.on_internal_error,
+        _job_scope(config, nodecfg, req.phase, job, results),
+    )
+    dry_run = req.dry_run or nodecfg.dry_run
+    action = "none"
+    # Resuming is the health phase's job; a healthy prolog/epilog goes nowhere near Slurm.
+    wants_slurm = verdict.action is Action.DRAIN or (
+        verdict.action is Action.CLEAR and req.phase == "health"
+    )
+    if req.act and wants_slurm:
+        if dry_run and verdict.action is Action.DRAIN:
+            action = "would drain"
+            verdict = _dry_run_verdict(verdict)
+        elif not dry_run:
+            action = _act(req, config, node, verdict, deadline)
+    emit = log.warning if verdict.failures or verdict.errors else log.info
+    emit(
+        "verdict",
+        status=verdict.status.name,
+        summary=verdict.summary,
+        action=action,
+        reason=verdict.reason,
+        exit_code=verdict.exit_code,
+        checks=len(planned),
+        duration_s=round(time.monotonic() - started, 3),
+        dry_run=dry_run,
+    )
+    out = outcome(results, verdict, action, nodecfg.node_class)
+    if req.act:
+        _record(config, out)
+    return out
+
+
+def _hysteresis(
+    config: Config, nodecfg: NodeConfig, results: list[CheckResult]
+) -> list[CheckResult]:
+    """Repeated WARNs of a check with a [hysteresis] rule become a FAIL (nodecheck/history)."""
+    try:
+        return history.with_history(
+            nodecfg.settings.state_dir,
+            lambda h: history.escalate(results, h, config.hysteresis, time.time()),
+        )
+    except Exception as exc:  # history is an aid: without it the plain verdict stands
+        get_logger().warning("hysteresis_skipped", error=f"{type(exc).__name__}: {exc}")
+        return results
+
+
+def _record(config: Config, out: RunOutcome) -> None:
+    """The run's history row and the metrics file: one short write transaction, no
+    controller call. Never fails the run."""
+    rec = history.RunRecord(
+        at=time.time(),
+        phase=out.phase,
+        job=out.job.job_id,
+        status=out.verdict.status.name,
+        action=out.action_taken,
+        duration_s=out.duration_s,
+        results=tuple(out.results),
+    )
+    try:
+        history.record_run(config, out.node, rec)
+    except Exception as exc:
+        get_logger().warning("history_not_saved", error=f"{type(exc).__name__}: {exc}")
+
+
+def _job_scope(
+    config: Config, nodecfg: NodeConfig, phase: str, job: JobInfo, results: list[CheckResult]
+) -> Callable[[CheckResult], bool] | None:
+    """With job_scoped = true: which failures matter to this job (read only on failure)."""
+    if not (config.job_scoped and phase in ("prolog", "epilog") and job.gpus is not None):
+        return None
+    if not any(r.status is Status.FAIL for r in results):
+        return None
+    from nodecheck.probes.jobscope import JobScope
+
+    try:
+        scope = JobScope.from_sysfs(nodecfg.settings.sysfs_root, job.gpus, config.job_scope_hca)
+    except OSError as exc:  # without topology every failure counts: the safe side
+        get_logger().warning("job_scope_unknown", error=str(exc))
+        return None
+    get_logger().info("job_scope", gpus=sorted(scope.gpus), local=sorted(scope.local_devices))
+    return scope.contains
+
+
+def _dry_run_verdict(verdict: Verdict) -> Verdict:
+    return replace(verdict, exit_code=0, action=Action.NONE)
+
+
+def _act(
+    req: RunRequest, config: Config | None, node: str, verdict: Verdict, deadline: float
+) -> str:
+    from nodecheck.slurm.act import apply_verdict
+
+    return apply_verdict(req.phase, config, node, verdict, deadline, os.environ)

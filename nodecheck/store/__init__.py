@@ -1,0 +1,1 @@
+"""What outlives a run: the node's state file, its history, the metrics textfile."""
