@@ -1,0 +1,1 @@
+"""Readers of what the kernel and the driver say: log formats, XID lines, the XID catalogue."""
