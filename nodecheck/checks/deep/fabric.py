@@ -17,9 +17,9 @@ verdict here is a pure function of the figures, which every node holds identical
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from nodecheck.checks.deep.gpu import GROUP, select_devices
+from nodecheck.checks.deep.judge import judge_fabric
 from nodecheck.context import CheckContext
 from nodecheck.fabric.peers import expand_nodelist, node_address
 from nodecheck.progress import note
@@ -28,78 +28,6 @@ from nodecheck.results import CheckResult, Status
 
 CID = "deep.fabric"
 MIB = 1024**2
-
-
-def _gbps(value: float) -> str:
-    return f"{value:.3g} GB/s"
-
-
-def judge_fabric(
-    me: str,
-    nodes: list[str],
-    figures: Any,  # dist.FabricFigures
-    *,
-    slow_fraction: float,
-    min_busbw_gbps: float = 0.0,
-) -> CheckResult:
-    """This node's verdict from the figures every node shares."""
-    rank = nodes.index(me)
-    plan = figures.plan
-    values: dict[str, Any] = {
-        "nodes": len(nodes),
-        "pairs": {f"{nodes[a]}-{nodes[b]}": round(bw, 4) for (a, b), bw in figures.pass1.items()},
-    }
-    if figures.pass2:
-        values["second_pass"] = {
-            f"{nodes[a]}-{nodes[b]}": round(bw, 4) for (a, b), bw in figures.pass2.items()
-        }
-    coll = figures.collectives
-    summary = ""
-    if coll is not None:
-        values.update(
-            allreduce_busbw_gbps=round(coll.allreduce_busbw, 4),
-            alltoall_busbw_gbps=round(coll.alltoall_busbw, 4),
-            latency_us=round(coll.latency_us, 1),
-            collective_bytes=coll.nbytes,
-        )
-        summary = (
-            f"all-reduce busbw {_gbps(coll.allreduce_busbw)}, all-to-all "
-            f"{_gbps(coll.alltoall_busbw)}, latency {coll.latency_us:.0f} us"
-        )
-    if plan is None:
-        return CheckResult(CID, Status.PASS, summary or "nothing measured", me, values)
-    values["reference_gbps"] = round(plan.reference, 4)
-    limit = slow_fraction * plan.reference
-    confirmed = sorted(
-        s for s in plan.suspects
-        if any(s in pair and bw < limit for pair, bw in figures.pass2.items())
-    )  # fmt: skip
-    slow_links = [p for p in plan.slow if all(n in plan.cleared for n in p)]
-    values["slow_nodes"] = [nodes[n] for n in confirmed]
-    values["slow_links"] = [f"{nodes[a]}-{nodes[b]}" for a, b in slow_links]
-    if rank in confirmed:
-        mine = [bw for pair, bw in {**figures.pass1, **figures.pass2}.items() if rank in pair]
-        msg = (
-            f"slow fabric: {_gbps(max(mine))} at best with any peer, healthy pairs reach "
-            f"{_gbps(plan.reference)} (below {slow_fraction:.0%} with a cleared peer too)"
-        )
-        return CheckResult(CID, Status.FAIL, msg, me, values)
-    mine_slow = [p for p in slow_links if rank in p]
-    if mine_slow:
-        peer = nodes[next(n for n in mine_slow[0] if n != rank)]
-        msg = (
-            f"slow path to {peer} ({_gbps(figures.pass1[mine_slow[0]])} vs "
-            f"{_gbps(plan.reference)}), both nodes fast with others: switch port or route"
-        )
-        return CheckResult(CID, Status.WARN, msg, me, values)
-    if coll is not None and min_busbw_gbps and coll.allreduce_busbw < min_busbw_gbps:
-        msg = f"all-reduce busbw {_gbps(coll.allreduce_busbw)} below {_gbps(min_busbw_gbps)}"
-        return CheckResult(CID, Status.WARN, msg, me, values)
-    named = f"; slow node(s): {', '.join(values['slow_nodes'])}" if confirmed else ""
-    msg = f"{len(nodes)} nodes, pairs at {_gbps(plan.reference)}" + (
-        f", {summary}" if summary else ""
-    )
-    return CheckResult(CID, Status.PASS, msg + named, me, values)
 
 
 @check(

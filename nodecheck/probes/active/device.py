@@ -45,7 +45,7 @@ class Device:
     @property
     def component(self) -> str:
         if self.kind != "cuda":
-            return "cpu"
+            return "cpu" if self.index == 0 else f"cpu{self.index}"
         return f"gpu{self.number if self.number >= 0 else self.index}"
 
     @property
