@@ -214,7 +214,11 @@ def judge_fabric(
         s for s in plan.suspects
         if any(s in pair and bw < limit for pair, bw in figures.pass2.items())
     )  # fmt: skip
-    slow_links = [p for p in plan.slow if all(n in plan.cleared for n in p)]
+    # A slow pair of two cleared nodes counts when the second pass measured it slow again.
+    slow_links = [
+        p for p in plan.slow
+        if all(n in plan.cleared for n in p) and figures.pass2.get(p, limit) < limit
+    ]  # fmt: skip
     values["slow_nodes"] = [nodes[n] for n in confirmed]
     values["slow_links"] = [f"{nodes[a]}-{nodes[b]}" for a, b in slow_links]
     if rank in confirmed:

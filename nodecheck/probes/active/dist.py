@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,10 +129,11 @@ def classify(pass1: dict[Pair, float], fraction: float) -> PairPlan:
 
 
 def second_pass_rounds(plan: PairPlan) -> list[list[Pair]]:
-    """Each suspect with a cleared partner, spreading suspects over different partners."""
+    """Each suspect with a cleared partner, spreading suspects over different partners;
+    and once more each slow pair of two cleared nodes (a slow path, or a moment's noise)."""
+    pairs = [p for p in plan.slow if all(n in plan.cleared for n in p)]
     if not plan.suspects or not plan.cleared:
-        return []
-    pairs = []
+        return schedule(pairs)
     for i, suspect in enumerate(plan.suspects):
         partner = plan.cleared[i % len(plan.cleared)]
         pairs.append((min(suspect, partner), max(suspect, partner)))
@@ -235,7 +235,8 @@ def pair_rounds(
                 _exchange(torch, buf, recv, me, peer)
                 samples.append(time.perf_counter() - started)
             if me == mine[0]:  # the lower rank records the pair
-                seen[mine] = 2 * buf.numel() * 4 / max(statistics.median(samples), 1e-9) / GB
+                # The best repeat: a slow link is slow every time, a busy CPU only sometimes.
+                seen[mine] = 2 * buf.numel() * 4 / max(min(samples), 1e-9) / GB
         dist.barrier()
     if device.kind == "cuda":  # NCCL reduces device tensors only
         shared = seen.to(device.torch_name)
