@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_peers_netns import _SKIP, IP, REPO, Lab, lab  # noqa: F401
 
 pytest.importorskip("torch")
