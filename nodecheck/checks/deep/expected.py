@@ -178,5 +178,5 @@ def table_text() -> str:
             f"{spec.tflops['tf32']:>6g} {spec.hbm_gbps:>8g} {'gen' + str(spec.pcie_gen):>4} "
             f"{spec.host_gbps:>9g} {spec.nvlink_gbps:>11g}"
         )
-    sources = sorted({spec.source.split(", ")[0] for spec in SPECS})
+    sources = [f"{spec.model}: {spec.source}" for spec in SPECS]
     return "\n".join([*rows, "TFLOP/s dense; sources:", *(f"  - {source}" for source in sources)])
