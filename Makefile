@@ -10,7 +10,7 @@ install:
 	bash tools/install-system-deps.sh
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev]'
+	$(VPY) -m pip install -q -e '.[dev,active]'
 
 # Unit tests, then integration tests against a throw-away Slurm started by the tests.
 test:

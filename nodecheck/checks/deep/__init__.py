@@ -1,0 +1,7 @@
+"""The deep tier: active checks that measure what GPUs and the fabric deliver (docs/deep.md).
+
+The check modules (gpu, sdc, fabric, tools) register their checks, all with tier "deep":
+they never run in the prolog, epilog or health phases unless a site configures them there,
+and `nodecheck run --tier deep` selects them. `judge` and `expected` are plain data and
+pure functions, importable without registering anything.
+"""

@@ -1,0 +1,267 @@
+"""Fabric measurements among a job's nodes with torch.distributed (NCCL on GPUs, gloo on CPUs).
+
+One process per node (the deep check's probe child on each node) joins a process group:
+rank = the node's place in the job's node list, the first node hosts the rendezvous store.
+Then, in the same order on every rank:
+
+1. collectives: all-reduce and all-to-all bus bandwidth (nccl-tests' definitions:
+   all-reduce busbw = algbw * 2(n-1)/n, all-to-all busbw = algbw * (n-1)/n) and the
+   latency of a small all-reduce;
+2. pairwise pass 1: every ring pair (i, i+1) exchanges a buffer both ways; pairs in one
+   round share no node, so they run at once;
+3. pairwise pass 2: each *suspect* (a member of a slow pair that is in no fast pair) is
+   paired with a *cleared* node (a member of a fast pair). A suspect still slow with a
+   cleared partner is the slow node; one that is fast now was only slow by association.
+
+The pair figures are shared with every rank through an all-reduce of a world x world
+matrix, so every rank plans pass 2, and can name the slow node, from the same numbers.
+The plans (`ring_rounds`, `classify`, `second_pass_rounds`) are pure functions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from nodecheck.probes.active.device import GB, Device
+
+Pair = tuple[int, int]  # ranks, lower first
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where and how this rank meets the others."""
+
+    master_addr: str
+    port: int
+    rank: int
+    world: int
+    timeout_s: float
+    backend: str  # "nccl" or "gloo"
+    interface: str = ""  # GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME: the fabric netdev
+
+
+@dataclass(frozen=True)
+class Collectives:
+    """Bus bandwidth of the collectives (GB/s) and small all-reduce latency (us)."""
+
+    allreduce_busbw: float
+    alltoall_busbw: float
+    latency_us: float
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """Pass-1 reading: the reference figure, which pairs are slow, suspects and cleared."""
+
+    reference: float
+    slow: tuple[Pair, ...]
+    suspects: tuple[int, ...]
+    cleared: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FabricFigures:
+    """Everything measured among the nodes, identical on every rank."""
+
+    world: int
+    collectives: Collectives | None
+    pass1: dict[Pair, float]
+    pass2: dict[Pair, float] = field(default_factory=dict)
+    plan: PairPlan | None = None
+
+
+class JoinError(Exception):
+    """Not every rank joined in time; `missing` lists the ranks that never showed up."""
+
+    def __init__(self, message: str, missing: Sequence[int]) -> None:
+        super().__init__(message)
+        self.missing = tuple(missing)
+
+
+# --- plans (pure) -----------------------------------------------------------------------
+
+
+def ring_rounds(world: int) -> list[list[Pair]]:
+    """The ring pairs (i, i+1 mod n) in rounds of pairs that share no node."""
+    if world < 2:
+        return []
+    pairs = [tuple(sorted((i, (i + 1) % world))) for i in range(world)]
+    unique: list[Pair] = list(dict.fromkeys(pairs))  # type: ignore[arg-type]
+    return schedule(unique)
+
+
+def schedule(pairs: Iterable[Pair]) -> list[list[Pair]]:
+    """Greedy rounds: each pair goes into the first round where neither node is busy."""
+    rounds: list[list[Pair]] = []
+    busy: list[set[int]] = []
+    for pair in pairs:
+        for index, taken in enumerate(busy):
+            if not taken & set(pair):
+                rounds[index].append(pair)
+                taken.update(pair)
+                break
+        else:
+            rounds.append([pair])
+            busy.append(set(pair))
+    return rounds
+
+
+def reference_of(figures: Iterable[float]) -> float:
+    """The figure a healthy pair reaches: the upper median, so that a slow node, which
+    slows two of the ring's pairs, does not drag the reference down with it."""
+    ordered = sorted(figures)
+    return ordered[len(ordered) // 2] if ordered else 0.0
+
+
+def classify(pass1: dict[Pair, float], fraction: float) -> PairPlan:
+    reference = reference_of(pass1.values())
+    slow = tuple(p for p, bw in sorted(pass1.items()) if bw < fraction * reference)
+    fast_members = {n for p, bw in pass1.items() if bw >= fraction * reference for n in p}
+    suspects = sorted({n for p in slow for n in p} - fast_members)
+    return PairPlan(reference, slow, tuple(suspects), tuple(sorted(fast_members)))
+
+
+def second_pass_rounds(plan: PairPlan) -> list[list[Pair]]:
+    """Each suspect with a cleared partner, spreading suspects over different partners;
+    and once more each slow pair of two cleared nodes (a slow path, or a moment's noise)."""
+    pairs = [p for p in plan.slow if all(n in plan.cleared for n in p)]
+    if not plan.suspects or not plan.cleared:
+        return schedule(pairs)
+    for i, suspect in enumerate(plan.suspects):
+        partner = plan.cleared[i % len(plan.cleared)]
+        pairs.append((min(suspect, partner), max(suspect, partner)))
+    return schedule(pairs)
+
+
+def bus_factor(op: str, world: int) -> float:
+    """nccl-tests' algbw -> busbw factor (doc/PERFORMANCE.md)."""
+    if world < 2:
+        return 1.0
+    return 2 * (world - 1) / world if op == "allreduce" else (world - 1) / world
+
+
+# --- measurement ------------------------------------------------------------------------
+
+
+def join(torch: ModuleType, rv: Rendezvous) -> Any:
+    """Join the group; JoinError naming the ranks that did not arrive within the timeout."""
+    if rv.interface:
+        os.environ["GLOO_SOCKET_IFNAME"] = rv.interface
+        os.environ["NCCL_SOCKET_IFNAME"] = rv.interface
+    dist = torch.distributed
+    timeout = datetime.timedelta(seconds=rv.timeout_s)
+    store = dist.TCPStore(
+        rv.master_addr, rv.port, rv.world, is_master=rv.rank == 0, timeout=timeout,
+        wait_for_workers=False,
+    )  # fmt: skip
+    store.set(f"nodecheck/joined/{rv.rank}", "1")
+    keys = [f"nodecheck/joined/{r}" for r in range(rv.world)]
+    try:
+        store.wait(keys, timeout)
+    except (RuntimeError, dist.DistStoreError) as exc:
+        missing = [r for r in range(rv.world) if not store.check([keys[r]])]
+        raise JoinError(f"ranks {missing} did not join within {rv.timeout_s:g}s", missing) from exc
+    dist.init_process_group(rv.backend, store=store, rank=rv.rank, world_size=rv.world,
+                            timeout=timeout)  # fmt: skip
+    return store
+
+
+def leave(torch: ModuleType) -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _buffer(torch: ModuleType, device: Device, nbytes: int, fill: float = 1.0) -> Any:
+    return torch.full((max(1, nbytes // 4),), fill, dtype=torch.float32, device=device.torch_name)
+
+
+def _timed(torch: ModuleType, device: Device, work: Any, repeats: int) -> float:
+    from nodecheck.probes.active.device import time_per_call
+
+    return time_per_call(torch, device, work, repeats)
+
+
+def collectives(torch: ModuleType, device: Device, nbytes: int, repeats: int) -> Collectives:
+    dist = torch.distributed
+    world = dist.get_world_size()
+    data = _buffer(torch, device, nbytes)
+    seconds = _timed(torch, device, lambda: dist.all_reduce(data), repeats)
+    allreduce = data.numel() * 4 / seconds / GB * bus_factor("allreduce", world)
+    count = max(world, (data.numel() // world) * world)
+    send = _buffer(torch, device, count * 4)
+    recv = torch.empty_like(send)
+    seconds = _timed(torch, device, lambda: dist.all_to_all_single(recv, send), repeats)
+    alltoall = count * 4 / seconds / GB * bus_factor("alltoall", world)
+    tiny = _buffer(torch, device, 8)
+    latency = _timed(torch, device, lambda: dist.all_reduce(tiny), max(repeats, 10)) * 1e6
+    return Collectives(allreduce, alltoall, latency, data.numel() * 4)
+
+
+def _exchange(torch: ModuleType, buf: Any, recv: Any, me: int, peer: int) -> None:
+    """Both directions of one pair, in an order both ends agree on (lower rank sends first)."""
+    dist = torch.distributed
+    if me < peer:
+        dist.send(buf, peer)
+        dist.recv(recv, peer)
+    else:
+        dist.recv(recv, peer)
+        dist.send(buf, peer)
+
+
+def pair_rounds(
+    torch: ModuleType, device: Device, rounds: list[list[Pair]], nbytes: int, repeats: int
+) -> dict[Pair, float]:
+    """Run the rounds; every rank returns every pair's figure (GB/s, both ways counted)."""
+    dist = torch.distributed
+    me, world = dist.get_rank(), dist.get_world_size()
+    buf = _buffer(torch, device, nbytes)
+    recv = torch.empty_like(buf)
+    seen = torch.zeros(world, world, dtype=torch.float64)
+    for round_pairs in rounds:
+        mine = next((p for p in round_pairs if me in p), None)
+        if mine is not None:
+            peer = mine[1] if mine[0] == me else mine[0]
+            _exchange(torch, buf, recv, me, peer)  # warm-up: connection and buffers
+            samples = []
+            for _ in range(max(1, repeats)):
+                started = time.perf_counter()
+                _exchange(torch, buf, recv, me, peer)
+                samples.append(time.perf_counter() - started)
+            if me == mine[0]:  # the lower rank records the pair
+                # The best repeat: a slow link is slow every time, a busy CPU only sometimes.
+                seen[mine] = 2 * buf.numel() * 4 / max(min(samples), 1e-9) / GB
+        dist.barrier()
+    if device.kind == "cuda":  # NCCL reduces device tensors only
+        shared = seen.to(device.torch_name)
+        dist.all_reduce(shared)
+        seen = shared.cpu()
+    else:
+        dist.all_reduce(seen)
+    return {p: float(seen[p]) for r in rounds for p in r}
+
+
+def measure(
+    torch: ModuleType,
+    device: Device,
+    *,
+    collective_bytes: int,
+    pair_bytes: int,
+    repeats: int,
+    slow_fraction: float,
+) -> FabricFigures:
+    """Collectives, then the two pairwise passes. The group must be joined already."""
+    world = torch.distributed.get_world_size()
+    coll = collectives(torch, device, collective_bytes, repeats) if world > 1 else None
+    pass1 = pair_rounds(torch, device, ring_rounds(world), pair_bytes, repeats)
+    plan = classify(pass1, slow_fraction) if pass1 else None
+    pass2 = {}
+    if plan is not None and plan.slow:
+        pass2 = pair_rounds(torch, device, second_pass_rounds(plan), pair_bytes, repeats)
+    return FabricFigures(world, coll, pass1, pass2, plan)

@@ -1,0 +1,249 @@
+"""External measurement tools where a site has them: perftest, nccl-tests, `dcgmi diag`.
+
+`run` starts a tool from an absolute path with an argument list (never a shell) in its own
+session and kills the whole session at the deadline. The parsers read the tools' real
+output formats (fixtures in tests/fixtures/real/deep/ name where each came from):
+
+- perftest `ib_write_bw` / `ib_*_bw`: a table under
+  ` #bytes     #iterations    BW peak[Gb/sec]    BW average[Gb/sec]   MsgRate[Mpps]`
+  (`[MB/sec]` without --report_gbits);
+- perftest `ib_write_lat` / `ib_*_lat`: ` #bytes #iterations    t_min[usec] ... 99.9%
+  percentile[usec]`, rows possibly interleaved with warnings ("Conflicting CPU frequency");
+- nccl-tests `*_perf`: rows of size/count/type/redop/root then out-of-place and in-place
+  time/algbw/busbw/#wrong, then `# Out of bounds values : N OK|FAILED` and
+  `# Avg bus bandwidth    : X`;
+- `dcgmi diag -r N -j`: DCGM 3.x JSON ("DCGM GPU Diagnostic", results keyed "gpu_ids" or
+  "gpu_id") and DCGM 4.x JSON ("DCGM Diagnostic", results keyed "entity_group" and
+  "entity_id"), possibly after a line of text; `null` entries in test lists are skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """How one tool run ended: exit code (None when killed at the deadline) and output."""
+
+    argv: tuple[str, ...]
+    returncode: int | None
+    stdout: str
+    stderr: str
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode is None
+
+
+def run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> ToolRun:
+    """Run argv[0] (an absolute path) with its arguments; the session dies at the deadline."""
+    if not os.path.isabs(argv[0]):
+        raise ValueError(f"tool path must be absolute, not {argv[0]!r}")
+    proc = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # its children (dcgmi's nvvs, mpirun's ranks) die with it
+        env=env,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+        return ToolRun(tuple(argv), proc.returncode, out, err)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return ToolRun(tuple(argv), None, out or "", err or "")
+
+
+# --- perftest -------------------------------------------------------------------------
+
+_BW_HEADER = re.compile(r"#bytes\s+#iterations\s+BW peak\[(Gb|MB)/sec\]")
+_BW_ROW = re.compile(rf"^\s*(\d+)\s+(\d+)\s+({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})\s*$")
+_LAT_HEADER = re.compile(r"#bytes\s+#iterations\s+t_min\[usec\]")
+_LAT_ROW = re.compile(rf"^\s*(\d+)\s+(\d+)((?:\s+{_NUMBER}){{3,7}})\s*$")
+_LAT_FIELDS = ("t_min", "t_max", "t_typical", "t_avg", "t_stdev", "p99", "p999")
+
+
+@dataclass(frozen=True)
+class BwRow:
+    """One message size of a perftest bandwidth run, in Gb/s whatever the tool printed."""
+
+    nbytes: int
+    iterations: int
+    peak_gbps: float
+    average_gbps: float
+    msg_rate_mpps: float
+
+
+@dataclass(frozen=True)
+class LatRow:
+    """One message size of a perftest latency run, microseconds (None: not printed)."""
+
+    nbytes: int
+    iterations: int
+    usec: dict[str, float] = field(default_factory=dict)
+
+
+def parse_perftest_bw(text: str) -> list[BwRow]:
+    rows: list[BwRow] = []
+    scale = None
+    for line in text.splitlines():
+        header = _BW_HEADER.search(line)
+        if header:
+            # perftest's MB/sec is 2^20 bytes per second (its MB is a MiB).
+            scale = 1.0 if header.group(1) == "Gb" else 8 * 1024 * 1024 / 1e9
+            continue
+        match = _BW_ROW.match(line) if scale is not None else None
+        if match:
+            size, iters, peak, avg, rate = match.groups()
+            rows.append(BwRow(int(size), int(iters), float(peak) * scale, float(avg) * scale,
+                              float(rate)))  # fmt: skip
+    return rows
+
+
+def parse_perftest_lat(text: str) -> list[LatRow]:
+    rows: list[LatRow] = []
+    seen_header = False
+    for line in text.splitlines():
+        if _LAT_HEADER.search(line):
+            seen_header = True
+            continue
+        match = _LAT_ROW.match(line) if seen_header else None
+        if match:
+            numbers = [float(v) for v in match.group(3).split()]
+            rows.append(LatRow(int(match.group(1)), int(match.group(2)),
+                               dict(zip(_LAT_FIELDS, numbers, strict=False))))  # fmt: skip
+    return rows
+
+
+# --- nccl-tests -----------------------------------------------------------------------
+
+_NCCL_ROW = re.compile(
+    rf"^\s*(\d+)\s+(\d+)\s+(\w+)\s+(\w+)\s+(-?\d+)\s+({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})"
+    rf"\s+(\S+)\s+({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})\s+(\S+)"
+)
+_NCCL_AVG = re.compile(rf"^#\s*Avg bus bandwidth\s*:\s*({_NUMBER})")
+_NCCL_OOB = re.compile(r"^#\s*Out of bounds values\s*:\s*(\d+)\s+(OK|FAILED)")
+
+
+@dataclass(frozen=True)
+class NcclRow:
+    """One size of an nccl-tests run: out-of-place and in-place busbw (GB/s), #wrong."""
+
+    nbytes: int
+    dtype: str
+    redop: str
+    busbw_oop: float
+    busbw_ip: float
+    wrong: int  # -1 when the tool printed N/A (no validation)
+
+
+@dataclass(frozen=True)
+class NcclResult:
+    """An nccl-tests run: its rows, the average bus bandwidth and the validation summary."""
+
+    rows: tuple[NcclRow, ...]
+    avg_busbw: float | None
+    out_of_bounds: int | None
+
+    @property
+    def wrong(self) -> int:
+        return sum(max(0, r.wrong) for r in self.rows)
+
+
+def _count(text: str) -> int:
+    return int(text) if text.isdigit() else -1
+
+
+def parse_nccl_tests(text: str) -> NcclResult:
+    rows, avg, oob = [], None, None
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            if found := _NCCL_AVG.match(line.strip()):
+                avg = float(found.group(1))
+            elif found := _NCCL_OOB.match(line.strip()):
+                oob = int(found.group(1))
+            continue
+        if found := _NCCL_ROW.match(line):
+            g = found.groups()
+            rows.append(NcclRow(int(g[0]), g[2], g[3], float(g[7]), float(g[11]),
+                                max(_count(g[8]), _count(g[12]))))  # fmt: skip
+    return NcclResult(tuple(rows), avg, oob)
+
+
+# --- dcgmi diag -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DcgmResult:
+    """One test's verdict on one GPU ("gpu3"), or on all of them ("node")."""
+
+    category: str
+    test: str
+    component: str
+    status: str  # normalised: PASS, FAIL, WARN, SKIP
+    warnings: tuple[str, ...] = ()
+
+
+_STATUS = {"pass": "PASS", "fail": "FAIL", "warn": "WARN", "skip": "SKIP", "skipped": "SKIP"}
+
+
+def _entity(result: dict[str, Any]) -> str:
+    if "entity_id" in result:  # DCGM 4.x
+        return f"{str(result.get('entity_group', 'GPU')).lower()}{result['entity_id']}"
+    ids = result.get("gpu_id", result.get("gpu_ids"))
+    text = str(ids) if ids is not None else ""
+    return f"gpu{text}" if text.isdigit() else "node"
+
+
+def _warnings(result: dict[str, Any]) -> tuple[str, ...]:
+    out = []
+    for warning in result.get("warnings") or ():
+        if isinstance(warning, dict):
+            out.append(str(warning.get("warning") or warning.get("message") or warning))
+        else:
+            out.append(str(warning))
+    return tuple(out)
+
+
+def parse_dcgm(text: str) -> tuple[list[DcgmResult], dict[str, Any]]:
+    """The per-test, per-GPU results, and the document's metadata (version, driver,
+    runtime_error). ValueError when the text holds no DCGM diagnostic JSON."""
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON object in dcgmi output")
+    doc = json.loads(text[start : text.rfind("}") + 1])
+    body = doc.get("DCGM GPU Diagnostic") or doc.get("DCGM Diagnostic")
+    if not isinstance(body, dict):
+        raise ValueError("neither 'DCGM GPU Diagnostic' nor 'DCGM Diagnostic' in dcgmi JSON")
+    meta = {
+        "version": body.get("version") or (doc.get("metadata") or {}).get("version"),
+        "driver": body.get("driver_version_detected")
+        or (doc.get("metadata") or {}).get("Driver Version Detected"),
+        "runtime_error": body.get("runtime_error"),
+    }
+    out = []
+    for category in body.get("test_categories") or ():
+        for test in (category or {}).get("tests") or ():
+            if not test:
+                continue  # dcgmi writes `null` between tests in some versions
+            for result in test.get("results") or ():
+                status = _STATUS.get(str(result.get("status", "")).strip().lower(), "WARN")
+                out.append(DcgmResult(str(category.get("category", "")), str(test.get("name")),
+                                      _entity(result), status, _warnings(result)))  # fmt: skip
+    return out, meta
