@@ -13,8 +13,8 @@ import sys
 import time
 
 from nodecheck.checks.deep.judge import judge_fabric
-from nodecheck.fabric.peers import expand_nodelist, node_address
 from nodecheck.probes.active import device, dist
+from nodecheck.probes.fabric.peers import expand_nodelist, node_address
 
 
 def main() -> None:

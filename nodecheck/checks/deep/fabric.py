@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.gpu import GROUP, select_devices
 from nodecheck.checks.deep.judge import judge_fabric
-from nodecheck.context import CheckContext
-from nodecheck.fabric.peers import expand_nodelist, node_address
-from nodecheck.progress import note
-from nodecheck.registry import Option, check
-from nodecheck.results import CheckResult, Status
+from nodecheck.checks.registry import Option, check
+from nodecheck.probes.fabric.peers import expand_nodelist, node_address
+from nodecheck.run.progress import note
+from nodecheck.run.results import CheckResult, Status
 
 CID = "deep.fabric"
 MIB = 1024**2

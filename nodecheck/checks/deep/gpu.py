@@ -18,13 +18,13 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from nodecheck import nvml
+from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep import judge
 from nodecheck.checks.deep.expected import GpuSpec, lookup
-from nodecheck.context import CheckContext
-from nodecheck.progress import note
-from nodecheck.registry import Option, check
-from nodecheck.results import CheckResult, Status
+from nodecheck.checks.registry import Option, check
+from nodecheck.probes import nvml
+from nodecheck.run.progress import note
+from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.active.device import Device

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecheck.results import CheckResult, Status
+from nodecheck.run.results import CheckResult, Status
 
 SDC = "deep.sdc"
 FABRIC = "deep.fabric"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.gpu import DEVICE, GROUP, select_devices
 from nodecheck.checks.deep.judge import Outcome, judge_digests
-from nodecheck.context import CheckContext
-from nodecheck.progress import note
-from nodecheck.registry import Option, check
-from nodecheck.results import CheckResult
+from nodecheck.checks.registry import Option, check
+from nodecheck.run.progress import note
+from nodecheck.run.results import CheckResult
 
 CID = "deep.sdc"
 

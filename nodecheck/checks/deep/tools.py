@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.gpu import GROUP
-from nodecheck.context import CheckContext
-from nodecheck.progress import note
-from nodecheck.registry import Option, check
-from nodecheck.results import CheckResult, Status
+from nodecheck.checks.registry import Option, check
+from nodecheck.run.progress import note
+from nodecheck.run.results import CheckResult, Status
 
 _STATUS = {"PASS": Status.PASS, "FAIL": Status.FAIL, "WARN": Status.WARN, "SKIP": Status.SKIP}
 

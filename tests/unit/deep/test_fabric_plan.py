@@ -6,7 +6,7 @@ import pytest
 
 from nodecheck.checks.deep.judge import judge_fabric
 from nodecheck.probes.active import dist
-from nodecheck.results import Status
+from nodecheck.run.results import Status
 
 NODES = ["h1", "h2", "h3", "h4"]
 
