@@ -84,7 +84,10 @@ def test_prolog_drain_comes_back_by_itself_through_health_check_program(make_slu
     cluster.write_files()
     cluster.reconfigure()
     cluster.wait_for(lambda: not drained(cluster, "n1"), 90, message="n1 resumed by nodecheck")
-    [resume] = events(work, "resume", node="n1")
+    # The health run logs its resume after the controller call: wait for the line too.
+    [resume] = cluster.wait_for(
+        lambda: events(work, "resume", node="n1"), 30, message="the resume log line"
+    )
     assert resume["result"] == "resumed" and resume["passes"] == 2
     pending = [e for e in events(work, "verdict", node="n1") if e["phase"] == "health"]
     assert any(e["action"] == "passed 1/2 before resume" for e in pending)
