@@ -136,3 +136,40 @@ def test_validate_returns_the_healthy_drains_the_faulty_and_keeps_users_out(
         while active_alerts(url) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert active_alerts(url) == []
+
+
+def boot_time(cluster, node: str) -> str:
+    out = cluster.scontrol("show", "node", node).stdout
+    return next(w for w in out.split() if w.startswith("BootTime="))
+
+
+def test_a_node_that_keeps_failing_is_rebooted_once_then_held_for_replacement(
+    make_slurm_cluster, work
+):
+    cluster = make_slurm_cluster(
+        nodes=2,
+        prolog=PROLOG,
+        epilog=EPILOG,
+        health_program=HEALTH,
+        health_interval=0,
+        reboot_program=True,  # restarts the node's slurmd with -b: Slurm sees a reboot
+    )
+    with alertmanager(work / "am") as url:
+        cluster.write_nodecheck_config(toml(work, url, ("n1",), '["drain", "reboot", "replace"]'))
+        first = validate(cluster, "n1")
+        assert "failed: drained" in first.stdout, first.stdout + first.stderr
+        booted = boot_time(cluster, "n1")
+        # The admin "repaired" it, but it still fails: one reboot through Slurm, validated
+        # again after it, and held for replacement with an alert the Alertmanager receives.
+        second = validate(cluster, "n1", "--why", "after repair")
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "held for replacement" in second.stdout, second.stdout
+        jobs = second.stdout.split()[2].split(",")
+        assert len(jobs) == 2, second.stdout  # before and after the reboot
+        assert boot_time(cluster, "n1") != booted  # slurmd reported a fresh boot
+        state, reason = cluster.node_state("n1")
+        assert state.startswith("drain") and "act=replace" in reason, reason
+        [alert] = active_alerts(url)
+        assert alert["labels"]["node"] == "n1" and alert["labels"]["action"] == "replace"
+        assert cluster.node_state("n2")[0] == "idle"  # never touched
+        assert "nodecheck_validation" not in cluster.scontrol("show", "reservation").stdout
