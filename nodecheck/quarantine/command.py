@@ -43,7 +43,9 @@ def validate_command(
     for run in runs:
         jobs = ",".join(str(j) for j in run.jobs) or "-"
         print(f"{run.node:<{width}}  job {jobs:<12}  {run.result}")
-    return 0 if all(r.result.startswith("passed") for r in runs) else 1
+    passed = sum(r.result.startswith("passed") for r in runs)
+    print(f"{len(runs)} node(s): {passed} passed, {len(runs) - passed} not returned")
+    return 0 if passed == len(runs) else 1
 
 
 def validate_job_command(config_path: str | None, level: str) -> int:

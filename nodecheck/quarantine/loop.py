@@ -163,4 +163,10 @@ def _follow(
     if state.finished:
         code = state.exit_code
         run.result = RESULT_FOR_EXIT.get(code, f"job {state.state} (exit {code})")
+        if code != EXIT_PASSED:
+            try:
+                reason = backend.node_info(run.node).reason
+            except SlurmError:
+                reason = ""
+            run.result += f" ({reason})" if reason else ""
         run.done = True
