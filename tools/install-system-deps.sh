@@ -3,7 +3,7 @@
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 set -eu
 
-PACKAGES="slurmctld slurmd slurm-client munge iproute2 procps"
+PACKAGES="slurmctld slurmd slurm-client munge iproute2 procps prometheus-alertmanager"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: must run as root (it installs Debian packages)" >&2

@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
         help="nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)",
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
+
+    validate = sub.add_parser(
+        "validate",
+        help="quarantine nodes, run validation jobs, return or drain them (docs/operations.md)",
+    )
+    validate.add_argument("nodelist", help="nodes, as a Slurm hostlist (e.g. 'gpu[001-004]')")
+    validate.add_argument("--level", choices=("quick", "full"), default="quick")
+    validate.add_argument("--why", default="requested by an admin", help="goes into the jobs")
+    validate.add_argument("--timeout", type=float, help="seconds to wait for the jobs")
+    validate_job = sub.add_parser(
+        "validate-job", help="(run inside a validation job) validate this node and act"
+    )
+    validate_job.add_argument("--level", choices=("quick", "full"), default="quick")
     return parser
 
 
@@ -103,6 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(args)
     if args.command == "report":
         return _report(args)
+    if args.command in ("validate", "validate-job"):
+        from nodecheck.quarantine.command import validate_command, validate_job_command
+
+        setup_logging(None, to_stderr=True, verbose=args.verbose)
+        if args.command == "validate":
+            return validate_command(args.config, args.nodelist, args.level, args.why, args.timeout)
+        return validate_job_command(args.config, args.level)
     return _resume(args)
 
 

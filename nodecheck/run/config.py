@@ -74,6 +74,16 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # false: a healthy prolog/epilog leaves the metrics file to the next health run (or the
     # next run that finds a problem) and keeps prometheus_client off job start.
     "metrics_on_job_path": (bool, False),
+    # The quarantine loop (nodecheck/quarantine, docs/operations.md): validation jobs run
+    # these checks inside this maintenance reservation; failures climb the escalation
+    # ladder; alerts go to an Alertmanager ("" for none).
+    "validate_reservation": (str, "nodecheck_validation"),
+    "validate_quick_checks": (list, ["deep.*"]),
+    "validate_full_checks": (list, ["deep.*", "gpu.*", "ib.*", "host.*"]),
+    "validate_timeout_s": ((int, float), 3600),
+    "validate_command": (str, ""),
+    "escalation": (list, ["drain", "reboot", "replace"]),
+    "alert_url": (str, ""),
 }
 # What a node class may override besides its check tables.
 _CLASS_OVERRIDABLE = ("budget_s", "dry_run", "disabled", "sysfs_root", "procfs_root", "nvml")
@@ -340,7 +350,27 @@ def _parse_settings(
         raise ConfigError(f"{where}: job_scope_hca must be 'pcie' or 'numa'")
     if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):
         raise ConfigError(f"{where}: nvml must be 'real' or 'replay:/path/to/snapshot.json'")
+    _check_quarantine_settings(out, where)
     return out
+
+
+def _check_quarantine_settings(out: Mapping[str, Any], where: str) -> None:
+    from nodecheck.quarantine.ladder import LADDER_STEPS
+
+    ladder = out.get("escalation", [])
+    if not all(step in LADDER_STEPS for step in ladder):
+        raise ConfigError(f"{where}: escalation steps must be drawn from {list(LADDER_STEPS)}")
+    for key in ("validate_quick_checks", "validate_full_checks"):
+        if not all(isinstance(p, str) and p for p in out.get(key, [])):
+            raise ConfigError(f"{where}: {key} must be a list of check ids or globs")
+    if "validate_timeout_s" in out and not 60 <= out["validate_timeout_s"] <= 7 * 86400:
+        raise ConfigError(f"{where}: validate_timeout_s must be in [60, 604800]")
+    url = out.get("alert_url", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: alert_url must start with http:// or https://")
+    command = out.get("validate_command", "")
+    if command and not command.startswith("/"):
+        raise ConfigError(f"{where}: validate_command must be an absolute path")
 
 
 def _parse_node_class(raw: Any, where: str, registry: Mapping[str, Check]) -> NodeClass:

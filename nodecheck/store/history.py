@@ -80,6 +80,9 @@ EVENT_COUNTERS = {
     "resume": "resumes",
     "flap_hold": "flap_holds",
     "breaker_open": "breaker_trips",
+    "validate_pass": "validations_passed",
+    "validate_fail": "validations_failed",
+    "reboot": "reboots",
 }
 DRAIN_MARKER = "drain"  # kv: set while nodecheck holds a drain of this node (actions.py)
 
@@ -203,6 +206,10 @@ class History:
             "SELECT count(*) FROM lifecycle WHERE kind = ? AND at >= ?", (kind, since)
         ).fetchone()
         return int(row[0])
+
+    def last_event_at(self, kind: str) -> float | None:
+        row = self.conn.execute("SELECT max(at) FROM lifecycle WHERE kind = ?", (kind,)).fetchone()
+        return float(row[0]) if row and row[0] is not None else None
 
     def warn_count(self, check_id: str, component: str, since: float) -> int:
         row = self.conn.execute(

@@ -1,0 +1,177 @@
+"""`nodecheck validate-job`: what a validation job runs on the node it validates.
+
+gather (the checks of the validation level, the node's validation history) -> decide
+(the escalation ladder, a pure function) -> act (drain, reboot through Slurm, alert) ->
+record (a history event). The exit code tells the loop that submitted the job what
+happened, so it needs no access to this node's files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from nodecheck.log import get_logger
+from nodecheck.quarantine.ladder import Decision, Step, ValidationHistory, decide_after_validation
+from nodecheck.run.config import Config, load_config
+from nodecheck.run.pipeline import RunRequest, execute, node_name
+from nodecheck.store import history
+
+# Exit codes of a validation job, read by the loop from Slurm (scontrol show job).
+EXIT_PASSED = 0
+EXIT_DRAINED = 1
+EXIT_INTERNAL = 2
+EXIT_REBOOT = 3
+EXIT_REPLACE = 4
+EXIT_FOR_STEP = {
+    Step.RETURN: EXIT_PASSED,
+    Step.DRAIN: EXIT_DRAINED,
+    Step.REBOOT: EXIT_REBOOT,
+    Step.REPLACE: EXIT_REPLACE,
+}
+ALERT_KEY = "validate.alert"  # kv: the alert this node has firing, to resolve on a pass
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What one validation job found, decided and did."""
+
+    node: str
+    decision: Decision
+    action_taken: str
+    exit_code: int
+
+
+def checks_for_level(config: Config, level: str) -> tuple[str, ...]:
+    key = "validate_full_checks" if level == "full" else "validate_quick_checks"
+    return tuple(config.values[key])
+
+
+def validation_history(h: history.History) -> ValidationHistory:
+    since = h.last_event_at("validate_pass") or 0.0
+    return ValidationHistory(
+        failures_since_pass=h.events_since("validate_fail", since),
+        rebooted_since_pass=h.events_since("reboot", since) > 0,
+    )
+
+
+def run_validation_job(level: str, config_path: str | None, env: Mapping[str, str]) -> JobOutcome:
+    log = get_logger()
+    node = node_name(None, env)
+    config = load_config(config_path, env, _registry())
+    state_dir = config.state_dir_for(node)
+    job_id = env.get("SLURM_JOB_ID") if (env.get("SLURM_JOB_ID") or "").isdigit() else None
+    # gather
+    run = execute(
+        RunRequest(
+            phase="manual",
+            env=env,
+            config_path=config_path,
+            node=node,
+            check_patterns=checks_for_level(config, level),
+        )
+    )
+    past = history.with_history(state_dir, validation_history)
+    # decide
+    decision = decide_after_validation(
+        run.results, past, tuple(config.values["escalation"]), job_id
+    )
+    # act
+    taken = _act(config, node, decision, state_dir)
+    # record
+    kind = "validate_pass" if decision.step is Step.RETURN else "validate_fail"
+
+    def record(h: history.History) -> None:
+        with h.write():
+            h.add_event(kind, decision.reason or f"validation passed (level {level})", time.time())
+            if decision.step is Step.REBOOT and taken == "reboot requested":
+                h.add_event("reboot", decision.reason or "", time.time())
+
+    history.with_history(state_dir, record)
+    log.warning(
+        "validation",
+        level=level,
+        step=decision.step.value,
+        reason=decision.reason,
+        action=taken,
+        failures_since_pass=past.failures_since_pass,
+    )
+    return JobOutcome(node, decision, taken, EXIT_FOR_STEP[decision.step])
+
+
+def _registry() -> Mapping:
+    from nodecheck.checks.registry import all_checks
+
+    return all_checks()
+
+
+def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) -> str:
+    """Carry out the decision through Slurm and the alert webhook; report what was done."""
+    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm.act import backend_for
+    from nodecheck.slurm.jobs import SlurmJobs
+    from nodecheck.slurm.scontrol import ScontrolBackend
+
+    log = get_logger()
+    if decision.step is Step.RETURN:
+        _resolve_alert(config, node, state_dir)
+        return "none"
+    assert decision.reason is not None
+    try:
+        if decision.step is Step.REBOOT:
+            cli = ScontrolBackend(config.scontrol, config.slurm_conf or None)
+            SlurmJobs(cli).reboot(node, decision.reason)
+            taken = "reboot requested"
+        else:
+            backend_for(config, os.environ).drain(node, decision.reason)
+            taken = "drained"
+    except SlurmError as exc:
+        log.error("validation_action_failed", step=decision.step.value, error=str(exc))
+        taken = f"{decision.step.value} failed"
+    if decision.alert:
+        _fire_alert(config, node, decision, state_dir)
+    return taken
+
+
+def _fire_alert(config: Config, node: str, decision: Decision, state_dir: os.PathLike) -> None:
+    from nodecheck.notify.alertmanager import Alert, AlertError, send
+    from nodecheck.run.reason import parse_reason
+
+    url = config.values["alert_url"]
+    parsed = parse_reason(decision.reason or "")
+    alert = Alert(
+        node=node,
+        check=parsed.check_id if parsed else "unknown",
+        severity=(parsed.severity if parsed else "") or "critical",
+        action=decision.step.value,
+        summary=decision.reason or "",
+    )
+    if url:
+        try:
+            send(url, alert)
+        except AlertError as exc:
+            get_logger().error("alert_not_sent", error=str(exc))
+    history.with_history(state_dir, lambda h: _keep(h, ALERT_KEY, alert.__dict__))
+
+
+def _resolve_alert(config: Config, node: str, state_dir: os.PathLike) -> None:
+    from nodecheck.notify.alertmanager import Alert, AlertError, send
+
+    firing = history.with_history(state_dir, lambda h: h.store.get_json(ALERT_KEY))
+    if not firing:
+        return
+    url = config.values["alert_url"]
+    if url:
+        try:
+            send(url, Alert(**firing), resolved=True)
+        except AlertError as exc:
+            get_logger().error("alert_not_sent", error=str(exc))
+            return
+    history.with_history(state_dir, lambda h: _keep(h, ALERT_KEY, None))
+
+
+def _keep(h: history.History, key: str, value: object) -> None:
+    with h.write():
+        h.put(key, value)

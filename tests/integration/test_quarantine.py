@@ -1,0 +1,175 @@
+"""The quarantine loop on a real Slurm: `nodecheck validate` reserves the nodes, runs one
+validation job per node, returns the ones that pass and drains the ones that fail, climbs
+the escalation ladder from the node's history, and alerts a real Alertmanager.
+
+The fault is replayed at the boundary: node n1's class requires a mount that does not
+exist, checked only in manual runs (so the prolog never sees it, as with a deep-tier
+fault), and the validation level runs that check.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from alertmanager import active_alerts, alertmanager
+from nc_cluster import EPILOG, HEALTH, PROLOG, REPO, base_toml
+
+MISSING_MOUNT = "/nodecheck-test-missing-mount"
+
+
+def toml(work: Path, alert_url: str, broken: tuple[str, ...], ladder: str) -> str:
+    text = base_toml(
+        work,
+        extra=f"""
+alert_url = "{alert_url}"
+validate_quick_checks = ["host.mounts"]
+escalation = {ladder}
+validate_command = "{Path(sys.executable).parent / "nodecheck"}"
+""",
+    )
+    if broken:
+        names = ", ".join(f'"{n}"' for n in broken)
+        text += f"""
+[[node_class]]
+name = "broken"
+match = [{names}]
+[node_class.checks."host.mounts"]
+required = ["{MISSING_MOUNT}"]
+phases = ["manual"]
+"""
+    return text
+
+
+def validate(cluster, *args: str, background: bool = False):
+    argv = [sys.executable, "-m", "nodecheck", "validate", *args, "--timeout", "90"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLURM_CONF": str(cluster.conf_path),
+        "NODECHECK_CONFIG": str(cluster.nodecheck_config),
+    }
+    if background:
+        return subprocess.Popen(
+            argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=150)
+
+
+def job_field(cluster, job: int, key: str) -> str:
+    out = cluster.scontrol("show", "-o", "job", str(job)).stdout
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return fields.get(key, "")
+
+
+def test_validate_returns_the_healthy_drains_the_faulty_and_keeps_users_out(
+    make_slurm_cluster, work
+):
+    cluster = make_slurm_cluster(
+        nodes=3, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
+    )
+    with alertmanager(work / "am") as url:
+        cluster.write_nodecheck_config(toml(work, url, ("n1",), '["drain", "replace"]'))
+        cluster.scontrol("update", "NodeName=n3", "State=DRAIN", "Reason=admin: disk swap")
+        running = validate(cluster, "n[1-3]", "--why", "after repair", background=True)
+        # While the loop runs, a user's job asks for n2: it waits for the reservation.
+        cluster.wait_for(
+            lambda: "nodecheck_validation" in cluster.scontrol("show", "reservation").stdout,
+            30,
+            message="the maintenance reservation",
+        )
+        user_job = cluster.sbatch("-w", "n2", "--wrap", "/bin/true")
+        cluster.scontrol("reconfigure")  # the scheduler looks at the new job now
+        why = cluster.wait_for(
+            lambda: (r := job_field(cluster, user_job, "Reason")) not in ("", "None") and r,
+            30,
+            message="the user job's pending reason",
+        )
+        assert job_field(cluster, user_job, "JobState") == "PENDING"
+        assert "Reserv" in why or "ReqNodeNotAvail" in why, why
+        out, err = running.communicate(timeout=150)
+        assert running.returncode == 1, out + err  # n1 failed, n3 skipped
+        lines = {line.split()[0]: line for line in out.splitlines() if " job " in line}
+        assert "passed" in lines["n2"], out
+        assert "failed: drained" in lines["n1"], out
+        assert "drained by someone else" in lines["n3"], out
+
+        state, reason = cluster.node_state("n1")
+        assert state.startswith("drain")
+        assert reason.startswith("nodecheck: host.mounts ")
+        assert MISSING_MOUNT in reason and "[validate job " in reason
+        assert not cluster.node_state("n2")[0].startswith(("drain", "down"))  # in service
+        assert cluster.node_state("n3")[1].startswith("admin: disk swap")  # sacred
+        # The reservation is gone; the user's job runs on n2 only now that n2 has passed.
+        assert "nodecheck_validation" not in cluster.scontrol("show", "reservation").stdout
+        cluster.wait_for(
+            lambda: job_field(cluster, user_job, "JobState") == "COMPLETED",
+            60,
+            message="the user job on the returned node",
+        )
+        # Accounting keeps what each validation was: name and comment.
+        job = int(lines["n1"].split()[2])
+        assert job_field(cluster, job, "JobName") == "nodecheck-validate"
+        assert (
+            "nodecheck validate n1 level=quick: after repair"
+            in cluster.scontrol("show", "job", str(job)).stdout
+        )
+        assert active_alerts(url) == []  # the first rung drains for a repair, no alert
+
+        # Still failing after the "repair": the ladder's next rung holds it for replacement
+        # and the real Alertmanager has the alert.
+        again = validate(cluster, "n1")
+        assert again.returncode == 1 and "held for replacement" in again.stdout, again.stdout
+        assert "act=replace" in cluster.node_state("n1")[1]
+        [alert] = active_alerts(url)
+        assert alert["labels"]["node"] == "n1"
+        assert alert["labels"]["action"] == "replace"
+        assert alert["labels"]["check"] == "host.mounts"
+
+        # Repaired for real: validation passes, the node returns, the alert resolves.
+        cluster.write_nodecheck_config(toml(work, url, (), '["drain", "replace"]'))
+        fixed = validate(cluster, "n1")
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert cluster.node_state("n1")[0] == "idle"
+        deadline = time.monotonic() + 10
+        while active_alerts(url) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert active_alerts(url) == []
+
+
+def boot_time(cluster, node: str) -> str:
+    out = cluster.scontrol("show", "node", node).stdout
+    return next(w for w in out.split() if w.startswith("BootTime="))
+
+
+def test_a_node_that_keeps_failing_is_rebooted_once_then_held_for_replacement(
+    make_slurm_cluster, work
+):
+    cluster = make_slurm_cluster(
+        nodes=2,
+        prolog=PROLOG,
+        epilog=EPILOG,
+        health_program=HEALTH,
+        health_interval=0,
+        reboot_program=True,  # restarts the node's slurmd with -b: Slurm sees a reboot
+    )
+    with alertmanager(work / "am") as url:
+        cluster.write_nodecheck_config(toml(work, url, ("n1",), '["drain", "reboot", "replace"]'))
+        first = validate(cluster, "n1")
+        assert "failed: drained" in first.stdout, first.stdout + first.stderr
+        booted = boot_time(cluster, "n1")
+        # The admin "repaired" it, but it still fails: one reboot through Slurm, validated
+        # again after it, and held for replacement with an alert the Alertmanager receives.
+        second = validate(cluster, "n1", "--why", "after repair")
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "held for replacement" in second.stdout, second.stdout
+        jobs = second.stdout.split()[2].split(",")
+        assert len(jobs) == 2, second.stdout  # before and after the reboot
+        assert boot_time(cluster, "n1") != booted  # slurmd reported a fresh boot
+        state, reason = cluster.node_state("n1")
+        assert state.startswith("drain") and "act=replace" in reason, reason
+        [alert] = active_alerts(url)
+        assert alert["labels"]["node"] == "n1" and alert["labels"]["action"] == "replace"
+        assert cluster.node_state("n2")[0] == "idle"  # never touched
+        assert "nodecheck_validation" not in cluster.scontrol("show", "reservation").stdout

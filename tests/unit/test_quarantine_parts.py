@@ -1,0 +1,91 @@
+"""The quarantine loop's pure parts: the escalation ladder, reading Slurm's job records
+(real `scontrol show -o job` output), the alert body Alertmanager's API v2 takes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from nodecheck.notify.alertmanager import Alert, payload
+from nodecheck.quarantine.ladder import Step, ValidationHistory, decide_after_validation
+from nodecheck.run.reason import parse_reason
+from nodecheck.run.results import CheckResult, Status
+from nodecheck.slurm.jobs import parse_reservation_nodes, parse_show_job
+
+REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm"
+SLOW = CheckResult(
+    "deep.gemm", Status.FAIL, "bf16 412 TFLOP/s < 0.8 x 989", "gpu3", severity="high"
+)
+LADDER = ("drain", "reboot", "replace")
+
+
+def real(name: str) -> str:
+    return "".join(x for x in (REAL / name).read_text().splitlines(True) if not x.startswith("#"))
+
+
+PASSED = CheckResult("deep.gemm", Status.PASS, "bf16 951 TFLOP/s", "gpu3")
+
+
+@pytest.mark.parametrize(
+    ("results", "failures", "rebooted", "ladder", "step"),
+    [
+        ([PASSED], 0, False, LADDER, Step.RETURN),
+        ([PASSED], 2, True, LADDER, Step.RETURN),  # a pass ends the episode, whatever came before
+        ([SLOW], 0, False, LADDER, Step.DRAIN),  # first failure: drained for a repair
+        ([SLOW], 1, False, LADDER, Step.REBOOT),  # again after the repair: reboot once
+        ([SLOW], 2, True, LADDER, Step.REPLACE),  # still failing after the reboot
+        ([SLOW], 9, True, LADDER, Step.REPLACE),  # the last rung repeats
+        ([SLOW], 1, True, LADDER, Step.REPLACE),  # rebooted already in this episode
+        ([SLOW], 5, False, ("drain",), Step.DRAIN),  # escalation off: drain every time
+        ([SLOW], 1, False, (), Step.DRAIN),
+        ([SLOW], 1, False, ("drain", "replace"), Step.REPLACE),
+    ],
+)
+def test_ladder(results, failures, rebooted, ladder, step):
+    got = decide_after_validation(results, ValidationHistory(failures, rebooted), ladder, "77")
+    assert got.step is step
+    assert got.alert == (step is Step.REPLACE)  # only the last rung needs a human now
+    if step is Step.RETURN:
+        assert got.reason is None
+        return
+    parsed = parse_reason(got.reason)
+    assert parsed is not None and parsed.check_id == "deep.gemm"
+    assert parsed.component == "gpu3" and parsed.phase == "validate" and parsed.job_id == "77"
+    assert "412 TFLOP/s" in parsed.message  # the deep check's figure reaches the reason
+    want_act = {Step.DRAIN: "", Step.REBOOT: "reboot", Step.REPLACE: "replace"}[step]
+    assert parsed.remedy == want_act
+
+
+def test_an_internal_error_in_validation_is_not_a_pass():
+    broken = CheckResult("deep.sdc", Status.ERROR, "torch missing", "node")
+    got = decide_after_validation([broken], ValidationHistory(0, False), LADDER, None)
+    assert got.step is Step.DRAIN
+
+
+def test_real_job_records():
+    done = parse_show_job(real("scontrol-show-job-o-failed-exit3-22.05.txt"))
+    assert done.finished and done.state == "FAILED" and done.exit_code == 3
+    assert done.node == "n1"
+    pending = parse_show_job(real("scontrol-show-job-o-pending-reserved-22.05.txt"))
+    assert not pending.finished and pending.state == "PENDING"
+    assert not pending.held_after_launch_failure
+    assert "ReqNodeNotAvail" in pending.reason
+    assert parse_reservation_nodes(real("scontrol-show-reservation-o-22.05.txt")) == ["n1"]
+
+
+def test_alert_body_has_the_labels_alertmanager_groups_by():
+    alert = Alert("gpu017", "deep.gemm", "high", "replace", "nodecheck: deep.gemm gpu3: ...")
+    now = datetime(2026, 12, 1, 21, 0, tzinfo=UTC)
+    [firing] = payload(alert, now)
+    assert firing["labels"] == {
+        "alertname": "NodecheckNodeQuarantined",
+        "node": "gpu017",
+        "check": "deep.gemm",
+        "severity": "high",
+        "action": "replace",
+    }
+    assert firing["startsAt"] == "2026-12-01T21:00:00.000000Z" and "endsAt" not in firing
+    [resolved] = payload(alert, now, resolved=True)
+    assert resolved["labels"] == firing["labels"] and resolved["endsAt"] == firing["startsAt"]
