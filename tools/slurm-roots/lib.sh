@@ -1,0 +1,66 @@
+# shellcheck shell=bash
+# Shared helpers for the cached Debian roots (sourced by build-root.sh, run-contract.sh and
+# tools/pyslurm-sid/build.sh). Needs LOG_TAG set by the caller.
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-slurm-roots}" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+now() { date +%s.%N; }
+took() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+step_done() { # name, t0, how
+  log "$(printf '%-12s %6s s  %s' "$1" "$(took "$2")" "$3")"
+}
+
+# Where roots live: outside any work tree, so fresh clones (CI) on this machine reuse them.
+roots_cache() { printf '%s\n' "${NODECHECK_ROOTS_CACHE:-/var/cache/nodecheck/roots}"; }
+
+# The root for a suite and package list: the key is the suite plus the sorted, de-duplicated
+# package names, so a changed list builds a new root next to the old one.
+root_key() { # suite package...
+  local suite=$1
+  shift
+  printf '%s %s' "$suite" "$(printf '%s\n' "$@" | sort -u | tr '\n' ' ')" \
+    | sha256sum | cut -c1-12
+}
+root_path() { # suite package...
+  printf '%s/%s-%s\n' "$(roots_cache)" "$1" "$(root_key "$@")"
+}
+
+# Mount points under a root in this mount namespace (a run in progress elsewhere has its
+# mounts in a private namespace and does not show here).
+root_mounts() { awk -v r="$1/" 'index($2 "/", r) == 1 { print $2 }' /proc/self/mounts; }
+
+# Run a bash script inside a root, with proc/dev mounted in a private mount namespace (the
+# mounts vanish with it) and a clean environment.
+in_root() { # root script
+  unshare --mount --fork -- bash -euc '
+    root=$1; shift
+    mount -t proc proc "$root/proc"
+    mount --rbind /dev "$root/dev"
+    exec chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+      LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive bash -euc "$1"
+  ' in_root "$1" "$2"
+}
+
+# Debian mirror: the host's own apt source for its release (no host name is hard-coded).
+host_mirror() {
+  local codename f
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  {
+    # deb822 (*.sources): URIs + Suites in the same stanza.
+    for f in /etc/apt/sources.list.d/*.sources; do
+      [ -f "$f" ] || continue
+      awk -v cn="$codename" '
+        /^[ \t]*$/ { if (uri != "" && suites ~ ("(^| )" cn "( |$)")) print uri; uri = ""; suites = "" }
+        /^URIs:/ { uri = $2 }
+        /^Suites:/ { $1 = ""; suites = $0 " " }
+        END { if (uri != "" && suites ~ ("(^| )" cn "( |$)")) print uri }' "$f"
+    done
+    # one-line format (*.list)
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+      [ -f "$f" ] || continue
+      awk -v cn="$codename" '$1 == "deb" {
+          i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+          if ($(i + 1) == cn) print $i }' "$f"
+    done
+  } | grep -v -- '-security' | head -n 1
+}
