@@ -1,15 +1,16 @@
-.PHONY: install test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm
+.PHONY: install test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm wheel deb test-deb
 
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
 VPY := $(VENV)/bin/python3
 
-# Everything a fresh Debian 12 machine needs: Slurm + munge from Debian, a venv with
-# nodecheck (editable) and its dev tools.
+# The developer set-up of a fresh Debian 12 machine: Slurm + munge and the packaging tools
+# from Debian, a venv with nodecheck (editable) and its dev tools. Not for production nodes:
+# those install the .deb or the wheel (README "Deploying"). The venv's pip stays as Debian
+# made it (no upgrade from the network).
 install:
 	bash tools/install-system-deps.sh
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[dev,active]'
 
 # Unit tests, then integration tests against a throw-away Slurm started by the tests.
@@ -37,8 +38,27 @@ bench:
 bench-cluster:
 	$(VPY) bench/controller_load.py
 
+# Production artefacts (README "Deploying"), in dist/: the wheel and sdist, and the Debian
+# package (dpkg-buildpackage + dh-virtualenv; built from a copy of the tree under build/deb).
+wheel:
+	rm -f dist/nodecheck-*.whl dist/nodecheck-*.tar.gz
+	$(VPY) -m build --outdir dist .
+
+deb:
+	bash tools/build-deb.sh
+
+# The .deb installed into a clean Debian bookworm root (debootstrap, cached under
+# /var/cache/nodecheck/roots) and run as Prolog by the root's own slurmd (root only;
+# tests/packaging, docs/packaging.md).
+DEB_ROOT_SUITE ?= bookworm
+DEB_ROOT_PACKAGES ?= slurmctld slurmd slurm-client munge python3 logrotate
+test-deb:
+	deb=$$(bash tools/build-deb.sh) && \
+	root=$$(bash tools/slurm-roots/build-root.sh $(DEB_ROOT_SUITE) $(DEB_ROOT_PACKAGES)) && \
+	NODECHECK_DEB=$$deb NODECHECK_DEB_ROOT=$$root $(VPY) -m pytest -q tests/packaging
+
 clean:
-	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
 CLUSTER_DIR ?= $(CURDIR)/.testcluster
 CLUSTER_NODES ?= 2
 CLUSTER_ARGS ?=

@@ -1,9 +1,11 @@
 #!/bin/sh
-# Install the system packages the local test Slurm cluster needs (Debian/Ubuntu).
+# Install the system packages the developer set-up needs (Debian/Ubuntu): the local test
+# Slurm cluster's, and the packaging tools of `make deb` / `make test-deb`.
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 set -eu
 
-PACKAGES="slurmctld slurmd slurm-client munge iproute2 procps prometheus-alertmanager"
+PACKAGES="slurmctld slurmd slurm-client munge iproute2 procps prometheus-alertmanager
+          python3-venv debhelper dh-virtualenv dpkg-dev debootstrap"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: must run as root (it installs Debian packages)" >&2

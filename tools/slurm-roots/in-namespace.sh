@@ -13,7 +13,8 @@ LOG_TAG=slurm-roots
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # The caller's NODECHECK_* settings pass through; nothing else of its environment does.
-mapfile -t PASS_ENV < <(env | grep -E '^NODECHECK_[A-Z0-9_]+=' | grep -v '^NODECHECK_ROOT_OUT=' || true)
+mapfile -t PASS_ENV < <(env | grep -E '^NODECHECK_[A-Z0-9_]+=' \
+  | grep -Ev '^NODECHECK_ROOT_(OUT|OVERLAY)=' || true)
 CHROOT_ENV=(chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
             LANG=C.UTF-8 PYTHONPATH=/src PYTHONDONTWRITEBYTECODE=1 "${PASS_ENV[@]}")
 in_chroot() { "${CHROOT_ENV[@]}" "$@"; }
@@ -65,6 +66,7 @@ cleanup() {
   for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
     umount -R "${MOUNTS[$i]}" || umount -R -l "${MOUNTS[$i]}" || rc=1
   done
+  [ -n "${SCRATCH:-}" ] && rmdir "$SCRATCH"
   exit "$rc"
 }
 CHILD=
@@ -86,10 +88,32 @@ mnt() { # mount args... target (last argument)
 ip link set lo up
 ip addr add 127.0.0.2/8 dev lo
 
+# NODECHECK_ROOT_OVERLAY=1: the command changes a throw-away copy. The cached root is the
+# read-only lower layer of an overlay whose upper layer is a tmpfs; installing packages (the
+# .deb test, tests/packaging) then starts from the clean root every time and leaves it as it
+# was. The overlay lives in this mount namespace only.
+if [ "${NODECHECK_ROOT_OVERLAY:-}" = 1 ]; then
+  SCRATCH=$(mktemp -d /tmp/nodecheck-root-overlay.XXXXXX)
+  mnt -t tmpfs -o mode=0755 tmpfs "$SCRATCH"
+  mkdir -p "$SCRATCH/upper" "$SCRATCH/work" "$SCRATCH/merged"
+  mnt -t overlay overlay \
+    -o "lowerdir=$ROOT,upperdir=$SCRATCH/upper,workdir=$SCRATCH/work" "$SCRATCH/merged"
+  ROOT=$SCRATCH/merged
+  CHROOT_ENV[1]=$ROOT
+fi
+
 mnt -t proc proc "$ROOT/proc"          # this PID namespace's processes only
 mnt --rbind /dev "$ROOT/dev"
 mnt -t sysfs sysfs "$ROOT/sys"          # no cgroup fs under it: testcluster then writes
                                         # CgroupPlugin=disabled for slurmd >= 23.11
+# Slurm before 23.11 has no CgroupPlugin=disabled: its slurmd dies without a cgroup fs
+# ("No filesystem mounted on /sys/fs/cgroup") even with proctrack/linuxproc. Give such a root
+# the host's cgroup tree (slurmd only reads it with the test cluster's plugins).
+slurmd_version=$(in_chroot sh -c 'slurmd -V 2>/dev/null' | awk '{ print $2 }')
+case "$slurmd_version" in
+  1[0-9].* | 2[0-2].* | 23.0[0-9].*)
+    [ -d /sys/fs/cgroup ] && mnt --rbind /sys/fs/cgroup "$ROOT/sys/fs/cgroup" ;;
+esac
 mnt -t tmpfs -o mode=1777 tmpfs "$ROOT/tmp"
 mkdir -p "$ROOT/src" "$ROOT/out"
 mnt --bind "$REPO" "$ROOT/src"

@@ -8,6 +8,8 @@
 #   - mount namespace: proc/dev/sys/tmp and the repo (read-only at /src) are mounted there
 #     only, so nothing is ever mounted in the host's namespace; with NODECHECK_ROOT_OUT=DIR,
 #     DIR is mounted read-write at /out (to bring files back, e.g. captured Slurm output),
+#     and with NODECHECK_ROOT_OVERLAY=1 the root is an overlay on a tmpfs, so whatever the
+#     command installs or changes there is gone afterwards (the cached root stays clean),
 #   - PID namespace: when its first process ends, the kernel kills whatever is left in it.
 # The command runs chrooted with a clean environment (PATH, HOME, LANG, PYTHONPATH=/src and
 # the NODECHECK_* variables of the caller). Teardown (in-namespace.sh's trap, on success,
