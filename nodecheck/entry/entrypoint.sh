@@ -1,18 +1,20 @@
 # Shared by the prolog/, epilog/ and health/ entrypoints (sourced, never run on its own;
-# the caller sets $here to its own directory). Slurm gives these no PATH, so every path
-# here is absolute.
+# the caller sets $here to its own directory and $entry to this file's). Slurm gives these
+# no PATH, so every path here is absolute.
 #
-# Python: $NODECHECK_PYTHON, else the checkout's .venv (make install), else
-# /usr/bin/python3. NODECHECK_PYTHON counts only as an absolute path to an executable
-# file: a relative or broken value must not turn into "Prolog error" drains (or run
-# something from the cwd).
+# Python: $NODECHECK_PYTHON, else the venv the entrypoint sits in (installed from the wheel
+# or the Debian package: $here is the venv's bin/), else the checkout's .venv (make
+# install), else /usr/bin/python3. NODECHECK_PYTHON counts only as an absolute path to an
+# executable file: a relative or broken value must not turn into "Prolog error" drains (or
+# run something from the cwd).
 #
 # The run goes to the nodecheck agent when its socket exists ($NODECHECK_AGENT_SOCKET if
 # absolute, else /run/nodecheck/agent.sock; docs/agent.md); the client falls back to the
 # in-process run by itself. Without a socket the hook runs in-process directly.
 nodecheck_hook() {
     phase=$1
-    python=$here/../.venv/bin/python3
+    python=$here/python3
+    [ -f "$python" ] && [ -x "$python" ] || python=$here/../.venv/bin/python3
     case ${NODECHECK_PYTHON:-} in
     /*) [ -f "$NODECHECK_PYTHON" ] && [ -x "$NODECHECK_PYTHON" ] && python=$NODECHECK_PYTHON ;;
     esac
@@ -22,7 +24,7 @@ nodecheck_hook() {
     /*) sock=$NODECHECK_AGENT_SOCKET ;;
     esac
     if [ -S "$sock" ]; then
-        exec "$python" -I -S "$here/../nodecheck/entry/agent_client.py" --socket "$sock" "$phase"
+        exec "$python" -I -S "$entry/agent_client.py" --socket "$sock" "$phase"
     fi
     exec "$python" -I -m nodecheck hook "$phase"
 }
