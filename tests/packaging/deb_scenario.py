@@ -1,7 +1,8 @@
 """Runs INSIDE a clean Debian root, as PID 1's child of tools/slurm-roots/in-root.sh with
 NODECHECK_ROOT_OVERLAY=1 (so the cached root stays clean): installs the .deb with dpkg, as a
 site would, then lets the root's own Slurm (slurmctld + 2 x slurmd, tools/testcluster.py)
-run the package's prolog at /usr/lib/nodecheck/prolog.
+run the package's prolog at /usr/lib/nodecheck/prolog, and runs its HealthCheckProgram
+/usr/lib/nodecheck/health as slurmd would.
 
 It only gathers facts, as JSON in /out/facts.json; tests/packaging/test_deb.py judges them
 (so a failed step still brings back everything seen up to it). Standard library only: the
@@ -156,6 +157,26 @@ def gather(deb: str, facts: dict[str, Any]) -> None:
             "events": log_events(failing),
         }
         cluster.run(["scancel", str(failing)], check=False)
+
+        # The mount is back: HealthCheckProgram, run as slurmd runs it (no environment but
+        # the node name, so the config names slurm.conf), resumes what nodecheck drained.
+        Path("/etc/nodecheck/nodecheck.toml").write_text(
+            f'slurm_conf = "{cluster.conf_path}"\n' + SITE_CONFIG.replace(MISSING_MOUNT, "/")
+        )
+        health = subprocess.run(
+            ["/usr/lib/nodecheck/health"],
+            env={"SLURMD_NODENAME": "n2"},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        facts["health"] = {
+            "rc": health.returncode,
+            "stderr": health.stderr[-3000:],
+            "node": cluster.node_state("n2"),
+        }
     facts["state_dirs"] = {node: path_facts(f"/var/lib/nodecheck/{node}") for node in ("n1", "n2")}
 
 

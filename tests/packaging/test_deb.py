@@ -118,3 +118,13 @@ def test_a_failing_check_drains_with_nodecheck_reason(facts):
     assert verdict["status"] == "FAIL"
     # The run's state went where the site's config put it, root-only.
     assert facts["state_dirs"]["n2"]["mode"] == "0o700"
+
+
+def test_the_package_health_program_resumes_its_own_drain_once_fixed(facts):
+    health = facts["health"]
+    assert health["rc"] == 0, health["stderr"]
+    state, reason = health["node"]
+    assert not state.startswith("drain"), (state, reason)
+    lines = [json.loads(x) for x in health["stderr"].splitlines() if x.startswith("{")]
+    resume = [e for e in lines if e["event"] == "resume"]
+    assert [e["result"] for e in resume] == ["resumed"], health["stderr"]
