@@ -1,6 +1,6 @@
 #!/bin/sh
-# Install the system packages the developer set-up needs (Debian/Ubuntu): the local test
-# Slurm cluster's, and the packaging tools of `make deb` / `make test-deb`.
+# Install the system packages the developer set-up needs (Debian/Ubuntu): what the tests
+# run (Slurm, munge, Alertmanager) and the packaging tools of `make deb` / `make test-deb`.
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 set -eu
 
