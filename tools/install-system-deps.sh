@@ -1,10 +1,11 @@
 #!/bin/sh
 # Install the system packages the developer set-up needs (Debian/Ubuntu): what the tests
-# run (Slurm, munge, Alertmanager) and the packaging tools of `make deb` / `make test-deb`.
+# run (Slurm, munge, Alertmanager, slurmdbd with MariaDB) and the packaging tools of `make deb` / `make test-deb`.
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 set -eu
 
 PACKAGES="slurmctld slurmd slurm-client munge iproute2 procps prometheus-alertmanager
+          slurmdbd mariadb-server
           python3-venv debhelper dh-virtualenv dpkg-dev debootstrap"
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         help="nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)",
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument(
+        "--history",
+        metavar="NODELIST",
+        help="per node: drains, validations, reboots, returns (nodecheck + slurmdbd)",
+    )
+    report.add_argument("--days", type=float, default=30, help="with --history: how far back")
 
     validate = sub.add_parser(
         "validate",
@@ -114,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _list(args)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "report" and args.history:
+        from nodecheck.quarantine.command import history_command
+
+        return history_command(args.config, args.history, args.days, args.json)
     if args.command == "report":
         return _report(args)
     if args.command in ("validate", "validate-job"):

@@ -56,3 +56,33 @@ def validate_job_command(config_path: str | None, level: str) -> int:
         return EXIT_INTERNAL
     print(f"{outcome.node}: {outcome.decision.summary}; {outcome.action_taken}")
     return outcome.exit_code
+
+
+def history_command(config_path: str | None, nodelist: str, days: float, as_json: bool) -> int:
+    import json
+    from dataclasses import asdict
+
+    from nodecheck.checks.registry import all_checks
+    from nodecheck.quarantine.loop import expand_nodes
+    from nodecheck.quarantine.timeline import render, timeline
+    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm.scontrol import ScontrolBackend
+
+    env = dict(os.environ)
+    try:
+        config = load_config(config_path, env, all_checks())
+        slurm_conf = config.slurm_conf or env.get("SLURM_CONF")
+        cli = ScontrolBackend(config.scontrol, slurm_conf)
+        nodes = expand_nodes(cli._run, config.scontrol, nodelist)
+    except (ConfigError, SlurmError) as exc:
+        print(f"nodecheck report: {exc}", file=sys.stderr)
+        return 2
+    events, missing = timeline(config, slurm_conf, nodes, days)
+    if as_json:
+        print(json.dumps({"events": [asdict(e) for e in events], "slurmdbd": missing or "ok"}))
+        return 0
+    print(render(events) or "no events")
+    if missing:
+        print(f"(no Slurm node events: {missing})")
+    return 0

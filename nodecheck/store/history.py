@@ -207,6 +207,13 @@ class History:
         ).fetchone()
         return int(row[0])
 
+    def lifecycle(self, since: float) -> list[tuple[float, str, str]]:
+        """(at, kind, reason) of every lifecycle event since `since`, oldest first."""
+        rows = self.conn.execute(
+            "SELECT at, kind, reason FROM lifecycle WHERE at >= ? ORDER BY at, rowid", (since,)
+        ).fetchall()
+        return [(float(at), str(kind), str(reason or "")) for at, kind, reason in rows]
+
     def last_event_at(self, kind: str) -> float | None:
         row = self.conn.execute("SELECT max(at) FROM lifecycle WHERE kind = ?", (kind,)).fetchone()
         return float(row[0]) if row and row[0] is not None else None

@@ -173,3 +173,57 @@ def test_a_node_that_keeps_failing_is_rebooted_once_then_held_for_replacement(
         assert alert["labels"]["node"] == "n1" and alert["labels"]["action"] == "replace"
         assert cluster.node_state("n2")[0] == "idle"  # never touched
         assert "nodecheck_validation" not in cluster.scontrol("show", "reservation").stdout
+
+
+def test_report_history_merges_nodecheck_history_and_slurmdbd_events(make_slurm_cluster, work):
+    import json
+
+    cluster = make_slurm_cluster(
+        nodes=2,
+        prolog=PROLOG,
+        epilog=EPILOG,
+        health_program=HEALTH,
+        health_interval=0,
+        accounting=True,  # slurmdbd with a private MariaDB: Slurm keeps node events
+    )
+    cluster.write_nodecheck_config(toml(work, "", ("n1",), '["drain"]'))
+    assert "failed: drained" in validate(cluster, "n1").stdout
+    cluster.write_nodecheck_config(toml(work, "", (), '["drain"]'))
+    assert validate(cluster, "n1").returncode == 0
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SLURM_CONF": str(cluster.conf_path),
+        "NODECHECK_CONFIG": str(cluster.nodecheck_config),
+    }
+
+    def report() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-m", "nodecheck", "report", "--history", "n[1-2]", "--json"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    # slurmdbd writes node events as the controller sends them: wait for the drain's.
+    got = cluster.wait_for(
+        lambda: (
+            (r := report())
+            and any(
+                e["source"] == "slurmdbd" and e["detail"].startswith("nodecheck: host.mounts")
+                for e in r["events"]
+            )
+            and r
+        ),
+        60,
+        message="the drain in slurmdbd's node events",
+    )
+    assert got["slurmdbd"] == "ok"
+    n1 = [(e["source"], e["what"]) for e in got["events"] if e["node"] == "n1"]
+    ours = [what for source, what in n1 if source == "nodecheck"]
+    assert ours == ["validation failed", "validation passed"]
+    assert ("slurmdbd", "drain") in n1
+    assert not [e for e in got["events"] if e["node"] == "n2" and e["source"] == "nodecheck"]

@@ -89,3 +89,16 @@ def test_alert_body_has_the_labels_alertmanager_groups_by():
     assert firing["startsAt"] == "2026-12-01T21:00:00.000000Z" and "endsAt" not in firing
     [resolved] = payload(alert, now, resolved=True)
     assert resolved["labels"] == firing["labels"] and resolved["endsAt"] == firing["startsAt"]
+
+
+def test_sacctmgr_event_lines_become_events():
+    from nodecheck.quarantine.timeline import parse_sacctmgr_events
+
+    # `sacctmgr -n -P show event format=NodeName,TimeStart,State,Reason,User`, captured from
+    # Debian's slurmdbd 22.05.8 with MariaDB 10.11 on the test cluster.
+    text = real("sacctmgr-show-event-22.05.txt")
+    events = parse_sacctmgr_events(text, ["n1"])
+    assert [e.what for e in events] == ["unk", "drain"]
+    assert events[1].detail == "nodecheck: test drain [prolog job 1] (by root(0))"
+    assert all(e.node == "n1" and e.source == "slurmdbd" for e in events)
+    assert len(parse_sacctmgr_events(text, [])) == 3  # the cluster-wide row is dropped
