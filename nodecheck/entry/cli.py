@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from nodecheck.checks.registry import PHASES
 from nodecheck.entry.hook import HOOK_PHASES, HookArgs, hook_args, run_hook
+from nodecheck.quarantine import DEFAULT_WHY
 from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
 
 if TYPE_CHECKING:  # argparse is imported only off the hook path (see nodecheck.entry.hook)
@@ -87,9 +88,20 @@ def _parser() -> argparse.ArgumentParser:
         "validate",
         help="quarantine nodes, run validation jobs, return or drain them (docs/operations.md)",
     )
-    validate.add_argument("nodelist", help="nodes, as a Slurm hostlist (e.g. 'gpu[001-004]')")
+    validate.add_argument(
+        "nodelist", nargs="?", help="nodes, as a Slurm hostlist (e.g. 'gpu[001-004]')"
+    )
+    validate.add_argument(
+        "--idle", action="store_true", help="idle nodes, longest since validation first (cron)"
+    )
+    validate.add_argument(
+        "--max-share", default="5%", help="with --idle: at most this share of any partition"
+    )
+    validate.add_argument(
+        "--pending", action="store_true", help="nodes nodecheck drained that may come back"
+    )
     validate.add_argument("--level", choices=("quick", "full"), default="quick")
-    validate.add_argument("--why", default="requested by an admin", help="goes into the jobs")
+    validate.add_argument("--why", default=DEFAULT_WHY, help="goes into the jobs' comments")
     validate.add_argument("--timeout", type=float, help="seconds to wait for the jobs")
     validate_job = sub.add_parser(
         "validate-job", help="(run inside a validation job) validate this node and act"
@@ -131,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(None, to_stderr=True, verbose=args.verbose)
         if args.command == "validate":
-            return validate_command(args.config, args.nodelist, args.level, args.why, args.timeout)
+            return validate_command(args)
         return validate_job_command(args.config, args.level)
     return _resume(args)
 

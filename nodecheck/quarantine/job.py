@@ -25,6 +25,7 @@ EXIT_DRAINED = 1
 EXIT_INTERNAL = 2
 EXIT_REBOOT = 3
 EXIT_REPLACE = 4
+EXIT_HELD_BACK = 5  # failed, but the circuit breaker forbids another drain now
 EXIT_FOR_STEP = {
     Step.RETURN: EXIT_PASSED,
     Step.DRAIN: EXIT_DRAINED,
@@ -80,6 +81,7 @@ def run_validation_job(level: str, config_path: str | None, env: Mapping[str, st
     )
     # act
     taken = _act(config, node, decision, state_dir)
+    code = EXIT_HELD_BACK if taken.startswith("held back") else EXIT_FOR_STEP[decision.step]
     # record
     kind = "validate_pass" if decision.step is Step.RETURN else "validate_fail"
 
@@ -98,7 +100,7 @@ def run_validation_job(level: str, config_path: str | None, env: Mapping[str, st
         action=taken,
         failures_since_pass=past.failures_since_pass,
     )
-    return JobOutcome(node, decision, taken, EXIT_FOR_STEP[decision.step])
+    return JobOutcome(node, decision, taken, code)
 
 
 def _registry() -> Mapping:
@@ -119,6 +121,10 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
         _resolve_alert(config, node, state_dir)
         return "none"
     assert decision.reason is not None
+    held = _breaker_holds(config, node)
+    if held:
+        log.error("circuit_breaker_open", why=held, would_drain=decision.reason)
+        return "held back by the circuit breaker"
     try:
         if decision.step is Step.REBOOT:
             cli = ScontrolBackend(config.scontrol, config.slurm_conf or None)
@@ -133,6 +139,24 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
     if decision.alert:
         _fire_alert(config, node, decision, state_dir)
     return taken
+
+
+def _breaker_holds(config: Config, node: str) -> str | None:
+    """Validation drains count against the same breaker as the hooks' drains: a wave of
+    failing validations is more often a bad deep-check setting than bad hardware."""
+    from nodecheck.run import breaker
+    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm.act import backend_for, breaker_limits
+
+    limits = breaker_limits(config)
+    if not limits.enabled:
+        return None
+    try:
+        nodes = backend_for(config, os.environ).list_nodes()
+    except SlurmError as exc:
+        return f"cannot read the cluster to apply the breaker: {exc}"
+    state = breaker.evaluate(nodes, node, limits)
+    return state.why if state.open else None
 
 
 def _fire_alert(config: Config, node: str, decision: Decision, state_dir: os.PathLike) -> None:

@@ -21,7 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodecheck.quarantine.job import EXIT_DRAINED, EXIT_PASSED, EXIT_REBOOT, EXIT_REPLACE
+from nodecheck.quarantine.job import (
+    EXIT_DRAINED,
+    EXIT_HELD_BACK,
+    EXIT_PASSED,
+    EXIT_REBOOT,
+    EXIT_REPLACE,
+)
 from nodecheck.run.config import Config
 from nodecheck.slurm import NodeInfo, SlurmBackend, SlurmError
 from nodecheck.slurm.jobs import JobState, SlurmJobs
@@ -31,6 +37,7 @@ RESULT_FOR_EXIT = {
     EXIT_PASSED: "passed: back in service",
     EXIT_DRAINED: "failed: drained",
     EXIT_REPLACE: "failed: held for replacement",
+    EXIT_HELD_BACK: "failed: not drained, the circuit breaker is open; kept in the reservation",
 }
 
 
@@ -43,6 +50,12 @@ class NodeValidation:
     result: str = "pending"
     reboots: int = 0
     done: bool = False
+    held_back: bool = False
+
+    @property
+    def keep_reserved(self) -> bool:
+        """Still validating, or failed without a drain: either way not for user jobs."""
+        return not self.done or self.held_back
 
 
 def expand_nodes(cli_run: Callable[[list[str]], str], scontrol: str, nodelist: str) -> list[str]:
@@ -97,13 +110,12 @@ def validate_nodes(
     for run in runs.values():
         if not run.done:
             run.result = "timed out: still in the reservation"
-    # Finished nodes leave the reservation; ones still validating stay quarantined in it (if
-    # this command dies half-way, they stay there too: quarantined is the safe side).
-    remaining = [r.node for r in runs.values() if r.node in chosen and not r.done]
-    if remaining:
-        jobs.reserve(reservation, remaining)
-    else:
-        jobs.release(reservation)
+    # Finished nodes leave the reservation; ones still validating (or failed but held back
+    # by the breaker) stay quarantined in it, and so do all of them if this command dies
+    # half-way: quarantined is the safe side. Other runs' nodes are left as they are.
+    jobs.release(
+        reservation, [r.node for r in runs.values() if r.node in chosen and not r.keep_reserved]
+    )
     return list(runs.values())
 
 
@@ -163,6 +175,7 @@ def _follow(
     if state.finished:
         code = state.exit_code
         run.result = RESULT_FOR_EXIT.get(code, f"job {state.state} (exit {code})")
+        run.held_back = code == EXIT_HELD_BACK
         if code != EXIT_PASSED:
             try:
                 reason = backend.node_info(run.node).reason

@@ -82,16 +82,27 @@ class SlurmJobs:
             return False
         return True
 
+    def reservation_nodes(self, name: str) -> list[str]:
+        """The reservation's nodes, expanded by Slurm; [] when there is no reservation."""
+        try:
+            text = self.cli._run([self.cli.scontrol, "show", "-o", "reservation", name])
+        except SlurmError:
+            return []
+        found = parse_reservation_nodes(text)
+        if not found:
+            return []
+        out = self.cli._run([self.cli.scontrol, "show", "hostnames", found[0]])
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
     def reserve(self, name: str, nodes: list[str]) -> None:
-        """Create the reservation on `nodes`, or set its nodes when it exists. MAINT keeps it
-        out of utilisation figures; IGNORE_JOBS lets it cover a node still running a job;
+        """Add `nodes` to the reservation, creating it if needed. MAINT keeps it out of
+        utilisation figures; IGNORE_JOBS lets it cover a node still running a job;
         Users=root keeps every user job off these nodes."""
-        node_list = ",".join(checked_node_name(n) for n in nodes)
-        if self.reservation_exists(name):
-            self.cli._run(
-                [self.cli.scontrol, "update", f"ReservationName={name}", f"Nodes={node_list}"]
-            )
+        current = self.reservation_nodes(name)
+        if current:
+            self.set_nodes(name, sorted({*current, *nodes}))
             return
+        node_list = ",".join(checked_node_name(n) for n in nodes)
         self.cli._run(
             [
                 self.cli.scontrol,
@@ -106,8 +117,18 @@ class SlurmJobs:
             ]
         )
 
-    def release(self, name: str) -> None:
-        if self.reservation_exists(name):
+    def set_nodes(self, name: str, nodes: list[str]) -> None:
+        node_list = ",".join(checked_node_name(n) for n in nodes)
+        self.cli._run(
+            [self.cli.scontrol, "update", f"ReservationName={name}", f"Nodes={node_list}"]
+        )
+
+    def release(self, name: str, nodes: list[str]) -> None:
+        """Take `nodes` out of the reservation; delete it once it holds no node."""
+        keep = [n for n in self.reservation_nodes(name) if n not in nodes]
+        if keep:
+            self.set_nodes(name, keep)
+        elif self.reservation_exists(name):
             self.cli._run([self.cli.scontrol, "delete", f"ReservationName={name}"])
 
     # -- jobs -----------------------------------------------------------------------------

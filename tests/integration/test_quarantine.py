@@ -227,3 +227,38 @@ def test_report_history_merges_nodecheck_history_and_slurmdbd_events(make_slurm_
     assert ours == ["validation failed", "validation passed"]
     assert ("slurmdbd", "drain") in n1
     assert not [e for e in got["events"] if e["node"] == "n2" and e["source"] == "nodecheck"]
+
+
+def test_idle_mode_takes_a_share_of_the_partition_oldest_first_and_pending_takes_our_drains(
+    make_slurm_cluster, work
+):
+    cluster = make_slurm_cluster(
+        nodes=4, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
+    )
+    cluster.write_nodecheck_config(toml(work, "", (), '["drain"]'))
+    busy = cluster.sbatch("-w", "n4", "--wrap", "sleep 300")  # not idle: never taken
+    cluster.wait_for(lambda: cluster.job_state(busy) == "RUNNING", 30, message="n4 busy")
+
+    def validated(out: str) -> list[str]:
+        return sorted(line.split()[0] for line in out.splitlines() if " job " in line)
+
+    picked = []
+    for _ in range(4):  # 25% of 4 nodes: one node per run
+        run = validate(cluster, "--idle", "--max-share", "25%")
+        assert run.returncode == 0, run.stdout + run.stderr
+        picked += validated(run.stdout)
+    # Never-validated nodes first (by name), then the longest since validation; n4 is busy.
+    assert picked == ["n1", "n2", "n3", "n1"]
+    job = run.stdout.split()[2]
+    assert "periodic validation" in cluster.scontrol("show", "job", job).stdout
+
+    # --pending: only the nodes nodecheck drained, not an admin's.
+    cluster.run(["scancel", str(busy)], check=False)
+    cluster.scontrol(
+        "update", "NodeName=n1", "State=DRAIN", "Reason=nodecheck: gpu.ecc gpu3: 2 DBE"
+    )
+    cluster.scontrol("update", "NodeName=n2", "State=DRAIN", "Reason=admin: RMA 44")
+    pending = validate(cluster, "--pending")
+    assert validated(pending.stdout) == ["n1"], pending.stdout
+    assert "passed" in pending.stdout and cluster.node_state("n1")[0] == "idle"
+    assert cluster.node_state("n2")[1].startswith("admin: RMA 44")

@@ -102,3 +102,52 @@ def test_sacctmgr_event_lines_become_events():
     assert events[1].detail == "nodecheck: test drain [prolog job 1] (by root(0))"
     assert all(e.node == "n1" and e.source == "slurmdbd" for e in events)
     assert len(parse_sacctmgr_events(text, [])) == 3  # the cluster-wide row is dropped
+
+
+def node(name, *states, parts=("gpu",), reason=""):
+    from nodecheck.slurm import NodeInfo
+
+    return NodeInfo(name, tuple(states), reason=reason, partitions=tuple(parts))
+
+
+def test_idle_picks_never_validated_first_then_oldest_within_the_share():
+    from nodecheck.quarantine.select import pick_idle
+
+    nodes = [node(f"g{i:02d}", "IDLE") for i in range(1, 21)]  # 20 idle nodes
+    nodes[0] = node("g01", "ALLOCATED")
+    nodes[1] = node("g02", "IDLE", "DRAIN")
+    last = {f"g{i:02d}": 1000.0 + i for i in range(1, 21)}
+    del last["g17"]  # never validated
+    last["g09"] = 10.0  # validated longest ago
+    # 10% of 20 nodes = 2 at a time; one is already in the reservation.
+    assert pick_idle(nodes, last, 0.10, already_reserved=["g05"]) == ["g17"]
+    assert pick_idle(nodes, last, 0.10) == ["g17", "g09"]
+    assert pick_idle(nodes, last, 0.04) == []  # 4% of 20 is less than one node
+
+
+def test_idle_respects_every_partition_of_a_node():
+    from nodecheck.quarantine.select import pick_idle
+
+    nodes = [node("a1", "IDLE", parts=("small", "big"))] + [
+        node(f"b{i}", "IDLE", parts=("big",)) for i in range(9)
+    ]
+    # small has one member: a 50% share of it is 0 nodes, so a1 is never taken.
+    assert "a1" not in pick_idle(nodes, {}, 0.5)
+    assert len(pick_idle(nodes, {}, 0.5)) == 5
+
+
+def test_pending_takes_nodecheck_drains_that_may_come_back():
+    from nodecheck.quarantine.select import pick_pending
+
+    nodes = [
+        node("g1", "IDLE", "DRAIN", reason="nodecheck: gpu.ecc gpu3: 2 DBE [prolog job 7]"),
+        node(
+            "g2",
+            "IDLE",
+            "DRAIN",
+            reason="nodecheck: deep.gemm gpu1: slow [validate job 9 act=replace]",
+        ),
+        node("g3", "IDLE", "DRAIN", reason="admin: RMA 44"),
+        node("g4", "IDLE"),
+    ]
+    assert pick_pending(nodes) == ["g1"]
