@@ -558,8 +558,57 @@ def test_only_job_gpus_restricts_every_per_gpu_check():
     assert problems(results) == [] and results[0].component == "gpu1,2"
     # without the option (or without SLURM_JOB_GPUS) every GPU is looked at
     assert problems(
-        run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=job, settle_s=0)
+        run(
+            "gpu.idle",
+            "h100-leftover-process.json",
+            phase="epilog",
+            job=job,
+            only_job_gpus=False,
+            settle_s=0,
+        )
     )
+
+
+def test_idle_on_a_shared_node_ignores_other_jobs_gpus():
+    """Issue 14: job 812 had GPUs 1 and 2; the process on gpu0 belongs to another job
+    still running there. gpu.idle looks at the job's GPUs by default."""
+    job = JobInfo(job_id="812", gpus=(1, 2))
+    results = run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=job, settle_s=0)
+    assert problems(results) == [] and results[0].component == "gpu1,2"
+    owner = JobInfo(job_id="811", gpus=(0,))
+    assert problems(
+        run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=owner, settle_s=0)
+    ) == [(Status.FAIL, "gpu0", "1 compute process left after job 811: pid 48213")]
+
+
+def test_idle_process_list_unavailable_is_not_idle(tmp_path):
+    unavailable = {"code": 999, "name": "NVML_ERROR_UNKNOWN", "message": "Unknown Error"}
+    path = _edit(
+        tmp_path, "h100-healthy.json", 5, processes=None, errors={"processes": unavailable}
+    )
+    [bad] = [
+        r for r in run("gpu.idle", path, phase="epilog", settle_s=0) if r.status is not Status.PASS
+    ]
+    assert (bad.status, bad.component) == (Status.ERROR, "gpu5")
+    assert bad.message == (
+        "compute process list unavailable (NVML_ERROR_UNKNOWN): cannot tell whether it is idle"
+    )
+    missing = _edit(tmp_path, "h100-healthy.json", 3, graphics_processes=None)
+    [bad] = [
+        r
+        for r in run("gpu.idle", missing, phase="epilog", settle_s=0)
+        if r.status is not Status.PASS
+    ]
+    assert (bad.status, bad.component) == (Status.ERROR, "gpu3")
+
+
+def test_idle_reads_graphics_processes(tmp_path):
+    """A graphics context (an X server or a Vulkan job's leftover) holds the GPU as well."""
+    proc = [{"pid": 3127, "usedGpuMemory": 4194304}]
+    path = _edit(tmp_path, "h100-healthy.json", 4, graphics_processes=proc)
+    assert problems(run("gpu.idle", path, phase="epilog", settle_s=0)) == [
+        (Status.FAIL, "gpu4", "1 graphics process left after job 812: pid 3127")
+    ]
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -638,3 +687,44 @@ def test_count_nvml_without_gpus(tmp_path):
     r = only(run("gpu.count", f"replay:{path}", expected=8), Status.FAIL)
     assert r.message == "0 GPUs visible (expected 8)"
     assert only(run("gpu.ecc", f"replay:{path}"), Status.SKIP).message == "no GPUs visible"
+
+
+# --- gpu.remap: the driver's recovery action ------------------------------------------
+
+
+def test_remap_reports_the_recovery_action_the_driver_asks_for():
+    """NVML_FI_DEV_GET_GPU_RECOVERY_ACTION = 2 (NVML_GPU_RECOVERY_ACTION_NODE_REBOOT): the
+    value behind Xid 154 "... to 0x2 (Node Reboot Required)"."""
+    results = run("gpu.remap", "h100-recovery-reboot.json")
+    assert problems(results) == [
+        (Status.FAIL, "gpu2", "driver asks for recovery: Node Reboot Required")
+    ]
+    assert results[0].remedy == "reboot" and results[0].values["recovery_action"] == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "remedy"),
+    [(1, Status.FAIL, "reset-gpu"), (4, Status.FAIL, "reset-gpu"), (3, Status.WARN, "")],
+)
+def test_remap_recovery_actions_reset_and_drain(tmp_path, code, status, remedy):
+    path = _edit(tmp_path, "h100-recovery-reboot.json", 2, recovery_action=code)
+    [bad] = [r for r in run("gpu.remap", path) if r.status is not Status.PASS]
+    assert (bad.status, bad.component, bad.remedy or "") == (status, "gpu2", remedy)
+
+
+def test_remap_pending_and_recovery_action_both_reported(tmp_path):
+    path = _edit(
+        tmp_path,
+        "h100-recovery-reboot.json",
+        2,
+        remapped_rows={"corrRows": 1, "uncRows": 0, "isPending": True, "failureOccurred": False},
+    )
+    assert [m for _, _, m in problems(run("gpu.remap", path))] == [
+        "row remap pending (needs GPU reset)",
+        "driver asks for recovery: Node Reboot Required",
+    ]
+
+
+def test_remap_without_the_recovery_field_judges_rows_only():
+    """Drivers before R570 answer NOT_SUPPORTED for the field: no result of its own."""
+    assert problems(run("gpu.remap", "h100-healthy.json")) == []
