@@ -25,7 +25,7 @@ def state_dir(tmp_path):
     return tmp_path / "state"
 
 
-def run(check_id, fixture, phase="prolog", job=None, state_dir=None, **options):
+def run(check_id, fixture, phase="prolog", job=None, state_dir=None, procfs=None, **options):
     chk = REGISTRY[check_id]
     source = fixture if str(fixture).startswith("replay:") else f"replay:{NVML_FIXTURES / fixture}"
     ctx = make_ctx(
@@ -34,6 +34,7 @@ def run(check_id, fixture, phase="prolog", job=None, state_dir=None, **options):
         job=job,
         nvml=source,
         state_dir=state_dir or Path("/nonexistent-state"),
+        procfs_root=procfs or Path("/proc"),
     )
     return list(chk.func(ctx))
 
@@ -362,6 +363,88 @@ def test_nvlink_counters_rising_between_runs(tmp_path, state_dir):
     path.write_text(json.dumps(data))
     nvml.clear_cache()
     assert problems(run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)) == []
+
+
+def _rising_node(tmp_path):
+    """A replay file and a procfs with a boot id; `rise()` adds 3 recovery errors on gpu6
+    link 11 (NVML_NVLINK_ERROR_DL_RECOVERY), as a marginal link does between two jobs."""
+    path = tmp_path / "node.json"
+    shutil.copy(NVML_FIXTURES / "h100-healthy.json", path)
+    proc = tmp_path / "proc"
+    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "random" / "boot_id").write_text("boot-a\n")
+
+    def rise():
+        data = json.loads(path.read_text())
+        data["gpus"][6]["nvlinks"][11]["counters"]["recovery"] += 3
+        path.write_text(json.dumps(data))
+        nvml.clear_cache()
+
+    return f"replay:{path}", proc, rise
+
+
+def test_nvlink_manual_run_does_not_move_the_baseline(tmp_path, state_dir):
+    source, proc, rise = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)  # prolog: baseline
+    rise()
+    for _ in range(2):  # a manual run sees the rise, and leaves it for the hooks
+        manual = run("gpu.nvlink", source, phase="manual", state_dir=state_dir, procfs=proc)
+        assert problems(manual) == [
+            (Status.FAIL, "gpu6", "NVLink 11 recovery errors +3 since last run")
+        ]
+    got = run("gpu.nvlink", source, phase="epilog", state_dir=state_dir, procfs=proc)
+    assert problems(got) == [(Status.FAIL, "gpu6", "NVLink 11 recovery errors +3 since last run")]
+
+
+def test_nvlink_reading_from_before_a_reboot_is_only_a_baseline(tmp_path, state_dir):
+    source, proc, rise = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    rise()
+    (proc / "sys" / "kernel" / "random" / "boot_id").write_text("boot-b\n")
+    results = run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    assert problems(results) == []
+    assert results[0].values["gpu6"]["baseline"] == "node rebooted since last reading, new baseline"
+
+
+def test_nvlink_old_reading_is_only_a_baseline(tmp_path, state_dir):
+    from nodecheck.checks.gpu import links
+    from nodecheck.store.state import open_state
+
+    source, proc, rise = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    with open_state(state_dir) as store:  # the last reading was taken two days ago
+        blob = store.get_json(links.NVLINK_STATE_KEY)
+        for entry in blob["gpus"].values():
+            entry["t"] -= 2 * 86400
+        store.put_json(links.NVLINK_STATE_KEY, blob)
+    rise()
+    results = run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    assert problems(results) == []
+    assert results[0].values["gpu6"]["baseline"] == "last reading 2.0d old, new baseline"
+    rise()  # within the window again
+    assert problems(run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)) == [
+        (Status.FAIL, "gpu6", "NVLink 11 recovery errors +3 since last run")
+    ]
+
+
+def test_nvlink_state_held_by_someone_else_is_an_error_not_a_hang(tmp_path, state_dir, monkeypatch):
+    import sqlite3
+
+    from nodecheck.checks.gpu import links
+
+    source, proc, _ = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    monkeypatch.setattr(links, "NVLINK_STATE_BUSY_MS", 200)
+    holder = sqlite3.connect(state_dir / "state.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        results = run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    [error] = [r for r in results if r.status is Status.ERROR]
+    assert "state unavailable" in error.message and "locked" in error.message
+    assert any(r.status is Status.PASS for r in results)
 
 
 def test_nvlink_state_trouble_still_reports_links(tmp_path):
