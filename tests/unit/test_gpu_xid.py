@@ -136,22 +136,19 @@ def test_unknown_pci_address_is_named(node):
 
 def test_gpus_are_named_by_nvml_index_not_device_minor(tmp_path):
     """Device minors follow the driver's probe order; NVML, nvidia-smi and SLURM_JOB_GPUS
-    number GPUs in PCI bus order (NVIDIA/nvidia-docker#1432, NVIDIA/nvidia-installer#21:
-    "In A100, Minor Number is different from GPU number"). Bus ids of an 8-GPU A100 node's
-    `nvidia-smi -a` (tests/fixtures/real/SOURCES.md); the minors permuted as a probe order
-    can leave them (that dump's own minors happen to follow the bus order)."""
+    number GPUs in PCI bus order. A real 8x RTX 4090 box (tests/fixtures/real/nvidia-smi/
+    rtx4090-550.txt): 01:00.0 is index 0 with minor 3, 25:00.0 index 1 with minor 2."""
     proc = tmp_path / "proc"
     (proc / "sys" / "kernel" / "random").mkdir(parents=True)
     (proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT)
-    minors = {"2f": 2, "62": 1, "67": 0}
-    driver_gpus(proc, minors)
+    driver_gpus(proc, {"01": 3, "25": 2})
     log = tmp_path / "kmsg"
     log.write_text(
-        "4,10,5000000,-;NVRM: Xid (PCI:0000:67:00): 95, pid=2001, name=train.py, "
-        "Uncontained: LTC TAG (0x2,0x0). RST: Yes, D-RST: No\n"
+        "4,10,5000000,-;NVRM: Xid (PCI:0000:25:00): 79, pid='<unknown>', name=<unknown>, "
+        "GPU has fallen off the bus.\n"
     )
     [r] = run((proc, log, tmp_path / "state"))
-    assert (r.status, r.component) == (Status.FAIL, "gpu2")  # minor 0, NVML index 2
+    assert (r.status, r.component) == (Status.FAIL, "gpu1")  # not gpu2 (its minor)
 
 
 def test_excluded_gpu_takes_no_index(tmp_path):

@@ -55,6 +55,9 @@ class _Caller:
             return fn(*args), None
         except self.nv.NVMLError as exc:
             return None, NvmlError(int(exc.value))
+        except getattr(self.nv, "NVMLLibraryMismatchError", ()):
+            # pynvml's unversioned wrappers turn a missing symbol into this instead
+            return None, NvmlError(FUNCTION_NOT_FOUND)
 
     def first(
         self, names: Iterable[str], *args: Any, where: str = ""
@@ -195,7 +198,7 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
         values["fabric"] = fabric
 
     for key, kind in (("processes", "Compute"), ("graphics_processes", "Graphics")):
-        names = tuple(f"nvmlDeviceGet{kind}RunningProcesses{v}" for v in ("_v3", "_v2", ""))
+        names = tuple(f"nvmlDeviceGet{kind}RunningProcesses{v}" for v in ("_v3", "_v2"))
         get(key, names, conv=_processes)
     get(
         "memory",
