@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from nodecheck.probes.xid_lines import GpuEvent
 
 XID_STATE_KEY = "gpu.xid.cursor"
+XID_STATE_BUSY_MS = 2000  # the lock wait ends well inside the check's 5 s deadline
 _RANK = {"fail": 2, "warn": 1, "info": 0}
 
 
@@ -113,7 +114,7 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
     from nodecheck.probes.kernlog import read_kernel_log
     from nodecheck.probes.xid_catalogue import judge
     from nodecheck.probes.xid_lines import XID_MARKS, parse_event
-    from nodecheck.store.state import open_state
+    from nodecheck.store.transaction import locked_update
 
     path = Path(ctx.options["kmsg"])
     note(f"read {path}")
@@ -124,7 +125,8 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
         return
     boot = _boot_id(ctx)
     where = {"boot_id": boot, "source": str(path), "kind": log.kind}
-    with open_state(ctx.settings.state_dir) as state:
+    # One transaction: two hook runs at once (a shared node) do not both report an Xid.
+    with locked_update(ctx.settings.state_dir, XID_STATE_BUSY_MS) as state:
         cursor = state.get_json(XID_STATE_KEY) or {}
         same = all(cursor.get(key) == value for key, value in where.items())
         after = int(cursor.get("pos", -1)) if same else -1
