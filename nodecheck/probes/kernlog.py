@@ -1,10 +1,11 @@
-"""The kernel log, read without blocking, and the NVIDIA XID lines in it (for gpu.xid).
+"""The kernel log, read without blocking, as (position, message) records for gpu.xid.
 
-Sources: /dev/kmsg (one record per read(), never blocking), or a saved file in kmsg or
-dmesg text format (tests, or sites that point gpu.xid at a log copy). Imported only by
-the probe child that runs gpu.xid, not by the prolog's parent process.
+Sources: /dev/kmsg (one record per read(), never blocking), or a saved log in any format
+`kernlog_formats` recognises (kmsg records, dmesg raw/-T/iso/--decode, syslog/kern.log,
+journald short/short-iso). Imported only by the probe child that runs gpu.xid, not by the
+prolog's parent process.
 
-A node up for weeks has thousands of records and at most a few XIDs, so `keep` lets the
+A node up for weeks has thousands of records and at most a few Xids, so `keep` lets the
 caller say which messages it wants as text: the others are counted by position only, which
 keeps the read close to the cost of the read() calls themselves.
 """
@@ -12,22 +13,13 @@ keeps the read close to the cost of the read() calls themselves.
 from __future__ import annotations
 
 import os
-import re
 import stat
-from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-XID_MARK = "NVRM: Xid"
-# Patterns, compiled on first use (re caches them): a kmsg read that finds no XID line
-# compiles none.
-_XID = (
-    r"NVRM: Xid \(PCI:(?P<pci>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2})(?:\.[0-7])?\): "
-    r"(?P<xid>\d+),\s*(?P<rest>.*)"
-)
-_XID_NOISE = r"^(?:pid=[^,]*,\s*)?(?:name=[^,]*,\s*)?"
-_KMSG = r"^(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<msg>.*)$"
-_DMESG = r"^\[\s*(?P<sec>\d+)\.(?P<frac>\d+)\]\s?(?P<msg>.*)$"
+from nodecheck.probes.kernlog_formats import join_continuations, parse_lines
+
 MAX_FILE_BYTES = 64 * 1024**2
 
 
@@ -35,7 +27,7 @@ MAX_FILE_BYTES = 64 * 1024**2
 class LogRecord:
     """One kernel log message and its position in the log."""
 
-    pos: int  # kmsg sequence number, or microseconds since boot for dmesg text
+    pos: int  # kmsg sequence number, µs since boot (dmesg), or µs since the epoch
     text: str
 
 
@@ -43,17 +35,21 @@ class LogRecord:
 class KernelLog:
     """What one read of the kernel log returned."""
 
-    records: list[LogRecord]  # the records asked for (all of them without `keep`)
-    kind: str  # "kmsg" or "dmesg"
-    positions: list[int]  # the position of every record read, kept or not
+    records: tuple[LogRecord, ...]  # the records asked for (all of them without `keep`)
+    kind: str  # kmsg, dmesg, dmesg-ctime, iso, syslog; "" when no line was recognised
+    positions: tuple[int, ...]  # the position of every record read, kept or not
     lost: int = 0  # records overwritten before we could read them (/dev/kmsg EPIPE)
+    lines: int = 0  # non-empty lines of a saved log (0 for the device)
+    unrecognised_nvrm: tuple[str, ...] = ()  # lines naming NVRM that fit no format
 
 
-def read_kernel_log(path: Path, keep: str | None = None) -> KernelLog:
-    """Read the log at `path`; with `keep`, only records containing it are kept as text."""
+def read_kernel_log(path: Path, keep: tuple[str, ...] | None = None) -> KernelLog:
+    """Read the log at `path`; with `keep`, only records containing one of the marks are
+    kept as text. A saved log's syslog stamps (no year) are placed before its mtime."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if stat.S_ISCHR(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if stat.S_ISCHR(info.st_mode):
             return _read_kmsg_device(fd, keep)
         chunks, size = [], 0
         while size < MAX_FILE_BYTES:
@@ -64,14 +60,22 @@ def read_kernel_log(path: Path, keep: str | None = None) -> KernelLog:
             size += len(chunk)
     finally:
         os.close(fd)
-    return _parse_log_text(b"".join(chunks).decode(errors="replace"), keep)
+    lines = b"".join(chunks).decode(errors="replace").splitlines()
+    parsed = parse_lines(lines, datetime.fromtimestamp(info.st_mtime), keep)
+    return KernelLog(
+        records=tuple(LogRecord(r.pos, r.text) for r in parsed.records if r.text is not None),
+        kind=parsed.kind,
+        positions=tuple(r.pos for r in parsed.records),
+        lines=sum(1 for line in lines if line.strip()),
+        unrecognised_nvrm=parsed.unrecognised_nvrm,
+    )
 
 
-def _read_kmsg_device(fd: int, keep: str | None) -> KernelLog:
+def _read_kmsg_device(fd: int, keep: tuple[str, ...] | None) -> KernelLog:
     """One read() per record: `PRIO,SEQ,USEC,FLAGS;MESSAGE\\n` then optional ` KEY=value`
     continuation lines."""
     records, positions, lost = [], [], 0
-    wanted = keep.encode() if keep is not None else None
+    wanted = tuple(mark.encode() for mark in keep) if keep is not None else None
     while True:
         try:
             data = os.read(fd, 16384)
@@ -91,48 +95,7 @@ def _read_kmsg_device(fd: int, keep: str | None) -> KernelLog:
         except ValueError:
             continue
         positions.append(seq)
-        if wanted is None or wanted in body:
+        if wanted is None or any(mark in body for mark in wanted):
             message = body.split(b"\n", 1)[0].decode(errors="replace")
-            records.append(LogRecord(seq, message))
-    return KernelLog(records, "kmsg", positions, lost)
-
-
-def _parse_log_text(text: str, keep: str | None) -> KernelLog:
-    records: list[LogRecord] = []
-    positions: list[int] = []
-    kind = ""
-    for line in text.splitlines():
-        if not line or line[0].isspace():  # kmsg continuation (KEY=value) lines
-            continue
-        if (match := re.match(_KMSG, line)) and kind in ("", "kmsg"):
-            kind = "kmsg"
-            pos = int(match["seq"])
-        elif (match := re.match(_DMESG, line)) and kind in ("", "dmesg"):
-            kind = "dmesg"
-            pos = int(match["sec"]) * 1_000_000 + int(match["frac"].ljust(6, "0")[:6])
-        else:
-            continue
-        positions.append(pos)
-        if keep is None or keep in match["msg"]:
-            records.append(LogRecord(pos, match["msg"]))
-    return KernelLog(records, kind or "kmsg", positions)
-
-
-@dataclass(frozen=True)
-class Xid:
-    """One NVIDIA XID message: the number, the GPU's PCI address, the text."""
-
-    pos: int
-    xid: int
-    pci: str  # domain:bus:device as the driver prints it, e.g. 0000:9a:00
-    text: str
-
-
-def parse_xids(records: Iterable[LogRecord]) -> list[Xid]:
-    out = []
-    for record in records:
-        match = re.search(_XID, record.text)
-        if match:
-            text = re.sub(_XID_NOISE, "", match["rest"]).strip()
-            out.append(Xid(record.pos, int(match["xid"]), match["pci"].lower(), text))
-    return out
+            records.append(LogRecord(seq, join_continuations(message)))
+    return KernelLog(tuple(records), "kmsg", tuple(positions), lost)

@@ -167,9 +167,13 @@ def join_continuations(text: str) -> str:
     return " ".join([parts[0].rstrip(), *[part for part in rest if part]])
 
 
-def parse_lines(lines: Iterable[str], reference: datetime, keep: str | None = None) -> ParsedLog:
-    """Records of every line in one saved log; with `keep`, only texts containing it are
-    kept (the others keep their position). Continuation lines join their record first."""
+def parse_lines(
+    lines: Iterable[str], reference: datetime, keep: str | tuple[str, ...] | None = None
+) -> ParsedLog:
+    """Records of every line in one saved log; with `keep` (a mark or several), only texts
+    containing one of them are kept (the others keep their position). Continuation lines
+    join their record first."""
+    marks = (keep,) if isinstance(keep, str) else keep
     kind = ""
     records: list[Record] = []
     pending: tuple[int, list[str]] | None = None  # a record whose continuations may follow
@@ -180,7 +184,7 @@ def parse_lines(lines: Iterable[str], reference: datetime, keep: str | None = No
             return
         pos, pieces = pending
         text = join_continuations("\n".join(pieces)) if pieces else None
-        if text is not None and keep is not None and keep not in text:
+        if text is not None and marks is not None and not any(m in text for m in marks):
             text = None
         records.append(Record(pos, text))
 

@@ -144,13 +144,17 @@ IMMEDIATE_VERDICTS: dict[str, tuple[str, str]] = {
     "IGNORE": ("info", ""),
     "WORKFLOW_XID_45": ("info", ""),  # follows the Xid that caused it
 }
-# Xid 154's text -> (status, remedy). The values NVIDIA lists for the recovery action.
+# The GPU's recovery action (Xid 154's text, NVML's NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+# named by nvml/model.py's RECOVERY_ACTIONS) -> (status, remedy).
 RECOVERY_ACTION_VERDICTS: dict[str, tuple[str, str]] = {
     "none": ("info", ""),
     "drain p2p": ("warn", ""),
     "drain and reset": ("fail", "reset-gpu"),
     "gpu reset required": ("fail", "reset-gpu"),
     "node reboot required": ("fail", "reboot"),
+    "recover imex domain": ("warn", ""),  # the IMEX daemon's domain, not this node's GPU
+    "bus reset": ("fail", "reset-gpu"),
+    "system reboot": ("fail", "reboot"),
 }
 
 

@@ -175,6 +175,7 @@ class FakeNvml(types.SimpleNamespace):
 
     NVMLError = pynvml.NVMLError
     NVML_NVLINK_MAX_LINKS = 36
+    NVML_FI_DEV_GET_GPU_RECOVERY_ACTION = pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
     c_nvmlGpuFabricInfo_t = pynvml.c_nvmlGpuFabricInfo_t
     c_nvmlGpuFabricInfo_v2_t = pynvml.c_nvmlGpuFabricInfo_v2_t
     c_nvmlGpuFabricInfo_v3_t = pynvml.c_nvmlGpuFabricInfo_v3_t
@@ -333,6 +334,26 @@ class FakeNvml(types.SimpleNamespace):
             )
             for p in self._field(h, "processes")
         ]
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v3(self, h):
+        return [
+            types.SimpleNamespace(pid=p.pid, usedGpuMemory=p.usedGpuMemory)
+            for p in self._field(h, "graphics_processes")
+        ]
+
+    def nvmlDeviceGetFieldValues(self, h, field_ids):
+        """Real NVML fails one field in its own nvmlReturn, not the whole call."""
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        gpu = self._gpu(h)
+        for slot, field_id in zip(values, field_ids, strict=True):
+            assert field_id == pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
+            slot.fieldId = field_id
+            if "recovery_action" in gpu.errors:
+                slot.nvmlReturn = gpu.errors["recovery_action"].code
+            else:
+                slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                slot.value.uiVal = gpu.recovery_action
+        return values
 
     def nvmlDeviceGetMemoryInfo(self, h):
         mem = self._field(h, "memory")

@@ -25,7 +25,7 @@ def state_dir(tmp_path):
     return tmp_path / "state"
 
 
-def run(check_id, fixture, phase="prolog", job=None, state_dir=None, **options):
+def run(check_id, fixture, phase="prolog", job=None, state_dir=None, procfs=None, **options):
     chk = REGISTRY[check_id]
     source = fixture if str(fixture).startswith("replay:") else f"replay:{NVML_FIXTURES / fixture}"
     ctx = make_ctx(
@@ -34,6 +34,7 @@ def run(check_id, fixture, phase="prolog", job=None, state_dir=None, **options):
         job=job,
         nvml=source,
         state_dir=state_dir or Path("/nonexistent-state"),
+        procfs_root=procfs or Path("/proc"),
     )
     return list(chk.func(ctx))
 
@@ -364,6 +365,88 @@ def test_nvlink_counters_rising_between_runs(tmp_path, state_dir):
     assert problems(run("gpu.nvlink", f"replay:{path}", state_dir=state_dir)) == []
 
 
+def _rising_node(tmp_path):
+    """A replay file and a procfs with a boot id; `rise()` adds 3 recovery errors on gpu6
+    link 11 (NVML_NVLINK_ERROR_DL_RECOVERY), as a marginal link does between two jobs."""
+    path = tmp_path / "node.json"
+    shutil.copy(NVML_FIXTURES / "h100-healthy.json", path)
+    proc = tmp_path / "proc"
+    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "random" / "boot_id").write_text("boot-a\n")
+
+    def rise():
+        data = json.loads(path.read_text())
+        data["gpus"][6]["nvlinks"][11]["counters"]["recovery"] += 3
+        path.write_text(json.dumps(data))
+        nvml.clear_cache()
+
+    return f"replay:{path}", proc, rise
+
+
+def test_nvlink_manual_run_does_not_move_the_baseline(tmp_path, state_dir):
+    source, proc, rise = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)  # prolog: baseline
+    rise()
+    for _ in range(2):  # a manual run sees the rise, and leaves it for the hooks
+        manual = run("gpu.nvlink", source, phase="manual", state_dir=state_dir, procfs=proc)
+        assert problems(manual) == [
+            (Status.FAIL, "gpu6", "NVLink 11 recovery errors +3 since last run")
+        ]
+    got = run("gpu.nvlink", source, phase="epilog", state_dir=state_dir, procfs=proc)
+    assert problems(got) == [(Status.FAIL, "gpu6", "NVLink 11 recovery errors +3 since last run")]
+
+
+def test_nvlink_reading_from_before_a_reboot_is_only_a_baseline(tmp_path, state_dir):
+    source, proc, rise = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    rise()
+    (proc / "sys" / "kernel" / "random" / "boot_id").write_text("boot-b\n")
+    results = run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    assert problems(results) == []
+    assert results[0].values["gpu6"]["baseline"] == "node rebooted since last reading, new baseline"
+
+
+def test_nvlink_old_reading_is_only_a_baseline(tmp_path, state_dir):
+    from nodecheck.checks.gpu import links
+    from nodecheck.store.state import open_state
+
+    source, proc, rise = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    with open_state(state_dir) as store:  # the last reading was taken two days ago
+        blob = store.get_json(links.NVLINK_STATE_KEY)
+        for entry in blob["gpus"].values():
+            entry["t"] -= 2 * 86400
+        store.put_json(links.NVLINK_STATE_KEY, blob)
+    rise()
+    results = run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    assert problems(results) == []
+    assert results[0].values["gpu6"]["baseline"] == "last reading 2.0d old, new baseline"
+    rise()  # within the window again
+    assert problems(run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)) == [
+        (Status.FAIL, "gpu6", "NVLink 11 recovery errors +3 since last run")
+    ]
+
+
+def test_nvlink_state_held_by_someone_else_is_an_error_not_a_hang(tmp_path, state_dir, monkeypatch):
+    import sqlite3
+
+    from nodecheck.checks.gpu import links
+
+    source, proc, _ = _rising_node(tmp_path)
+    run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    monkeypatch.setattr(links, "NVLINK_STATE_BUSY_MS", 200)
+    holder = sqlite3.connect(state_dir / "state.sqlite", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        results = run("gpu.nvlink", source, state_dir=state_dir, procfs=proc)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    [error] = [r for r in results if r.status is Status.ERROR]
+    assert "state unavailable" in error.message and "locked" in error.message
+    assert any(r.status is Status.PASS for r in results)
+
+
 def test_nvlink_state_trouble_still_reports_links(tmp_path):
     bad = tmp_path / "file-not-dir"
     bad.write_text("x")
@@ -558,8 +641,57 @@ def test_only_job_gpus_restricts_every_per_gpu_check():
     assert problems(results) == [] and results[0].component == "gpu1,2"
     # without the option (or without SLURM_JOB_GPUS) every GPU is looked at
     assert problems(
-        run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=job, settle_s=0)
+        run(
+            "gpu.idle",
+            "h100-leftover-process.json",
+            phase="epilog",
+            job=job,
+            only_job_gpus=False,
+            settle_s=0,
+        )
     )
+
+
+def test_idle_on_a_shared_node_ignores_other_jobs_gpus():
+    """Issue 14: job 812 had GPUs 1 and 2; the process on gpu0 belongs to another job
+    still running there. gpu.idle looks at the job's GPUs by default."""
+    job = JobInfo(job_id="812", gpus=(1, 2))
+    results = run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=job, settle_s=0)
+    assert problems(results) == [] and results[0].component == "gpu1,2"
+    owner = JobInfo(job_id="811", gpus=(0,))
+    assert problems(
+        run("gpu.idle", "h100-leftover-process.json", phase="epilog", job=owner, settle_s=0)
+    ) == [(Status.FAIL, "gpu0", "1 compute process left after job 811: pid 48213")]
+
+
+def test_idle_process_list_unavailable_is_not_idle(tmp_path):
+    unavailable = {"code": 999, "name": "NVML_ERROR_UNKNOWN", "message": "Unknown Error"}
+    path = _edit(
+        tmp_path, "h100-healthy.json", 5, processes=None, errors={"processes": unavailable}
+    )
+    [bad] = [
+        r for r in run("gpu.idle", path, phase="epilog", settle_s=0) if r.status is not Status.PASS
+    ]
+    assert (bad.status, bad.component) == (Status.ERROR, "gpu5")
+    assert bad.message == (
+        "compute process list unavailable (NVML_ERROR_UNKNOWN): cannot tell whether it is idle"
+    )
+    missing = _edit(tmp_path, "h100-healthy.json", 3, graphics_processes=None)
+    [bad] = [
+        r
+        for r in run("gpu.idle", missing, phase="epilog", settle_s=0)
+        if r.status is not Status.PASS
+    ]
+    assert (bad.status, bad.component) == (Status.ERROR, "gpu3")
+
+
+def test_idle_reads_graphics_processes(tmp_path):
+    """A graphics context (an X server or a Vulkan job's leftover) holds the GPU as well."""
+    proc = [{"pid": 3127, "usedGpuMemory": 4194304}]
+    path = _edit(tmp_path, "h100-healthy.json", 4, graphics_processes=proc)
+    assert problems(run("gpu.idle", path, phase="epilog", settle_s=0)) == [
+        (Status.FAIL, "gpu4", "1 graphics process left after job 812: pid 3127")
+    ]
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -638,3 +770,44 @@ def test_count_nvml_without_gpus(tmp_path):
     r = only(run("gpu.count", f"replay:{path}", expected=8), Status.FAIL)
     assert r.message == "0 GPUs visible (expected 8)"
     assert only(run("gpu.ecc", f"replay:{path}"), Status.SKIP).message == "no GPUs visible"
+
+
+# --- gpu.remap: the driver's recovery action ------------------------------------------
+
+
+def test_remap_reports_the_recovery_action_the_driver_asks_for():
+    """NVML_FI_DEV_GET_GPU_RECOVERY_ACTION = 2 (NVML_GPU_RECOVERY_ACTION_NODE_REBOOT): the
+    value behind Xid 154 "... to 0x2 (Node Reboot Required)"."""
+    results = run("gpu.remap", "h100-recovery-reboot.json")
+    assert problems(results) == [
+        (Status.FAIL, "gpu2", "driver asks for recovery: Node Reboot Required")
+    ]
+    assert results[0].remedy == "reboot" and results[0].values["recovery_action"] == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "remedy"),
+    [(1, Status.FAIL, "reset-gpu"), (4, Status.FAIL, "reset-gpu"), (3, Status.WARN, "")],
+)
+def test_remap_recovery_actions_reset_and_drain(tmp_path, code, status, remedy):
+    path = _edit(tmp_path, "h100-recovery-reboot.json", 2, recovery_action=code)
+    [bad] = [r for r in run("gpu.remap", path) if r.status is not Status.PASS]
+    assert (bad.status, bad.component, bad.remedy or "") == (status, "gpu2", remedy)
+
+
+def test_remap_pending_and_recovery_action_both_reported(tmp_path):
+    path = _edit(
+        tmp_path,
+        "h100-recovery-reboot.json",
+        2,
+        remapped_rows={"corrRows": 1, "uncRows": 0, "isPending": True, "failureOccurred": False},
+    )
+    assert [m for _, _, m in problems(run("gpu.remap", path))] == [
+        "row remap pending (needs GPU reset)",
+        "driver asks for recovery: Node Reboot Required",
+    ]
+
+
+def test_remap_without_the_recovery_field_judges_rows_only():
+    """Drivers before R570 answer NOT_SUPPORTED for the field: no result of its own."""
+    assert problems(run("gpu.remap", "h100-healthy.json")) == []

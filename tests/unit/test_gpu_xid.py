@@ -1,4 +1,5 @@
-"""gpu.xid: critical XIDs from the kernel log, each reported once (cursor per boot)."""
+"""gpu.xid: Xids from the kernel log judged by NVIDIA's catalogue, each reported once (cursor
+per boot, moved only by hook runs), GPUs named by NVML index."""
 
 import os
 import shutil
@@ -9,13 +10,29 @@ from helpers import NVML_FIXTURES, make_ctx, options_of
 
 from nodecheck.checks.gpu import xid as gpu_xid
 from nodecheck.checks.registry import all_checks
-from nodecheck.probes.kernlog import XID_MARK, LogRecord, parse_xids, read_kernel_log
+from nodecheck.probes.kernlog import read_kernel_log
+from nodecheck.probes.xid_lines import XID_MARKS
 from nodecheck.run.results import Status
+from nodecheck.store.state import open_state
 
 REGISTRY = all_checks()
 BEFORE = NVML_FIXTURES / "kmsg-h100-before.txt"
 AFTER = NVML_FIXTURES / "kmsg-h100-xid79.txt"
+REAL = Path(__file__).parents[1] / "fixtures" / "real" / "kernlog"
 BOOT = "6b2a9cde-1f0e-4b36-9a0c-2d5e4f7a8b91\n"
+H100_BUSES = ["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]
+
+
+def driver_gpus(proc: Path, minors_by_bus: dict[str, int], excluded: set[str] = frozenset()):
+    """/proc/driver/nvidia/gpus as the driver writes it (the `information` file's fields)."""
+    for bus, minor in minors_by_bus.items():
+        d = proc / "driver" / "nvidia" / "gpus" / f"0000:{bus}:00.0"
+        d.mkdir(parents=True)
+        (d / "information").write_text(
+            "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 0\n"
+            f"Bus Location: \t 0000:{bus}:00.0\nDevice Minor: \t {minor}\n"
+            f"GPU Excluded:\t {'Yes' if bus in excluded else 'No'}\n"
+        )
 
 
 @pytest.fixture
@@ -24,60 +41,17 @@ def node(tmp_path):
     proc = tmp_path / "proc"
     (proc / "sys" / "kernel" / "random").mkdir(parents=True)
     (proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT)
-    for minor, bus in enumerate(["18", "2a", "3a", "5d", "9a", "ab", "ba", "db"]):
-        d = proc / "driver" / "nvidia" / "gpus" / f"0000:{bus}:00.0"
-        d.mkdir(parents=True)
-        (d / "information").write_text(
-            "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 0\n"
-            f"Bus Location: \t 0000:{bus}:00.0\nDevice Minor: \t {minor}\n"
-            "GPU Excluded:\t No\n"
-        )
+    driver_gpus(proc, {bus: minor for minor, bus in enumerate(H100_BUSES)})
     log = tmp_path / "kmsg"
     return proc, log, tmp_path / "state"
 
 
-def run(node, **options):
+def run(node, phase="prolog", **options):
     proc, log, state = node
     chk = REGISTRY["gpu.xid"]
     opts = options_of(chk, kmsg=str(log), **options)
-    ctx = make_ctx(options=opts, procfs_root=proc, state_dir=state)
+    ctx = make_ctx(phase=phase, options=opts, procfs_root=proc, state_dir=state)
     return list(chk.func(ctx))
-
-
-def test_parse_real_xid_lines():
-    records = [
-        LogRecord(
-            1,
-            "NVRM: Xid (PCI:0000:9a:00): 79, pid='<unknown>', name=<unknown>, "
-            "GPU has fallen off the bus.",
-        ),
-        LogRecord(
-            2,
-            "NVRM: Xid (PCI:0000:18:00): 13, pid=48213, name=python3, Graphics "
-            "SM Warp Exception on (GPC 1, TPC 2, SM 0): Out Of Range Address",
-        ),
-        LogRecord(
-            3,
-            "NVRM: Xid (PCI:0000:3B:00): 48, An uncorrectable double bit error "
-            "(DBE) has been detected on GPU in the framebuffer at partition 6.",
-        ),
-        LogRecord(4, "NVRM: GPU 0000:9a:00.0: GPU has fallen off the bus."),
-    ]
-    xids = parse_xids(records)
-    assert [(x.xid, x.pci, x.text) for x in xids] == [
-        (79, "0000:9a:00", "GPU has fallen off the bus."),
-        (
-            13,
-            "0000:18:00",
-            "Graphics SM Warp Exception on (GPC 1, TPC 2, SM 0): Out Of Range Address",
-        ),
-        (
-            48,
-            "0000:3b:00",
-            "An uncorrectable double bit error (DBE) has been detected on GPU "
-            "in the framebuffer at partition 6.",
-        ),
-    ]
 
 
 def test_kmsg_file_format_skips_continuation_lines():
@@ -86,21 +60,20 @@ def test_kmsg_file_format_skips_continuation_lines():
     assert [r.pos for r in log.records] == [0, 1204, 1209, 1297, 2871, 2872, 2873, 3107, 3108, 3109]
 
 
-def test_new_critical_xid_fails_once(node):
+def test_new_xid_needing_a_reboot_fails_once(node):
     _, log, _ = node
     shutil.copy(BEFORE, log)
     [first] = run(node)
+    # Xid 13 is the application's own fault in NVIDIA's catalogue (RESTART_APP): recorded
     assert first.status is Status.PASS
-    assert first.message == "no critical XID since boot (2 other: Xid 13)"
-    shutil.copy(AFTER, log)  # Xid 79 raised between two runs
-    results = run(node)
-    assert [(r.status, r.component, r.message) for r in results] == [
-        (Status.FAIL, "gpu4", "Xid 79: GPU has fallen off the bus.")
-    ]
-    assert results[0].values == {"xids": [79, 154], "count": 2}
-    # never reported twice
-    [again] = run(node)
-    assert again.status is Status.PASS and again.message == "no critical XID since last run"
+    assert first.message == "no Xid needing action since boot (2 recorded: Xid 13)"
+    shutil.copy(AFTER, log)  # Xid 79, the one-line "fallen off the bus" and Xid 154
+    [result] = run(node)
+    assert (result.status, result.component, result.remedy) == (Status.FAIL, "gpu4", "reboot")
+    assert result.message == "Xid 79: GPU has fallen off the bus. (+2 more)"
+    assert result.values["xids"] == [79, 154] and result.values["count"] == 3
+    [again] = run(node)  # never reported twice
+    assert again.status is Status.PASS and again.message == "no Xid needing action since last run"
 
 
 def test_first_run_reports_everything_since_boot(node):
@@ -119,19 +92,38 @@ def test_new_boot_rescans_from_the_start(node):
     assert run(node)[0].status is Status.FAIL
 
 
-def test_warn_list_and_custom_critical_list(node):
+def test_manual_run_does_not_move_the_cursor(node):
+    """`nodecheck run` looks at what the hooks have not seen yet and leaves it for them."""
+    _, log, state = node
+    shutil.copy(AFTER, log)
+    assert run(node, phase="manual")[0].status is Status.FAIL
+    assert run(node, phase="manual")[0].status is Status.FAIL
+    with open_state(state) as st:
+        assert st.get_json(gpu_xid.XID_STATE_KEY) is None
+    assert run(node, phase="epilog")[0].status is Status.FAIL  # the hook still sees it
+    assert run(node, phase="manual")[0].status is Status.PASS
+
+
+def test_overrides_win_over_the_catalogue(node):
     _, log, _ = node
     shutil.copy(AFTER, log)
-    results = run(node, critical=[48], warn=[79, 13])
+    results = run(node, critical=[13], warn=[79], ignore=[154])
     assert {(r.status, r.component, r.message) for r in results} == {
-        (Status.WARN, "gpu4", "Xid 79: GPU has fallen off the bus."),
+        (Status.WARN, "gpu4", "Xid 79: GPU has fallen off the bus. (+1 more)"),
         (
-            Status.WARN,
+            Status.FAIL,
             "gpu0",
             "Xid 13: Graphics SM Warp Exception on (GPC 1, TPC 2, SM 0): "
             "Out Of Range Address (+1 more)",
         ),
     }
+
+
+def test_ignore_list_silences_a_catalogue_drain(node):
+    _, log, _ = node
+    shutil.copy(AFTER, log)
+    [r] = run(node, ignore=[79, 154])
+    assert r.status is Status.PASS and r.values["other_xids"] == [13, 79, 154]
 
 
 def test_unknown_pci_address_is_named(node):
@@ -142,22 +134,98 @@ def test_unknown_pci_address_is_named(node):
     assert (r.status, r.component) == (Status.FAIL, "pci0000:9a:00")
 
 
-def test_dmesg_text_format(node):
-    _, log, _ = node
+def test_gpus_are_named_by_nvml_index_not_device_minor(tmp_path):
+    """Device minors follow the driver's probe order; NVML, nvidia-smi and SLURM_JOB_GPUS
+    number GPUs in PCI bus order. A real 8x RTX 4090 box (tests/fixtures/real/nvidia-smi/
+    rtx4090-550.txt): 01:00.0 is index 0 with minor 3, 25:00.0 index 1 with minor 2."""
+    proc = tmp_path / "proc"
+    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    (proc / "sys" / "kernel" / "random" / "boot_id").write_text(BOOT)
+    driver_gpus(proc, {"01": 3, "25": 2})
+    log = tmp_path / "kmsg"
     log.write_text(
-        "[    0.000000] Linux version 6.1.0-21-amd64\n"
-        "[86401.234567] NVRM: Xid (PCI:0000:18:00): 13, pid=48213, name=python3, Graphics "
-        "Exception\n"
+        "4,10,5000000,-;NVRM: Xid (PCI:0000:25:00): 79, pid='<unknown>', name=<unknown>, "
+        "GPU has fallen off the bus.\n"
     )
-    assert run(node)[0].status is Status.PASS
-    with log.open("a") as fh:
-        fh.write(
-            "[90210.003311] NVRM: Xid (PCI:0000:ab:00): 94, pid=2001, name=train.py, "
-            "Contained: SM (0x1). RST: No, D-RST: No\n"
-        )
+    [r] = run((proc, log, tmp_path / "state"))
+    assert (r.status, r.component) == (Status.FAIL, "gpu1")  # not gpu2 (its minor)
+
+
+def test_excluded_gpu_takes_no_index(tmp_path):
+    proc = tmp_path / "proc"
+    (proc / "sys" / "kernel" / "random").mkdir(parents=True)
+    driver_gpus(proc, {"18": 0, "2a": 1, "3a": 2}, excluded={"18"})
+    log = tmp_path / "kmsg"
+    log.write_text("4,10,5000000,-;NVRM: Xid (PCI:0000:3a:00): 79, GPU has fallen off the bus.\n")
+    [r] = run((proc, log, tmp_path / "state"))
+    assert r.component == "gpu1"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "dmesg-ctime-xid119-gsp.txt",
+        "dmesg-raw-xid119-gsp.txt",
+        "dmesg-decode-xid119-gsp.txt",
+        "dmesg-iso-xid119-gsp.txt",
+        "journal-short-xid119-gsp.txt",
+        "journal-short-iso-xid119-gsp.txt",
+        "kmsg-xid119-gsp.txt",
+    ],
+)
+def test_five_gsp_timeouts_fail_in_every_log_format(node, name):
+    """Issue 14: a node with five Xid 119 lines passed when the log was not kmsg/dmesg."""
+    _, log, _ = node
+    shutil.copy(REAL / name, log)
+    results = run(node)
+    fails = [r for r in results if r.status is Status.FAIL]
+    assert [(r.component, r.values["count"], r.values["xids"]) for r in fails] == [
+        ("pci0000:9b:00", 5, [119])
+    ]
+    assert fails[0].message.startswith("Xid 119: Timeout after 6s of waiting for RPC response")
+    assert run(node)[0].status is Status.PASS  # the cursor works in this format too
+
+
+def test_syslog_file_fails_on_xid_79_and_154_but_not_on_a_forged_line(node):
+    _, log, _ = node
+    shutil.copy(REAL / "syslog-rfc3339-xid79-154.txt", log)
+    assert {(r.status, r.remedy) for r in run(node)} == {(Status.FAIL, "reboot")}
+    shutil.copy(REAL / "syslog-with-logger-forgery.txt", log)
+    (log.parent / "state").exists() and shutil.rmtree(log.parent / "state")
     [r] = run(node)
-    assert (r.status, r.component) == (Status.FAIL, "gpu5")
-    assert r.message == "Xid 94: Contained: SM (0x1). RST: No, D-RST: No"
+    assert r.status is Status.PASS  # `logger` wrote those lines, not the kernel
+
+
+def test_fallen_off_the_bus_without_an_xid_line_fails(node):
+    _, log, _ = node
+    shutil.copy(REAL / "dmesg-fallen-off-multiline.txt", log)
+    fails = [r for r in run(node) if r.status is Status.FAIL]
+    assert [(r.message, r.remedy) for r in fails] == [
+        ("Xid 79: GPU has fallen off the bus (no Xid line)", "reboot")
+    ]
+
+
+def test_nvrm_lines_in_an_unknown_format_are_an_error_naming_the_file(node):
+    _, log, _ = node
+    shutil.copy(REAL / "journal-localised-month.txt", log)
+    errors = [r for r in run(node) if r.status is Status.ERROR]
+    assert len(errors) == 1 and errors[0].message.startswith(f"{log}: ")
+    assert "NVRM line(s) in a shape not understood" in errors[0].message
+
+
+def test_xid_line_in_an_unknown_shape_is_an_error(node):
+    _, log, _ = node
+    log.write_text("4,10,5000000,-;NVRM: Xid (GPU 3): something new\n")
+    [error, ok] = run(node)
+    assert error.status is Status.ERROR and "NVRM: Xid (GPU 3)" in error.message
+    assert ok.status is Status.PASS
+
+
+def test_a_file_in_no_known_format_is_an_error_not_a_pass(node):
+    _, log, _ = node
+    log.write_text("this is not a kernel log\nnor is this\n")
+    [r] = [r for r in run(node) if r.status is Status.ERROR]
+    assert r.message == f"{log}: 2 lines, none in a kernel log format nodecheck reads"
 
 
 def test_records_lost_between_runs_warn(node):
@@ -167,10 +235,7 @@ def test_records_lost_between_runs_warn(node):
     log.write_text("4,3500,95000000000,-;usb 1-1: new high-speed USB device number 3\n")
     warn, ok = run(node)
     assert warn.status is Status.WARN and ok.status is Status.PASS
-    assert (
-        warn.message == "626 kernel log records lost before they were read: XIDs may have "
-        "been missed"
-    )
+    assert warn.message == "626 kernel log records lost before they were read: Xids may be missed"
 
 
 def test_unreadable_log_is_an_error_of_ours(node):
@@ -184,30 +249,28 @@ def test_reading_dev_kmsg_does_not_block():
     log = read_kernel_log(Path("/dev/kmsg"))
     assert log.kind == "kmsg"
     assert log.records and all(isinstance(r.pos, int) for r in log.records)
-    assert [r.pos for r in log.records] == log.positions
+    assert [r.pos for r in log.records] == list(log.positions)
 
 
 @pytest.mark.parametrize("source", [AFTER, Path("/dev/kmsg")], ids=["file", "device"])
 def test_keep_only_drops_text_not_positions(source):
-    """gpu.xid reads with keep=XID_MARK: the same positions as a full read, and exactly
-    the records whose message carries the mark."""
+    """gpu.xid reads with keep=XID_MARKS: the same positions as a full read, and exactly
+    the records whose message carries a mark."""
     if not os.access(source, os.R_OK):
         pytest.skip(f"{source} not readable here")
     full = read_kernel_log(source)
-    kept = read_kernel_log(source, keep=XID_MARK)
+    kept = read_kernel_log(source, keep=XID_MARKS)
     # /dev/kmsg may grow between the two reads: compare the common part
     common = min(len(full.positions), len(kept.positions))
     assert kept.positions[:common] == full.positions[:common]
     last = kept.positions[common - 1] if common else -1
     assert [r for r in kept.records if r.pos <= last] == [
-        r for r in full.records if XID_MARK in r.text and r.pos <= last
+        r for r in full.records if any(m in r.text for m in XID_MARKS) and r.pos <= last
     ]
     assert len(full.records) == len(full.positions)
 
 
 def test_xid_cursor_survives_in_state(node):
-    from nodecheck.store.state import open_state
-
     _, log, state = node
     shutil.copy(AFTER, log)
     run(node)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from nodecheck.checks.context import CheckContext
@@ -115,44 +113,6 @@ def _boot_id(ctx: CheckContext) -> str | None:
 # Waiting for the state lock must end well inside the group's deadline: a state file held
 # by someone else is nodecheck's problem (ERROR), never a "probe hung" FAIL of the fabric.
 STATE_BUSY_MS = 3000
-STATE_OPEN_ATTEMPTS = 5
-
-
-@contextlib.contextmanager
-def _open_state(state_dir: Path) -> Iterator[Any]:
-    """open_state, retried briefly: several probe processes creating a fresh state file at
-    once can get SQLITE_BUSY at once (switching to WAL does not wait for the busy handler)."""
-    from nodecheck.store.state import StateError, open_state
-
-    with contextlib.ExitStack() as stack:
-        for attempt in range(STATE_OPEN_ATTEMPTS):
-            try:
-                store = stack.enter_context(open_state(state_dir))
-                break
-            except StateError as exc:
-                if "locked" not in str(exc) or attempt == STATE_OPEN_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.05 * 2**attempt)
-        yield store
-
-
-@contextlib.contextmanager
-def _immediate(store: Any) -> Iterator[None]:
-    """Serialise read-modify-write of one key between concurrent runs (shared nodes)."""
-    conn = getattr(store, "conn", None)
-    if conn is None:
-        yield
-        return
-    conn.execute(f"PRAGMA busy_timeout = {STATE_BUSY_MS}")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if conn.in_transaction:
-            conn.rollback()
-        raise
-    if conn.in_transaction:
-        conn.commit()
 
 
 def _judge_and_store(
@@ -166,7 +126,9 @@ def _judge_and_store(
     key = f"ib.counters/{ctx.node}"
     job_id = ctx.job.job_id
     results = []
-    with _open_state(ctx.settings.state_dir) as store, _immediate(store):
+    from nodecheck.store.transaction import locked_update
+
+    with locked_update(ctx.settings.state_dir, STATE_BUSY_MS) as store:
         blob = store.get_json(key) or {}
         if blob.get("v") != STATE_VERSION:
             blob = {"v": STATE_VERSION, "ports": {}, "jobs": {}}

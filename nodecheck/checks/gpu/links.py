@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,9 @@ def gpu_pcie(ctx: CheckContext) -> Iterator[CheckResult]:
 # --- gpu.nvlink -----------------------------------------------------------------------
 
 NVLINK_STATE_KEY = "gpu.nvlink.counters"
+NVLINK_STATE_VERSION = 2  # {"v": 2, "gpus": {uuid: {"t", "boot", "links": {link: counters}}}}
+# Waiting for the state lock ends well inside the gpu group's shared deadline.
+NVLINK_STATE_BUSY_MS = 2000
 DEFAULT_NVLINK_RISE = {
     "replay": 100,
     "recovery": 0,
@@ -106,6 +110,9 @@ DEFAULT_NVLINK_RISE = {
             "between two runs on one link",
             item=int,
         ),
+        "max_window_s": Option(
+            (int, float), 86400, "a reading older than this is only a new baseline"
+        ),
         "only_job_gpus": ONLY_JOB_GPUS,
     },
 )
@@ -113,7 +120,9 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     """A down NVLink makes GPU<->GPU traffic take the slow path or NCCL fail outright;
     rising recovery/CRC errors are a link on its way out. Fix: reset the GPUs or reboot;
     on NVSwitch systems check nvidia-fabricmanager; a link that keeps failing is hardware
-    (baseboard, GPU). Counter readings are kept in the state dir between runs."""
+    (baseboard, GPU). Counter readings are kept in the state dir between hook runs (per
+    GPU UUID, with the boot id and time): a reading from before a reboot or older than
+    `max_window_s` is only a new baseline; a manual run compares without storing."""
     cid = "gpu.nvlink"
     opts = ctx.options
     limits = {**DEFAULT_NVLINK_RISE, **opts["max_increase"]}
@@ -122,7 +131,8 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
         raise ValueError(f"max_increase: unknown counters {sorted(unknown)}")
     snap = _snapshot(ctx)
     readings: dict[str, dict[str, dict[str, int]]] = {}
-    previous, state_error = _nvlink_previous(ctx)
+    previous: dict[str, Any] = {}
+    boot, now = _boot_id(ctx), time.time()
 
     def judge(gpu: Gpu) -> Iterator[CheckResult]:
         err = gpu.errors.get("nvlink")
@@ -156,9 +166,12 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
             msg = f"NVLink {_list(down)} down ({len(active)}/{len(gpu.nvlinks)} active)"
             yield _result(cid, Status.FAIL, msg, gpu, **values)
             return
-        rises = _nvlink_rises(previous.get(gpu.uuid or "", {}), readings.get(gpu.uuid or "", {}))
+        before, why = _nvlink_window(previous.get(gpu.uuid or ""), boot, now, opts["max_window_s"])
+        rises = _nvlink_rises(before, readings.get(gpu.uuid or "", {}))
         over = [(link, c, d) for link, c, d in rises if d > limits[c]]
         values["rises"] = [f"link{link} {c} +{d}" for link, c, d in rises]
+        if why:
+            values["baseline"] = why
         if over:
             link, counter, delta = max(over, key=lambda item: item[2] - limits[item[1]])
             more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
@@ -167,41 +180,59 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
         else:
             yield _result(cid, Status.PASS, f"{len(active)} NVLinks active", gpu, **values)
 
-    if snap.available and snap.gpus:
-        results = list(_per_gpu(ctx, cid, judge))
-        if state_error is None:
-            state_error = _nvlink_save(ctx, previous, readings)
-        yield from results
-        if state_error is not None:
-            msg = f"NVLink counters not compared: state unavailable: {state_error}"
-            yield _result(cid, Status.ERROR, msg)
-    else:
-        yield from _per_gpu(ctx, cid, judge)
+    if not (snap.available and snap.gpus):
+        yield from _per_gpu(ctx, cid, judge, snap=snap)
+        return
+    from nodecheck.store.transaction import locked_update
+
+    try:  # read, judge and store in one transaction: concurrent runs see each other's reading
+        with locked_update(ctx.settings.state_dir, NVLINK_STATE_BUSY_MS) as store:
+            blob = store.get_json(NVLINK_STATE_KEY) or {}
+            if blob.get("v") == NVLINK_STATE_VERSION:
+                previous.update(blob.get("gpus") or {})
+            results = list(_per_gpu(ctx, cid, judge, snap=snap))
+            if ctx.keeps_state:
+                entries = {
+                    uuid: {"t": now, "boot": boot, "links": links}
+                    for uuid, links in readings.items()
+                }
+                gpus = {**previous, **entries}
+                store.put_json(NVLINK_STATE_KEY, {"v": NVLINK_STATE_VERSION, "gpus": gpus})
+    except Exception as exc:  # state trouble must not hide a down link
+        previous.clear()
+        readings.clear()
+        yield from _per_gpu(ctx, cid, judge, snap=snap)
+        msg = f"NVLink counters not compared: state unavailable: {type(exc).__name__}: {exc}"
+        yield _result(cid, Status.ERROR, msg[:240])
+        return
+    yield from results
 
 
 def _list(items: list[int]) -> str:
     return ",".join(str(i) for i in items)
 
 
-def _nvlink_previous(ctx: CheckContext) -> tuple[dict[str, Any], str | None]:
-    from nodecheck.store.state import open_state
-
+def _boot_id(ctx: CheckContext) -> str | None:
     try:
-        with open_state(ctx.settings.state_dir) as state:
-            return dict(state.get_json(NVLINK_STATE_KEY, {}) or {}), None
-    except Exception as exc:  # state trouble must not hide a down link
-        return {}, f"{type(exc).__name__}: {exc}"
+        return ctx.proc_path("sys", "kernel", "random", "boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
-def _nvlink_save(ctx: CheckContext, previous: dict[str, Any], readings: dict) -> str | None:
-    from nodecheck.store.state import open_state
+def _nvlink_window(
+    entry: Mapping[str, Any] | None, boot: str | None, now: float, max_window_s: float
+) -> tuple[Mapping[str, Mapping[str, int]], str]:
+    """The earlier reading to compare with, or ({}, why it is only a new baseline)."""
+    from nodecheck.probes.fabric.counters import describe_age
 
-    try:
-        with open_state(ctx.settings.state_dir) as state:
-            state.put_json(NVLINK_STATE_KEY, {**previous, **readings})
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    if not entry:
+        return {}, "first reading"
+    if entry.get("boot") and boot and entry["boot"] != boot:
+        return {}, "node rebooted since last reading, new baseline"
+    age = now - float(entry.get("t", now))
+    if age > max_window_s:
+        return {}, f"last reading {describe_age(age)} old, new baseline"
+    return entry.get("links") or {}, ""
 
 
 def _nvlink_rises(

@@ -108,6 +108,12 @@ def gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
     max_pages = ctx.options["max_retired_pages"]
 
     def judge(gpu: Gpu) -> Iterator[CheckResult]:
+        results = list(judge_memory(gpu))
+        if (recovery := _recovery_result(cid, gpu)) is not None:
+            results = [r for r in results if r.status is not Status.PASS] + [recovery]
+        yield from results
+
+    def judge_memory(gpu: Gpu) -> Iterator[CheckResult]:
         rows = gpu.remapped_rows
         if rows is not None:
             values = {
@@ -155,6 +161,25 @@ def gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.PASS, f"{pages} retired pages, none pending", gpu, **values)
 
     yield from _per_gpu(ctx, cid, judge)
+
+
+def _recovery_result(cid: str, gpu: Gpu) -> CheckResult | None:
+    """The recovery action the driver asks for this GPU (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION,
+    R570 and later; `nvidia-smi -q` shows it as "Reset Required" / "Drain and Reset
+    Recommended"): None when there is none or the driver cannot say."""
+    from nodecheck.probes.nvml.model import RECOVERY_ACTIONS
+    from nodecheck.probes.xid_catalogue import RECOVERY_ACTION_VERDICTS
+
+    code = gpu.recovery_action
+    if code is None or code == 0:
+        return None
+    name = RECOVERY_ACTIONS.get(code, f"recovery action {code}")
+    status, remedy = RECOVERY_ACTION_VERDICTS.get(name.lower(), ("warn", ""))
+    if status == "info":
+        return None
+    msg = f"driver asks for recovery: {name}"
+    level = Status.FAIL if status == "fail" else Status.WARN
+    return _result(cid, level, msg, gpu, act=remedy, recovery_action=code)
 
 
 # --- gpu.pcie -------------------------------------------------------------------------

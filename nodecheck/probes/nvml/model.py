@@ -153,9 +153,25 @@ class FabricInfo:
     healthSummary: int | None = None
 
 
+# nvmlGpuRecoveryAction_t (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION), named as the driver names
+# them in Xid 154 ("... to 0x2 (Node Reboot Required)") for 0-4; nvidia-smi -q shows 1 and 4
+# as "Reset Required: Yes" and "Drain and Reset Recommended: Yes".
+RECOVERY_ACTIONS: dict[int, str] = {
+    0: "None",
+    1: "GPU Reset Required",
+    2: "Node Reboot Required",
+    3: "Drain P2P",
+    4: "Drain and Reset",
+    5: "Recover IMEX Domain",
+    6: "Bus Reset",
+    7: "System Reboot",
+}
+
+
 @dataclass(frozen=True)
 class ProcessInfo:
-    """One entry of nvmlDeviceGetComputeRunningProcesses (bytes; None when unavailable)."""
+    """One entry of nvmlDeviceGet{Compute,Graphics}RunningProcesses (bytes; None when
+    unavailable)."""
 
     pid: int
     usedGpuMemory: int | None = None
@@ -206,7 +222,9 @@ class Gpu:
     compute_mode: int | None = None  # COMPUTE_MODES
     fabric: FabricInfo | None = None
     processes: tuple[ProcessInfo, ...] | None = None
+    graphics_processes: tuple[ProcessInfo, ...] | None = None
     memory: MemoryInfo | None = None
+    recovery_action: int | None = None  # RECOVERY_ACTIONS
     # Field name (or call group: "handle", "ecc_mode", "mig_mode", "nvlink") -> NVML error.
     errors: Mapping[str, NvmlError] = field(default_factory=dict)
 
@@ -334,8 +352,9 @@ def _gpu(data: Mapping[str, Any]) -> Gpu:
     )
     if values.get("fabric") is not None:
         values["fabric"] = FabricInfo(**values["fabric"])
-    if values.get("processes") is not None:
-        values["processes"] = tuple(ProcessInfo(**p) for p in values["processes"])
+    for key in ("processes", "graphics_processes"):
+        if values.get(key) is not None:
+            values[key] = tuple(ProcessInfo(**p) for p in values[key])
     if values.get("memory") is not None:
         values["memory"] = MemoryInfo(**values["memory"])
     values["errors"] = _errors(values.get("errors"))

@@ -30,6 +30,8 @@ from nodecheck.probes.nvml.model import (
 from nodecheck.run.progress import note
 
 _MISSING = object()
+# nvmlValueType_t -> the member of the nvmlValue_t union that holds it (nvml.h).
+_VALUE_MEMBERS = dict(enumerate(("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")))
 # Link numbers NVML answers with one of these are not there on this part.
 _NO_SUCH_LINK = (NOT_SUPPORTED, 2)  # NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_INVALID_ARGUMENT
 
@@ -53,6 +55,9 @@ class _Caller:
             return fn(*args), None
         except self.nv.NVMLError as exc:
             return None, NvmlError(int(exc.value))
+        except getattr(self.nv, "NVMLLibraryMismatchError", ()):
+            # pynvml's unversioned wrappers turn a missing symbol into this instead
+            return None, NvmlError(FUNCTION_NOT_FOUND)
 
     def first(
         self, names: Iterable[str], *args: Any, where: str = ""
@@ -192,19 +197,41 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
     else:
         values["fabric"] = fabric
 
-    get(
-        "processes",
-        ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2"),
-        conv=lambda procs: tuple(
-            ProcessInfo(pid=int(p.pid), usedGpuMemory=p.usedGpuMemory) for p in procs
-        ),
-    )
+    for key, kind in (("processes", "Compute"), ("graphics_processes", "Graphics")):
+        names = tuple(f"nvmlDeviceGet{kind}RunningProcesses{v}" for v in ("_v3", "_v2"))
+        get(key, names, conv=_processes)
     get(
         "memory",
         "nvmlDeviceGetMemoryInfo",
         conv=lambda m: MemoryInfo(total=int(m.total), free=int(m.free), used=int(m.used)),
     )
+    action, err = _recovery_action(call, nv, handle, where)
+    if err is not None:
+        errors["recovery_action"] = err
+    else:
+        values["recovery_action"] = action
     return Gpu(**values, errors=errors)
+
+
+def _processes(procs: Iterable[Any]) -> tuple[ProcessInfo, ...]:
+    return tuple(ProcessInfo(pid=int(p.pid), usedGpuMemory=p.usedGpuMemory) for p in procs)
+
+
+def _recovery_action(
+    call: _Caller, nv: Any, handle: Any, where: str
+) -> tuple[int | None, NvmlError | None]:
+    """NVML_FI_DEV_GET_GPU_RECOVERY_ACTION through nvmlDeviceGetFieldValues: the call can
+    succeed while the field itself fails (its own nvmlReturn), e.g. on drivers before R575."""
+    field_id = getattr(nv, "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION", None)
+    if field_id is None:
+        return None, NvmlError(FUNCTION_NOT_FOUND)
+    values, err = call("nvmlDeviceGetFieldValues", handle, [field_id], where=where)
+    if err is not None:
+        return None, err
+    field = values[0]
+    if int(field.nvmlReturn) != 0:
+        return None, NvmlError(int(field.nvmlReturn))
+    return int(getattr(field.value, _VALUE_MEMBERS.get(int(field.valueType), "uiVal"))), None
 
 
 def _collect_nvlinks(
