@@ -9,6 +9,7 @@ and '=', a node with a running job drained, one idle), then saves what Slurm pri
     scontrol-show-node-n1.txt         scontrol show node n1
     scontrol-json-show-node.json      scontrol --json show node      (where the release has it)
     scontrol-json-show-node-n1.json   scontrol --json show node n1
+    scontrol-json-show-node-unknown.json  scontrol --json show node n99 (a node Slurm lacks)
     sinfo-json.json                   sinfo --json
     scontrol-help.txt                 scontrol --help (what nodecheck's capability test reads)
     SOURCE.md                         release, package version, date, each command's exit status
@@ -81,6 +82,7 @@ def main(out_root: Path) -> int:
                 "scontrol-show-node-n1.txt": ["scontrol", "show", "node", "n1"],
                 "scontrol-json-show-node.json": ["scontrol", "--json", "show", "node"],
                 "scontrol-json-show-node-n1.json": ["scontrol", "--json", "show", "node", "n1"],
+                "scontrol-json-show-node-unknown.json": ["scontrol", "--json", "show", "node", "n99"],
                 "sinfo-json.json": ["sinfo", "--json"],
                 "scontrol-help.txt": ["scontrol", "--help"],
             }
