@@ -18,8 +18,8 @@ into OUT/<major.minor>/. Text files get a '#' header naming their source (the fi
 tests strips it); JSON files are kept byte for byte and SOURCE.md names their source.
 
     python3 tools/slurm-roots/capture-slurm-output.py OUT              # Slurm on this host
-    NODECHECK_ROOT_OUT=tests/fixtures/real/slurm \\
-      bash tools/slurm-roots/in-root.sh ROOT python3 /src/tools/slurm-roots/capture-slurm-output.py /out
+    NODECHECK_ROOT_OUT=tests/fixtures/real/slurm bash tools/slurm-roots/in-root.sh \\
+      ROOT python3 /src/tools/slurm-roots/capture-slurm-output.py /out
 Root only (the cluster's daemons run as root).
 """
 
@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import testcluster  # noqa: E402
+import testcluster
 
 OURS = "nodecheck: gpu.ecc gpu3: 2 uncorrectable ECC errors (volatile DBE) [prolog job 4242]"
 ADMIN = "RMA gpu3 ticket=1234: State=RESUME is not for you, ask ops"
@@ -77,12 +77,13 @@ def main(out_root: Path) -> int:
             job = cluster.sbatch("-w", "n3", "-o", "/dev/null", "--wrap", "sleep 600")
             cluster.wait_for(lambda: cluster.job_state(job) == "RUNNING", message="job running")
             cluster.drain("n3", ON_JOB)
+            show, show_json = ["scontrol", "show", "node"], ["scontrol", "--json", "show", "node"]
             commands = {
-                "scontrol-show-node.txt": ["scontrol", "show", "node"],
-                "scontrol-show-node-n1.txt": ["scontrol", "show", "node", "n1"],
-                "scontrol-json-show-node.json": ["scontrol", "--json", "show", "node"],
-                "scontrol-json-show-node-n1.json": ["scontrol", "--json", "show", "node", "n1"],
-                "scontrol-json-show-node-unknown.json": ["scontrol", "--json", "show", "node", "n99"],
+                "scontrol-show-node.txt": show,
+                "scontrol-show-node-n1.txt": [*show, "n1"],
+                "scontrol-json-show-node.json": show_json,
+                "scontrol-json-show-node-n1.json": [*show_json, "n1"],
+                "scontrol-json-show-node-unknown.json": [*show_json, "n99"],
                 "sinfo-json.json": ["sinfo", "--json"],
                 "scontrol-help.txt": ["scontrol", "--help"],
             }
