@@ -119,3 +119,22 @@ def test_real_rate_strings(rate):
     parsed = sysfs.parse_rate(rate["text"])
     assert parsed == sysfs.Rate(rate["gbps"], rate["width"], rate["speed"])
     assert str(parsed) == rate["text"]
+
+
+def test_net_link_on_this_machines_real_loopback(tmp_path):
+    """The real /sys of the machine running the tests: `lo` has operstate "unknown" (its
+    driver does not track it), carrier 1, and its speed read fails with EINVAL (no
+    get_link_ksettings). Up with an unknown speed: PASS, and WARN where a speed is expected."""
+    lo = Path("/sys/class/net/lo")
+    if not lo.is_dir():
+        pytest.skip("no /sys/class/net/lo here")
+    assert sysfs.read_attr(lo / "operstate") == "unknown"
+    speed = sysfs.read_int(lo / "speed")
+    assert isinstance(speed, sysfs.ReadFailure) and speed.errno == errno.EINVAL
+    (plain,) = run("net.link", Path("/sys"), "prolog", tmp_path / "state", devices=["lo"])
+    assert plain.status is Status.PASS and plain.message == "up, speed unknown"
+    (expected,) = run(
+        "net.link", Path("/sys"), "prolog", tmp_path / "state", devices=["lo"], speed=100000
+    )
+    assert expected.status is Status.WARN
+    assert expected.message == "speed unknown, expected 100000 Mb/s"
