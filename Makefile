@@ -1,4 +1,4 @@
-.PHONY: install test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm wheel deb test-deb
+.PHONY: install test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm test-slurm-releases wheel deb test-deb
 
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
@@ -73,9 +73,15 @@ cluster-down:
 cluster-status:
 	$(PYTHON) tools/testcluster.py status --state-dir $(CLUSTER_DIR)
 
-# Opt-in: the backend contract tests against Slurm 26.05 from Debian sid, through pyslurm
-# (built here against it) and scontrol, in a cached debootstrap root under .cache/ (root only;
-# ~1.5 min from scratch, seconds when cached). See docs/pyslurm.md.
+# The backend contract tests against Slurm 26.05 from Debian sid, through pyslurm (built here
+# against it) and scontrol, in a debootstrap root cached outside the repo (root only; see
+# docs/pyslurm.md).
 test-pyslurm:
 	bash tools/pyslurm-sid/build.sh
 	bash tools/pyslurm-sid/run-tests.sh
+
+# The backend contract tests against three real Slurm releases: 22.05 (this host), 24.11 (a
+# Debian trixie root), 26.05 (the sid root, with pyslurm). Roots are cached in
+# /var/cache/nodecheck/roots (NODECHECK_ROOTS_CACHE); see docs/testcluster.md for the cost.
+test-slurm-releases:
+	NODECHECK_HOST_PYTHON=$(VPY) bash tools/slurm-roots/test-releases.sh

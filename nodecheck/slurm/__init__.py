@@ -35,6 +35,12 @@ def call_timeout(default: float) -> float:
     return min(default, _call_deadline - time.monotonic() - 0.1)
 
 
+def format_reason_time(epoch: int) -> str:
+    """A reason's time as scontrol prints it: local time without zone, 2026-11-25T21:40:01.
+    Every backend reports it so, whatever form Slurm handed it over in."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     name: str

@@ -27,11 +27,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from nodecheck.slurm import NodeInfo, SlurmError
+from nodecheck.slurm import NodeInfo, SlurmError, format_reason_time
 from nodecheck.slurm.scontrol import checked_node_name, checked_reason
 
 # Where libslurm looks when neither the caller nor $SLURM_CONF names a file: Debian's and most
@@ -201,7 +200,7 @@ def _reason_time(epoch: Any) -> str:
     if not epoch:
         return ""
     try:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(int(epoch)))
+        return format_reason_time(int(epoch))
     except (TypeError, ValueError, OverflowError, OSError):
         return str(epoch)
 

@@ -1,4 +1,12 @@
-"""Slurm backend over the scontrol CLI: argument lists only, never a shell."""
+"""Slurm backend over the scontrol CLI: argument lists only, never a shell.
+
+Node state is read as JSON (`scontrol --json show node`, Slurm >= 23.02) where this scontrol
+offers it, else as text; which one is decided once per backend from `scontrol --help`
+(contacts no daemon; only the unhealthy path gets here at all). JSON needs no guessing
+about where free text ends, and the text form changed shape across releases (24.05-24.11
+print a whitespace-only line before `Reason=`). Real output of each release:
+tests/fixtures/real/slurm/.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,9 @@ import subprocess
 
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.slurm import NodeInfo, SlurmError, call_timeout
+from nodecheck.slurm.node_json import parse_node_json, scontrol_offers_json
+
+OUTPUT_FORMATS = ("auto", "json", "text")
 
 # Slurm appends "[user@2026-11-25T21:40:01]" to the reason it prints.
 _REASON_STAMP = re.compile(r"^(?P<text>.*?)\s*\[(?P<user>[^@\]]+)@(?P<time>[^\]]+)\]$")
@@ -41,20 +52,33 @@ def resume_args(scontrol: str, node: str) -> list[str]:
     return [scontrol, "update", f"NodeName={checked_node_name(node)}", "State=RESUME"]
 
 
-def show_node_args(scontrol: str, node: str | None = None) -> list[str]:
-    args = [scontrol, "show", "node"]
+def show_node_args(scontrol: str, node: str | None = None, *, json: bool = False) -> list[str]:
+    args = [scontrol, "--json", "show", "node"] if json else [scontrol, "show", "node"]
     if node is not None:
         args.append(checked_node_name(node))
     return args
 
 
+def _records(text: str) -> list[list[str]]:
+    """The lines of each node record: a record starts at `NodeName=` at the start of a line.
+
+    Not at blank lines: Slurm 24.05-24.11 print a whitespace-only line inside a record,
+    right before `Reason=`."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("NodeName="):
+            records.append([])
+        if records and line.strip():
+            records[-1].append(line.strip())
+    return records
+
+
 def parse_show_node(text: str) -> list[NodeInfo]:
-    """Parse `scontrol show node` (multi-line form; records separated by blank lines)."""
+    """Parse `scontrol show node` (the multi-line form)."""
     nodes: list[NodeInfo] = []
-    for block in re.split(r"\n\s*\n", text.strip()):
+    for block in _records(text):
         fields: dict[str, str] = {}
-        for line in block.splitlines():
-            stripped = line.strip()
+        for stripped in block:
             # Reason holds free text with spaces and '=': it always owns its whole line.
             if stripped.startswith("Reason="):
                 fields["Reason"] = stripped[len("Reason=") :]
@@ -93,10 +117,15 @@ class ScontrolBackend:
         scontrol_path: str = "/usr/bin/scontrol",
         slurm_conf: str | None = None,
         timeout_s: float = 10.0,
+        output: str = "auto",
     ) -> None:
+        if output not in OUTPUT_FORMATS:
+            raise SlurmError(f"scontrol output {output!r} not one of {', '.join(OUTPUT_FORMATS)}")
         self.scontrol = scontrol_path
         self.slurm_conf = slurm_conf
         self.timeout_s = timeout_s
+        # None until the first read asks scontrol (auto); then "json" or "text" for good.
+        self.output: str | None = None if output == "auto" else output
 
     def _run(self, args: list[str]) -> str:
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
@@ -117,14 +146,31 @@ class ScontrolBackend:
             raise SlurmError(f"{' '.join(args[1:3])} failed (rc={proc.returncode}): {detail}")
         return proc.stdout
 
+    def _output(self) -> str:
+        """json or text: asked of `scontrol --help` once (it contacts no daemon)."""
+        if self.output is None:
+            try:
+                offers = scontrol_offers_json(self._run([self.scontrol, "--help"]))
+            except SlurmError:
+                # 24.11 fails --help without a config source; the text form is always there,
+                # and a real problem shows in the next call.
+                offers = False
+            self.output = "json" if offers else "text"
+        return self.output
+
+    def _show_node(self, node: str | None) -> list[NodeInfo]:
+        if self._output() == "json":
+            return parse_node_json(self._run(show_node_args(self.scontrol, node, json=True)))
+        return parse_show_node(self._run(show_node_args(self.scontrol, node)))
+
     def node_info(self, node: str) -> NodeInfo:
-        found = parse_show_node(self._run(show_node_args(self.scontrol, node)))
+        found = [n for n in self._show_node(node) if n.name == node]
         if not found:
             raise SlurmError(f"node {node!r} not known to Slurm")
         return found[0]
 
     def list_nodes(self) -> list[NodeInfo]:
-        return parse_show_node(self._run(show_node_args(self.scontrol)))
+        return self._show_node(None)
 
     def drain(self, node: str, reason: str) -> None:
         self._run(drain_args(self.scontrol, node, reason))

@@ -65,8 +65,18 @@ def pyslurm_problem() -> str | None:
 
 SLURM_SERIES = slurm_series()
 PYSLURM_PROBLEM = pyslurm_problem()
-# The backends this machine can exercise: scontrol always, pyslurm when it is usable here.
-BACKENDS = ["scontrol"] + (["pyslurm"] if PYSLURM_PROBLEM is None else [])
+# `scontrol --json` came with Slurm 23.02 (22.05 has none, 24.11 and 26.05 have it). The
+# scontrol backend finds out for itself (from `scontrol --help`); the contract checks that it
+# finds what the release really offers.
+SCONTROL_HAS_JSON = SLURM_SERIES != "?" and tuple(map(int, SLURM_SERIES.split("."))) >= (23, 2)
+# The backends this machine can exercise: scontrol always (reading JSON where it offers it),
+# scontrol forced to its text form where JSON is the default (the text parser must still
+# read that release), pyslurm when it is usable here.
+BACKENDS = (
+    ["scontrol"]
+    + (["scontrol-text"] if SCONTROL_HAS_JSON else [])
+    + (["pyslurm"] if PYSLURM_PROBLEM is None else [])
+)
 
 
 def _flag(name: str) -> bool:
@@ -160,6 +170,18 @@ def scontrol_path() -> str:
 
 
 @pytest.fixture(scope="session")
+def slurm_release() -> str:
+    """The Slurm major.minor running here, e.g. "24.11"."""
+    return SLURM_SERIES
+
+
+@pytest.fixture(scope="session")
+def scontrol_has_json() -> bool:
+    """Whether this release's scontrol offers --json (>= 23.02)."""
+    return SCONTROL_HAS_JSON
+
+
+@pytest.fixture(scope="session")
 def pyslurm_problem() -> str | None:
     """Why pyslurm is not exercised here, or None when it is."""
     return PYSLURM_PROBLEM
@@ -168,7 +190,10 @@ def pyslurm_problem() -> str | None:
 @pytest.fixture
 def backend(backend_name: str, cluster: TestCluster):
     from nodecheck.slurm import select_backend
+    from nodecheck.slurm.scontrol import ScontrolBackend
 
+    if backend_name == "scontrol-text":
+        return ScontrolBackend(str(SCONTROL), str(cluster.conf_path), output="text")
     choice = select_backend(
         preference=backend_name, scontrol_path=str(SCONTROL), slurm_conf=str(cluster.conf_path)
     )

@@ -114,7 +114,8 @@ def test_failing_epilog_exit_code_comes_back(agent, tmp_path):
     [verdict] = named(out.stderr, "verdict")
     assert verdict["reason"].startswith("nodecheck: host.mounts /nope: not mounted")
     assert "[epilog job 32 " in verdict["reason"]
-    assert calls.read_text().startswith("show node")  # the worker talked to Slurm
+    # the worker talked to Slurm (after `scontrol --help`: does this scontrol offer --json?)
+    assert calls.read_text().startswith("--help\nshow node")
     assert [r["job"] for r in named(agent.text(), "agent_run")] == ["32"]
 
 

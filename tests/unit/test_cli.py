@@ -126,7 +126,8 @@ def test_failing_prolog_calls_scontrol_and_exits_nonzero(tmp_path, recorder):
     cfg = config(tmp_path, '[checks."host.mounts"]\nrequired = ["/nope"]\n', scontrol=scontrol)
     out = nodecheck(["hook", "prolog"], {"SLURM_JOB_ID": "5"}, config=cfg)
     assert out.returncode == 1
-    assert calls.read_text().startswith("show node")  # the breaker reads every node
+    # the breaker reads every node (after `scontrol --help`: does this scontrol offer --json?)
+    assert calls.read_text().startswith("--help\nshow node")
     verdict = verdict_in((tmp_path / "nodecheck.log").read_text())
     assert verdict["reason"] == (
         "nodecheck: host.mounts /nope: not mounted [prolog job 5 sev=critical act=admin]"

@@ -64,3 +64,8 @@ host_mirror() {
     done
   } | grep -v -- '-security' | head -n 1
 }
+
+# Package names from a list file: one or more per line, '#' starts a comment.
+read_package_list() { # file -> names on stdout, one a line
+  sed -e 's/#.*//' "$1" | tr -s ' \t' '\n' | sed '/^$/d'
+}

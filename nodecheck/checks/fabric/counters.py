@@ -208,6 +208,14 @@ def _counter_result(
     else:
         span = ""
     parts = []
+    if judged.status is Status.SKIP:
+        # Every watched counter absent or without a PMA: say so, not "baseline recorded".
+        if judged.unavailable:
+            how = str(next(iter(judged.unavailable.values())))
+            parts.append(f"counters unavailable ({how}: the device has no PMA)")
+        else:
+            parts.append("counters unavailable (no counters/ or hw_counters/ files to read)")
+        why = ""
     if judged.unreadable:
         items = [f"{k} ({v})" for k, v in judged.unreadable.items()]
         parts.append("unreadable: " + ", ".join(items[:2]) + (" ..." if len(items) > 2 else ""))
@@ -237,6 +245,8 @@ def _counter_result(
             values[label] = getattr(judged, label)
     if judged.unreadable:
         values["unreadable"] = {k: str(v) for k, v in judged.unreadable.items()}
+    if judged.unavailable:
+        values["unavailable"] = {k: str(v) for k, v in judged.unavailable.items()}
     severity, remedy = ("high", "reboot") if judged.unreadable else ("", "")
     return CheckResult(
         "ib.counters", judged.status, "; ".join(parts)[:200], component=name, values=values,

@@ -93,6 +93,7 @@ class PortJudgement:
     unreadable: dict[str, ReadFailure] = field(default_factory=dict)
     unparsable: dict[str, str] = field(default_factory=dict)
     absent: list[str] = field(default_factory=list)
+    unavailable: dict[str, ReadFailure] = field(default_factory=dict)  # the device has no PMA
     stored: dict[str, int] = field(default_factory=dict)  # what to keep as the new reading
 
     def raise_to(self, status: Status) -> None:
@@ -109,7 +110,9 @@ def judge_port(
 
     Unreadable counters keep their previous value in `stored`, so one failed read does not
     lose the baseline. Access errors (EACCES/EPERM) become ERROR, other read errors FAIL,
-    values that do not parse ERROR (a format we do not understand is our problem).
+    values that do not parse ERROR (a format we do not understand is our problem). Counters
+    the device does not have (absent, or no PMA) are no verdict; when that is all of them,
+    the port is SKIP: nothing to judge, on every run, and no fault of the node.
     """
     from nodecheck.probes.fabric.sysfs import ReadFailure  # loaded where the probe runs
 
@@ -119,6 +122,9 @@ def judge_port(
         if isinstance(value, ReadFailure):
             if value.missing:
                 out.absent.append(name)
+                continue
+            if value.unavailable:
+                out.unavailable[name] = value
                 continue
             out.unreadable[name] = value
             out.raise_to(Status.ERROR if value.access else Status.FAIL)
@@ -150,6 +156,8 @@ def judge_port(
             out.flagged.append((Status.WARN, name, rise))
             out.raise_to(Status.WARN)
     out.flagged.sort(key=lambda item: (-item[0], -item[2], item[1]))
+    if current and len(out.absent) + len(out.unavailable) == len(current):
+        out.status = Status.SKIP
     return out
 
 

@@ -34,6 +34,11 @@ MAX_READ = 4096
 # Errors that mean *we* may not read the file (wrong user, hardened sysfs), not that the
 # device failed to answer. Reported as ERROR by the checks, everything else as a device fault.
 ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# A device without a Performance Management Agent (process_mad) has no PMA counters. How that
+# shows depends on the kernel (docs/fabric.md, "sysfs quirks"): older ones print this text in
+# every counters/* file, later ones fail the read with ENOSYS, newer ones have no counters/.
+NO_PMA_TEXT = "N/A (no PMA)"
+UNAVAILABLE_ERRNOS = frozenset({errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,11 @@ class ReadFailure:
     @property
     def access(self) -> bool:
         return self.errno in ACCESS_ERRNOS
+
+    @property
+    def unavailable(self) -> bool:
+        """The device does not offer this attribute at all (not a fault, not ours)."""
+        return self.errno in UNAVAILABLE_ERRNOS
 
     def __str__(self) -> str:
         return self.reason
@@ -248,10 +258,18 @@ def read_port_counters(
     """The named counters of one port from `counters/` or `hw_counters/`.
 
     Missing files come back as a ReadFailure with `.missing` set, so the caller decides
-    whether absence matters (hw_counters differ between drivers and firmware).
+    whether absence matters (hw_counters differ between drivers and firmware); a counter the
+    device has no PMA for ("N/A (no PMA)", ENOSYS) as one with `.unavailable` set.
     """
     base = port_path / subdir
-    return {name: read_int(base / name) for name in names}
+    return {name: _counter(base / name) for name in names}
+
+
+def _counter(path: Path) -> int | ReadFailure | str:
+    value = read_int(path)
+    if value == NO_PMA_TEXT:
+        return ReadFailure(str(path), errno.ENOSYS, NO_PMA_TEXT)
+    return value
 
 
 def port_netdevs(port_path: Path) -> list[str]:
