@@ -7,7 +7,7 @@ import importlib.util
 import sys
 from types import ModuleType
 
-FAMILIES = ("host", "fabric", "gpu")
+FAMILIES = ("host", "fabric", "gpu", "deep")
 
 
 def lazy_module(name: str) -> ModuleType:

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
 
 PHASES = ("prolog", "epilog", "health", "manual")
 ALL_PHASES = frozenset(PHASES)
+# "fast": reads what the hardware reports, fits a prolog. "deep": measures (seconds to
+# minutes, docs/deep.md); runs only when asked for (`nodecheck run --tier deep`) or where
+# a site configures its phases.
+TIERS = ("fast", "deep")
+# What a deep run's sized budget adds to its checks' timeouts: the probe child's start,
+# the torch import, and the reply to Slurm or the caller.
+DEEP_MARGIN_S = 15.0
 # Keys every check table in the config accepts, besides the check's own options.
 COMMON_KEYS = ("enabled", "timeout_s", "phases")
 
@@ -54,6 +61,10 @@ class Check:
     # Defaults for failing results that do not set their own (see results.SEVERITIES/REMEDIES).
     severity: str = "high"
     remedy: str = "admin"
+    tier: str = "fast"
+    # Address-space limit (RLIMIT_AS) of the probe child that runs this check: None takes
+    # the run's probe_memory_mb, 0 is none (PyTorch maps ~660 MB of address space on load).
+    memory_limit_mb: int | None = None
 
     @property
     def area(self) -> str:
@@ -75,6 +86,8 @@ def check(
     explain: str = "",
     severity: str = "high",
     remedy: str = "admin",
+    tier: str = "fast",
+    memory_limit_mb: int | None = None,
 ) -> Callable[[Callable[[CheckContext], Iterable[CheckResult]]], Callable[..., Any]]:
     """Register the decorated function as check `check_id`."""
 
@@ -88,6 +101,10 @@ def check(
             raise ValueError(f"check {check_id!r}: unknown phases {sorted(bad)}")
         if severity not in SEVERITIES or remedy not in REMEDIES:
             raise ValueError(f"check {check_id!r}: unknown severity/remedy {severity}/{remedy}")
+        if tier not in TIERS:
+            raise ValueError(f"check {check_id!r}: unknown tier {tier!r} (one of {TIERS})")
+        if memory_limit_mb is not None and memory_limit_mb < 0:
+            raise ValueError(f"check {check_id!r}: memory_limit_mb must be >= 0 (0: none)")
         clash = set(options or {}) & set(COMMON_KEYS)
         if clash:
             raise ValueError(f"check {check_id!r}: option names {sorted(clash)} are reserved")
@@ -103,6 +120,8 @@ def check(
             explain=explain or func.__doc__ or "",
             severity=severity,
             remedy=remedy,
+            tier=tier,
+            memory_limit_mb=memory_limit_mb,
         )
         return func
 
@@ -115,6 +134,30 @@ def all_checks() -> dict[str, Check]:
 
     checks.load_families()
     return dict(sorted(_REGISTRY.items()))
+
+
+def in_tier(registry: Mapping[str, Check], tier: str | None) -> dict[str, Check]:
+    """The checks of `tier` (all of them for None: a hook run, where phases decide)."""
+    if tier is None:
+        return dict(registry)
+    if tier not in TIERS:
+        raise KeyError(tier)
+    return {cid: chk for cid, chk in registry.items() if chk.tier == tier}
+
+
+def run_budget_s(
+    planned: Iterable[tuple[Check, float]], budget_s: float, deep_budget_s: float
+) -> float:
+    """The budget of a run of these (check, timeout) pairs. Fast checks run side by side
+    within `budget_s`. Deep checks run one after another (one group, one device at a time),
+    so a run with any gets `deep_budget_s`, or, when that is 0, the sum of their timeouts
+    plus a margin for starting the probe child and reporting."""
+    deep = [timeout for chk, timeout in planned if chk.tier == "deep"]
+    if not deep:
+        return budget_s
+    if deep_budget_s > 0:
+        return max(budget_s, deep_budget_s)
+    return max(budget_s, sum(deep) + DEEP_MARGIN_S)
 
 
 def match_ids(patterns: Iterable[str], known: Iterable[str]) -> list[str]:

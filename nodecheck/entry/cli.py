@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.checks.registry import PHASES
+from nodecheck.checks.registry import PHASES, TIERS
 from nodecheck.entry.hook import HOOK_PHASES, HookArgs, hook_args, run_hook
 from nodecheck.quarantine import DEFAULT_WHY
 from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ID",
         help="only this check (id or glob like 'gpu.*'); repeatable",
+    )
+    run.add_argument(
+        "--tier",
+        choices=TIERS,
+        help="only checks of this tier; 'deep' measures GPUs and fabric (docs/deep.md). "
+        "Default: 'fast' for the manual phase without --check, else every tier",
     )
     run.add_argument("--node", help="node name to resolve the node class for")
     run.add_argument("--json", action="store_true", help="machine-readable output")
@@ -163,6 +169,7 @@ def _run(args: argparse.Namespace) -> int:
                 config_path=args.config,
                 node=args.node,
                 check_patterns=tuple(args.check),
+                tier=_tier(args),
             )
         )
     except (UsageError, SlurmError) as exc:
@@ -173,6 +180,14 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print(_table(out))
     return out.verdict.exit_code
+
+
+def _tier(args: argparse.Namespace) -> str | None:
+    """The tier to run. A plain `nodecheck run` is the fast tier; a `--check` names its checks
+    whatever their tier; another phase shows what its hook would run (phases decide)."""
+    if args.tier:
+        return args.tier
+    return "fast" if args.phase == "manual" and not args.check else None
 
 
 def _outcome_json(out: object) -> dict:
@@ -239,6 +254,7 @@ def _list(args: argparse.Namespace) -> int:
             "enabled": nodecfg.checks[cid].enabled,
             "phases": sorted(nodecfg.checks[cid].phases, key=PHASES.index),
             "timeout_s": nodecfg.checks[cid].timeout_s,
+            "tier": chk.tier,
             "summary": chk.summary,
         }
         for cid, chk in registry.items()
@@ -252,8 +268,8 @@ def _list(args: argparse.Namespace) -> int:
     for row in rows:
         flag = " " if row["enabled"] else "-"
         phases = ",".join(row["phases"])
-        print(f"{flag} {row['id']:<18} {phases:<28} {row['summary']}")
-    print("('-' = disabled for this node)")
+        print(f"{flag} {row['id']:<18} {row['tier']:<4} {phases:<28} {row['summary']}")
+    print("('-' = disabled for this node; deep checks run with `nodecheck run --tier deep`)")
     return EXIT_OK
 
 
@@ -267,7 +283,7 @@ def _explain(args: argparse.Namespace) -> int:
         return EXIT_INTERNAL
     print(f"{chk.id}: {chk.summary}")
     print(
-        f"runs in: {', '.join(sorted(chk.phases, key=PHASES.index))}; "
+        f"tier {chk.tier}; runs in: {', '.join(sorted(chk.phases, key=PHASES.index))}; "
         f"timeout {chk.timeout_s}s; {'on' if chk.enabled_by_default else 'off'} by default"
     )
     if chk.explain:

@@ -26,6 +26,10 @@ ON_INTERNAL_ERROR = ("pass", "drain")
 BACKENDS = ("auto", "pyslurm", "scontrol")
 
 
+# The longest a deep check, or a deep run, may be given (a day).
+DEEP_MAX_S = 86400
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file and key."""
 
@@ -45,6 +49,8 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "drain_attempts": (int, 3),
     "resume_after_passes": (int, 1),
     "probe_memory_mb": (int, 1024),
+    # Budget of a run that includes deep checks (docs/deep.md); 0: sized from their timeouts.
+    "deep_budget_s": ((int, float), 0),
     "sysfs_root": (str, "/sys"),
     "procfs_root": (str, "/proc"),
     "nvml": (str, "real"),
@@ -328,6 +334,8 @@ def _parse_settings(
         raise ConfigError(f"{where}: slurm_backend must be one of {BACKENDS}")
     if "budget_s" in out and not 0 < out["budget_s"] <= 3600:
         raise ConfigError(f"{where}: budget_s must be in (0, 3600]")
+    if "deep_budget_s" in out and not 0 <= out["deep_budget_s"] <= DEEP_MAX_S:
+        raise ConfigError(f"{where}: deep_budget_s must be in [0, {DEEP_MAX_S}] (0: sized)")
     if "drain_attempts" in out and not 1 <= out["drain_attempts"] <= 10:
         raise ConfigError(f"{where}: drain_attempts must be in [1, 10]")
     if "resume_after_passes" in out and not 1 <= out["resume_after_passes"] <= 1000:
@@ -431,8 +439,10 @@ def _parse_check_table(table: Mapping[str, Any], where: str, chk: Check) -> dict
             _require_type(f"{where}.enabled", value, bool)
         elif key == "timeout_s":
             _require_type(f"{where}.timeout_s", value, (int, float))
-            if not 0 < value <= 600:
-                raise ConfigError(f"{where}.timeout_s must be in (0, 600]")
+            # A deep check measures for minutes (dcgmi diag -r 3 takes most of an hour).
+            most = DEEP_MAX_S if chk.tier == "deep" else 600
+            if not 0 < value <= most:
+                raise ConfigError(f"{where}.timeout_s must be in (0, {most}]")
         elif key == "phases":
             if not isinstance(value, list) or not set(value) <= ALL_PHASES:
                 raise ConfigError(f"{where}.phases must be a list drawn from {sorted(ALL_PHASES)}")

@@ -13,7 +13,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nodecheck.checks.context import CheckContext, JobInfo
-from nodecheck.checks.registry import Check, all_checks, match_ids, with_defaults
+from nodecheck.checks.registry import (
+    TIERS,
+    Check,
+    all_checks,
+    in_tier,
+    match_ids,
+    run_budget_s,
+    with_defaults,
+)
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
 from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
@@ -40,6 +48,7 @@ class RunRequest:
     act: bool = False  # hooks talk to Slurm when the verdict needs it; manual runs never do
     dry_run: bool = False
     hook_pid: int | None = None  # the process Slurm started, if not this one (the agent's)
+    tier: str | None = None  # only checks of this tier (registry.TIERS); None: phases decide
 
 
 @dataclass(frozen=True)
@@ -69,13 +78,24 @@ def node_name(explicit: str | None, env: Mapping[str, str]) -> str:
 
 
 def select_checks(
-    registry: Mapping[str, Check], nodecfg: NodeConfig, phase: str, patterns: tuple[str, ...]
+    registry: Mapping[str, Check],
+    nodecfg: NodeConfig,
+    phase: str,
+    patterns: tuple[str, ...],
+    tier: str | None = None,
 ) -> list[Check]:
+    try:
+        registry = in_tier(registry, tier)
+    except KeyError:
+        raise UsageError(f"unknown tier {tier!r} (one of {', '.join(TIERS)})") from None
     if patterns:
         try:
             ids = match_ids(patterns, registry)
         except KeyError as exc:
-            raise UsageError(f"no check matches {exc.args[0]!r} (see `nodecheck list`)") from None
+            where = f" in tier {tier}" if tier else ""
+            raise UsageError(
+                f"no check matches {exc.args[0]!r}{where} (see `nodecheck list`)"
+            ) from None
         return [registry[cid] for cid in ids]
     return [
         chk
@@ -143,7 +163,7 @@ def execute(req: RunRequest) -> RunOutcome:
         log.warning("disabled", why=off)
         return outcome([], decide([], "manual", None, "pass"), "disabled", nodecfg.node_class, off)
 
-    checks = select_checks(registry, nodecfg, req.phase, req.check_patterns)
+    checks = select_checks(registry, nodecfg, req.phase, req.check_patterns, req.tier)
     planned = [
         Planned(
             chk,
@@ -160,9 +180,12 @@ def execute(req: RunRequest) -> RunOutcome:
         )
         for chk in checks
     ]
-    deadline = started + nodecfg.budget_s
+    budget_s = run_budget_s(
+        ((p.check, p.timeout_s) for p in planned), nodecfg.budget_s, config.deep_budget_s
+    )
+    deadline = started + budget_s
     # Keep a slice of the budget for talking to Slurm on the unhealthy path.
-    reserve = min(5.0, nodecfg.budget_s * 0.25)
+    reserve = min(5.0, budget_s * 0.25)
     budget = max(0.5, deadline - reserve - time.monotonic())
     results = [
         with_defaults(r, registry) for r in run_checks(planned, budget, config.probe_memory_mb)

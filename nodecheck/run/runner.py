@@ -5,7 +5,8 @@ cannot be interrupted from inside Python, so it runs in a child process that is
 SIGKILLed at its deadline. The run as a whole never outlasts its budget: a hung probe
 becomes a FAIL of that probe; a check that raises, or a child that dies, an ERROR.
 Checks of one group run one after another in one child: each is cut at its own timeout_s,
-the group as a whole at its longest, and a hang fails the checks after it as "not run".
+the group as a whole at its longest (a deep group: their sum), and a hang fails the checks
+after it as "not run". A check may declare its own memory limit for its child.
 """
 
 from __future__ import annotations
@@ -134,8 +135,27 @@ def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: in
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     now = time.monotonic()
-    group_deadline = min(now + max(p.timeout_s for p in planned), run_deadline)
+    group_deadline = min(now + _group_timeout(planned), run_deadline)
     return _Child(pid, read_fd, slot, planned, now, group_deadline, group_deadline)
+
+
+def _group_timeout(planned: list[Planned]) -> float:
+    """How long a group's child may live. Probes that share a session (NVML) answer in
+    moments, so the group gets its longest timeout; deep checks measure for their whole
+    time, one after another, so a deep group gets the sum of theirs."""
+    timeouts = [p.timeout_s for p in planned]
+    if any(p.check.tier == "deep" for p in planned):
+        return sum(timeouts)
+    return max(timeouts)
+
+
+def _group_memory_limit(planned: list[Planned], run_limit_mb: int) -> int:
+    """The child's address-space limit: the run's, unless a check of the group declares its
+    own (0 = none: PyTorch maps far more address space than it uses); then the largest."""
+    own = [p.check.memory_limit_mb for p in planned if p.check.memory_limit_mb is not None]
+    if not own:
+        return run_limit_mb
+    return 0 if 0 in own else max(own)
 
 
 def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
@@ -230,7 +250,10 @@ def run_checks(
     # touch (and copy-on-write) the whole inherited heap when they collect their own garbage.
     gc.freeze()
     try:
-        children = [_fork_group(g, run_deadline, memory_limit_mb) for g in groups.values()]
+        children = [
+            _fork_group(g, run_deadline, _group_memory_limit(g, memory_limit_mb))
+            for g in groups.values()
+        ]
     finally:
         gc.unfreeze()
     with selectors.DefaultSelector() as selector:

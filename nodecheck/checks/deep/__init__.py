@@ -5,3 +5,6 @@ they never run in the prolog, epilog or health phases unless a site configures t
 and `nodecheck run --tier deep` selects them. `judge` and `expected` are plain data and
 pure functions, importable without registering anything.
 """
+
+# Importing a module registers its checks; this order is the order of `nodecheck list`.
+from nodecheck.checks.deep import fabric, gpu, sdc, tools  # noqa: F401

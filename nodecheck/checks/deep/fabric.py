@@ -19,10 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep.gpu import GROUP, select_devices
-from nodecheck.checks.deep.judge import judge_fabric
+from nodecheck.checks.deep.gpu import GROUP, judge, select_devices
 from nodecheck.checks.registry import Option, check
-from nodecheck.probes.fabric.peers import expand_nodelist, node_address
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult, Status
 
@@ -66,7 +64,9 @@ def deep_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
     that is slow with every partner FAILs and is named on every node. Fix: check that
     node's HCA port (ib.port, ib.counters), cable and switch port; `ib_write_bw` between
     it and a healthy node (deep.ibperf) confirms."""
+    # Loaded here, in the probe child: torch, socket and threading stay off the hooks' path.
     from nodecheck.probes.active import dist
+    from nodecheck.probes.fabric.peers import expand_nodelist, node_address
 
     opts = ctx.options
     nodes = expand_nodelist(ctx.job.nodelist or "")
@@ -119,7 +119,7 @@ def deep_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
         )
     finally:
         dist.leave(torch)
-    yield judge_fabric(
+    yield judge.judge_fabric(
         ctx.node,
         nodes,
         figures,

@@ -13,14 +13,14 @@ would disturb that job and its load would make our figures wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from nodecheck.checks import lazy_module
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep import judge
-from nodecheck.checks.deep.expected import GpuSpec, lookup
+from nodecheck.checks.deep.expected import GpuSpec, lookup, table_text
 from nodecheck.checks.registry import Option, check
 from nodecheck.probes import nvml
 from nodecheck.run.progress import note
@@ -28,6 +28,10 @@ from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.active.device import Device
+
+# Every hook imports this module to register the deep checks; the judgement (and the
+# statistics module under it) is needed only where a deep check runs: the probe child.
+judge = lazy_module("nodecheck.checks.deep.judge")
 
 GROUP = "deep"
 MIB = 1024**2
@@ -101,6 +105,14 @@ def reference(ctx: CheckContext, dev: Device, figure: str, min_fraction: float) 
                            median_fraction)  # fmt: skip
 
 
+def _explains_table(func: Callable[..., Iterator[CheckResult]]) -> Callable[..., Any]:
+    """Append the expected-figures table, with its sources, to the check's explanation
+    (`nodecheck explain`), indented as the docstring so that it is cleaned up with it."""
+    table = "\n".join(f"    {line}" for line in table_text().splitlines())
+    func.__doc__ = f"{func.__doc__ or ''}\n\n    Expected figures per GPU model:\n{table}"
+    return func
+
+
 def _size(ctx: CheckContext, devices: tuple[Device, ...], gpu_key: str, cpu_key: str) -> int:
     on_cpu = all(d.kind == "cpu" for d in devices)
     return int(ctx.options[cpu_key] if on_cpu else ctx.options[gpu_key])
@@ -130,6 +142,7 @@ def _size(ctx: CheckContext, devices: tuple[Device, ...], gpu_key: str, cpu_key:
         "expected": Option((int, float), 0, "expected TFLOP/s for every precision (0: table)"),
     },
 )
+@_explains_table
 def deep_gemm(ctx: CheckContext) -> Iterator[CheckResult]:
     """Multiplies two square matrices on each GPU in bf16, fp16 and tf32 and reports TFLOP/s
     (2*n^3 per multiply, the median of the timed repeats). A GPU below its share of the
@@ -182,6 +195,7 @@ def deep_gemm(ctx: CheckContext) -> Iterator[CheckResult]:
         "expected": Option((int, float), 0, "expected GB/s (0: the table's HBM figure)"),
     },
 )
+@_explains_table
 def deep_membw(ctx: CheckContext) -> Iterator[CheckResult]:
     """Copies a buffer far larger than the L2 cache within each GPU's memory and reports
     GB/s (read plus write). Low bandwidth with no ECC error is HBM running at reduced
@@ -226,6 +240,7 @@ def deep_membw(ctx: CheckContext) -> Iterator[CheckResult]:
         "expected": Option((int, float), 0, "expected GB/s each way (0: the table's PCIe x16)"),
     },
 )
+@_explains_table
 def deep_hostdev(ctx: CheckContext) -> Iterator[CheckResult]:
     """Copies pinned host memory to each GPU and back and reports GB/s each way. Half the
     expected figure is a link that trained at x8 or one generation down under load (a
@@ -281,6 +296,7 @@ def deep_hostdev(ctx: CheckContext) -> Iterator[CheckResult]:
         "expected": Option((int, float), 0, "expected bidirectional GB/s per pair (0: table)"),
     },
 )
+@_explains_table
 def deep_p2p(ctx: CheckContext) -> Iterator[CheckResult]:
     """Copies between every pair of GPUs, both ways at once, and reports GB/s per pair
     (`gpu0-gpu3`). On NVSwitch systems (HGX/DGX) every pair should reach the GPU's NVLink

@@ -20,6 +20,12 @@ from typing import Any
 
 from nodecheck.run.results import CheckResult, Status
 
+
+def significant(value: float) -> float:
+    """A figure to six significant digits: a CPU's TFLOP/s (1e-5) must not round to 0."""
+    return float(f"{value:.6g}")
+
+
 SDC = "deep.sdc"
 FABRIC = "deep.fabric"
 MIN_FOR_MEDIAN = 3  # devices needed before "below the median" can name one of them
@@ -63,7 +69,7 @@ def judge(
             msg = f"{metric}: not measured: {fig.error or 'no figure'}"
             out.append(CheckResult(check_id, Status.ERROR, msg, fig.component, values))
             continue
-        values["measured"] = round(fig.value, 4)
+        values["measured"] = significant(fig.value)
         shown = f"{metric} {_fmt(fig.value)} {unit}"
         if ref.expected:
             share = fig.value / ref.expected
@@ -78,7 +84,7 @@ def judge(
         elif median is not None:
             share = fig.value / median if median > 0 else 1.0
             values.update(
-                node_median=round(median, 4), fraction=round(share, 3),
+                node_median=significant(median), fraction=round(share, 3),
                 median_fraction=ref.median_fraction,
             )  # fmt: skip
             ok = share >= ref.median_fraction
@@ -187,18 +193,20 @@ def judge_fabric(
     plan = figures.plan
     values: dict[str, Any] = {
         "nodes": len(nodes),
-        "pairs": {f"{nodes[a]}-{nodes[b]}": round(bw, 4) for (a, b), bw in figures.pass1.items()},
+        "pairs": {
+            f"{nodes[a]}-{nodes[b]}": significant(bw) for (a, b), bw in figures.pass1.items()
+        },
     }
     if figures.pass2:
         values["second_pass"] = {
-            f"{nodes[a]}-{nodes[b]}": round(bw, 4) for (a, b), bw in figures.pass2.items()
+            f"{nodes[a]}-{nodes[b]}": significant(bw) for (a, b), bw in figures.pass2.items()
         }
     coll = figures.collectives
     summary = ""
     if coll is not None:
         values.update(
-            allreduce_busbw_gbps=round(coll.allreduce_busbw, 4),
-            alltoall_busbw_gbps=round(coll.alltoall_busbw, 4),
+            allreduce_busbw_gbps=significant(coll.allreduce_busbw),
+            alltoall_busbw_gbps=significant(coll.alltoall_busbw),
             latency_us=round(coll.latency_us, 1),
             collective_bytes=coll.nbytes,
         )
@@ -208,7 +216,7 @@ def judge_fabric(
         )
     if plan is None:
         return CheckResult(FABRIC, Status.PASS, summary or "nothing measured", me, values)
-    values["reference_gbps"] = round(plan.reference, 4)
+    values["reference_gbps"] = significant(plan.reference)
     limit = slow_fraction * plan.reference
     confirmed = sorted(
         s for s in plan.suspects

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep.gpu import DEVICE, GROUP, select_devices
-from nodecheck.checks.deep.judge import Outcome, judge_digests
+from nodecheck.checks.deep.gpu import DEVICE, GROUP, judge, select_devices
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult
@@ -51,6 +50,6 @@ def deep_sdc(ctx: CheckContext) -> Iterator[CheckResult]:
     size = int(ctx.options["cpu_size"] if on_cpu else ctx.options["size"])
     note(f"deep.sdc {len(chosen.devices)} devices")
     measured = sdc.measure(chosen.torch, list(chosen.devices), size, ctx.options["repeats"])
-    yield from judge_digests(
-        [Outcome(m.device.component, m.device.name, m.digests) for m in measured]
+    yield from judge.judge_digests(
+        [judge.Outcome(m.device.component, m.device.name, m.digests) for m in measured]
     )

@@ -58,9 +58,11 @@ def load_torch() -> ModuleType:
     # NVML numbers GPUs by PCI bus id; make CUDA do the same, so gpu3 is the same GPU for
     # the deep checks as for gpu.* (CUDA's default order is "fastest first").
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    # The CPU wheel warns about a missing numpy (on import and on the first tensor it
+    # builds); nodecheck does not use numpy, and the warning would land in slurmd's log.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
     try:
         with warnings.catch_warnings():
-            # The CPU wheel warns about a missing numpy, which nodecheck does not use.
             warnings.simplefilter("ignore")
             import torch
     except ImportError as exc:
