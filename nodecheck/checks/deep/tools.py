@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.gpu import GROUP
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult, Status
+
+if TYPE_CHECKING:  # the probes are loaded in the probe child, where the checks run
+    from nodecheck.probes.active.tools import ToolRun
+    from nodecheck.probes.fabric.sysfs import IbPort
 
 _STATUS = {"PASS": Status.PASS, "FAIL": Status.FAIL, "WARN": Status.WARN, "SKIP": Status.SKIP}
 
@@ -133,3 +138,133 @@ def deep_nccl(ctx: CheckContext) -> Iterator[CheckResult]:
     else:
         msg = f"avg bus bandwidth {result.avg_busbw:g} GB/s, no data errors"
         yield CheckResult("deep.nccl", Status.PASS, msg, values=values)
+
+
+@check(
+    "deep.ibperf",
+    tier="deep",
+    group=GROUP,
+    summary="perftest ib_write_bw / ib_write_lat through each HCA (loopback) vs its port rate",
+    phases=("manual",),
+    timeout_s=300.0,
+    severity="medium",
+    remedy="check-cable",
+    memory_limit_mb=0,
+    options={
+        "bw_binary": Option(str, "/usr/bin/ib_write_bw", "absolute path of ib_write_bw"),
+        "lat_binary": Option(str, "/usr/bin/ib_write_lat", "absolute path of ib_write_lat"),
+        "devices": Option(list, [], "HCAs to test (empty: every HCA in sysfs)", item=str),
+        "ib_port": Option(int, 1, "the HCA port to test"),
+        "tcp_port": Option(int, 18515, "perftest's TCP port on loopback (latency: the next)"),
+        "size": Option(int, 65536, "message size of the bandwidth run (bytes)"),
+        "min_fraction": Option(float, 0.8, "FAIL below this share of the port's rate"),
+        "min_gbps": Option((int, float), 0, "FAIL below this Gb/s instead (0: the port rate)"),
+        "max_lat_us": Option((int, float), 0, "FAIL above this typical latency (0: report)"),
+        "run_timeout_s": Option((int, float), 60, "each tool run is killed after this"),
+    },
+)
+def deep_ibperf(ctx: CheckContext) -> Iterator[CheckResult]:
+    """Runs perftest's ib_write_bw (and ib_write_lat, where installed) through each HCA
+    port: server and client on this node, the traffic looped through the adapter, so that
+    each HCA and its PCIe path are measured alone. The average Gb/s must reach
+    `min_fraction` of the port's rate from sysfs (or `min_gbps`). A low figure with the
+    port ACTIVE at full rate is a PCIe link trained down, an HCA on the wrong NUMA node, or
+    a throttling adapter. Fix: compare `lspci -vv` LnkSta with LnkCap, check the HCA's
+    firmware and temperature; between nodes, deep.fabric names the slow one."""
+    from nodecheck.checks.deep.gpu import judge
+    from nodecheck.probes.active import tools
+    from nodecheck.probes.fabric import sysfs
+
+    opts = ctx.options
+    if (skip := _missing("deep.ibperf", opts["bw_binary"])) is not None:
+        yield skip
+        return
+    hcas = list(opts["devices"]) or sysfs.list_ib_devices(ctx.settings.sysfs_root)
+    if not hcas:
+        yield CheckResult("deep.ibperf", Status.SKIP, "no RDMA device (sysfs class/infiniband)")
+        return
+    with_lat = os.access(opts["lat_binary"], os.X_OK)
+    port = int(opts["ib_port"])
+    results: list[CheckResult] = []
+    for hca in hcas:
+        component = f"{hca}/{port}"
+        common = ["-d", hca, "-i", str(port), "-F"]
+        note(f"ib_write_bw {component}")
+        bw_args = [*common, "-p", str(opts["tcp_port"]), "-s", str(opts["size"]), "--report_gbits"]
+        _, ran = tools.run_pair(
+            [opts["bw_binary"], *bw_args],
+            [opts["bw_binary"], *bw_args, "127.0.0.1"],
+            float(opts["run_timeout_s"]),
+        )
+        port_state = sysfs.read_ib_port(ctx.settings.sysfs_root, hca, port)
+        results.append(_judge_bw(ctx, port_state, component, ran))
+        if with_lat:
+            note(f"ib_write_lat {component}")
+            lat_args = [*common, "-p", str(int(opts["tcp_port"]) + 1)]
+            _, ran = tools.run_pair(
+                [opts["lat_binary"], *lat_args],
+                [opts["lat_binary"], *lat_args, "127.0.0.1"],
+                float(opts["run_timeout_s"]),
+            )
+            results.append(_judge_lat(ctx, component, ran))
+    yield from judge.merge_by_component("deep.ibperf", results)
+
+
+def _tool_failed(component: str, what: str, ran: ToolRun) -> CheckResult:
+    """A perftest run that gave no table: hung (FAIL, the adapter did not answer) or an
+    error of the tool or its setup (ERROR, with its last line)."""
+    values: dict[str, object] = {"metric": what}
+    if ran.timed_out:
+        values["hung"] = True
+        return CheckResult("deep.ibperf", Status.FAIL, f"{what} did not finish in time",
+                           component, values)  # fmt: skip
+    tail = (ran.stderr or ran.stdout).strip().splitlines()[-1:] or [""]
+    msg = f"{what} gave no result (exit {ran.returncode}): {tail[0][:150]}"
+    return CheckResult("deep.ibperf", Status.ERROR, msg, component, values)
+
+
+def _judge_bw(ctx: CheckContext, port: IbPort | None, component: str, ran: ToolRun) -> CheckResult:
+    from nodecheck.probes.active import tools
+    from nodecheck.probes.fabric.sysfs import Rate
+
+    rows = tools.parse_perftest_bw(ran.stdout)
+    if not rows:
+        return _tool_failed(component, "ib_write_bw", ran)
+    row = rows[-1]  # the largest message size: the one that shows the link's bandwidth
+    rate = port.rate if port is not None and isinstance(port.rate, Rate) else None
+    values: dict[str, object] = {"metric": "ib_write_bw", "unit": "Gb/s",
+                                 "measured": row.average_gbps, "peak": row.peak_gbps,
+                                 "bytes": row.nbytes}  # fmt: skip
+    floor = float(ctx.options["min_gbps"])
+    if floor > 0:
+        basis = f"the configured {floor:g}"
+    elif rate is not None:
+        floor = rate.gbps * float(ctx.options["min_fraction"])
+        basis = f"{ctx.options['min_fraction']:g} of the port's {rate}"
+        values["port_rate_gbps"] = rate.gbps
+    else:
+        msg = f"ib_write_bw {row.average_gbps:g} Gb/s (port rate unknown: not judged)"
+        return CheckResult("deep.ibperf", Status.PASS, msg, component, values)
+    values["floor_gbps"] = floor
+    if row.average_gbps < floor:
+        msg = f"ib_write_bw {row.average_gbps:g} Gb/s below {floor:g} ({basis})"
+        return CheckResult("deep.ibperf", Status.FAIL, msg, component, values)
+    msg = f"ib_write_bw {row.average_gbps:g} Gb/s (at least {basis})"
+    return CheckResult("deep.ibperf", Status.PASS, msg, component, values)
+
+
+def _judge_lat(ctx: CheckContext, component: str, ran: ToolRun) -> CheckResult:
+    from nodecheck.probes.active import tools
+
+    rows = tools.parse_perftest_lat(ran.stdout)
+    usec = rows[0].usec if rows else {}
+    typical = usec.get("t_typical", usec.get("t_avg"))
+    if typical is None:
+        return _tool_failed(component, "ib_write_lat", ran)
+    values = {"metric": "ib_write_lat", "unit": "us", "measured": typical, **usec}
+    ceiling = float(ctx.options["max_lat_us"])
+    if ceiling and typical > ceiling:
+        msg = f"ib_write_lat {typical:g} us above {ceiling:g}"
+        return CheckResult("deep.ibperf", Status.FAIL, msg, component, values)
+    msg = f"ib_write_lat {typical:g} us"
+    return CheckResult("deep.ibperf", Status.PASS, msg, component, values)

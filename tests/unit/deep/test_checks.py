@@ -8,6 +8,7 @@ dcgmi / all_reduce_perf by a fake binary that prints a real published output.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.gpu import deep_gemm, deep_hostdev, deep_membw, deep_p2p
 from nodecheck.checks.deep.gpu import select_devices as select
 from nodecheck.checks.deep.sdc import deep_sdc
-from nodecheck.checks.deep.tools import deep_dcgm, deep_nccl
+from nodecheck.checks.deep.tools import deep_dcgm, deep_ibperf, deep_nccl
 from nodecheck.checks.registry import all_checks
 from nodecheck.probes.active import device
 from nodecheck.run.results import CheckResult, Status
@@ -222,3 +223,96 @@ def test_nccl_check_reads_the_bus_bandwidth_and_judges_the_floor(tmp_path):
     assert result.values["wrong"] == 0
     [result] = run(deep_nccl, ctx_for("deep.nccl", binary=binary, args=args, min_busbw_gbps=100))
     assert result.status is Status.FAIL and "below 100" in result.message
+
+
+# --- deep.ibperf: perftest's two halves, faked at the binary with real outputs --------
+
+PERFTEST = """import os, sys, time
+args = sys.argv[1:]
+marker = os.path.join({tmp!r}, "served-" + args[args.index("-d") + 1])
+log = open(os.path.join({tmp!r}, "argv.log"), "a")
+log.write(repr(args) + "\\n")
+if args[-1] != "127.0.0.1":  # the server: waits for its client, as perftest does
+    open(marker + ".listening", "w").close()
+    for _ in range(100):
+        if os.path.exists(marker):
+            sys.exit(0)
+        time.sleep(0.05)
+    sys.exit(1)
+if not os.path.exists(marker + ".listening"):
+    print("Couldn't connect to 127.0.0.1:" + args[args.index("-p") + 1])
+    sys.exit(1)
+sys.stdout.write(open({fixture!r}).read())
+open(marker, "w").close()
+"""
+
+
+def perftest(tmp_path: Path, name: str, fixture: str) -> str:
+    body = PERFTEST.format(tmp=str(tmp_path), fixture=str(REAL / fixture))
+    return fake_tool(tmp_path, body, name=name)
+
+
+@pytest.fixture
+def two_hcas(tmp_path):
+    from tests.fixtures.sysfs import FakeSysfs
+
+    fake = FakeSysfs(tmp_path / "sys")
+    fake.add_hca("mlx5_0", link_layer="Ethernet", speed="NDR", width=4, netdev="eth2")
+    fake.add_hca("mlx5_1", link_layer="Ethernet", speed="NDR", width=4, netdev="eth3")
+    return fake.root
+
+
+def ibperf_ctx(tmp_path: Path, sysfs_root: Path, **options: Any) -> CheckContext:
+    tools = {
+        "bw_binary": perftest(tmp_path, "ib_write_bw", "ib_write_bw-roce-cx7-65536-bwmin.txt"),
+        # ib_write_lat prints the table every ib_*_lat prints: a real ib_read_lat output.
+        "lat_binary": perftest(tmp_path, "ib_write_lat", "ib_read_lat-roce.txt"),
+        "run_timeout_s": 20,
+        "size": 65536,  # the fixture's message size (SMALL shrinks "size" for torch checks)
+    }
+    ctx = ctx_for("deep.ibperf", **{**tools, **options})
+    return replace(ctx, settings=replace(ctx.settings, sysfs_root=sysfs_root))
+
+
+def test_ibperf_measures_each_hca_through_loopback_against_its_port_rate(tmp_path, two_hcas):
+    results = run(deep_ibperf, ibperf_ctx(tmp_path, two_hcas))
+    assert [r.component for r in results] == ["mlx5_0/1", "mlx5_1/1"]
+    for result in results:
+        assert result.status is Status.PASS, result
+        bw, lat = result.values["ib_write_bw"], result.values["ib_write_lat"]
+        assert bw["measured"] == pytest.approx(368.48) and bw["port_rate_gbps"] == 400
+        assert bw["floor_gbps"] == pytest.approx(320) and lat["measured"] == pytest.approx(7.04)
+    calls = (tmp_path / "argv.log").read_text().splitlines()
+    # Server and client per HCA and tool, argument lists with the HCA and the loopback.
+    assert any("'-d', 'mlx5_1'" in c and c.endswith("'127.0.0.1']") for c in calls)
+    assert any("'--report_gbits'" in c and "'-s', '65536'" in c for c in calls)
+
+
+def test_ibperf_fails_an_hca_below_its_share_and_a_latency_above_the_ceiling(tmp_path, two_hcas):
+    results = run(
+        deep_ibperf,
+        ibperf_ctx(tmp_path, two_hcas, devices=["mlx5_1"], min_fraction=0.95, max_lat_us=5),
+    )
+    [result] = results
+    assert result.status is Status.FAIL and result.component == "mlx5_1/1"
+    assert "ib_write_bw 368.48 Gb/s below 380" in result.message
+    assert "ib_write_lat 7.04 us above 5" in result.message
+
+
+def test_ibperf_without_the_tool_or_an_hca_skips(tmp_path, two_hcas):
+    ctx = ibperf_ctx(tmp_path, two_hcas, bw_binary=str(tmp_path / "absent"))
+    [result] = run(deep_ibperf, ctx)
+    assert result.status is Status.SKIP and "not installed" in result.message
+    empty = tmp_path / "empty-sys"
+    empty.mkdir()
+    [result] = run(deep_ibperf, ibperf_ctx(tmp_path, empty))
+    assert result.status is Status.SKIP and "no RDMA device" in result.message
+
+
+def test_ibperf_output_without_a_table_is_an_error_naming_the_tool(tmp_path, two_hcas):
+    broken = fake_tool(tmp_path, "print('Failed to open device mlx5_0')", name="broken_bw")
+    ctx = ibperf_ctx(tmp_path, two_hcas, bw_binary=broken, devices=["mlx5_0"])
+    ctx = replace(ctx, options={**ctx.options, "lat_binary": str(tmp_path / "absent")})
+    [result] = run(deep_ibperf, ctx)
+    assert result.status is Status.ERROR and "ib_write_bw gave no result" in result.message
+    assert "Failed to open device" in result.message

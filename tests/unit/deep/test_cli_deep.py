@@ -60,7 +60,7 @@ def test_a_deep_run_measures_the_cpu_and_says_pass_in_json_and_exit_code(tmp_pat
     assert out["status"] == "PASS" and out["exit_code"] == EXIT_OK and out["reason"] is None
     by_check = {r["check"]: r for r in out["results"]}
     assert set(by_check) == {
-        "deep.dcgm", "deep.fabric", "deep.gemm", "deep.hostdev",
+        "deep.dcgm", "deep.fabric", "deep.gemm", "deep.hostdev", "deep.ibperf",
         "deep.membw", "deep.nccl", "deep.p2p", "deep.sdc",
     }  # fmt: skip
     for measured in ("deep.gemm", "deep.membw", "deep.hostdev", "deep.sdc"):
@@ -74,7 +74,8 @@ def test_a_deep_run_measures_the_cpu_and_says_pass_in_json_and_exit_code(tmp_pat
     assert "not installed" in by_check["deep.dcgm"]["message"]
     assert "not installed" in by_check["deep.nccl"]["message"]
     assert "not in the job's node list" in by_check["deep.fabric"]["message"]
-    for skipped in ("deep.p2p", "deep.dcgm", "deep.nccl", "deep.fabric"):
+    assert "not installed" in by_check["deep.ibperf"]["message"]
+    for skipped in ("deep.p2p", "deep.dcgm", "deep.nccl", "deep.fabric", "deep.ibperf"):
         assert by_check[skipped]["status"] == "SKIP"
     assert proc.stderr == ""  # nothing (torch's numpy warning included) on a hook's stderr
 

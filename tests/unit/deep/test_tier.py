@@ -28,6 +28,7 @@ DEEP_IDS = {
     "deep.fabric",
     "deep.gemm",
     "deep.hostdev",
+    "deep.ibperf",
     "deep.membw",
     "deep.nccl",
     "deep.p2p",

@@ -91,8 +91,8 @@ def test_dcgm_output_without_json_is_an_error():
         tools.parse_dcgm("Error: unable to establish a connection to the specified host")
 
 
-def fake_tool(tmp_path: Path, body: str) -> str:
-    script = tmp_path / "fake-tool"
+def fake_tool(tmp_path: Path, body: str, name: str = "fake-tool") -> str:
+    script = tmp_path / name
     script.write_text(f"#!{sys.executable}\n{body}\n")
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return str(script)
