@@ -1,9 +1,9 @@
-"""Run the deep fabric measurement as one test host would, inside its network namespace.
+"""Run the deep.fabric check as one test host would, inside its network namespace.
 
 Usage: python tests/netns/deep_fabric_host.py '{"node": "h1", "nodelist": "h[1-4]", ...}'
-Prints the node's deep.fabric verdict as JSON. It goes through the same steps as the
-check (`nodecheck.checks.deep.fabric.deep_fabric`): expand the job's node list, join
-torch.distributed with gloo on the fabric interface, measure, judge.
+Prints the check's results as JSON. The check (`nodecheck.checks.deep.fabric.deep_fabric`)
+does what it does on a node of a job: expands the job's node list, joins torch.distributed
+with gloo on the fabric interface, measures, judges.
 """
 
 from __future__ import annotations
@@ -12,40 +12,27 @@ import json
 import sys
 import time
 
-from nodecheck.checks.deep.judge import judge_fabric
-from nodecheck.probes.active import device, dist
-from nodecheck.probes.fabric.peers import expand_nodelist, node_address
+from nodecheck.checks.context import CheckContext, JobInfo, NodeSettings
+from nodecheck.checks.deep import fabric
+from nodecheck.checks.registry import all_checks
 
 
 def main() -> None:
     args = json.loads(sys.argv[1])
-    nodes = expand_nodelist(args["nodelist"])
-    torch = device.load_torch()
-    [cpu] = device.find_devices(torch, "cpu")
-    rv = dist.Rendezvous(
-        master_addr=node_address(nodes[0], args["address_template"], {}),
-        port=args["port"],
-        rank=nodes.index(args["node"]),
-        world=len(nodes),
-        timeout_s=args["join_timeout_s"],
-        backend="gloo",
-        interface=args["interface"],
+    declared = all_checks()["deep.fabric"].options
+    options = {name: opt.default for name, opt in declared.items()}
+    options.update(args.get("options", {}))
+    ctx = CheckContext(
+        phase="manual",
+        node=args["node"],
+        node_class="netns-test",
+        job=JobInfo(job_id=args.get("job", "4242"), nodelist=args["nodelist"]),
+        settings=NodeSettings(),
+        options=options,
     )
     started = time.monotonic()
-    dist.join(torch, rv)
-    try:
-        figures = dist.measure(
-            torch,
-            cpu,
-            collective_bytes=args["collective_bytes"],
-            pair_bytes=args["pair_bytes"],
-            repeats=args["repeats"],
-            slow_fraction=args["slow_fraction"],
-        )
-    finally:
-        dist.leave(torch)
-    result = judge_fabric(args["node"], nodes, figures, slow_fraction=args["slow_fraction"])
-    print(json.dumps({"result": result.as_dict(), "took_s": time.monotonic() - started}))
+    results = [r.as_dict() for r in fabric.deep_fabric(ctx)]
+    print(json.dumps({"results": results, "took_s": time.monotonic() - started}))
 
 
 if __name__ == "__main__":
