@@ -8,32 +8,9 @@ with gloo on the fabric interface, measures, judges.
 
 from __future__ import annotations
 
-import json
-import sys
-import time
+from host import run_check
 
-from nodecheck.checks.context import CheckContext, JobInfo, NodeSettings
 from nodecheck.checks.deep import fabric
-from nodecheck.checks.registry import all_checks
-
-
-def main() -> None:
-    args = json.loads(sys.argv[1])
-    declared = all_checks()["deep.fabric"].options
-    options = {name: opt.default for name, opt in declared.items()}
-    options.update(args.get("options", {}))
-    ctx = CheckContext(
-        phase="manual",
-        node=args["node"],
-        node_class="netns-test",
-        job=JobInfo(job_id=args.get("job", "4242"), nodelist=args["nodelist"]),
-        settings=NodeSettings(),
-        options=options,
-    )
-    started = time.monotonic()
-    results = [r.as_dict() for r in fabric.deep_fabric(ctx)]
-    print(json.dumps({"results": results, "took_s": time.monotonic() - started}))
-
 
 if __name__ == "__main__":
-    main()
+    run_check("deep.fabric", fabric.deep_fabric, "manual")

@@ -47,11 +47,10 @@ class ToolRun:
         return self.returncode is None
 
 
-def run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> ToolRun:
-    """Run argv[0] (an absolute path) with its arguments; the session dies at the deadline."""
+def _start(argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     if not os.path.isabs(argv[0]):
         raise ValueError(f"tool path must be absolute, not {argv[0]!r}")
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -61,14 +60,24 @@ def run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None = None
         start_new_session=True,  # its children (dcgmi's nvvs, mpirun's ranks) die with it
         env=env,
     )
+
+
+def _finish(proc: subprocess.Popen[str], timeout_s: float) -> ToolRun:
+    """Its output once it exits; at the deadline its whole session is killed first."""
+    argv = tuple(str(arg) for arg in proc.args)  # _start passes a list
     try:
-        out, err = proc.communicate(timeout=timeout_s)
-        return ToolRun(tuple(argv), proc.returncode, out, err)
+        out, err = proc.communicate(timeout=max(0.1, timeout_s))
+        return ToolRun(argv, proc.returncode, out, err)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        return ToolRun(tuple(argv), None, out or "", err or "")
+        return ToolRun(argv, None, out or "", err or "")
+
+
+def run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> ToolRun:
+    """Run argv[0] (an absolute path) with its arguments; the session dies at the deadline."""
+    return _finish(_start(argv, env), timeout_s)
 
 
 def run_pair(
@@ -79,34 +88,22 @@ def run_pair(
     The server needs a moment to listen: a client that cannot connect yet is started again
     (up to `tries` times) while the server is alive. Both run in their own sessions, and
     whatever still runs at the deadline is killed with its children."""
-    if not (os.path.isabs(server[0]) and os.path.isabs(client[0])):
-        raise ValueError("tool paths must be absolute")
+    if not os.path.isabs(client[0]):
+        raise ValueError(f"tool path must be absolute, not {client[0]!r}")
     deadline = time.monotonic() + timeout_s
-    proc = subprocess.Popen(
-        list(server),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,
-    )
+    proc = _start(server)
     try:
         for attempt in range(tries):
             time.sleep(0.2 * (attempt + 1))  # the server's listen socket, not yet there
-            ran = run(client, max(0.1, deadline - time.monotonic()))
+            ran = run(client, deadline - time.monotonic())
             refused = ran.returncode not in (0, None) and "connect" in (ran.stdout + ran.stderr)
             if not refused or proc.poll() is not None or time.monotonic() >= deadline:
                 break
-        # A server whose client finished exits by itself; one still waiting does not.
-        try:
-            out, err = proc.communicate(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
-            served = ToolRun(tuple(server), proc.returncode, out, err)
-        except subprocess.TimeoutExpired:
-            served = ToolRun(tuple(server), None, "", "")
-        return served, ran
+        # A server whose client finished exits by itself within moments; one still waiting
+        # (its client never came) is killed.
+        return _finish(proc, min(5.0, deadline - time.monotonic())), ran
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # an exception above: never leave the server behind
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_cli import config, nodecheck
 
 pytest.importorskip("torch")
 
-REPO = Path(__file__).resolve().parents[3]
 EXIT_OK, EXIT_FAIL = 0, 1
 
 # Small CPU sizes: the figures mean nothing about a GPU, the code path is the GPU's.
@@ -36,25 +35,12 @@ repeats = 2
 """
 
 
-def nodecheck(tmp_path: Path, *args: str, body: str = SMALL) -> subprocess.CompletedProcess:
-    config = tmp_path / "nodecheck.toml"
-    config.write_text(
-        f'log_file = "{tmp_path}/nodecheck.log"\nstate_dir = "{tmp_path}/state"\n'
-        f'killswitch_file = "{tmp_path}/disabled"\nmetrics_file = ""\n{body}'
-    )
-    env = {"PATH": "/usr/bin:/bin", "SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(config)}
-    return subprocess.run(
-        [sys.executable, "-m", "nodecheck", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+def run_cli(tmp_path: Path, *args: str, body: str = SMALL) -> subprocess.CompletedProcess:
+    return nodecheck(list(args), config=config(tmp_path, body))
 
 
 def test_a_deep_run_measures_the_cpu_and_says_pass_in_json_and_exit_code(tmp_path):
-    proc = nodecheck(tmp_path, "run", "--tier", "deep", "--json")
+    proc = run_cli(tmp_path, "run", "--tier", "deep", "--json")
     assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
     assert out["status"] == "PASS" and out["exit_code"] == EXIT_OK and out["reason"] is None
@@ -82,7 +68,7 @@ def test_a_deep_run_measures_the_cpu_and_says_pass_in_json_and_exit_code(tmp_pat
 
 def test_a_deep_check_below_its_expected_figure_fails_the_run_by_exit_code(tmp_path):
     body = SMALL.replace('precisions = ["fp16", "tf32"]', 'precisions = ["tf32"]\nexpected = 1e6')
-    proc = nodecheck(tmp_path, "run", "--tier", "deep", "--check", "deep.gemm", "--json", body=body)
+    proc = run_cli(tmp_path, "run", "--tier", "deep", "--check", "deep.gemm", "--json", body=body)
     assert proc.returncode == EXIT_FAIL, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
     [result] = out["results"]
@@ -93,23 +79,23 @@ def test_a_deep_check_below_its_expected_figure_fails_the_run_by_exit_code(tmp_p
 
 def test_a_plain_run_is_the_fast_tier_and_a_check_is_found_by_its_id(tmp_path):
     body = '[checks."host.mounts"]\nrequired = ["/"]\n'
-    plain = nodecheck(tmp_path, "run", "--json", body=body)
+    plain = run_cli(tmp_path, "run", "--json", body=body)
     ids = {r["check"] for r in json.loads(plain.stdout)["results"]}
     assert ids and not any(cid.startswith("deep.") for cid in ids)
-    named = nodecheck(tmp_path, "run", "--check", "deep.p2p", "--json", body=body)
+    named = run_cli(tmp_path, "run", "--check", "deep.p2p", "--json", body=body)
     assert [r["check"] for r in json.loads(named.stdout)["results"]] == ["deep.p2p"]
-    wrong = nodecheck(tmp_path, "run", "--tier", "fast", "--check", "deep.p2p", body=body)
+    wrong = run_cli(tmp_path, "run", "--tier", "fast", "--check", "deep.p2p", body=body)
     assert wrong.returncode == 2 and "in tier fast" in wrong.stderr
 
 
 def test_list_shows_the_tier_and_explain_the_expected_figures_with_sources(tmp_path):
-    listed = json.loads(nodecheck(tmp_path, "list", "--json").stdout)
+    listed = json.loads(run_cli(tmp_path, "list", "--json").stdout)
     tiers = {row["id"]: row["tier"] for row in listed["checks"]}
     assert tiers["deep.gemm"] == "deep" and tiers["gpu.count"] == "fast"
-    text = nodecheck(tmp_path, "explain", "deep.gemm").stdout
+    text = run_cli(tmp_path, "explain", "deep.gemm").stdout
     assert "tier deep" in text
     assert "H100 SXM" in text and "B200" in text and "989.5" in text
     assert "NVIDIA H100 Tensor Core GPU datasheet" in text
     for figure_check in ("deep.membw", "deep.hostdev", "deep.p2p"):
-        explained = nodecheck(tmp_path, "explain", figure_check).stdout
+        explained = run_cli(tmp_path, "explain", figure_check).stdout
         assert "Expected figures per GPU model" in explained
