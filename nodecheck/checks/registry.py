@@ -146,14 +146,15 @@ def in_tier(registry: Mapping[str, Check], tier: str | None) -> dict[str, Check]
 
 
 def run_budget_s(
-    planned: Iterable[tuple[Check, float]], budget_s: float, deep_budget_s: float
+    phase: str, planned: Iterable[tuple[Check, float]], budget_s: float, deep_budget_s: float
 ) -> float:
-    """The budget of a run of these (check, timeout) pairs. Fast checks run side by side
-    within `budget_s`. Deep checks run one after another (one group, one device at a time),
-    so a run with any gets `deep_budget_s`, or, when that is 0, the sum of their timeouts
+    """The budget of a run of these (check, timeout) pairs. A hook's is `budget_s`, which
+    the site matched to Slurm's own timeouts (a deep check configured into an epilog must
+    fit in it). Deep checks run one after another (one group, one device at a time), so a
+    manual run with any gets `deep_budget_s`, or, when that is 0, the sum of their timeouts
     plus a margin for starting the probe child and reporting."""
     deep = [timeout for chk, timeout in planned if chk.tier == "deep"]
-    if not deep:
+    if phase != "manual" or not deep:
         return budget_s
     if deep_budget_s > 0:
         return max(budget_s, deep_budget_s)

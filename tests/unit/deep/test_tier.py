@@ -98,11 +98,14 @@ def test_the_run_budget_fits_the_deep_checks():
     fast = make_check("t.fast", lambda ctx: [], timeout_s=5)
     gemm = deep(make_check("t.gemm", lambda ctx: [], timeout_s=180))
     sdc = deep(make_check("t.sdc", lambda ctx: [], timeout_s=120))
-    assert run_budget_s([(fast, 5)], 20, 0) == 20
+    assert run_budget_s("manual", [(fast, 5)], 20, 0) == 20
     # Deep checks run one after another: the sum, plus the margin, unless configured.
-    assert run_budget_s([(fast, 5), (gemm, 180), (sdc, 60)], 20, 0) == 240 + DEEP_MARGIN_S
-    assert run_budget_s([(gemm, 180)], 20, 900) == 900
-    assert run_budget_s([(gemm, 1)], 20, 0) == 20  # never below the fast budget
+    planned = [(fast, 5), (gemm, 180), (sdc, 60)]
+    assert run_budget_s("manual", planned, 20, 0) == 240 + DEEP_MARGIN_S
+    assert run_budget_s("manual", [(gemm, 180)], 20, 900) == 900
+    assert run_budget_s("manual", [(gemm, 1)], 20, 0) == 20  # never below the fast budget
+    # A hook keeps the site's budget (matched to Slurm's timeouts), deep checks or not.
+    assert run_budget_s("epilog", planned, 20, 0) == 20
 
 
 def test_deep_budget_and_deep_timeouts_are_validated():
