@@ -180,10 +180,8 @@ def execute(req: RunRequest) -> RunOutcome:
         )
         for chk in checks
     ]
-    budget_s = run_budget_s(
-        req.phase, ((p.check, p.timeout_s) for p in planned), nodecfg.budget_s,
-        config.deep_budget_s,
-    )  # fmt: skip
+    timeouts = [(p.check, p.timeout_s) for p in planned]
+    budget_s = run_budget_s(req.phase, timeouts, nodecfg.budget_s, config.deep_budget_s)
     deadline = started + budget_s
     # Keep a slice of the budget for talking to Slurm on the unhealthy path.
     reserve = min(5.0, budget_s * 0.25)
