@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,27 @@ def test_list_shows_the_tier_and_explain_the_expected_figures_with_sources(tmp_p
     for figure_check in ("deep.membw", "deep.hostdev", "deep.p2p"):
         explained = run_cli(tmp_path, "explain", figure_check).stdout
         assert "Expected figures per GPU model" in explained
+
+
+def test_a_healthy_prolog_loads_the_deep_checks_but_nothing_they_measure_with(tmp_path):
+    """Every hook registers the deep checks; torch, the probes, the judgement (statistics)
+    and the sockets of deep.fabric are loaded only in a deep check's probe child."""
+    heavy = ("torch", "statistics", "socket", "nodecheck.probes.active")
+    probe = (
+        "import sys, types; from nodecheck.entry.cli import main; rc = main(['hook', 'prolog']);"
+        "print('DEEP', sorted(m for m in sys.modules if m.startswith('nodecheck.checks.deep.')"
+        " and type(sys.modules[m]) is types.ModuleType));"
+        f"print('HEAVY', sorted(m for m in sys.modules if m.startswith({heavy})"
+        " and type(sys.modules[m]) is types.ModuleType)); sys.exit(rc)"
+    )
+    cfg = config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n')
+    env = {"PATH": "/usr/bin:/bin", "SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "77",
+           "NODECHECK_CONFIG": str(cfg)}  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert "nodecheck.checks.deep.gpu" in lines["DEEP"]  # registered
+    assert "nodecheck.checks.deep.judge" not in lines["DEEP"]
+    assert lines["HEAVY"] == "[]"
