@@ -29,8 +29,11 @@ def run_all(
     options = {
         "device": "cpu", "address_template": "10.201.0.{num}", "interface": "ib0",
         "port": PORT, "join_timeout_s": join_timeout_s, "collective_mib": 16384 / MIB,
-        "pair_mib": 256 * 1024 / MIB, "repeats": 3, "slow_fraction": 0.5,
+        "pair_mib": 256 * 1024 / MIB, "repeats": 3, "slow_fraction": 0.1,
     }  # fmt: skip
+    # slow_fraction 0.1, not the default 0.5: these hosts share two CPU cores with everything
+    # else, and a healthy veth pair was measured 5x below another under load (CI tries);
+    # the 10 Mbit tbf host is about 700x below, so it is still named and no loaded pair is.
     timeout = join_timeout_s + 60
     got = net.run_script(
         hosts,
