@@ -86,7 +86,7 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "validate_reservation": (str, "nodecheck_validation"),
     "validate_quick_checks": (list, ["deep.*"]),
     "validate_full_checks": (list, ["deep.*", "gpu.*", "ib.*", "host.*"]),
-    "validate_timeout_s": ((int, float), 3600),
+    "validate_timeout_s": ((int, float), 7200),
     "validate_command": (str, ""),
     "escalation": (list, ["drain", "reboot", "replace"]),
     "alert_url": (str, ""),

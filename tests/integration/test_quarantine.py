@@ -262,3 +262,45 @@ def test_idle_mode_takes_a_share_of_the_partition_oldest_first_and_pending_takes
     assert validated(pending.stdout) == ["n1"], pending.stdout
     assert "passed" in pending.stdout and cluster.node_state("n1")[0] == "idle"
     assert cluster.node_state("n2")[1].startswith("admin: RMA 44")
+
+
+def test_the_deep_tier_itself_decides_a_validation(make_slurm_cluster, work):
+    """The validation jobs run a real deep check (deep.gemm through torch on the CPU). On
+    n1 the expected figure is one no device reaches, as a GPU that delivers a fraction of
+    its datasheet would: n1 is drained with the measured figure, n2 returns."""
+    cluster = make_slurm_cluster(
+        nodes=2, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
+    )
+    text = base_toml(
+        work,
+        extra=f"""
+validate_quick_checks = ["deep.gemm"]
+escalation = ["drain"]
+validate_command = "{Path(sys.executable).parent / "nodecheck"}"
+""",
+    )
+    text += """
+[checks."deep.gemm"]
+device = "cpu"
+precisions = ["tf32"]
+cpu_size = 128
+repeats = 2
+
+[[node_class]]
+name = "slow-gpu"
+match = ["n1"]
+[node_class.checks."deep.gemm"]
+device = "cpu"
+precisions = ["tf32"]
+cpu_size = 128
+repeats = 2
+expected = 1e6
+"""
+    cluster.write_nodecheck_config(text)
+    out = validate(cluster, "n[1-2]", "--why", "turn-up")
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if " job " in line}
+    assert "passed" in lines["n2"], out.stdout + out.stderr
+    assert "failed: drained" in lines["n1"], out.stdout + out.stderr
+    reason = cluster.node_state("n1")[1]
+    assert reason.startswith("nodecheck: deep.gemm "), reason
+    assert "TFLOP/s" in reason and "[validate job " in reason, reason
