@@ -3,12 +3,20 @@
 Checks keep readings between runs here (fabric counters for prolog->epilog deltas, the
 kernel-log cursor for XIDs). Several runs at once on one node (shared nodes) are fine:
 WAL mode plus a busy timeout serialise writers. A corrupt file is set aside and recreated.
+
+The state directory may sit on a filesystem that stops answering: every access would then
+sleep in the kernel, unkillable, and hold the hook (and slurmd's job start) forever. So a
+process looks at it once from a throwaway child with a deadline (`check_responsive`) before
+it touches it; a directory that did not answer is refused from then on (StateError), in
+this process and in the probe children it forks afterwards.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -26,8 +34,68 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
+# Long enough for a local disk under load, short against a prolog's budget.
+RESPONSIVE_TIMEOUT_S = 1.0
+# state dir -> None (answered) or why it is refused, for this process and its later children.
+_responsive: dict[Path, str | None] = {}
+
+
 class StateError(RuntimeError):
     pass
+
+
+def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -> str | None:
+    """None when `state_dir` (or, before it exists, the path to it) answers a stat within
+    `timeout_s`; else why not (without the path). Asked once per process and directory:
+    the stat runs in a detached child (nodecheck.run.isolate), left behind, killed, if it
+    hangs."""
+    if state_dir in _responsive:
+        return _responsive[state_dir]
+    from nodecheck.run import isolate
+
+    read_fd, write_fd = isolate.pipe()
+    try:
+        pid = isolate.fork_detached(keep_fd=write_fd)
+        if pid == 0:
+            code = 0
+            try:
+                try:
+                    os.stat(state_dir)
+                except FileNotFoundError:
+                    os.stat(state_dir.parent)  # created later: its parent must answer
+                os.write(write_fd, b"y")
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(write_fd)
+        write_fd = -1
+        ready, _, _ = select.select([read_fd], [], [], max(0.0, timeout_s))
+        answered = bool(ready) and os.read(read_fd, 1) == b"y"
+        if not answered:
+            os.kill(pid, signal.SIGKILL)  # ends it now, or as soon as the kernel lets go
+        _reap_if_done(pid)
+    except OSError as exc:
+        return f"cannot check it: {exc}"
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    why = None if answered else f"no answer within {timeout_s:.1f}s (hung filesystem?)"
+    _responsive[state_dir] = why
+    return why
+
+
+def _reap_if_done(pid: int) -> None:
+    """Collect the child if it has ended; one stuck in the kernel is left (and reaped by
+    init once the filesystem lets it go)."""
+    deadline = time.monotonic() + 0.05
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.001)
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -94,6 +162,9 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
 @contextmanager
 def open_state(state_dir: Path) -> Iterator[StateStore]:
     """Open the node's state; a corrupt file is moved aside and a new one created."""
+    unresponsive = check_responsive(state_dir)
+    if unresponsive:
+        raise StateError(f"state_dir {state_dir}: {unresponsive}")
     ensure_private_dir(state_dir)
     db = state_dir / STATE_FILE
     try:

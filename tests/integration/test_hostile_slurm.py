@@ -3,9 +3,7 @@ probe or the state directory stuck on a filesystem that never answers."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -14,7 +12,7 @@ from pathlib import Path
 
 from nc_cluster import base_toml, wait_drained, wait_verdict
 
-from tests.fixtures.fuse_hang import hung_mount
+from tests.fixtures.fuse_hang import assert_nothing_holds_the_hook, hung_mount, leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 EPILOG = REPO / "epilog" / "nodecheck-epilog"
@@ -80,42 +78,6 @@ def _prolog_seconds(cluster, job: int) -> float:
     return int(found[-1]) / 1e6
 
 
-def _leftovers(job: int) -> dict[int, tuple[str, dict[int, str]]]:
-    """Processes of this job's hook that are still there: pid -> (state, fd -> target).
-
-    Looked at thread by thread: a probe whose main thread has exited while another thread
-    sleeps in the kernel shows as a zombie with no command line, yet that thread still has
-    the memory (environment) and every descriptor."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for task in (entry / "task").iterdir():
-                with contextlib.suppress(OSError):
-                    state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                    environ = (task / "environ").read_bytes().split(b"\0")
-                    if state in ("Z", "X") or b"nodecheck" not in (task / "cmdline").read_bytes():
-                        continue
-                    if f"SLURM_JOB_ID={job}".encode() not in environ:
-                        continue
-                    fds = {int(fd.name): os.readlink(fd) for fd in (task / "fd").iterdir()}
-                    out[int(entry.name)] = (state, fds)
-    return out
-
-
-def _assert_nothing_holds_the_hook(job: int) -> dict[int, tuple[str, dict[int, str]]]:
-    """No nodecheck process of the job outlives the hook, except one stuck in the kernel
-    (state D: SIGKILL cannot end it) that holds nothing of the hook's: /dev/null for
-    stdin/stdout/stderr and its own report pipe."""
-    left = _leftovers(job)
-    for pid, (state, fds) in left.items():
-        assert state == "D", (pid, state, fds)
-        assert {fds.get(n) for n in (0, 1, 2)} == {"/dev/null"}, (pid, fds)
-        assert len([t for fd, t in fds.items() if fd > 2]) <= 1, (pid, fds)
-    return left
-
-
 def test_probe_stuck_in_the_kernel_does_not_hold_slurmds_prolog(make_slurm_cluster, tmp_path):
     """host.mounts on a FUSE mount that never answers: its statvfs sleeps in state D. The
     prolog ends within budget_s + 1 s as slurmd sees it, the node is drained with
@@ -152,7 +114,8 @@ enabled = false
         assert verdict["duration_s"] <= 4 + 1
         # The failed prolog's job gets its epilog (also stuck on the mount) before requeue.
         wait_verdict(cluster, tmp_path, "epilog", job)
-        cluster.wait_for(lambda: all(s == "D" for s, _ in _leftovers(job).values()), 10)
-        left = _assert_nothing_holds_the_hook(job)
+        marker = f"SLURM_JOB_ID={job}"
+        cluster.wait_for(lambda: all(s == "D" for s, _ in leftovers(marker).values()), 10)
+        left = assert_nothing_holds_the_hook(marker)
         print(f"slurmd prolog {took:.2f}s, hook {verdict['duration_s']}s, left: {left}")
         cluster.run(["scancel", str(job)], check=False)
