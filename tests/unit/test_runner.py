@@ -281,3 +281,22 @@ def test_kill_9_of_the_parent_takes_its_hung_probe_with_it(tmp_path):
             break
         time.sleep(0.05)
     assert _gone(probe), f"probe {probe} outlived its parent"
+
+
+def test_the_drain_reason_leads_with_the_check_that_hung_and_its_last_step():
+    """Checks a hang kept from running are not failures: the reason names the hung check
+    and where it hung, with no '(+N more)' for checks that never ran."""
+    from nodecheck.run.decide import decide
+
+    results = run_checks(
+        [
+            plan(make_check("t.hang", hangs, group="h"), timeout=0.4),
+            plan(make_check("t.after", passing, group="h"), timeout=0.4),
+        ],
+        budget_s=5,
+    )
+    verdict = decide(results, "prolog", "812", "pass")
+    assert verdict.reason is not None
+    assert verdict.reason.startswith("nodecheck: t.hang node: probe hung after 0.")
+    assert "in nvmlDeviceGetRemappedRows gpu3 [prolog job 812" in verdict.reason
+    assert "more)" not in verdict.reason
