@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.fuse_hang import assert_nothing_holds_the_hook, hung_mount
+from tests.fixtures.fuse_hang import assert_nothing_holds_the_hook, hung_mount, leftovers
 from tests.fixtures.sysfs import healthy_node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,6 +174,40 @@ def test_hung_probe_ends_the_run_within_budget(tmp_path):
     assert any(e["check"] == "host.mem" and "probe hung" in e["message"] for e in hung)
     assert "hung" in out.verdict["reason"]
     assert drain_call(calls)[:2] == ["update", "NodeName=n1"]
+
+
+def test_kill_9_of_the_hook_takes_its_hung_probe_with_it(tmp_path):
+    """slurmd kills a prolog past PrologEpilogTimeout with SIGKILL, where no code of ours
+    runs: the probe child hanging on a FIFO must not live on."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    os.mkfifo(proc / "meminfo")
+    cfg = write_config(tmp_path, f'budget_s = 60\nprocfs_root = "{proc}"\n')
+    mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
+    env = {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg), **dict([mark.split("=")])}
+    hook_proc = subprocess.Popen(
+        [sys.executable, "-I", "-m", "nodecheck", "hook", "prolog"],
+        env=env,
+        cwd="/",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        probes: set[int] = set()
+        for _ in range(200):  # the host group's child, blocked opening the FIFO
+            probes = set(leftovers(mark)) - {hook_proc.pid}
+            if probes:
+                break
+            time.sleep(0.05)
+        assert probes, "no probe child appeared"
+    finally:
+        hook_proc.kill()
+        hook_proc.wait()
+    for _ in range(20):  # within a second
+        if not set(leftovers(mark)) & probes:
+            break
+        time.sleep(0.05)
+    assert not set(leftovers(mark)) & probes, leftovers(mark)
 
 
 def test_hung_probe_and_hung_controller_still_end_within_budget(tmp_path):
