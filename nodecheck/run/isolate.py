@@ -11,6 +11,9 @@ must not outlive the hook when the hook itself is killed:
   other inherited descriptor is closed, except the one it reports through.
 - PR_SET_PDEATHSIG: the kernel sends SIGKILL to the child when the process that forked it
   dies, also by kill -9, where no cleanup code of ours runs.
+
+`stat_answers` uses such a child to ask whether a path's filesystem answers at all, before
+the hook itself touches it (the state directory, the log file's directory).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import select
 import signal
+import time
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 _libc: ctypes.CDLL | None = None
@@ -66,3 +72,48 @@ def fork_detached(keep_fd: int) -> int:
     except BaseException:
         os._exit(1)
     return 0
+
+
+def stat_answers(path: Path, timeout_s: float) -> bool:
+    """Whether a stat of `path` (or, before it exists, of its parent) returns within
+    `timeout_s`, asked from a detached child; one that hangs is killed and left to the
+    kernel. Raises OSError when no child can be started."""
+    read_fd, write_fd = pipe()
+    try:
+        pid = fork_detached(keep_fd=write_fd)
+        if pid == 0:
+            code = 0
+            try:
+                try:
+                    os.stat(path)
+                except FileNotFoundError:
+                    os.stat(path.parent)
+                os.write(write_fd, b"y")
+            except BaseException:
+                code = 1
+            os._exit(code)
+        os.close(write_fd)
+        write_fd = -1
+        ready, _, _ = select.select([read_fd], [], [], max(0.0, timeout_s))
+        answered = bool(ready) and os.read(read_fd, 1) == b"y"
+        if not answered:
+            os.kill(pid, signal.SIGKILL)  # ends it now, or as soon as the kernel lets go
+        _reap_if_done(pid)
+        return answered
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+def _reap_if_done(pid: int) -> None:
+    """Collect the child if it has ended; one stuck in the kernel is left (init reaps it
+    once the filesystem lets it go)."""
+    deadline = time.monotonic() + 0.05
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.001)

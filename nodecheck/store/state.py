@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -46,56 +44,19 @@ class StateError(RuntimeError):
 
 def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -> str | None:
     """None when `state_dir` (or, before it exists, the path to it) answers a stat within
-    `timeout_s`; else why not (without the path). Asked once per process and directory:
-    the stat runs in a detached child (nodecheck.run.isolate), left behind, killed, if it
-    hangs."""
+    `timeout_s`; else why not (without the path). Asked once per process and directory,
+    from a detached child (nodecheck.run.isolate)."""
     if state_dir in _responsive:
         return _responsive[state_dir]
     from nodecheck.run import isolate
 
-    read_fd, write_fd = isolate.pipe()
     try:
-        pid = isolate.fork_detached(keep_fd=write_fd)
-        if pid == 0:
-            code = 0
-            try:
-                try:
-                    os.stat(state_dir)
-                except FileNotFoundError:
-                    os.stat(state_dir.parent)  # created later: its parent must answer
-                os.write(write_fd, b"y")
-            except BaseException:
-                code = 1
-            os._exit(code)
-        os.close(write_fd)
-        write_fd = -1
-        ready, _, _ = select.select([read_fd], [], [], max(0.0, timeout_s))
-        answered = bool(ready) and os.read(read_fd, 1) == b"y"
-        if not answered:
-            os.kill(pid, signal.SIGKILL)  # ends it now, or as soon as the kernel lets go
-        _reap_if_done(pid)
+        answered = isolate.stat_answers(state_dir, timeout_s)
     except OSError as exc:
         return f"cannot check it: {exc}"
-    finally:
-        os.close(read_fd)
-        if write_fd >= 0:
-            os.close(write_fd)
     why = None if answered else f"no answer within {timeout_s:.1f}s (hung filesystem?)"
     _responsive[state_dir] = why
     return why
-
-
-def _reap_if_done(pid: int) -> None:
-    """Collect the child if it has ended; one stuck in the kernel is left (and reaped by
-    init once the filesystem lets it go)."""
-    deadline = time.monotonic() + 0.05
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
-        time.sleep(0.001)
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -474,11 +474,14 @@ def test_log_file_on_dev_full(tmp_path):
 # ---------------------------------------------------------------- a filesystem that never answers
 
 
-def _hung_fs_config(tmp_path: Path, scontrol: Path, state_dir: Path, extra: str = "") -> Path:
+def _hung_fs_config(
+    tmp_path: Path, scontrol: Path, state_dir: Path, extra: str = "", log_dir: Path | None = None
+) -> Path:
     cfg = tmp_path / "nodecheck.toml"
+    log_file = (log_dir or tmp_path) / "nodecheck.log"
     cfg.write_text(
         f'scontrol = "{scontrol}"\nslurm_backend = "scontrol"\ndrain_attempts = 1\n'
-        f'killswitch_file = "{tmp_path}/disabled"\nlog_file = "{tmp_path}/nodecheck.log"\n'
+        f'killswitch_file = "{tmp_path}/disabled"\nlog_file = "{log_file}"\n'
         f'metrics_file = ""\nstate_dir = "{state_dir}"\nbudget_s = 4\n'
         f'[checks."host.services"]\nenabled = false\n{textwrap.dedent(extra)}'
     )
@@ -486,14 +489,15 @@ def _hung_fs_config(tmp_path: Path, scontrol: Path, state_dir: Path, extra: str 
     return cfg
 
 
-def test_state_dir_on_a_hung_filesystem_blames_it_and_ends_within_budget(tmp_path):
-    """Every access to the state directory would sleep in the kernel, unkillable. The run
-    ends within budget_s + 1 s, drains with a reason naming the state directory (not the
-    checks that keep state there), and leaves nothing that holds the hook's descriptors."""
+def test_state_dir_and_log_on_a_hung_filesystem_blame_it_and_end_within_budget(tmp_path):
+    """Every access to the state directory and the log file would sleep in the kernel,
+    unkillable. The run logs to stderr only, ends within budget_s + 1 s, drains with a
+    reason naming the state directory (not the checks that keep state there), and leaves
+    nothing that holds the hook's descriptors."""
     scontrol, calls = fake_scontrol(tmp_path)
     mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
     with hung_mount(tmp_path / "hung") as mount:
-        cfg = _hung_fs_config(tmp_path, scontrol, mount / "state")
+        cfg = _hung_fs_config(tmp_path, scontrol, mount / "state", log_dir=mount / "log")
         out = hook(cfg, env_extra=dict([mark.split("=")]), timeout=30)
         left = assert_nothing_holds_the_hook(mark)
     assert out.wall <= 4 + 1, out.wall
@@ -506,6 +510,8 @@ def test_state_dir_on_a_hung_filesystem_blames_it_and_ends_within_budget(tmp_pat
     failed = {e["check"] for e in out.named("check_result") if e["status"] == "FAIL"}
     assert failed == {"nodecheck.state"}, failed
     assert out.named("history_not_saved")
+    [unusable] = out.named("log_file_unusable")
+    assert "no answer within" in unusable["problem"]
     print(f"hung state_dir: wall {out.wall:.2f}s, left behind: {left}")
 
 
