@@ -43,8 +43,8 @@ class StateError(RuntimeError):
 
 
 def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -> str | None:
-    """None when `state_dir` (or, before it exists, the path to it) answers a stat within
-    `timeout_s`; else why not (without the path). Asked once per process and directory,
+    """None when a stat of `state_dir` (existing or not) returns within `timeout_s`; else
+    why not (without the path). Asked once per process and directory,
     from a detached child (nodecheck.run.isolate)."""
     if state_dir in _responsive:
         return _responsive[state_dir]

@@ -78,10 +78,39 @@ def _prolog_seconds(cluster, job: int) -> float:
     return int(found[-1]) / 1e6
 
 
+def _hung_prolog(cluster, work: Path, config: str, reason_starts: str) -> None:
+    """Submit a job to n1 and judge the failing prolog by what slurmd sees: nodecheck's
+    reason, slurmd's own prolog time within budget_s (4) + 1 s, and nothing of the hook's
+    left holding a descriptor (a probe stuck in state D may stay, holding /dev/null only)."""
+    cluster.write_nodecheck_config(config)
+    job = cluster.sbatch("-w", "n1", "--wrap", "true")
+    reason = wait_drained(cluster, "n1", 30)
+    assert reason.startswith(reason_starts), reason
+    took = _prolog_seconds(cluster, job)
+    assert took <= 4 + 1, took
+    verdict = wait_verdict(cluster, work, "prolog", job)
+    assert verdict["duration_s"] <= 4 + 1
+    # The failed prolog's job gets its epilog (also stuck on the mount) before requeue.
+    wait_verdict(cluster, work, "epilog", job)
+    marker = f"SLURM_JOB_ID={job}"
+    cluster.wait_for(lambda: all(s == "D" for s, _ in leftovers(marker).values()), 10)
+    left = assert_nothing_holds_the_hook(marker)
+    print(f"slurmd prolog {took:.2f}s, hook {verdict['duration_s']}s, left: {left}")
+    cluster.run(["scancel", str(job)], check=False)
+
+
+HUNG_CLASS = """
+[[node_class]]
+name = "hung"
+match = ["n1"]
+budget_s = 4
+[node_class.checks."host.services"]
+enabled = false
+"""
+
+
 def test_probe_stuck_in_the_kernel_does_not_hold_slurmds_prolog(make_slurm_cluster, tmp_path):
-    """host.mounts on a FUSE mount that never answers: its statvfs sleeps in state D. The
-    prolog ends within budget_s + 1 s as slurmd sees it, the node is drained with
-    nodecheck's reason naming the mount, and the stuck probe holds none of slurmd's pipes."""
+    """host.mounts on a FUSE mount that never answers: its statvfs sleeps in state D."""
     tmp_path.chmod(0o755)
     cluster = make_slurm_cluster(
         nodes=1, prolog=PROLOG, epilog=EPILOG, conf_overrides={"SlurmdDebug": "debug"}
@@ -91,31 +120,30 @@ def test_probe_stuck_in_the_kernel_does_not_hold_slurmds_prolog(make_slurm_clust
         tempfile.TemporaryDirectory(prefix="nc-", dir="/tmp") as short,
         hung_mount(Path(short) / "m") as mount,
     ):
-        cluster.write_nodecheck_config(
-            base_toml(tmp_path)
-            + f"""
-[[node_class]]
-name = "hung"
-match = ["n1"]
-budget_s = 4
-[node_class.checks."host.mounts"]
+        mounts = f"""[node_class.checks."host.mounts"]
 required = ["{mount}"]
 probe_timeout_s = 1.0
-[node_class.checks."host.services"]
-enabled = false
 """
+        config = base_toml(tmp_path) + HUNG_CLASS + mounts
+        _hung_prolog(cluster, tmp_path, config, f"nodecheck: host.mounts {mount}: not responding")
+
+
+def test_state_dir_on_a_hung_filesystem_does_not_hold_slurmds_prolog(make_slurm_cluster, tmp_path):
+    """state_dir on a FUSE mount that never answers: the prolog blames the state dir."""
+    tmp_path.chmod(0o755)
+    cluster = make_slurm_cluster(
+        nodes=1, prolog=PROLOG, epilog=EPILOG, conf_overrides={"SlurmdDebug": "debug"}
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="nc-", dir="/tmp") as short,
+        hung_mount(Path(short) / "m") as mount,
+    ):
+        ours = f'state_dir = "{tmp_path}/state/{{node}}"'
+        config = base_toml(tmp_path).replace(ours, f'state_dir = "{mount}/{{node}}"')
+        assert config != base_toml(tmp_path)
+        _hung_prolog(
+            cluster,
+            tmp_path,
+            config + HUNG_CLASS,
+            f"nodecheck: nodecheck.state {mount}/n1: no answer",
         )
-        job = cluster.sbatch("-w", "n1", "--wrap", "true")
-        reason = wait_drained(cluster, "n1", 30)
-        assert reason.startswith(f"nodecheck: host.mounts {mount}: not responding"), reason
-        took = _prolog_seconds(cluster, job)
-        assert took <= 4 + 1, took
-        verdict = wait_verdict(cluster, tmp_path, "prolog", job)
-        assert verdict["duration_s"] <= 4 + 1
-        # The failed prolog's job gets its epilog (also stuck on the mount) before requeue.
-        wait_verdict(cluster, tmp_path, "epilog", job)
-        marker = f"SLURM_JOB_ID={job}"
-        cluster.wait_for(lambda: all(s == "D" for s, _ in leftovers(marker).values()), 10)
-        left = assert_nothing_holds_the_hook(marker)
-        print(f"slurmd prolog {took:.2f}s, hook {verdict['duration_s']}s, left: {left}")
-        cluster.run(["scancel", str(job)], check=False)

@@ -300,3 +300,11 @@ def test_the_drain_reason_leads_with_the_check_that_hung_and_its_last_step():
     assert verdict.reason.startswith("nodecheck: t.hang node: probe hung after 0.")
     assert "in nvmlDeviceGetRemappedRows gpu3 [prolog job 812" in verdict.reason
     assert "more)" not in verdict.reason
+
+
+def test_a_path_that_is_missing_or_refused_still_answers(tmp_path):
+    """Only a hang is 'no answer': a state dir not created yet (two levels down) is fine."""
+    from nodecheck.run.isolate import stat_answers
+
+    assert stat_answers(tmp_path / "state" / "n1", 5.0)
+    assert stat_answers(Path("/proc/1/root/nonexistent-nodecheck"), 5.0)
