@@ -214,14 +214,15 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
     now = time.monotonic()
     waited = now - child.started
     hung_for = now - (child.current_started or child.started)
-    for item in child.planned:
-        cid = item.check.id
-        if cid in results:
-            continue
+    missing = [item.check.id for item in child.planned if item.check.id not in results]
+    # The check that hung is the one running; if the child was cut before it said which
+    # (between checks, or before the first), the next one due: a cut group always FAILs.
+    hung = child.current if child.current in missing else (missing[0] if missing else "")
+    for cid in missing:
         if not timed_out:
             msg = f"internal error: probe process ended without a result ({ended})"
             results[cid] = [CheckResult(cid, Status.ERROR, msg, duration_s=waited)]
-        elif cid == child.current:
+        elif cid == hung:
             step = f"in {child.last_note}" if child.last_note else "(no step noted)"
             msg = f"probe hung after {hung_for:.1f}s {step}"
             results[cid] = [
@@ -230,8 +231,8 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
         else:
             # Unknown, not failed: blaming it would put a check that never ran (or found
             # nothing to do) ahead of the one that hung in the drain reason.
-            msg = f"not run: an earlier probe in its group ({child.current}) hung"
-            values = {"not_run": True, "hung_check": child.current}
+            msg = f"not run: an earlier probe in its group ({hung}) hung"
+            values = {"not_run": True, "hung_check": hung}
             results[cid] = [CheckResult(cid, Status.SKIP, msg, values=values, duration_s=waited)]
 
 
