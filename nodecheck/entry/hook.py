@@ -17,6 +17,9 @@ from typing import NamedTuple
 from nodecheck.run.decide import EXIT_OK
 
 HOOK_PHASES = ("prolog", "epilog", "health")
+# How long the log file's directory may take to answer before the run logs to stderr only.
+# Spent before the run's budget starts, so it is kept short.
+LOG_DIR_TIMEOUT_S = 0.5
 
 
 class HookArgs(NamedTuple):
@@ -56,7 +59,9 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     env = dict(os.environ)
     # The log file is needed before the config is validated: take it from what is valid.
     log_file = salvage_config(args.config, env).log_file or None
-    problem = setup_logging(log_file, to_stderr=True, verbose=args.verbose)
+    hung = _hung_log_dir(log_file)
+    problem = setup_logging(None if hung else log_file, to_stderr=True, verbose=args.verbose)
+    problem = hung or problem
     if problem:
         get_logger().warning("log_file_unusable", problem=problem)
     try:
@@ -74,3 +79,21 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
         get_logger().exception("internal_error", error=f"{type(exc).__name__}: {exc}")
         return EXIT_OK
     return out.verdict.exit_code
+
+
+def _hung_log_dir(log_file: str | None) -> str | None:
+    """Why the log file cannot be used when its filesystem does not answer (a write there
+    would hold the hook in the kernel, unkillable); None when it answers."""
+    if not log_file:
+        return None
+    from pathlib import Path
+
+    from nodecheck.run.isolate import stat_answers
+
+    directory = Path(log_file).parent
+    try:
+        if stat_answers(directory, LOG_DIR_TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"{directory}: cannot check it: {exc}"
+    return f"{directory}: no answer within {LOG_DIR_TIMEOUT_S}s (hung filesystem?)"

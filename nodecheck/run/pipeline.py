@@ -31,7 +31,9 @@ from nodecheck.run.runner import Planned, run_checks
 
 # history (and with it sqlite3 and nodecheck.store.state) is loaded before the probes fork: the
 # parent records every hook run, and the probe children that keep state share the import.
-from nodecheck.store import history
+from nodecheck.store import history, state
+
+STATE_CHECK_ID = "nodecheck.state"
 
 DEFAULT_KILLSWITCH = Path("/etc/nodecheck/disabled")
 
@@ -186,7 +188,11 @@ def execute(req: RunRequest) -> RunOutcome:
     # Keep a slice of the budget for talking to Slurm on the unhealthy path.
     reserve = min(5.0, budget_s * 0.25)
     budget = max(0.5, deadline - reserve - time.monotonic())
-    results = [
+    # Before any probe forks: a state_dir that does not answer is found once, here, and is
+    # then refused at once by every check that keeps state and by the run's own record.
+    state_fault = _state_dir_fault(nodecfg.settings.state_dir, budget / 4)
+    budget = max(0.5, deadline - reserve - time.monotonic())
+    results = state_fault + [
         with_defaults(r, registry) for r in run_checks(planned, budget, config.probe_memory_mb)
     ]
     if config.hysteresis and any(r.status is Status.WARN for r in results):
@@ -228,6 +234,25 @@ def execute(req: RunRequest) -> RunOutcome:
     if req.act:
         _record(config, out)
     return out
+
+
+def _state_dir_fault(state_dir: Path, timeout_s: float) -> list[CheckResult]:
+    """A FAIL naming the state directory when it hangs: the node's filesystem is broken,
+    and the checks that could not keep their state must not take the blame."""
+    problem = state.check_responsive(state_dir, min(state.RESPONSIVE_TIMEOUT_S, timeout_s))
+    if problem is None:
+        return []
+    return [
+        CheckResult(
+            STATE_CHECK_ID,
+            Status.FAIL,
+            problem,
+            component=str(state_dir),
+            values={"hung": True},
+            severity="critical",
+            remedy="admin",
+        )
+    ]
 
 
 def _hysteresis(

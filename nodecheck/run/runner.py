@@ -5,8 +5,13 @@ cannot be interrupted from inside Python, so it runs in a child process that is
 SIGKILLed at its deadline. The run as a whole never outlasts its budget: a hung probe
 becomes a FAIL of that probe; a check that raises, or a child that dies, an ERROR.
 Checks of one group run one after another in one child: each is cut at its own timeout_s,
-the group as a whole at its longest (a deep group: their sum), and a hang fails the checks
-after it as "not run". A check may declare its own memory limit for its child.
+the group as a whole at the sum of them (never past the run's budget); a hang leaves the
+checks after it "not run" (SKIP), so the hung check is the one that fails and leads the reason.
+
+Children are forked by nodecheck.run.isolate: they hold none of the hook's descriptors and
+die with it. A child that ends while one of its threads is stuck in the kernel (a bounded
+statvfs on a hung mount) cannot exit fully, so its pipe never reaches EOF: it says "end"
+once its last result is sent, and the runner stops waiting for it there.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import gc
-import mmap
 import os
 import pickle
 import resource
@@ -27,15 +31,11 @@ from dataclasses import dataclass, replace
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Check
-from nodecheck.run import progress
+from nodecheck.run import isolate, progress
 from nodecheck.run.results import CheckResult, Status
 
 _HEADER = struct.Struct("!I")
-# A probe's progress notes (nodecheck.run.progress) go to a page shared with the parent, not
-# down the pipe: the real NVML adapter notes every call (hundreds per run on an 8-GPU node)
-# and the parent needs only the last one, only when the probe hangs.
-_NOTE_SLOT = 4096
-_NOTE_LEN = struct.Struct("=H")
+_NOTE_MAX = 200  # a note is a call and its argument: "statvfs(/home)", "nvmlDeviceGet... gpu3"
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,15 @@ class _Child:
 
     pid: int
     fd: int
-    slot: mmap.mmap
     planned: list[Planned]
     started: float
-    group_deadline: float  # the group's longest timeout (or the run's end)
+    group_deadline: float  # the sum of the group's timeouts (or the run's end)
     deadline: float  # that, or sooner: the running check's own timeout
     buffer: bytes = b""
     current: str = ""
     current_started: float = 0.0
+    last_note: str = ""
+    ended: bool = False  # the child said "end": every result is in
     done: bool = False
 
 
@@ -69,18 +70,6 @@ def _send(fd: int, message: tuple) -> None:
     data = _HEADER.pack(len(payload)) + payload
     while data:
         data = data[os.write(fd, data) :]
-
-
-def _write_note(slot: mmap.mmap, text: str) -> None:
-    data = text.encode(errors="replace")[: _NOTE_SLOT - _NOTE_LEN.size]
-    slot[_NOTE_LEN.size : _NOTE_LEN.size + len(data)] = data
-    slot[: _NOTE_LEN.size] = _NOTE_LEN.pack(len(data))
-
-
-def _read_note(slot: mmap.mmap) -> str:
-    """The child's last note; read only once the child is stopped, so never half-written."""
-    (size,) = _NOTE_LEN.unpack(slot[: _NOTE_LEN.size])
-    return slot[_NOTE_LEN.size : _NOTE_LEN.size + size].decode(errors="replace")
 
 
 def _run_one(item: Planned) -> list[CheckResult]:
@@ -103,31 +92,36 @@ def _run_one(item: Planned) -> list[CheckResult]:
     return [replace(r, duration_s=took) for r in results]
 
 
-def _child_main(fd: int, slot: mmap.mmap, planned: list[Planned], memory_limit_mb: int) -> None:
-    faulthandler.disable()  # a crash is reported by the parent, not dumped into slurmd's log
-    gc.enable()  # the parent may run without it (nodecheck.__main__); a probe may loop long
+def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
+    faulthandler.disable()  # a crash is reported by the parent, not into /dev/null
+    # nodecheck.__main__ runs the short-lived parent without the cyclic collector; a probe
+    # (a deep-tier one runs for minutes) must not grow without it.
+    gc.enable()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if memory_limit_mb > 0:
         limit = memory_limit_mb * 1024 * 1024
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    progress.set_sink(lambda text: _write_note(slot, text))
+    progress.set_sink(lambda text: _send(fd, ("note", text[:_NOTE_MAX])))
     for item in planned:
-        _write_note(slot, "")  # a note left by the previous check is not this one's
         _send(fd, ("start", item.check.id))
         _send(fd, ("done", item.check.id, _run_one(item)))
+    _send(fd, ("end",))
 
 
 def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: int) -> _Child:
-    read_fd, write_fd = os.pipe()
-    slot = mmap.mmap(-1, _NOTE_SLOT)  # anonymous and shared: the child writes, we read
-    pid = os.fork()
+    read_fd, write_fd = isolate.pipe()
+    try:
+        pid = isolate.fork_detached(keep_fd=write_fd)
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
     if pid == 0:  # child
         code = 0
         try:
-            os.close(read_fd)
-            _child_main(write_fd, slot, planned, memory_limit_mb)
+            _child_main(write_fd, planned, memory_limit_mb)
         except BaseException:
             code = 70
         finally:
@@ -135,18 +129,9 @@ def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: in
     os.close(write_fd)
     os.set_blocking(read_fd, False)
     now = time.monotonic()
-    group_deadline = min(now + _group_timeout(planned), run_deadline)
-    return _Child(pid, read_fd, slot, planned, now, group_deadline, group_deadline)
-
-
-def _group_timeout(planned: list[Planned]) -> float:
-    """How long a group's child may live. Probes that share a session (NVML) answer in
-    moments, so the group gets its longest timeout; deep checks measure for their whole
-    time, one after another, so a deep group gets the sum of theirs."""
-    timeouts = [p.timeout_s for p in planned]
-    if any(p.check.tier == "deep" for p in planned):
-        return sum(timeouts)
-    return max(timeouts)
+    # The checks of a group run one after another: the group needs the sum of their times.
+    group_deadline = min(now + sum(p.timeout_s for p in planned), run_deadline)
+    return _Child(pid, read_fd, planned, now, group_deadline, group_deadline)
 
 
 def _group_memory_limit(planned: list[Planned], run_limit_mb: int) -> int:
@@ -166,21 +151,37 @@ def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
         frame = pickle.loads(child.buffer[_HEADER.size : _HEADER.size + size])  # noqa: S301 (our own child)
         child.buffer = child.buffer[_HEADER.size + size :]
         kind = frame[0]
-        if kind == "start":
-            # Each check of a group keeps its own timeout_s; the group as a whole, the longest.
+        if kind == "note":
+            child.last_note = frame[1]
+        elif kind == "start":
+            # Each check of a group keeps its own timeout_s, within the group's deadline.
             now = time.monotonic()
-            child.current, child.current_started = frame[1], now
+            child.current, child.current_started, child.last_note = frame[1], now, ""
             own = next(p.timeout_s for p in child.planned if p.check.id == frame[1])
             child.deadline = min(child.group_deadline, now + own)
         elif kind == "done":
             results[frame[1]] = frame[2]
+        elif kind == "end":
+            child.ended = True
+
+
+def _read_available(child: _Child, results: dict[str, list[CheckResult]]) -> bool:
+    """Take in what the child has written so far; False once its pipe is at EOF."""
+    while True:
+        try:
+            chunk = os.read(child.fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        child.buffer += chunk
+        _drain_frames(child, results)
 
 
 def _reap(pid: int, patience_s: float = 0.5) -> str:
     """Describe how a finished child ended (without blocking on one stuck in the kernel).
 
-    A child whose pipe reached EOF is normally a zombie within microseconds, so poll fast
-    first and back off: a fixed 10 ms sleep here cost every probe group 5-10 ms of wall time.
+    A child that said "end" is normally a zombie within microseconds: poll fast, then back off.
     """
     give_up = time.monotonic() + patience_s
     pause = 0.0002
@@ -199,39 +200,49 @@ def _reap(pid: int, patience_s: float = 0.5) -> str:
         pause = min(pause * 2, 0.02)
 
 
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: bool) -> None:
     child.done = True
-    os.close(child.fd)
-    ended, last_note = "", ""
     if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGKILL)
+        _read_available(child, results)  # the last note or result may have just arrived
+    os.close(child.fd)
+    ended = ""
+    if timed_out:
+        _kill(child.pid)
         _reap(child.pid)
-        last_note = _read_note(child.slot)
     else:
-        ended = _reap(child.pid)
-    child.slot.close()
+        ended = _reap(child.pid, patience_s=0.1 if child.ended else 0.5)
+        if ended == "still exiting":
+            # Its results are in, but a thread of it is stuck in the kernel (the bounded
+            # statvfs of a hung mount): SIGKILL ends the rest of it the moment it wakes.
+            _kill(child.pid)
     now = time.monotonic()
     waited = now - child.started
     hung_for = now - (child.current_started or child.started)
-    for item in child.planned:
-        cid = item.check.id
-        if cid in results:
-            continue
+    missing = [item.check.id for item in child.planned if item.check.id not in results]
+    # The check that hung is the one running; if the child was cut before it said which
+    # (between checks, or before the first), the next one due: a cut group always FAILs.
+    hung = child.current if child.current in missing else (missing[0] if missing else "")
+    for cid in missing:
         if not timed_out:
             msg = f"internal error: probe process ended without a result ({ended})"
             results[cid] = [CheckResult(cid, Status.ERROR, msg, duration_s=waited)]
-        elif cid == child.current:
-            step = f"; last step: {last_note}" if last_note else ""
-            msg = f"probe hung: no answer within {hung_for:.1f}s{step}"
+        elif cid == hung:
+            step = f"in {child.last_note}" if child.last_note else "(no step noted)"
+            msg = f"probe hung after {hung_for:.1f}s {step}"
             results[cid] = [
                 CheckResult(cid, Status.FAIL, msg, values={"hung": True}, duration_s=waited)
             ]
         else:
-            msg = f"not run: an earlier probe in its group ({child.current}) hung"
-            results[cid] = [
-                CheckResult(cid, Status.FAIL, msg, values={"hung": True}, duration_s=waited)
-            ]
+            # Unknown, not failed: blaming it would put a check that never ran (or found
+            # nothing to do) ahead of the one that hung in the drain reason.
+            msg = f"not run: an earlier probe in its group ({hung}) hung"
+            values = {"not_run": True, "hung_check": hung}
+            results[cid] = [CheckResult(cid, Status.SKIP, msg, values=values, duration_s=waited)]
 
 
 def run_checks(
@@ -246,16 +257,10 @@ def run_checks(
     for item in planned:
         groups.setdefault(item.check.group or item.check.id, []).append(item)
     results: dict[str, list[CheckResult]] = {}
-    # Frozen objects are never scanned by a child's collector, so the children do not
-    # touch (and copy-on-write) the whole inherited heap when they collect their own garbage.
-    gc.freeze()
-    try:
-        children = [
-            _fork_group(g, run_deadline, _group_memory_limit(g, memory_limit_mb))
-            for g in groups.values()
-        ]
-    finally:
-        gc.unfreeze()
+    children, fork_error = _fork_all(list(groups.values()), run_deadline, memory_limit_mb)
+    if fork_error:
+        msg = f"internal error: {fork_error}"[:300]
+        return [CheckResult(item.check.id, Status.ERROR, msg) for item in planned]
     with selectors.DefaultSelector() as selector:
         for child in children:
             selector.register(child.fd, selectors.EVENT_READ, child)
@@ -270,14 +275,26 @@ def run_checks(
                 break
             for key, _ in selector.select(max(0.0, min(pending) - now)):
                 child = key.data
-                try:
-                    chunk = os.read(child.fd, 1 << 16)
-                except BlockingIOError:
-                    continue
-                if chunk:
-                    child.buffer += chunk
-                    _drain_frames(child, results)
-                else:
+                if not _read_available(child, results) or child.ended:
                     selector.unregister(child.fd)
                     _finish(child, results, timed_out=False)
     return [r for item in planned for r in results[item.check.id]]
+
+
+def _fork_all(
+    groups: list[list[Planned]], run_deadline: float, memory_limit_mb: int
+) -> tuple[list[_Child], str]:
+    """One child per group, or (when a fork fails) none and why: the children already
+    started are killed first, so a run that could not start leaves no probe behind."""
+    children: list[_Child] = []
+    try:
+        for group in groups:
+            limit = _group_memory_limit(group, memory_limit_mb)
+            children.append(_fork_group(group, run_deadline, limit))
+    except OSError as exc:
+        for child in children:
+            _kill(child.pid)
+            os.close(child.fd)
+            _reap(child.pid)
+        return [], f"cannot start a probe process: {type(exc).__name__}: {exc}"
+    return children, ""

@@ -3,6 +3,12 @@
 Checks keep readings between runs here (fabric counters for prolog->epilog deltas, the
 kernel-log cursor for XIDs). Several runs at once on one node (shared nodes) are fine:
 WAL mode plus a busy timeout serialise writers. A corrupt file is set aside and recreated.
+
+The state directory may sit on a filesystem that stops answering: every access would then
+sleep in the kernel, unkillable, and hold the hook (and slurmd's job start) forever. So a
+process looks at it once from a throwaway child with a deadline (`check_responsive`) before
+it touches it; a directory that did not answer is refused from then on (StateError), in
+this process and in the probe children it forks afterwards.
 """
 
 from __future__ import annotations
@@ -26,8 +32,31 @@ CREATE TABLE IF NOT EXISTS kv (
 """
 
 
+# Long enough for a local disk under load, short against a prolog's budget.
+RESPONSIVE_TIMEOUT_S = 1.0
+# state dir -> None (answered) or why it is refused, for this process and its later children.
+_responsive: dict[Path, str | None] = {}
+
+
 class StateError(RuntimeError):
     pass
+
+
+def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -> str | None:
+    """None when a stat of `state_dir` (existing or not) returns within `timeout_s`; else
+    why not (without the path). Asked once per process and directory,
+    from a detached child (nodecheck.run.isolate)."""
+    if state_dir in _responsive:
+        return _responsive[state_dir]
+    from nodecheck.run import isolate
+
+    try:
+        answered = isolate.stat_answers(state_dir, timeout_s)
+    except OSError as exc:
+        return f"cannot check it: {exc}"
+    why = None if answered else f"no answer within {timeout_s:.1f}s (hung filesystem?)"
+    _responsive[state_dir] = why
+    return why
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -94,6 +123,9 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
 @contextmanager
 def open_state(state_dir: Path) -> Iterator[StateStore]:
     """Open the node's state; a corrupt file is moved aside and a new one created."""
+    unresponsive = check_responsive(state_dir)
+    if unresponsive:
+        raise StateError(f"state_dir {state_dir}: {unresponsive}")
     ensure_private_dir(state_dir)
     db = state_dir / STATE_FILE
     try:

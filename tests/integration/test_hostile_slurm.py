@@ -1,11 +1,18 @@
-"""Hostile conditions that need a real Slurm: the controller is gone while we drain."""
+"""Hostile conditions that need a real Slurm: the controller is gone while we drain; a
+probe or the state directory stuck on a filesystem that never answers."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+
+from nc_cluster import base_toml, wait_drained, wait_verdict
+
+from tests.fixtures.fuse_hang import assert_nothing_holds_the_hook, hung_mount, leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 EPILOG = REPO / "epilog" / "nodecheck-epilog"
@@ -52,3 +59,91 @@ required = ["/nodecheck-test-missing-mount"]
     assert verdict["action"] == "drain failed"
     assert verdict["reason"].startswith("nodecheck: host.mounts /nodecheck-test-missing-mount")
     assert "Traceback" not in out.stderr
+
+
+# ------------------------------------------------- a filesystem that never answers (FUSE)
+
+
+def _prolog_seconds(cluster, job: int) -> float:
+    """How long slurmd itself waited for the job's prolog, from its own log (SlurmdDebug =
+    debug, 22.05): "Note large processing time from prep_g_prolog: usec=N", written once the
+    script has exited AND its stdout/stderr reached EOF (only for runs over a second, which a
+    run with a hung probe always is)."""
+    log = cluster.slurmd_log("n1")
+    found = cluster.wait_for(
+        lambda: re.findall(r"prep_g_prolog: usec=(\d+)", log.read_text(errors="replace")),
+        90,
+        message=f"slurmd's prolog timing for job {job}",
+    )
+    return int(found[-1]) / 1e6
+
+
+def _hung_prolog(cluster, work: Path, config: str, reason_starts: str) -> None:
+    """Submit a job to n1 and judge the failing prolog by what slurmd sees: nodecheck's
+    reason, slurmd's own prolog time within budget_s (4) + 1 s, and nothing of the hook's
+    left holding a descriptor (a probe stuck in state D may stay, holding /dev/null only)."""
+    cluster.write_nodecheck_config(config)
+    job = cluster.sbatch("-w", "n1", "--wrap", "true")
+    reason = wait_drained(cluster, "n1", 30)
+    assert reason.startswith(reason_starts), reason
+    took = _prolog_seconds(cluster, job)
+    assert took <= 4 + 1, took
+    verdict = wait_verdict(cluster, work, "prolog", job)
+    assert verdict["duration_s"] <= 4 + 1
+    # The failed prolog's job gets its epilog (also stuck on the mount) before requeue.
+    wait_verdict(cluster, work, "epilog", job)
+    marker = f"SLURM_JOB_ID={job}"
+    cluster.wait_for(lambda: all(s == "D" for s, _ in leftovers(marker).values()), 10)
+    left = assert_nothing_holds_the_hook(marker)
+    print(f"slurmd prolog {took:.2f}s, hook {verdict['duration_s']}s, left: {left}")
+    cluster.run(["scancel", str(job)], check=False)
+
+
+HUNG_CLASS = """
+[[node_class]]
+name = "hung"
+match = ["n1"]
+budget_s = 4
+[node_class.checks."host.services"]
+enabled = false
+"""
+
+
+def test_probe_stuck_in_the_kernel_does_not_hold_slurmds_prolog(make_slurm_cluster, tmp_path):
+    """host.mounts on a FUSE mount that never answers: its statvfs sleeps in state D."""
+    tmp_path.chmod(0o755)
+    cluster = make_slurm_cluster(
+        nodes=1, prolog=PROLOG, epilog=EPILOG, conf_overrides={"SlurmdDebug": "debug"}
+    )
+    # A short path: the reason keeps a component of up to 48 characters.
+    with (
+        tempfile.TemporaryDirectory(prefix="nc-", dir="/tmp") as short,
+        hung_mount(Path(short) / "m") as mount,
+    ):
+        mounts = f"""[node_class.checks."host.mounts"]
+required = ["{mount}"]
+probe_timeout_s = 1.0
+"""
+        config = base_toml(tmp_path) + HUNG_CLASS + mounts
+        _hung_prolog(cluster, tmp_path, config, f"nodecheck: host.mounts {mount}: not responding")
+
+
+def test_state_dir_on_a_hung_filesystem_does_not_hold_slurmds_prolog(make_slurm_cluster, tmp_path):
+    """state_dir on a FUSE mount that never answers: the prolog blames the state dir."""
+    tmp_path.chmod(0o755)
+    cluster = make_slurm_cluster(
+        nodes=1, prolog=PROLOG, epilog=EPILOG, conf_overrides={"SlurmdDebug": "debug"}
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="nc-", dir="/tmp") as short,
+        hung_mount(Path(short) / "m") as mount,
+    ):
+        ours = f'state_dir = "{tmp_path}/state/{{node}}"'
+        config = base_toml(tmp_path).replace(ours, f'state_dir = "{mount}/{{node}}"')
+        assert config != base_toml(tmp_path)
+        _hung_prolog(
+            cluster,
+            tmp_path,
+            config + HUNG_CLASS,
+            f"nodecheck: nodecheck.state {mount}/n1: no answer",
+        )

@@ -12,13 +12,16 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.fuse_hang import assert_nothing_holds_the_hook, hung_mount, leftovers
 from tests.fixtures.sysfs import healthy_node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,6 +174,40 @@ def test_hung_probe_ends_the_run_within_budget(tmp_path):
     assert any(e["check"] == "host.mem" and "probe hung" in e["message"] for e in hung)
     assert "hung" in out.verdict["reason"]
     assert drain_call(calls)[:2] == ["update", "NodeName=n1"]
+
+
+def test_kill_9_of_the_hook_takes_its_hung_probe_with_it(tmp_path):
+    """slurmd kills a prolog past PrologEpilogTimeout with SIGKILL, where no code of ours
+    runs: the probe child hanging on a FIFO must not live on."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    os.mkfifo(proc / "meminfo")
+    cfg = write_config(tmp_path, f'budget_s = 60\nprocfs_root = "{proc}"\n')
+    mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
+    env = {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg), **dict([mark.split("=")])}
+    hook_proc = subprocess.Popen(
+        [sys.executable, "-I", "-m", "nodecheck", "hook", "prolog"],
+        env=env,
+        cwd="/",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        probes: set[int] = set()
+        for _ in range(200):  # the host group's child, blocked opening the FIFO
+            probes = set(leftovers(mark)) - {hook_proc.pid}
+            if probes:
+                break
+            time.sleep(0.05)
+        assert probes, "no probe child appeared"
+    finally:
+        hook_proc.kill()
+        hook_proc.wait()
+    for _ in range(20):  # within a second
+        if not set(leftovers(mark)) & probes:
+            break
+        time.sleep(0.05)
+    assert not set(leftovers(mark)) & probes, leftovers(mark)
 
 
 def test_hung_probe_and_hung_controller_still_end_within_budget(tmp_path):
@@ -432,6 +469,76 @@ def test_log_file_on_dev_full(tmp_path):
     assert out.verdict["status"] in ("PASS", "WARN")
     [note] = out.named("log_file_write_failed")
     assert note["file"] == "/dev/full" and "No space left" in note["error"]
+
+
+# ---------------------------------------------------------------- a filesystem that never answers
+
+
+def _hung_fs_config(
+    tmp_path: Path, scontrol: Path, state_dir: Path, extra: str = "", log_dir: Path | None = None
+) -> Path:
+    cfg = tmp_path / "nodecheck.toml"
+    log_file = (log_dir or tmp_path) / "nodecheck.log"
+    cfg.write_text(
+        f'scontrol = "{scontrol}"\nslurm_backend = "scontrol"\ndrain_attempts = 1\n'
+        f'killswitch_file = "{tmp_path}/disabled"\nlog_file = "{log_file}"\n'
+        f'metrics_file = ""\nstate_dir = "{state_dir}"\nbudget_s = 4\n'
+        f'[checks."host.services"]\nenabled = false\n{textwrap.dedent(extra)}'
+    )
+    cfg.chmod(0o644)
+    return cfg
+
+
+def test_state_dir_and_log_on_a_hung_filesystem_blame_it_and_end_within_budget(tmp_path):
+    """Every access to the state directory and the log file would sleep in the kernel,
+    unkillable. The run logs to stderr only, ends within budget_s + 1 s, drains with a
+    reason naming the state directory (not the checks that keep state there), and leaves
+    nothing that holds the hook's descriptors."""
+    scontrol, calls = fake_scontrol(tmp_path)
+    mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
+    with hung_mount(tmp_path / "hung") as mount:
+        cfg = _hung_fs_config(tmp_path, scontrol, mount / "state", log_dir=mount / "log")
+        out = hook(cfg, env_extra=dict([mark.split("=")]), timeout=30)
+        left = assert_nothing_holds_the_hook(mark)
+    assert out.wall <= 4 + 1, out.wall
+    assert out.rc == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    reason = out.verdict["reason"]
+    assert reason.startswith(f"nodecheck: nodecheck.state {str(mount)[:20]}"), reason
+    assert "no answer within" in reason
+    assert "nodecheck: nodecheck.state " in drain_call(calls)[-1]
+    failed = {e["check"] for e in out.named("check_result") if e["status"] == "FAIL"}
+    assert failed == {"nodecheck.state"}, failed
+    assert out.named("history_not_saved")
+    [unusable] = out.named("log_file_unusable")
+    assert "no answer within" in unusable["problem"]
+    print(f"hung state_dir: wall {out.wall:.2f}s, left behind: {left}")
+
+
+def test_probe_stuck_in_the_kernel_holds_no_hook_descriptor(tmp_path):
+    """host.mounts on a mount that never answers: its statvfs thread sleeps in state D and
+    the probe cannot exit; the hook still ends within budget and its stdout/stderr reach
+    EOF (communicate() returns), which is what slurmd waits for."""
+    scontrol, calls = fake_scontrol(tmp_path)
+    mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
+    # A short path: the reason keeps a component of up to 48 characters.
+    with (
+        tempfile.TemporaryDirectory(prefix="nc-", dir="/tmp") as short,
+        hung_mount(Path(short) / "m") as mount,
+    ):
+        extra = f"""
+        [checks."host.mounts"]
+        required = ["{mount}"]
+        probe_timeout_s = 1.0
+        """
+        cfg = _hung_fs_config(tmp_path, scontrol, tmp_path / "state", extra)
+        out = hook(cfg, env_extra=dict([mark.split("=")]), timeout=30)
+        left = assert_nothing_holds_the_hook(mark)
+    assert out.wall <= 4 + 1, out.wall
+    assert out.rc == 1
+    assert out.verdict["reason"].startswith(f"nodecheck: host.mounts {mount}: not responding")
+    assert drain_call(calls)[:2] == ["update", "NodeName=n1"]
+    print(f"probe stuck on a mount: wall {out.wall:.2f}s, left behind: {left}")
 
 
 # ---------------------------------------------------------------- controller

@@ -1,6 +1,10 @@
+import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from helpers import make_check, make_ctx
 
@@ -60,8 +64,8 @@ def test_hung_probe_is_fail_of_that_probe_and_run_ends_at_its_timeout():
     by_id = {r.check_id: r for r in results}
     assert by_id["t.pass"].status is Status.PASS
     assert by_id["t.hang"].status is Status.FAIL
-    assert "probe hung" in by_id["t.hang"].message
-    assert "nvmlDeviceGetRemappedRows gpu3" in by_id["t.hang"].message
+    assert by_id["t.hang"].message.startswith("probe hung after ")
+    assert by_id["t.hang"].message.endswith("s in nvmlDeviceGetRemappedRows gpu3")
     assert took < 5  # bounded by the 0.5 s deadline, not by the sleep
 
 
@@ -123,13 +127,14 @@ def test_group_shares_one_child_and_a_hang_fails_the_rest_of_the_group():
         ],
         budget_s=5,
     )
-    assert [r.status for r in results] == [Status.FAIL, Status.FAIL]
+    assert [r.status for r in results] == [Status.FAIL, Status.SKIP]
     assert "earlier probe in its group (t.hang) hung" in results[1].message
+    assert results[1].values == {"not_run": True, "hung_check": "t.hang"}
 
 
 def test_each_check_of_a_group_keeps_its_own_timeout():
-    """A group's child lives as long as its longest timeout, but a check that hangs is cut
-    at its own: host.mem (2 s) shares a child with host.disk (5 s)."""
+    """A check that hangs is cut at its own timeout, not the group's: host.mem (2 s) shares
+    a child with host.disk (5 s)."""
 
     def quick(ctx):
         yield CheckResult("g.quick", Status.PASS, "fine")
@@ -144,9 +149,10 @@ def test_each_check_of_a_group_keeps_its_own_timeout():
         budget_s=10,
     )
     took = time.monotonic() - started
-    assert [r.status for r in results] == [Status.PASS, Status.FAIL, Status.FAIL]
-    hung_for = float(results[1].message.split("within ")[1].split("s")[0])
+    assert [r.status for r in results] == [Status.PASS, Status.FAIL, Status.SKIP]
+    hung_for = float(results[1].message.split("after ")[1].split("s")[0])
     assert 0.5 <= hung_for < 2.5
+    assert results[1].message.endswith("s in nvmlDeviceGetRemappedRows gpu3")
     assert "earlier probe in its group (t.hang) hung" in results[2].message
     assert took < 2.5  # cut at the hung check's 0.5 s, not the group's 3 s
 
@@ -165,3 +171,140 @@ def test_many_checks_run_concurrently():
     results = run_checks(planned, budget_s=5)
     assert all(r.status is Status.PASS for r in results)
     assert time.monotonic() - started < 6 * 0.3
+
+
+def test_a_group_gets_the_sum_of_its_timeouts():
+    """Two checks of 0.6 s, each allowed 1 s: the second ends 1.2 s after the group began,
+    past the longest single timeout, and must not be cut as a false 'probe hung'."""
+
+    def slow_pass(ctx):
+        time.sleep(0.6)
+        yield CheckResult(ctx.options["id"], Status.PASS, "ok")
+
+    planned = [
+        Planned(make_check(cid, slow_pass, group="g"), make_ctx(options={"id": cid}), 1.0)
+        for cid in ("g.one", "g.two")
+    ]
+    results = run_checks(planned, budget_s=10)
+    assert [(r.check_id, r.status) for r in results] == [
+        ("g.one", Status.PASS),
+        ("g.two", Status.PASS),
+    ]
+
+
+def test_probe_children_hold_none_of_the_parents_descriptors(tmp_path):
+    """slurmd waits for EOF on the prolog's stdout/stderr: a probe stuck in the kernel must
+    not hold a copy of them (or of anything else the hook has open)."""
+    held_open = open(tmp_path / "parent-file", "w")  # noqa: SIM115 (kept open on purpose)
+
+    def lists_fds(ctx):
+        fds = {}
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        yield CheckResult("t.fds", Status.PASS, "listed", values={"fds": fds})
+
+    try:
+        [result] = run_checks([plan(make_check("t.fds", lists_fds))], budget_s=5)
+    finally:
+        held_open.close()
+    fds = result.values["fds"]
+    assert {fd: fds[fd] for fd in (0, 1, 2)} == dict.fromkeys((0, 1, 2), "/dev/null")
+    others = {fd: target for fd, target in fds.items() if fd > 2}
+    # the child's report pipe, and the listing's own descriptor of /proc/self/fd
+    assert sorted(t.split(":")[0] for t in others.values() if "pipe" in t) == ["pipe"]
+    assert not [t for t in others.values() if "parent-file" in t], others
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_fork_failure_part_way_kills_the_children_already_started(monkeypatch):
+    started: list[int] = []
+    real_fork = os.fork
+
+    def fork_twice_then_fail():
+        if len(started) == 2:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        pid = real_fork()
+        if pid:
+            started.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_twice_then_fail)
+    planned = [plan(make_check(f"t.hang{i}", hangs), timeout=30) for i in range(3)]
+    results = run_checks(planned, budget_s=30)
+    assert len(started) == 2
+    assert all(_gone(pid) for pid in started), started
+    assert {r.status for r in results} == {Status.ERROR}
+    assert "cannot start a probe process" in results[0].message
+    assert "Resource temporarily unavailable" in results[0].message
+
+
+KILLED_PARENT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from helpers import make_check, make_ctx
+from nodecheck.run.results import CheckResult, Status
+from nodecheck.run.runner import Planned, run_checks
+
+def hangs(ctx):
+    open({pidfile!r}, "w").write(str(__import__("os").getpid()))
+    time.sleep(3600)
+    yield CheckResult("t.hang", Status.PASS, "never")
+
+run_checks([Planned(make_check("t.hang", hangs), make_ctx(), 600)], budget_s=600)
+"""
+
+
+def test_kill_9_of_the_parent_takes_its_hung_probe_with_it(tmp_path):
+    pidfile = tmp_path / "probe.pid"
+    code = KILLED_PARENT.format(tests=str(Path(__file__).parent), pidfile=str(pidfile))
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(200):
+            if pidfile.exists() and pidfile.read_text():
+                break
+            time.sleep(0.05)
+        probe = int(pidfile.read_text())
+        assert not _gone(probe)
+    finally:
+        parent.kill()  # SIGKILL: no cleanup code of ours runs in the parent
+        parent.wait()
+    for _ in range(20):  # within a second
+        if _gone(probe):
+            break
+        time.sleep(0.05)
+    assert _gone(probe), f"probe {probe} outlived its parent"
+
+
+def test_the_drain_reason_leads_with_the_check_that_hung_and_its_last_step():
+    """Checks a hang kept from running are not failures: the reason names the hung check
+    and where it hung, with no '(+N more)' for checks that never ran."""
+    from nodecheck.run.decide import decide
+
+    results = run_checks(
+        [
+            plan(make_check("t.hang", hangs, group="h"), timeout=0.4),
+            plan(make_check("t.after", passing, group="h"), timeout=0.4),
+        ],
+        budget_s=5,
+    )
+    verdict = decide(results, "prolog", "812", "pass")
+    assert verdict.reason is not None
+    assert verdict.reason.startswith("nodecheck: t.hang node: probe hung after 0.")
+    assert "in nvmlDeviceGetRemappedRows gpu3 [prolog job 812" in verdict.reason
+    assert "more)" not in verdict.reason
+
+
+def test_a_path_that_is_missing_or_refused_still_answers(tmp_path):
+    """Only a hang is 'no answer': a state dir not created yet (two levels down) is fine."""
+    from nodecheck.run.isolate import stat_answers
+
+    assert stat_answers(tmp_path / "state" / "n1", 5.0)
+    assert stat_answers(Path("/proc/1/root/nonexistent-nodecheck"), 5.0)

@@ -1,0 +1,117 @@
+"""Forked helper processes that can hang without holding the hook.
+
+Probes (nodecheck.run.runner) and state-directory access (nodecheck.store.state) run in
+children that may get stuck in the kernel: a stat on a hung NFS mount sleeps in state D,
+where even SIGKILL does not reach it. Such a child must not keep what slurmd waits on, and
+must not outlive the hook when the hook itself is killed:
+
+- slurmd waits for EOF on the prolog's stdout and stderr, not only for its exit. A child
+  holding a copy of them holds the job start until PrologEpilogTimeout, and each later
+  prolog adds one more. So the child's stdin, stdout and stderr become /dev/null and every
+  other inherited descriptor is closed, except the one it reports through.
+- PR_SET_PDEATHSIG: the kernel sends SIGKILL to the child when the process that forked it
+  dies, also by kill -9, where no cleanup code of ours runs.
+
+`stat_answers` uses such a child to ask whether a path's filesystem answers at all, before
+the hook itself touches it (the state directory, the log file's directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import select
+import signal
+import time
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_libc: ctypes.CDLL | None = None
+
+
+def _load_libc() -> ctypes.CDLL:
+    # Loaded in the parent, once, so each child does not pay for it after the fork.
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def pipe() -> tuple[int, int]:
+    """os.pipe() with both ends above stderr: a hook started with a closed stdin would
+    otherwise get fd 0 for the pipe, which the child replaces with /dev/null."""
+    ends = []
+    for fd in os.pipe():
+        if fd < 3:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = high
+        ends.append(fd)
+    return ends[0], ends[1]
+
+
+def fork_detached(keep_fd: int) -> int:
+    """os.fork(), with the child detached from the hook as above; keeps `keep_fd` open in the
+    child. Returns like os.fork (0 in the child). Raises OSError when fork fails."""
+    libc = _load_libc()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above took effect
+            os._exit(1)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for std in (0, 1, 2):
+            os.dup2(devnull, std)
+        # close_range(2) under the hood: cheap however many descriptors the hook inherited.
+        os.closerange(3, keep_fd)
+        os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+    except BaseException:
+        os._exit(1)
+    return 0
+
+
+def stat_answers(path: Path, timeout_s: float) -> bool:
+    """Whether a stat of `path` returns at all within `timeout_s`, asked from a detached
+    child; one that hangs is killed and left to the kernel. Any answer counts, an error
+    too: a missing path has still been looked up through the filesystem it would be on.
+    Raises OSError when no child can be started."""
+    read_fd, write_fd = pipe()
+    try:
+        pid = fork_detached(keep_fd=write_fd)
+        if pid == 0:
+            try:
+                with contextlib.suppress(OSError):
+                    os.stat(path)
+                os.write(write_fd, b"y")
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        write_fd = -1
+        ready, _, _ = select.select([read_fd], [], [], max(0.0, timeout_s))
+        answered = bool(ready) and os.read(read_fd, 1) == b"y"
+        if not answered:
+            os.kill(pid, signal.SIGKILL)  # ends it now, or as soon as the kernel lets go
+        _reap_if_done(pid)
+        return answered
+    finally:
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+def _reap_if_done(pid: int) -> None:
+    """Collect the child if it has ended; one stuck in the kernel is left (init reaps it
+    once the filesystem lets it go)."""
+    deadline = time.monotonic() + 0.05
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.001)
