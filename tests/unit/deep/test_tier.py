@@ -137,9 +137,9 @@ def test_a_check_declares_its_own_memory_limit_for_its_child():
     assert limits == {"t.run": 512, "t.none": None, "t.big": 1536}
 
 
-def test_a_deep_group_lives_for_the_sum_of_its_checks_timeouts():
-    """Two deep checks of one group, each well within its own 2 s, together past the
-    longest: a fast group would be cut there, a deep group is not."""
+def test_a_group_lives_for_the_sum_of_its_checks_timeouts():
+    """Two checks of one group, each well within its own 2 s, together past the longest:
+    neither tier's group is cut there (issue 13: a later check was cut as "probe hung")."""
     import time
 
     def measures(ctx):
@@ -157,5 +157,4 @@ def test_a_deep_group_lives_for_the_sum_of_its_checks_timeouts():
         ]
 
     assert [r.status for r in run_checks(group("deep"), budget_s=10)] == [Status.PASS] * 2
-    fast = run_checks(group("fast"), budget_s=10)
-    assert [r.status for r in fast] == [Status.PASS, Status.FAIL]
+    assert [r.status for r in run_checks(group("fast"), budget_s=10)] == [Status.PASS] * 2
