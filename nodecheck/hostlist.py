@@ -6,12 +6,12 @@ import fnmatch
 import re
 
 _BRACKET = re.compile(r"\[([0-9,\-]+)\]")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def is_plain_node_name(name: str) -> bool:
     """A name safe to hand to Slurm and to log: host-name characters only."""
-    return bool(_NODE_NAME.match(name))
+    return _NODE_NAME.fullmatch(name) is not None  # `$` would pass a trailing newline
 
 
 def _ranges(spec: str) -> list[tuple[int, int, int]]:

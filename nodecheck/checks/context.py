@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_JOB_ID = re.compile(r"^[0-9]{1,20}$")
-_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+# Whole-value patterns, used with fullmatch: `$` would also match before a trailing newline.
+_JOB_ID = re.compile(r"[0-9]{1,20}")
+_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+_NODELIST = re.compile(r"[A-Za-z0-9_.,\[\]-]{1,4096}")
+_GPU_LIST = re.compile(r"[0-9]{1,4}(,[0-9]{1,4})*,?")
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class JobInfo:
             value = env.get(name)
             if value is None or value == "":
                 return None
-            if pattern.match(value):
+            if pattern.fullmatch(value):
                 return value
             ignored.append(name)
             return None
@@ -43,7 +46,7 @@ class JobInfo:
         if gpus is None and env.get("SLURM_JOB_GPUS"):
             ignored.append("SLURM_JOB_GPUS")
         nodelist = env.get("SLURM_NODELIST") or None
-        if nodelist is not None and not re.match(r"^[A-Za-z0-9_.,\[\]-]{1,4096}$", nodelist):
+        if nodelist is not None and not _NODELIST.fullmatch(nodelist):
             ignored.append("SLURM_NODELIST")
             nodelist = None
         return cls(
@@ -60,12 +63,9 @@ class JobInfo:
 
 
 def _parse_gpu_list(raw: str | None) -> tuple[int, ...] | None:
-    if not raw:
+    if not raw or not _GPU_LIST.fullmatch(raw):
         return None
-    try:
-        return tuple(int(part) for part in raw.split(",") if part.strip() != "")
-    except ValueError:
-        return None
+    return tuple(int(part) for part in raw.split(",") if part)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     """One hook run; `hook_pid` is the process Slurm started when that is not this one."""
     from nodecheck.log import get_logger, setup_logging
     from nodecheck.run.config import salvage_config
-    from nodecheck.run.pipeline import RunRequest, execute
+    from nodecheck.run.pipeline import RunRequest, UsageError, execute
 
     env = dict(os.environ)
     # The log file is needed before the config is validated: take it from what is valid.
@@ -75,6 +75,9 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
                 hook_pid=hook_pid,
             )
         )
+    except UsageError as exc:  # e.g. a refused SLURMD_NODENAME: one clear line, no traceback
+        get_logger().error("refused", error=str(exc))
+        return EXIT_OK
     except Exception as exc:  # last line of defence: never an anonymous drain for our bug
         get_logger().exception("internal_error", error=f"{type(exc).__name__}: {exc}")
         return EXIT_OK

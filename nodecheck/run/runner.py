@@ -33,6 +33,7 @@ from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Check
 from nodecheck.run import isolate, progress
 from nodecheck.run.results import CheckResult, Status
+from nodecheck.store.state import StateError
 
 _HEADER = struct.Struct("!I")
 _NOTE_MAX = 200  # a note is a call and its argument: "statvfs(/home)", "nvmlDeviceGet... gpu3"
@@ -87,6 +88,8 @@ def _run_one(item: Planned) -> list[CheckResult]:
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
         msg = f"internal error: {type(exc).__name__}: {exc}{at}"
+        if isinstance(exc, StateError):  # the site's state_dir, not a bug: say which and why
+            msg = f"state unusable: {exc}"
         results = [CheckResult(item.check.id, Status.ERROR, msg[:300])]
     took = time.monotonic() - started
     return [replace(r, duration_s=took) for r in results]

@@ -60,9 +60,13 @@ def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create `path` 0700 if missing; refuse one that others can write."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
+    """Create `path` 0700 if missing; refuse one that others can write. A directory that
+    cannot be made or read (read-only parent, full disk) is a StateError that says so."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError as exc:
+        raise StateError(f"{path}: state directory unusable: {exc.strerror or exc}") from exc
     if st.st_mode & 0o022:
         raise StateError(f"{path}: state directory is writable by group/others")
 

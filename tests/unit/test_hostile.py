@@ -615,6 +615,8 @@ def test_hostile_gpu_name_gives_a_safe_one_line_reason(tmp_path):
         ("SLURM_JOB_ID", "$(reboot)"),
         ("SLURM_JOB_ID", "9" * 5000),
         ("SLURM_JOB_ID", "12\n13"),
+        ("SLURM_JOB_ID", "4242\n"),
+        ("SLURM_JOB_USER", "alice\n"),
         ("SLURM_JOB_USER", 'alice"; reboot'),
         ("SLURM_JOB_USER", "../../etc"),
         ("SLURM_JOB_UID", "-1"),
@@ -636,7 +638,7 @@ def test_hostile_job_env_is_ignored_and_logged(tmp_path, name, value):
 
 
 @pytest.mark.parametrize(
-    "value", ["n1;reboot", "n1 n2", "../n1", "$(id)", "n1\nn2", "", "x" * 300, "-n1"]
+    "value", ["n1;reboot", "n1 n2", "../n1", "$(id)", "n1\nn2", "n2\n", "", "x" * 300, "-n1"]
 )
 def test_hostile_node_name_is_refused_without_a_slurm_call(tmp_path, value):
     scontrol, calls = fake_scontrol(tmp_path)
@@ -646,8 +648,11 @@ def test_hostile_node_name_is_refused_without_a_slurm_call(tmp_path, value):
         assert out.rc == 1
         return
     assert out.rc == 0
-    assert "refusing node name" in out.stderr
+    [refused] = out.named("refused")
+    assert "refusing node name" in refused["error"]
+    assert "Traceback" not in out.stderr
     assert not calls.exists()
+    assert not (tmp_path / "state").exists()  # no state directory named after it either
 
 
 @pytest.mark.parametrize(
@@ -713,6 +718,39 @@ def test_entrypoint_finds_itself_however_it_is_called(tmp_path, how):
     out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert '"event": "verdict"' in out.stderr
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only tmpfs; skipped where mount is not permitted."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    got = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
+    if got.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {got.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("phase", ["prolog", "health"])
+def test_state_dir_under_a_read_only_parent_is_a_clear_verdict(tmp_path, read_only_dir, phase):
+    scontrol, _ = fake_scontrol(tmp_path)
+    cfg = write_config(tmp_path, f'state_dir = "{read_only_dir}/state"\n', scontrol)
+    cfg.write_text(cfg.read_text().replace(f'state_dir = "{tmp_path}/state"\n', ""))
+    out = hook(cfg, phase=phase)
+    assert out.rc == 0
+    assert "Traceback" not in out.stderr
+    assert not [e for e in out.named("check_result") if "internal error" in e["message"]]
+    unusable = [e for e in out.named("check_result") if e["message"].startswith("state unusable: ")]
+    assert unusable, out.stderr[-3000:]
+    assert all("Read-only file system" in e["message"] for e in unusable)
+    assert out.verdict["status"] == "ERROR"
 
 
 def test_no_environment_at_all(tmp_path):

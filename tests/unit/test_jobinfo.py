@@ -1,4 +1,5 @@
 from nodecheck.checks.context import JobInfo
+from nodecheck.hostlist import is_plain_node_name
 
 
 def test_job_env_is_read():
@@ -39,3 +40,24 @@ def test_hostile_env_values_are_ignored_and_named():
         "SLURM_JOB_GPUS",
         "SLURM_NODELIST",
     }
+
+
+def test_a_trailing_newline_is_not_a_valid_value():
+    # `$` in re.match matches before a final newline; the values must match whole.
+    job = JobInfo.from_env(
+        {
+            "SLURM_JOB_ID": "4242\n",
+            "SLURM_JOB_UID": "1000\n",
+            "SLURM_JOB_USER": "alice\n",
+            "SLURM_JOB_GPUS": "0,1\n",
+            "SLURM_NODELIST": "n[1-2]\n",
+        }
+    )
+    assert (job.job_id, job.uid, job.user, job.gpus, job.nodelist) == (None,) * 5
+    assert len(job.ignored) == 5
+
+
+def test_node_names_match_whole():
+    assert is_plain_node_name("n2")
+    assert not is_plain_node_name("n2\n")
+    assert not is_plain_node_name("n2\nn3")
