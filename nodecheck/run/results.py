@@ -47,6 +47,14 @@ class CheckResult:
     severity: str = ""
     remedy: str = ""
 
+    def __post_init__(self) -> None:
+        # Refused here, where the check made it, not later as a NOT NULL failure while the
+        # run's history is written.
+        if not isinstance(self.component, str) or not self.component:
+            raise TypeError(
+                f"{self.check_id}: component must be a non-empty str, not {self.component!r}"
+            )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "check": self.check_id,

@@ -118,10 +118,16 @@ def set_aside(db: Path, exc: Exception) -> Path:
     return aside
 
 
+# SQLite's own word for a damaged file; the extended codes keep these in their low byte.
+_CORRUPTION_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
 def is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    """A damaged file, as opposed to a busy or unreachable one (OperationalError: locked,
-    cannot open, I/O error), which must never be thrown away."""
-    return not isinstance(exc, sqlite3.OperationalError)
+    """A damaged file (SQLITE_CORRUPT, SQLITE_NOTADB), as opposed to a busy or unreachable
+    one, or a bad row (an IntegrityError is our bug), which must never be thrown away:
+    setting the file aside loses drain markers, flap counts and the XID cursor."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _CORRUPTION_CODES
 
 
 @contextmanager

@@ -159,6 +159,44 @@ def test_a_garbage_state_file_is_set_aside_and_recreated(tmp_path):
     assert not is_corruption(sqlite3.OperationalError("database is locked"))
 
 
+def test_an_integrity_error_is_not_corruption_and_keeps_the_state(tmp_path):
+    tmp_path.chmod(0o700)
+    history.with_history(tmp_path, lambda h: h.store.put_json("drain-marker", {"reason": "r"}))
+
+    def bad_row(h):
+        with h.write():
+            h.conn.execute(
+                "INSERT INTO findings(run_id, at, check_id, component, status) "
+                "VALUES (1, 0, 'x', NULL, 'FAIL')"
+            )
+
+    with pytest.raises(history.StateError):
+        history.with_history(tmp_path, bad_row)
+    assert not list(tmp_path.glob(f"{STATE_FILE}.corrupt-*"))
+    kept = history.with_history(tmp_path, lambda h: h.store.get_json("drain-marker"))
+    assert kept == {"reason": "r"}
+
+
+def test_a_damaged_page_is_corruption(tmp_path):
+    tmp_path.chmod(0o700)
+    add(tmp_path, rec())
+    db = tmp_path / STATE_FILE
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = bytearray(db.read_bytes())
+    page = 4096
+    data[page : 2 * page] = b"\xff" * page  # the second page: a table's b-tree header
+    db.write_bytes(bytes(data))
+    add(tmp_path, rec())
+    assert list(tmp_path.glob(f"{STATE_FILE}.corrupt-*"))
+
+
+def test_a_result_without_a_component_is_refused_where_it_is_made():
+    with pytest.raises(TypeError, match="component"):
+        CheckResult("gpu.xid", Status.FAIL, "Xid 79", None)  # type: ignore[arg-type]
+
+
 def test_read_only_history_never_creates_anything(tmp_path):
     assert history.read_only_history(tmp_path / "none", lambda h: h.counters()) is None
     assert not (tmp_path / "none").exists()
