@@ -299,10 +299,12 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    import time
+
     from nodecheck.checks.registry import all_checks
     from nodecheck.run.config import ConfigError, load_config
     from nodecheck.run.pipeline import RunRequest, execute, node_name
-    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm import SlurmError, set_call_deadline
     from nodecheck.slurm.act import backend_for, resume_if_ours
 
     node = node_name(args.node, os.environ)
@@ -319,6 +321,7 @@ def _resume(args: argparse.Namespace) -> int:
             print(_table(out))
             print(f"not resuming {node}: checks still fail (use --force to resume anyway)")
             return EXIT_FAIL
+    set_call_deadline(time.monotonic() + config.budget_s)  # a dead controller: not forever
     try:
         result = resume_if_ours(backend_for(config, os.environ), node)
     except SlurmError as exc:

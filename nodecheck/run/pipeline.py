@@ -154,6 +154,7 @@ def execute(req: RunRequest) -> RunOutcome:
         log.error("internal_error", error=message, on_internal_error=policy)
         verdict = internal_error_verdict(message, req.phase, job.job_id, policy)
         deadline = started + float(fallback.budget_s)
+        state.set_run_deadline(deadline)
         action = _act(req, fallback, node, verdict, deadline) if req.act else "none"
         out = outcome(list(verdict.errors), verdict, action, "-")
         if req.act and fallback.path is not None:  # no config file: no idea where state is
@@ -185,6 +186,7 @@ def execute(req: RunRequest) -> RunOutcome:
     timeouts = [(p.check, p.timeout_s) for p in planned]
     budget_s = run_budget_s(req.phase, timeouts, nodecfg.budget_s, config.deep_budget_s)
     deadline = started + budget_s
+    state.set_run_deadline(deadline)  # every wait on the state file ends within the budget
     # Keep a slice of the budget for talking to Slurm on the unhealthy path.
     reserve = min(5.0, budget_s * 0.25)
     budget = max(0.5, deadline - reserve - time.monotonic())

@@ -74,6 +74,9 @@ def apply_verdict(
     env: Mapping[str, str],
 ) -> str:
     log = get_logger()
+    # From here every controller call (the backend choice's version probe, a resume
+    # included) ends by the run's deadline.
+    set_call_deadline(deadline)
     try:
         if verdict.action is Action.DRAIN:
             return _drain_and_mark(config, node, verdict, deadline, env)

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from nodecheck.slurm import NodeInfo, SlurmError, format_reason_time
+from nodecheck.slurm import NodeInfo, SlurmError, call_timeout, format_reason_time
 from nodecheck.slurm.scontrol import checked_node_name, checked_reason
 
 # Where libslurm looks when neither the caller nor $SLURM_CONF names a file: Debian's and most
@@ -96,16 +96,23 @@ def _loaded_libslurm_paths() -> list[str]:
 _PRINT_VERSION = "import ctypes, sys; ctypes.CDLL(sys.argv[1]).print_slurm_version()"
 
 
-@functools.lru_cache(maxsize=8)
 def _library_release(path: str) -> tuple[int, int, int] | None:
-    if not sys.executable:
+    """The release libslurm at `path` prints, within the run's call deadline (None: unknown,
+    which makes pyslurm unusable and the scontrol backend the choice)."""
+    timeout = call_timeout(15.0)
+    if timeout <= 0 or not sys.executable:
         return None
+    return _cached_library_release(path, timeout)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_library_release(path: str, timeout: float) -> tuple[int, int, int] | None:
     try:
         out = subprocess.run(
             [sys.executable, "-I", "-c", _PRINT_VERSION, path],
             capture_output=True,
             text=True,
-            timeout=15,
+            timeout=timeout,
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
             check=False,
         ).stdout
@@ -234,6 +241,10 @@ class PyslurmBackend:
         self.slurm_conf = conf
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        # A libslurm RPC cannot be interrupted from Python: never start one the run's budget
+        # has no room for (libslurm's own MessageTimeout bounds the one that starts).
+        if call_timeout(10.0) <= 0:
+            raise SlurmError(f"pyslurm {what}: not attempted, the run's time budget is spent")
         try:
             return fn(*args)
         except self._errors as exc:

@@ -88,15 +88,39 @@ class StateStore:
             )
 
 
-def _connect(db: Path) -> sqlite3.Connection:
+# The longest a run waits for another run's write lock, when its budget allows that much.
+DEFAULT_BUSY_S = 10.0
+# The run's deadline (time.monotonic()), set once by the pipeline: every wait for the state
+# file ends by then. Forked probe children inherit it.
+_run_deadline: float | None = None
+
+
+def set_run_deadline(deadline: float | None) -> None:
+    """Bound every later wait on the state file by the run's budget."""
+    global _run_deadline
+    _run_deadline = deadline
+
+
+def busy_wait_s(timeout_s: float | None = None) -> float:
+    """How long the next open may wait for the lock: the caller's own limit (a check's
+    timeout) or the default, never past the run's deadline."""
+    wait = DEFAULT_BUSY_S if timeout_s is None else timeout_s
+    if _run_deadline is not None:
+        wait = min(wait, _run_deadline - time.monotonic())
+    if wait <= 0:
+        raise StateError("no time left in the run's budget to wait for the state file")
+    return wait
+
+
+def _connect(db: Path, wait_s: float) -> sqlite3.Connection:
     fresh = not db.exists()
     old_umask = os.umask(0o077)
     try:
-        conn = sqlite3.connect(db, timeout=10.0, isolation_level=None)
+        conn = sqlite3.connect(db, timeout=wait_s, isolation_level=None)
     finally:
         os.umask(old_umask)
     conn.isolation_level = ""  # implicit transactions inside `with conn:`
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.executescript(_SCHEMA)
@@ -131,21 +155,24 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
 
 
 @contextmanager
-def open_state(state_dir: Path) -> Iterator[StateStore]:
-    """Open the node's state; a corrupt file is moved aside and a new one created."""
+def open_state(state_dir: Path, timeout_s: float | None = None) -> Iterator[StateStore]:
+    """Open the node's state; a corrupt file is moved aside and a new one created. Waits
+    for another run's lock at most `timeout_s` (default DEFAULT_BUSY_S), and never past
+    the run's deadline (set_run_deadline)."""
+    wait_s = busy_wait_s(timeout_s)
     unresponsive = check_responsive(state_dir)
     if unresponsive:
         raise StateError(f"state_dir {state_dir}: {unresponsive}")
     ensure_private_dir(state_dir)
     db = state_dir / STATE_FILE
     try:
-        conn = _connect(db)
+        conn = _connect(db, wait_s)
         conn.execute("SELECT count(*) FROM kv").fetchone()
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise StateError(f"{db}: {exc}") from exc
         set_aside(db, exc)
-        conn = _connect(db)
+        conn = _connect(db, wait_s)
     try:
         yield StateStore(conn)
     finally:

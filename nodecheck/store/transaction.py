@@ -20,15 +20,16 @@ OPEN_ATTEMPTS = 5
 
 
 @contextlib.contextmanager
-def open_retrying(state_dir: Path) -> Iterator[Any]:
+def open_retrying(state_dir: Path, busy_ms: int = DEFAULT_BUSY_MS) -> Iterator[Any]:
     """open_state, retried briefly: several probe processes creating a fresh state file at
-    once can get SQLITE_BUSY at once (switching to WAL does not wait for the busy handler)."""
+    once can get SQLITE_BUSY at once (switching to WAL does not wait for the busy handler).
+    Each attempt waits for the lock at most busy_ms, and never past the run's deadline."""
     from nodecheck.store.state import StateError, open_state
 
     with contextlib.ExitStack() as stack:
         for attempt in range(OPEN_ATTEMPTS):
             try:
-                store = stack.enter_context(open_state(state_dir))
+                store = stack.enter_context(open_state(state_dir, busy_ms / 1000))
                 break
             except StateError as exc:
                 if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS - 1:
@@ -45,7 +46,10 @@ def immediate(store: Any, busy_ms: int = DEFAULT_BUSY_MS) -> Iterator[None]:
     if conn is None:
         yield
         return
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+    from nodecheck.store.state import busy_wait_s
+
+    wait_ms = int(busy_wait_s(busy_ms / 1000) * 1000)  # within the run's deadline too
+    conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
@@ -60,5 +64,5 @@ def immediate(store: Any, busy_ms: int = DEFAULT_BUSY_MS) -> Iterator[None]:
 @contextlib.contextmanager
 def locked_update(state_dir: Path, busy_ms: int = DEFAULT_BUSY_MS) -> Iterator[Any]:
     """The state store, inside one write transaction for the body."""
-    with open_retrying(state_dir) as store, immediate(store, busy_ms):
+    with open_retrying(state_dir, busy_ms) as store, immediate(store, busy_ms):
         yield store

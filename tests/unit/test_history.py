@@ -18,7 +18,7 @@ from nodecheck.run.config import ConfigError, Hysteresis, parse_config
 from nodecheck.run.reason import MAX_REASON, format_reason, parse_reason
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.slurm import NodeInfo
-from nodecheck.store import history
+from nodecheck.store import history, state
 from nodecheck.store.state import STATE_FILE, is_corruption
 
 REPO = Path(__file__).resolve().parents[2]
@@ -442,3 +442,27 @@ def test_concurrent_prologs_leave_a_consistent_history(tmp_path):
     assert last["runs"]["prolog"]["status"] == "PASS"
     assert not list(state.glob(f"{STATE_FILE}.corrupt-*"))
     assert (tmp_path / "m.prom").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.fixture
+def run_deadline():
+    yield state.set_run_deadline
+    state.set_run_deadline(None)
+
+
+def _busy_ms(store) -> int:
+    return store.conn.execute("PRAGMA busy_timeout").fetchone()[0]
+
+
+def test_the_lock_wait_follows_the_callers_timeout_and_the_runs_budget(tmp_path, run_deadline):
+    tmp_path.chmod(0o700)
+    with state.open_state(tmp_path) as store:
+        assert _busy_ms(store) == state.DEFAULT_BUSY_S * 1000
+    with state.open_state(tmp_path, timeout_s=2.5) as store:
+        assert _busy_ms(store) == 2500  # a check waits no longer than its own timeout
+    run_deadline(time.monotonic() + 1.0)
+    with state.open_state(tmp_path, timeout_s=2.5) as store:
+        assert 0 < _busy_ms(store) <= 1000  # nor past the run's deadline
+    run_deadline(time.monotonic() - 0.1)
+    with pytest.raises(state.StateError, match="budget"), state.open_state(tmp_path):
+        pass

@@ -1,6 +1,9 @@
+import os
+import time
+
 import pytest
 
-from nodecheck.slurm import NodeInfo, SlurmError
+from nodecheck.slurm import NodeInfo, SlurmError, set_call_deadline
 from nodecheck.slurm.scontrol import drain_args, parse_show_node, resume_args, show_node_args
 
 N1_REASON = "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812]"
@@ -60,3 +63,21 @@ def test_hostile_node_names_are_refused(node):
 def test_bad_reasons_are_refused(reason):
     with pytest.raises(SlurmError):
         drain_args("/usr/bin/scontrol", "n1", reason)
+
+
+LIBSLURM = "/usr/lib/x86_64-linux-gnu/slurm-wlm/libslurmfull.so"
+
+
+@pytest.fixture
+def call_deadline():
+    yield set_call_deadline
+    set_call_deadline(None)
+
+
+@pytest.mark.skipif(not os.path.exists(LIBSLURM), reason="Debian's libslurm not installed")
+def test_the_libslurm_version_probe_keeps_to_the_runs_deadline(call_deadline):
+    from nodecheck.slurm import pyslurm_backend
+
+    assert pyslurm_backend._library_release(LIBSLURM)[:2] >= (20, 2)  # the real library
+    call_deadline(time.monotonic() - 1)  # the budget is spent: no probe at all
+    assert pyslurm_backend._library_release(LIBSLURM) is None
