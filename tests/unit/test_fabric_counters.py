@@ -96,6 +96,19 @@ def test_hw_counters_are_watched_where_present(node):
     assert got["mlx5_1/1"].status is Status.PASS
 
 
+def test_a_manual_run_looks_without_moving_the_window(node):
+    node.run("prolog", "812")
+    node.sys.bump_counter("mlx5_0", 1, "symbol_error", 250)
+    looked = node.run("manual", None)
+    assert looked["mlx5_0/1"].status is Status.FAIL  # the admin sees the rise...
+    assert looked["mlx5_0/1"].values["rise"] == {"symbol_error": 250}
+    again = node.run("manual", None)
+    assert again["mlx5_0/1"].status is Status.FAIL  # ...as often as they look
+    got = node.run("epilog", "812")
+    assert got["mlx5_0/1"].status is Status.FAIL  # and the hooks still see it
+    assert got["mlx5_0/1"].values["window"] == "job"
+
+
 def test_epilog_of_another_job_uses_the_run_window(node):
     node.run("prolog", "1")
     node.sys.bump_counter("mlx5_0", 1, "port_rcv_errors", 500)
