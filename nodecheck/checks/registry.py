@@ -41,6 +41,12 @@ class Option:
     help: str
     # For list options: the type of each element; for dict options: the type of each value.
     item: type | tuple[type, ...] | None = None
+    # The values allowed (of the option, or of each element/value); empty: any of its type.
+    # The config loader refuses others at load time, so a typo never waits for a job.
+    choices: tuple[Any, ...] = ()
+    # Bounds (inclusive) of a number, or of each numeric element/value; None: unbounded.
+    low: float | None = None
+    high: float | None = None
 
 
 @dataclass(frozen=True)

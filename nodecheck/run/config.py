@@ -91,6 +91,31 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "escalation": (list, ["drain", "reboot", "replace"]),
     "alert_url": (str, ""),
 }
+# Numeric settings' ranges: name -> (low, high, low end excluded, note). A value outside
+# is refused at load time, not found out by the run that needs it.
+_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "budget_s": (0, 3600, True, ""),
+    "deep_budget_s": (0, DEEP_MAX_S, False, " (0: sized)"),
+    "drain_attempts": (1, 10, False, ""),
+    "resume_after_passes": (1, 1000, False, ""),
+    "history_max_rows": (10, 1_000_000, False, ""),
+    "history_max_days": (0, 3650, True, ""),
+    "flap_max_drains": (0, 1000, False, " (0: off)"),
+    "flap_window_s": (0, 30 * 86400, True, " (30 days)"),
+    "breaker_max_share": (0, 1, False, " (0: off)"),
+    "breaker_floor": (0, 100_000, False, ""),
+    "breaker_max_drains": (0, 100_000, False, " (0: off)"),
+    "breaker_window_min": (0, 7 * 1440, True, " (7 days)"),
+    "probe_memory_mb": (0, 1 << 20, False, " (0: no limit)"),
+}
+# The probe children's address-space limit: below this a forked Python cannot even start.
+MIN_PROBE_MEMORY_MB = 128
+
+
+def _in_range(value: float, low: float, high: float, low_open: bool) -> bool:
+    return (low < value if low_open else low <= value) and value <= high
+
+
 # What a node class may override besides its check tables.
 _CLASS_OVERRIDABLE = ("budget_s", "dry_run", "disabled", "sysfs_root", "procfs_root", "nvml")
 
@@ -332,24 +357,14 @@ def _parse_settings(
         raise ConfigError(f"{where}: on_internal_error must be one of {ON_INTERNAL_ERROR}")
     if "slurm_backend" in out and out["slurm_backend"] not in BACKENDS:
         raise ConfigError(f"{where}: slurm_backend must be one of {BACKENDS}")
-    if "budget_s" in out and not 0 < out["budget_s"] <= 3600:
-        raise ConfigError(f"{where}: budget_s must be in (0, 3600]")
-    if "deep_budget_s" in out and not 0 <= out["deep_budget_s"] <= DEEP_MAX_S:
-        raise ConfigError(f"{where}: deep_budget_s must be in [0, {DEEP_MAX_S}] (0: sized)")
-    if "drain_attempts" in out and not 1 <= out["drain_attempts"] <= 10:
-        raise ConfigError(f"{where}: drain_attempts must be in [1, 10]")
-    if "resume_after_passes" in out and not 1 <= out["resume_after_passes"] <= 1000:
-        raise ConfigError(f"{where}: resume_after_passes must be in [1, 1000]")
-    if "history_max_rows" in out and not 10 <= out["history_max_rows"] <= 1_000_000:
-        raise ConfigError(f"{where}: history_max_rows must be in [10, 1000000]")
-    if "history_max_days" in out and not 0 < out["history_max_days"] <= 3650:
-        raise ConfigError(f"{where}: history_max_days must be in (0, 3650]")
-    if "flap_max_drains" in out and not 0 <= out["flap_max_drains"] <= 1000:
-        raise ConfigError(f"{where}: flap_max_drains must be in [0, 1000] (0: off)")
-    if "flap_window_s" in out and not 0 < out["flap_window_s"] <= 30 * 86400:
-        raise ConfigError(f"{where}: flap_window_s must be in (0, 2592000] (30 days)")
-    if "breaker_max_share" in out and not 0 <= out["breaker_max_share"] <= 1:
-        raise ConfigError(f"{where}: breaker_max_share must be in [0, 1]")
+    for key, (low, high, low_open, note) in _RANGES.items():
+        if key in out and not _in_range(out[key], low, high, low_open):
+            opening = "(" if low_open else "["
+            raise ConfigError(f"{where}: {key} must be in {opening}{low}, {high}]{note}")
+    if out.get("probe_memory_mb", 0) and out["probe_memory_mb"] < MIN_PROBE_MEMORY_MB:
+        raise ConfigError(
+            f"{where}: probe_memory_mb must be 0 (no limit) or at least {MIN_PROBE_MEMORY_MB}"
+        )
     if "manual_resume_checks" in out and not all(
         isinstance(c, str) for c in out["manual_resume_checks"]
     ):
@@ -444,7 +459,9 @@ def _parse_check_table(table: Mapping[str, Any], where: str, chk: Check) -> dict
             if not 0 < value <= most:
                 raise ConfigError(f"{where}.timeout_s must be in (0, {most}]")
         elif key == "phases":
-            if not isinstance(value, list) or not set(value) <= ALL_PHASES:
+            names = value if isinstance(value, list) else None
+            # Each item a string first: a table in the list is unhashable, not a phase.
+            if names is None or not all(isinstance(p, str) and p in ALL_PHASES for p in names):
                 raise ConfigError(f"{where}.phases must be a list drawn from {sorted(ALL_PHASES)}")
         elif key in chk.options:
             _require_option(f"{where}.{key}", value, chk.options[key])
@@ -458,13 +475,28 @@ def _parse_check_table(table: Mapping[str, Any], where: str, chk: Check) -> dict
 def _require_option(where: str, value: Any, opt: Option) -> None:
     _require_type(where, value, opt.kind)
     if opt.item is None:
+        _require_allowed(where, value, opt)
         return
     if isinstance(value, list):
         for i, item in enumerate(value):
             _require_type(f"{where}[{i}]", item, opt.item)
+            _require_allowed(f"{where}[{i}]", item, opt)
     elif isinstance(value, dict):
         for key, item in value.items():
             _require_type(f"{where}.{key}", item, opt.item)
+            _require_allowed(f"{where}.{key}", item, opt)
+
+
+def _require_allowed(where: str, value: Any, opt: Option) -> None:
+    """The option's declared choices and range (Option.choices, .low, .high)."""
+    if opt.choices and value not in opt.choices:
+        raise ConfigError(f"{where}: must be one of {list(opt.choices)}, not {value!r}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if (opt.low is not None and value < opt.low) or (opt.high is not None and value > opt.high):
+        low = "-inf" if opt.low is None else opt.low
+        high = "inf" if opt.high is None else opt.high
+        raise ConfigError(f"{where}: must be in [{low}, {high}], not {value!r}")
 
 
 def _require_type(where: str, value: Any, kinds: type | tuple[type, ...]) -> None:

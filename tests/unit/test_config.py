@@ -90,6 +90,22 @@ enabled = false
         ("[[node_class]]\nname = 'x'\nmatch = ['n1']\nlog_file = '/x'", "unknown setting"),
         ("nvml = 'fake'", "nvml must be"),
         ("this is not toml", "not valid TOML"),
+        ('[checks."host.mem"]\nphases = [{}]', "phases must be a list"),
+        ("[checks.\"host.mem\"]\nphases = [['prolog']]", "phases must be a list"),
+        ("breaker_floor = -1", "breaker_floor must be in [0, 100000]"),
+        ("breaker_max_drains = -5", "breaker_max_drains must be in [0, 100000]"),
+        ("breaker_window_min = 0", "breaker_window_min must be in (0, 10080]"),
+        ("breaker_max_share = 1.5", "breaker_max_share must be in [0, 1]"),
+        ("probe_memory_mb = -1", "probe_memory_mb must be in [0, 1048576]"),
+        ("probe_memory_mb = 16", "probe_memory_mb must be 0 (no limit) or at least 128"),
+        ('[checks."gpu.compute_mode"]\nexpected = "exclusive"', "expected: must be one of"),
+        (
+            '[checks."gpu.persistence"]\nseverity = "loud"',
+            "severity: must be one of ['fail', 'warn']",
+        ),
+        ('[checks."ib.port"]\nlink_layer = "IB"', "link_layer: must be one of"),
+        ('[checks."ib.counters"]\nfail_rise = {symbol_error = -1}', "symbol_error: must be in"),
+        ('[checks."ib.counters"]\nmax_window_s = 0', "max_window_s: must be in [1,"),
     ],
 )
 def test_broken_config_is_a_clear_error(tmp_path, text, fragment):
@@ -121,3 +137,10 @@ def test_shipped_example_config_is_valid():
     config = load_config(str(example), {}, REGISTRY)
     assert config.for_node("gpu007", REGISTRY).node_class == "h100"
     assert config.for_node("login2", REGISTRY).node_class == "login"
+
+
+def test_compute_mode_choices_are_nvmls_names():
+    from nodecheck.probes.nvml.model import COMPUTE_MODES
+
+    option = REGISTRY["gpu.compute_mode"].options["expected"]
+    assert set(option.choices) == set(COMPUTE_MODES.values())

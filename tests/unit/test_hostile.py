@@ -295,6 +295,7 @@ def test_memory_hog_probe_hits_its_limit(tmp_path):
         ('[checks."host.mounts"]\nreqired = ["/scratch"]\n', "reqired"),
         ("[[node_class]]\nname = 'x'\nmatch = 5\n", "match"),
         ("budget_s = 20\nbudget_s = 21\n", "TOML"),
+        ('[checks."host.mem"]\nphases = [{}]\n', "phases"),
     ],
 )
 def test_bad_config_is_a_logged_internal_error(tmp_path, body, names):
@@ -307,6 +308,17 @@ def test_bad_config_is_a_logged_internal_error(tmp_path, body, names):
     assert not calls.exists()
     manual = run_cli(["run"], {"SLURMD_NODENAME": "n1", "NODECHECK_CONFIG": str(cfg)})
     assert manual.rc == 2 and names in (manual.stdout + manual.stderr)
+
+
+def test_a_config_error_in_a_check_table_follows_on_internal_error_drain(tmp_path):
+    scontrol, calls = fake_scontrol(tmp_path)
+    body = 'on_internal_error = "drain"\n[checks."host.mem"]\nphases = [{}]\n'
+    out = hook(write_config(tmp_path, body, scontrol))
+    assert out.rc == 1
+    assert "Traceback" not in out.stderr
+    [err] = out.named("internal_error")
+    assert "phases" in err["error"]
+    assert "nodecheck.internal" in drain_call(calls)[3]
 
 
 def _unreadable(tmp_path: Path, how: str) -> Path:

@@ -40,7 +40,9 @@ MIB = 1024**2
     memory_limit_mb=0,
     options={
         "device": Option(str, "auto", "'auto' (a GPU with NCCL, else the CPU with gloo)"),
-        "backend": Option(str, "auto", "'auto', 'nccl' or 'gloo'"),
+        "backend": Option(
+            str, "auto", "'auto', 'nccl' or 'gloo'", choices=("auto", "nccl", "gloo")
+        ),
         "address_template": Option(
             str, "{node}", "fabric address of a node ({node}, {num}); the rendezvous is node 1's"
         ),

@@ -36,7 +36,12 @@ judge = lazy_module("nodecheck.checks.deep.judge")
 GROUP = "deep"
 MIB = 1024**2
 
-DEVICE = Option(str, "auto", "'auto' (CUDA GPUs, else the CPU), 'cuda' or 'cpu'")
+DEVICE = Option(
+    str,
+    "auto",
+    "'auto' (CUDA GPUs, else the CPU), 'cuda' or 'cpu'",
+    choices=("auto", "cuda", "cpu"),
+)
 REPEATS = Option(int, 5, "timed repeats per figure (the median counts), after one warm-up")
 MEDIAN_FRACTION = Option(
     float, 0.8, "for a model not in the table: FAIL a device below this share of the median"

@@ -43,15 +43,17 @@ JOB_READING_MAX_AGE_S = 30 * 86400
             counter_probe.DEFAULT_FAIL_RISE,
             "counter -> rise within one window above which FAIL",
             item=int,
+            low=0,
         ),
         "warn_rise": Option(
             dict,
             counter_probe.DEFAULT_WARN_RISE,
             "counter -> rise within one window above which WARN",
             item=int,
+            low=0,
         ),
         "max_window_s": Option(
-            (int, float), 86400, "a run window older than this is only a new baseline"
+            (int, float), 86400, "a run window older than this is only a new baseline", low=1
         ),
     },
 )

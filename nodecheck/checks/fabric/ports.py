@@ -30,7 +30,9 @@ from nodecheck.run.results import CheckResult, Status
     options={
         "ports": Option(list, [], "expected ports as device/port, e.g. mlx5_0/1", item=str),
         "count": Option(int, 0, "expected number of ports (of link_layer) when ports is empty"),
-        "link_layer": Option(str, "", "expected link layer: InfiniBand, Ethernet or '' (any)"),
+        "link_layer": Option(
+            str, "", "expected link layer: InfiniBand, Ethernet or '' (any)", choices=LINK_LAYERS
+        ),
         "rate": Option(str, "", "expected rate as the kernel prints it: 400 Gb/sec (4X NDR)"),
         "rates": Option(dict, {}, "per-port expected rate, overrides rate", item=str),
     },

@@ -32,7 +32,9 @@ ONLY_JOB_GPUS = Option(
     False,
     "look only at the job's GPUs (SLURM_JOB_GPUS, taken as NVML indices); all GPUs when unset",
 )
-SEVERITY = Option(str, "fail", "'fail' or 'warn' when the setting differs from expected")
+SEVERITY = Option(
+    str, "fail", "'fail' or 'warn' when the setting differs from expected", choices=("fail", "warn")
+)
 
 
 # --- shared plumbing ------------------------------------------------------------------

@@ -111,7 +111,13 @@ def gpu_mig(ctx: CheckContext) -> Iterator[CheckResult]:
     group=GROUP,
     timeout_s=TIMEOUT_S,
     options={
-        "expected": Option(str, "default", "default | exclusive_process | prohibited"),
+        "expected": Option(
+            str,
+            "default",
+            "default | exclusive_process | prohibited",
+            # COMPUTE_MODES' names, spelled out: the NVML model loads only when a GPU check runs
+            choices=("default", "exclusive_thread", "prohibited", "exclusive_process"),
+        ),
         "severity": SEVERITY,
         "only_job_gpus": ONLY_JOB_GPUS,
     },
