@@ -4,51 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.host.common import GROUP, bounded
+from nodecheck.checks.host.common import GROUP, bounded, host
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult, Status
-
-
-@dataclass(frozen=True)
-class Mount:
-    """One line of /proc/self/mounts (octal escapes decoded)."""
-
-    source: str
-    target: str
-    fstype: str
-    options: tuple[str, ...]
-
-
-def _unescape(field: str) -> str:
-    # /proc/mounts escapes space, tab, newline and backslash as \ooo octal.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def read_mounts(path: Path) -> dict[str, Mount]:
-    """Mount table by target; a later mount over the same target wins, as in the kernel."""
-    mounts = {}
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        mount = Mount(
-            _unescape(parts[0]), _unescape(parts[1]), parts[2], tuple(parts[3].split(","))
-        )
-        mounts[mount.target] = mount
-    return mounts
 
 
 @check(
@@ -72,7 +33,7 @@ def host_mounts(ctx: CheckContext) -> Iterator[CheckResult]:
     if not required:
         yield CheckResult("host.mounts", Status.SKIP, "no mounts configured")
         return
-    mounts = read_mounts(ctx.proc_path("self", "mounts"))
+    mounts = host.mounts(ctx.proc_path())
     present = []
     for target in required:
         mount = mounts.get(target)

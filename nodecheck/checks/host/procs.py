@@ -1,79 +1,24 @@
-"""host.procs (epilog): no process of the finished job's user left behind."""
+"""host.procs (epilog): no process of the finished job left behind."""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
+from nodecheck.checks.host.common import host
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.results import CheckResult, Status
 
-
-@dataclass(frozen=True)
-class Proc:
-    """The parts of /proc/PID that host.procs and host.services look at."""
-
-    pid: int
-    ppid: int
-    uid: int
-    comm: str
-    state: str
-    job_id: str | None
-    slurm_node: str | None  # SLURMD_NODENAME from its environment, if any
-    slurm_conf: str | None  # SLURM_CONF from its environment, if any
+if TYPE_CHECKING:
+    from nodecheck.probes.host import Process
 
 
-def _read_proc(pid_dir: Path, with_env: bool = True) -> Proc | None:
-    """One /proc/PID entry, or None if it vanished or cannot be read. `with_env` reads the
-    Slurm variables of its environment (one more file per process)."""
-    try:
-        stat_text = (pid_dir / "stat").read_text()
-        status = (pid_dir / "status").read_text()
-    except OSError:
-        return None
-    # comm is in parentheses and may itself contain ") ", so split at the last one.
-    head, _, tail = stat_text.rpartition(")")
-    comm = head.partition("(")[2]
-    fields = tail.split()
-    uid = next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("Uid:")), -1)
-    env: dict[bytes, str] = {}
-    try:
-        environ = (pid_dir / "environ").read_bytes() if with_env else b""
-        for entry in environ.split(b"\0"):
-            key, _, value = entry.partition(b"=")
-            if key in (b"SLURM_JOB_ID", b"SLURMD_NODENAME", b"SLURM_CONF"):
-                env[key] = value.decode(errors="replace")
-    except OSError:
-        pass
-    return Proc(
-        int(pid_dir.name),
-        int(fields[1]),
-        uid,
-        comm,
-        fields[0],
-        env.get(b"SLURM_JOB_ID"),
-        env.get(b"SLURMD_NODENAME"),
-        env.get(b"SLURM_CONF"),
-    )
-
-
-def list_procs(proc_root: Path, with_env: bool = True) -> dict[int, Proc]:
-    procs = {}
-    for entry in proc_root.iterdir():
-        if entry.name.isdigit():
-            proc = _read_proc(entry, with_env)
-            if proc is not None:
-                procs[proc.pid] = proc
-    return procs
-
-
-def _our_tree(procs: dict[int, Proc], starts: Iterable[int], run_root: int) -> set[int]:
+def _our_tree(procs: Mapping[int, Process], starts: Iterable[int], run_root: int) -> set[int]:
     """Our own ancestors (of this process and of the hook process Slurm started) and
-    everything under the nodecheck run: they carry the job's env too."""
+    everything under the nodecheck run."""
     ours: set[int] = set()
     for pid in starts:
         while pid in procs and pid not in ours:
@@ -90,30 +35,61 @@ def _our_tree(procs: dict[int, Proc], starts: Iterable[int], run_root: int) -> s
     return ours
 
 
-def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
-    """Processes of this job on this node (several slurmd may share a host, each with its
-    own SLURMD_NODENAME; several clusters too, each with its own SLURM_CONF, which slurmd
-    gives both the job and this epilog), minus our own process tree."""
+def slurm_cgroups_in_use(ctx: CheckContext) -> bool:
+    """Whether slurmd puts jobs in cgroups here (proctrack/cgroup): its v2 scope or a v1
+    `slurm` hierarchy under the cgroup mount. Without (proctrack/linuxproc) no process's
+    cgroup says which job it belongs to."""
+    cgroup_root = ctx.sys_path("fs", "cgroup")
+    return any(
+        any(cgroup_root.glob(pattern))
+        for pattern in ("system.slice/*slurmstepd.scope", "*/slurm", "*/slurm_*")
+    )
+
+
+def _in_job(proc: Process, ctx: CheckContext) -> bool:
+    return (
+        proc.job is not None
+        and proc.job.job_id == ctx.job.job_id
+        and proc.job.node in (None, ctx.node)
+    )
+
+
+def _claims_job(proc: Process, ctx: CheckContext) -> bool:
+    """Without cgroups: a process of the job's own user whose environment names this job on
+    this node and cluster (several slurmd, or clusters, may share a host). Only that user
+    (or root) can write that environment, so nobody can pin it on another user's job."""
+    env = host.slurm_environ(ctx.proc_path(), proc.pid)
     conf = os.environ.get("SLURM_CONF")
-    procs = list_procs(ctx.proc_path())
+    return (
+        env.get("SLURM_JOB_ID") == ctx.job.job_id
+        and env.get("SLURMD_NODENAME") in (None, ctx.node)
+        and (conf is None or env.get("SLURM_CONF") in (None, conf))
+    )
+
+
+def find_leftovers(ctx: CheckContext, run_root: int, by_cgroup: bool) -> list[Process]:
+    """What is left of this job on this node, minus our own process tree. With Slurm's
+    cgroups: the processes in the job's cgroup, which only slurmstepd can put there.
+    Without (proctrack/linuxproc): the job user's processes that carry the job's id. With
+    match = "user": any process of the job's (non-root) user as well."""
+    procs = host.processes(ctx.proc_path(), with_cgroup=by_cgroup)
     starts = [os.getpid()] + ([ctx.hook_pid] if ctx.hook_pid else [])
     ours = _our_tree(procs, starts, run_root)
     ignored = set(ctx.options["ignore_commands"])
-    by_user = ctx.options["match"] == "user" and ctx.job.uid not in (None, 0)
+    any_of_user = ctx.options["match"] == "user" and ctx.job.uid not in (None, 0)
+
+    def left_by_job(p: Process) -> bool:
+        if by_cgroup:
+            return _in_job(p, ctx)
+        return p.uid == ctx.job.uid and _claims_job(p, ctx)
+
     return [
         p
         for p in procs.values()
         if p.pid not in ours
-        and p.state != "Z"
-        and p.comm not in ignored
-        and (
-            (
-                p.job_id == ctx.job.job_id
-                and p.slurm_node in (None, ctx.node)
-                and (conf is None or p.slurm_conf in (None, conf))
-            )
-            or (by_user and p.uid == ctx.job.uid)
-        )
+        and not p.zombie
+        and p.name not in ignored
+        and ((any_of_user and p.uid == ctx.job.uid) or left_by_job(p))
     ]
 
 
@@ -128,8 +104,10 @@ def find_leftovers(ctx: CheckContext, run_root: int) -> list[Proc]:
         "match": Option(
             str,
             "job",
-            "'job': processes carrying the job's SLURM_JOB_ID; "
-            "'user': also any process of the job's user (exclusive nodes)",
+            "'job': processes in the job's cgroup (proctrack/cgroup; without Slurm's "
+            "cgroups, the job user's processes carrying its id); 'user': also any process "
+            "of the job's user (exclusive nodes)",
+            choices=("job", "user"),
         ),
         "grace_s": Option((int, float), 3.0, "how long leftovers may take to exit"),
         "ignore_commands": Option(list, [], "process names never counted", item=str),
@@ -142,17 +120,26 @@ def host_procs(ctx: CheckContext) -> Iterator[CheckResult]:
     if ctx.job.job_id is None:
         yield CheckResult("host.procs", Status.SKIP, "no job to check for")
         return
-    run_root = os.getppid()  # the runner: its other children carry the job env too
+    run_root = os.getppid()  # the runner: its other children are ours too
+    by_cgroup = slurm_cgroups_in_use(ctx)
+    if not by_cgroup and ctx.job.uid is None:
+        msg = "no Slurm job cgroups here and no job user (SLURM_JOB_UID) to look for"
+        yield CheckResult("host.procs", Status.SKIP, msg)
+        return
     deadline = time.monotonic() + ctx.options["grace_s"]
-    left = find_leftovers(ctx, run_root)
+    left = find_leftovers(ctx, run_root, by_cgroup)
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
-        left = find_leftovers(ctx, run_root)
+        left = find_leftovers(ctx, run_root, by_cgroup)
     if not left:
         yield CheckResult("host.procs", Status.PASS, f"nothing left of job {ctx.job.job_id}")
         return
-    names = ", ".join(f"{p.pid} {p.comm}" for p in sorted(left, key=lambda p: p.pid)[:5])
+    names = ", ".join(f"{p.pid} {p.name}" for p in sorted(left, key=lambda p: p.pid)[:5])
     more = f" (+{len(left) - 5} more)" if len(left) > 5 else ""
     msg = f"{len(left)} processes left after job {ctx.job.job_id}: {names}{more}"
-    values = {"pids": [p.pid for p in left], "uids": sorted({p.uid for p in left})}
+    values = {
+        "pids": [p.pid for p in left],
+        "uids": sorted({p.uid for p in left}),
+        "matched_by": "cgroup" if by_cgroup else "uid+environ",
+    }
     yield CheckResult("host.procs", Status.FAIL, msg, values=values)

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.host.common import GIB, GROUP, bounded
+from nodecheck.checks.host.common import GIB, GROUP, bounded, host
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.results import CheckResult, Status
-
-
-def _meminfo(ctx: CheckContext) -> dict[str, int]:
-    """/proc/meminfo as bytes."""
-    out = {}
-    for line in ctx.proc_path("meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields and fields[0].isdigit():
-            out[key] = int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
-    return out
 
 
 @check(
@@ -39,8 +27,8 @@ def host_mem(ctx: CheckContext) -> Iterator[CheckResult]:
     """MemTotal shrinks when a DIMM fails or is mapped out; MemAvailable low at job start
     means a previous job left memory pinned (leaked shm, hugepages, page cache that won't go).
     Fix: check `dmesg`/BMC for DIMM errors, or reboot to release leaked memory."""
-    info = _meminfo(ctx)
-    total, avail = info["MemTotal"] / GIB, info.get("MemAvailable", info["MemFree"]) / GIB
+    mem = host.memory(ctx.proc_path())
+    total, avail = mem.total / GIB, mem.available / GIB
     values = {"total_gib": round(total, 2), "available_gib": round(avail, 2)}
     opts = ctx.options
     if opts["min_total_gib"] and total < opts["min_total_gib"]:
@@ -79,7 +67,8 @@ def host_disk(ctx: CheckContext) -> Iterator[CheckResult]:
         yield CheckResult("host.disk", Status.SKIP, "no paths configured")
         return
     outcomes = bounded.call_all_with_deadline(
-        {path: (lambda p=path: os.statvfs(p)) for path in wanted}, ctx.options["stat_timeout_s"]
+        {path: (lambda p=path: host.disk_space(p)) for path in wanted},
+        ctx.options["stat_timeout_s"],
     )
     for path, need in wanted.items():
         got = outcomes[path]
@@ -90,9 +79,8 @@ def host_disk(ctx: CheckContext) -> Iterator[CheckResult]:
             msg = f"cannot stat: {getattr(got.error, 'strerror', None) or got.error}"
             yield CheckResult("host.disk", Status.FAIL, msg, component=path)
             continue
-        st = got.value
-        free = st.f_bavail * st.f_frsize / GIB
-        inodes_pct = 100.0 * st.f_favail / st.f_files if st.f_files else 100.0
+        space = got.value
+        free, inodes_pct = space.free / GIB, space.inodes_free_percent
         values = {"free_gib": round(free, 2), "free_inodes_percent": round(inodes_pct, 2)}
         if free < need:
             msg = f"{free:.2f} GiB free, need {need} GiB"

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.host.common import GROUP
-from nodecheck.checks.host.procs import list_procs
+from nodecheck.checks.host.common import GROUP, host
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.results import CheckResult, Status
 
@@ -28,8 +27,8 @@ def host_services(ctx: CheckContext) -> Iterator[CheckResult]:
         yield CheckResult("host.services", Status.SKIP, "no services configured")
         return
     # /proc/PID/comm is truncated to 15 characters by the kernel.
-    procs = list_procs(ctx.proc_path(), with_env=False)
-    running = {p.comm for p in procs.values() if p.state != "Z"}
+    procs = host.processes(ctx.proc_path(), with_cgroup=False)
+    running = {p.name[:15] for p in procs.values() if not p.zombie}
     for name in required:
         if name[:15] in running:
             yield CheckResult("host.services", Status.PASS, "running", component=name)
