@@ -27,6 +27,7 @@ class BreakerLimits:
     floor: int = 3  # nodecheck may always have this many nodes drained per partition
     max_drains: int = 20  # within the window, across the cluster; 0 disables the rate limit
     window_min: float = 10.0
+    jitter_s: float = 2.0  # most a node waits before its first drain (0: not at all)
 
     @property
     def enabled(self) -> bool:

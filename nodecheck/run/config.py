@@ -68,6 +68,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "breaker_floor": (int, 3),
     "breaker_max_drains": (int, 20),
     "breaker_window_min": ((int, float), 10),
+    # Before its first drain a node waits a random 0..breaker_jitter_s seconds, so that a
+    # wave of simultaneous failures reaches the breaker spread out; 0 turns it off.
+    "breaker_jitter_s": ((int, float), 2.0),
     # Drains by these checks are never resumed by the health phase: their fault is gone
     # from view once read (an XID passes the next run), so a human decides.
     "manual_resume_checks": (list, ["gpu.xid"]),
@@ -106,6 +109,7 @@ _RANGES: dict[str, tuple[float, float, bool, str]] = {
     "breaker_floor": (0, 100_000, False, ""),
     "breaker_max_drains": (0, 100_000, False, " (0: off)"),
     "breaker_window_min": (0, 7 * 1440, True, " (7 days)"),
+    "breaker_jitter_s": (0, 10, False, " (0: off)"),
     "probe_memory_mb": (0, 1 << 20, False, " (0: no limit)"),
 }
 # The probe children's address-space limit: below this a forked Python cannot even start.

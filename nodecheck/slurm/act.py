@@ -105,7 +105,7 @@ def _drain_and_mark(
     state_dir = _state_dir(config, node)
     if limits.enabled:
         if not _marked_drained(state_dir):  # a node already ours is not part of a wave
-            breaker.jitter(deadline)
+            breaker.jitter(deadline, limits.jitter_s)
         # One call gives both this node's state and what the breaker needs.
         nodes = _with_retries("list_nodes", attempts, deadline, backend.list_nodes)
         info = next((n for n in nodes if n.name == node), None) or backend.node_info(node)
@@ -186,6 +186,7 @@ def breaker_limits(config: Config | None) -> breaker.BreakerLimits:
         floor=config.breaker_floor,
         max_drains=config.breaker_max_drains,
         window_min=float(config.breaker_window_min),
+        jitter_s=float(config.breaker_jitter_s),
     )
 
 

@@ -219,6 +219,7 @@ class FakeSlurm:
         return self.nodes[node]
 
     def list_nodes(self):
+        self.calls.append(("list", ""))
         return list(self.nodes.values())
 
     def drain(self, node, reason):
@@ -239,10 +240,12 @@ def lifecycle(tmp_path, monkeypatch):
     monkeypatch.setattr(app, "run_checks", lambda planned, budget, mem: list(canned[0]))
 
     def configure(extra=""):
+        # No random wait before drains unless a test asks for one.
+        jitter = "" if "breaker_jitter_s" in extra else "breaker_jitter_s = 0\n"
         path = tmp_path / "nodecheck.toml"
         path.write_text(
             f'state_dir = "{tmp_path}/state"\nmetrics_file = "{tmp_path}/m.prom"\n'
-            f'killswitch_file = "{tmp_path}/off"\nlog_file = ""\n{extra}'
+            f'killswitch_file = "{tmp_path}/off"\nlog_file = ""\n{jitter}{extra}'
         )
         return path
 
@@ -277,6 +280,23 @@ def test_healthy_prolog_makes_no_controller_call_and_writes_one_run(lifecycle):
     assert out.action_taken == "none" and lifecycle.fake_slurm.calls == []
     runs = history.with_history(lifecycle.state_dir, lambda h: h.runs())
     assert [r["phase"] for r in runs] == ["health", "prolog"]
+
+
+def test_the_breaker_jitter_is_the_configured_one(lifecycle, monkeypatch):
+    spreads = []
+    monkeypatch.setattr(
+        "nodecheck.run.breaker.random.uniform", lambda low, high: spreads.append(high) or 0.0
+    )
+    assert lifecycle("prolog", [FAIL]).action_taken == "drained"
+    assert spreads == [0.0]  # breaker_jitter_s = 0 in these tests: no random wait
+    assert ("list", "") in lifecycle.fake_slurm.calls  # the breaker's one look at Slurm
+    lifecycle.set_config("breaker_jitter_s = 1.5\n")
+    lifecycle.fake_slurm.resume("n1")
+    history.with_history(
+        lifecycle.state_dir, lambda h: h.store.put_json(history.DRAIN_MARKER, None)
+    )
+    lifecycle("prolog", [FAIL])
+    assert spreads[-1] == 1.5
 
 
 def test_drain_then_resume_after_n_health_passes(lifecycle):

@@ -8,6 +8,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodecheck.checks.registry import all_checks
+from nodecheck.log import setup_logging
 from nodecheck.run.config import parse_config
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.store import history, metrics
@@ -89,12 +90,17 @@ def test_without_prometheus_client_metrics_are_skipped_and_history_kept(
     tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setattr(metrics, "available", lambda: False)
-    cfg = config_for(tmp_path, str(tmp_path / "m.prom"))
-    history.record_run(cfg, "n1", run("prolog", [], "PASS"))
+    setup_logging(None, to_stderr=True)  # log lines go to stderr, as in a hook run
+    try:
+        cfg = config_for(tmp_path, str(tmp_path / "m.prom"))
+        history.record_run(cfg, "n1", run("health", [], "PASS"))
+    finally:
+        setup_logging(None, to_stderr=False)
     assert not (tmp_path / "m.prom").exists()
     assert len(history.with_history(tmp_path / "state", lambda h: h.runs())) == 1
-    logged = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-    assert not logged or any(e.get("event") == "metrics_skipped" for e in logged)
+    err = capsys.readouterr().err
+    logged = [json.loads(x) for x in err.splitlines() if x.startswith("{")]
+    assert [e for e in logged if e.get("event") == "metrics_skipped"], err
 
 
 def test_unwritable_metrics_dir_does_not_lose_the_run(tmp_path):
