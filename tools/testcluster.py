@@ -169,18 +169,28 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def pick_port_base(state_dir: Path, count: int, start: int = DEFAULT_PORT_BASE) -> int:
-    """A base port such that base..base+count-1 are all free on 127.0.0.1.
+# What slurmctld and slurmd log when their port went to someone else.
+PORT_TAKEN = "Address already in use"
+PORT_ATTEMPTS = 4
+
+
+def pick_port_base(
+    state_dir: Path, count: int, start: int = DEFAULT_PORT_BASE, avoid: Iterable[int] = ()
+) -> int:
+    """A base port such that base..base+count-1 are all free on 127.0.0.1 (and not one of
+    `avoid`, blocks that were free here but taken before the daemons bound them).
 
     The search starts at a block derived from the state dir's path, so two clusters with
-    different state dirs started at the same moment are unlikely to race for the same ports.
+    different state dirs started at the same moment are unlikely to race for the same ports;
+    `TestCluster.start` retries on other blocks when they race anyway.
     """
+    avoided = set(avoid)
     block = max(32, ((count + 31) // 32) * 32)
     nblocks = (PORT_SEARCH_END - start) // block
     first = zlib.crc32(str(state_dir.resolve()).encode()) % nblocks
     for i in range(nblocks):
         base = start + ((first + i) % nblocks) * block
-        if all(_port_free(p) for p in range(base, base + count)):
+        if base not in avoided and all(_port_free(p) for p in range(base, base + count)):
             return base
     raise ClusterError(f"no {count} free consecutive ports between {start} and {PORT_SEARCH_END}")
 
@@ -728,9 +738,25 @@ class TestCluster:
             )
         self._prepare_state_dir()
         self._ensure_loopback()
-        if self.port_base is None:
+        if self.port_base is not None:
+            return self._start_on_ports()
+        # A free port can be taken between our look and the daemons' bind (another cluster
+        # starting at the same moment): then the daemon that lost says so, and we move on.
+        tried: list[int] = []
+        while True:
             extra = 2 if self.accounting else 0  # slurmdbd and MariaDB
-            self.port_base = pick_port_base(self.state_dir, self.nodes + 1 + extra)
+            self.port_base = pick_port_base(self.state_dir, self.nodes + 1 + extra, avoid=tried)
+            try:
+                return self._start_on_ports()
+            except ClusterError as exc:
+                if PORT_TAKEN not in str(exc) or len(tried) >= PORT_ATTEMPTS - 1:
+                    raise
+                tried.append(self.port_base)
+                print(
+                    f"ports from {self.port_base} taken meanwhile, trying others", file=sys.stderr
+                )
+
+    def _start_on_ports(self) -> TestCluster:
         self.cluster_id = f"{uuid.uuid4().hex}:{self.state_dir}"
         self._pids = {}
         self._procs = {}

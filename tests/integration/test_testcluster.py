@@ -7,10 +7,12 @@ depend on nodecheck's code.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from pathlib import Path
 
 import pytest
+import testcluster
 
 
 def _script(path: Path, body: str) -> Path:
@@ -127,3 +129,24 @@ def test_reset_cancels_jobs_and_resumes_nodes(smoke_cluster):
     cluster.reset()
     assert cluster.node_states() == {"n1": "idle", "n2": "idle"}
     assert cluster.job_state(job) in ("CANCELLED", "")
+
+
+def test_ports_taken_between_the_look_and_the_bind_are_given_up(
+    make_slurm_cluster, tmp_path_factory, monkeypatch
+):
+    """Two clusters starting at once can both find a block free; the one whose daemon then
+    fails to bind must start on other ports, not fail."""
+    state_dir = tmp_path_factory.mktemp("race")
+    taken = testcluster.pick_port_base(state_dir, 2)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", taken))  # slurmctld's port of that block
+    squatter.listen()
+    real_free = testcluster._port_free
+    # The look happened before the squatter bound: it saw the block free.
+    monkeypatch.setattr(testcluster, "_port_free", lambda p: p == taken or real_free(p))
+    try:
+        cluster = make_slurm_cluster(nodes=1, state_dir=state_dir)
+        assert cluster.port_base != taken
+        assert cluster.node_states() == {"n1": "idle"}
+    finally:
+        squatter.close()
