@@ -20,7 +20,8 @@ HEALTH = REPO / "health" / "nodecheck-health"
 
 def base_toml(work: Path, *, scontrol: str = "/usr/bin/scontrol", extra: str = "") -> str:
     """Settings every test cluster config starts with: logs, state and metrics under `work`
-    (state and metrics per node: several slurmd share this host), a quick procs grace."""
+    (state and metrics per node: several slurmd share this host), a quick procs grace, no
+    drain jitter."""
     return f"""
 log_file = "{work}/nodecheck.log"
 state_dir = "{work}/state/{{node}}"
@@ -29,6 +30,8 @@ killswitch_file = "{work}/disabled"
 scontrol = "{scontrol}"
 slurm_backend = "scontrol"
 budget_s = 15
+# No random wait before a drain: these tests do not make waves (test_breaker_wave does).
+breaker_jitter_s = 0
 {extra}
 [checks."host.disk"]
 min_free_gib = {{ "/tmp" = 0.01 }}
