@@ -70,6 +70,7 @@ LIBSLURM = "/usr/lib/x86_64-linux-gnu/slurm-wlm/libslurmfull.so"
 
 @pytest.fixture
 def call_deadline():
+    set_call_deadline(None)  # whatever an earlier in-process run left
     yield set_call_deadline
     set_call_deadline(None)
 
