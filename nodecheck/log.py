@@ -1,83 +1,281 @@
-"""Structured logging: one JSON object per line, to a log file and/or stderr.
+"""Structured logging through structlog: one event per line, to the targets a site picks.
 
-Slurm keeps a Prolog's stderr in slurmd's log, so hook phases write there too.
-Run-wide fields (node, phase, job) are bound once with `bind_run` and appear on
-every event. A line looks like
-`{"event": "verdict", "status": "PASS", ..., "node": "n1", "level": "info",
-"timestamp": "2026-11-25T23:23:43.901933Z"}`.
+Every layer logs with `get_logger().info("event", key=value, ...)`. Run-wide fields (node,
+phase, job, node_class) are bound once per run with `bind_run` (structlog's contextvars)
+and a fresh `run_id` is bound by `setup_logging`, so every line of one run can be found
+together. A JSON line looks like
+`{"node": "n1", "phase": "prolog", "job": 42, "run_id": "5f0c2e9a1b7d", "event": "verdict",
+"status": "PASS", ..., "level": "info", "timestamp": "2026-11-25T23:23:43.901933Z"}`.
 
-This is written with the standard library only, on purpose: it runs at every job start,
-and importing structlog (which this module used before) cost more than the whole
-interpreter start because its package imports asyncio (docs/performance.md).
+The events go through the standard library's `logging` (structlog's ProcessorFormatter),
+so each target is an ordinary handler (`log_target`, docs/operations.md "Logs"):
+
+- "stderr": JSON lines; what slurmd keeps in its log, but only for a hook that exits
+  non-zero. People running `nodecheck run -v` in a terminal get the console renderer.
+- "file": JSON lines appended to `log_file` (0640), reopened when logrotate moves it.
+- "syslog": the same JSON as the message of a syslog record (ident `nodecheck`, facility
+  daemon) on /dev/log.
+- "journald": python-systemd's JournalHandler when installed; otherwise the syslog record
+  on journald's own syslog socket (/run/systemd/journal/dev-log), else /dev/log.
+
+A result that FAILs is logged at warning at least, and a job id made of digits is logged
+as a number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import logging.handlers
 import os
+import stat
 import sys
-import time
-from typing import IO, Any
+from collections.abc import Iterable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
 
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# structlog imports rich when it is installed, for its console exceptions. rich is the
+# CLI's table library and has no business on the job-start path (it is also the larger
+# part of structlog's import), so structlog is loaded with rich hidden unless someone in
+# this process has loaded rich already; its console renderer then formats tracebacks plainly.
+_HIDE_RICH = "rich" not in sys.modules
+if _HIDE_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment]
+try:
+    import structlog
+finally:
+    if _HIDE_RICH:
+        del sys.modules["rich"]
 
-
-class _Sink:
-    """Where lines go: several streams, each failing on its own."""
-
-    def __init__(self) -> None:
-        self.streams: list[IO[str]] = [sys.stderr]
-        self.log_file: str | None = None
-        self.min_level = _LEVELS["info"]
-        self.bound: dict[str, Any] = {}
-        self.broken: set[int] = set()
-
-    def write(self, line: str) -> None:
-        for stream in self.streams:
-            try:
-                stream.write(line)
-                stream.flush()
-            except (OSError, ValueError) as exc:
-                # A full disk or closed pipe must not turn into a failed check run; say so
-                # once on stderr (slurmd's log), which still gets every line.
-                if id(stream) not in self.broken and stream is not sys.stderr:
-                    self.broken.add(id(stream))
-                    note = {"event": "log_file_write_failed", "file": self.log_file}
-                    note["error"] = str(exc)
-                    try:
-                        sys.stderr.write(json.dumps(note) + "\n")
-                        sys.stderr.flush()
-                    except (OSError, ValueError):
-                        pass
+LOGGER_NAME = "nodecheck"
+TARGETS = ("stderr", "file", "syslog", "journald")
+DEFAULT_TARGETS = ("stderr", "file")
+SYSLOG_SOCKET = "/dev/log"
+JOURNALD_SYSLOG_SOCKET = "/run/systemd/journal/dev-log"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_JOB_FIELDS = ("job", "job_id")
 
 
-_sink = _Sink()
+def _job_ids_as_numbers(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Slurm's job ids are numbers; log them as numbers (array and het-job ids like
+    `12_3` or `12+1` stay text)."""
+    for key in _JOB_FIELDS:
+        value = event_dict.get(key)
+        if isinstance(value, str) and value.isdigit():
+            event_dict[key] = int(value)
+    return event_dict
 
 
-def _timestamp(now: float) -> str:
-    """ISO 8601 in UTC with microseconds, e.g. 2026-11-25T23:23:43.901933Z."""
-    seconds = int(now)
-    micro = int((now - seconds) * 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micro:06d}Z"
+# Applied to every event before it reaches a handler; the renderers come per handler.
+_SHARED = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    _job_ids_as_numbers,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
 
 
-def render(event: str, level: str, fields: dict[str, Any], now: float) -> str:
-    """One log line: the event's own fields win over the run-wide ones."""
-    record: dict[str, Any] = {"event": event, **fields}
-    for key, value in _sink.bound.items():
-        record.setdefault(key, value)
-    record["level"] = level
-    record["timestamp"] = _timestamp(now)
-    # default=str: a Path or an exception in a field is logged as text, never a crash.
-    return json.dumps(record, default=str) + "\n"
+def _json_formatter() -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            # default=str: a Path or an exception in a field is logged as text, never a crash.
+            structlog.processors.JSONRenderer(default=str),
+        ],
+        foreign_pre_chain=_SHARED,
+    )
+
+
+def _console_formatter() -> logging.Formatter:
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        foreign_pre_chain=_SHARED,
+    )
+
+
+class _Stderr(logging.StreamHandler):
+    """Whatever sys.stderr is at the time of the line: the agent's worker points fd 2 at
+    slurmd's pipe after start-up, tests swap sys.stderr."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _say_on_stderr(event: str, **fields: Any) -> None:
+    """A note about logging itself, straight to stderr (slurmd's log)."""
+    line = {"event": event, **fields, "level": "warning"}
+    try:
+        sys.stderr.write(json.dumps(line, default=str) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class _OnceBroken:
+    """A handler that goes quiet after its first failure (a full disk, a gone socket) and
+    says so once on stderr, instead of failing the run or printing a traceback per line."""
+
+    broken = False
+    describe: dict[str, Any]
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            self.broken = True
+            error = sys.exc_info()[1]
+            _say_on_stderr(self.describe["event"], **self.describe["fields"], error=str(error))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)  # type: ignore[misc]
+
+
+class _LogFile(_OnceBroken, logging.handlers.WatchedFileHandler):
+    """`log_file`, root-only readable (0640), its directory created; reopened when
+    logrotate renames it (no copytruncate needed)."""
+
+    def __init__(self, path: str) -> None:
+        self.describe = {"event": "log_file_write_failed", "fields": {"file": path}}
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        super().__init__(path, encoding="utf-8")
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+
+class _Syslog(_OnceBroken, logging.handlers.SysLogHandler):
+    """One syslog record per event: ident `nodecheck`, facility daemon, priority from
+    the event's level; the message is the JSON line."""
+
+    def __init__(self, address: str) -> None:
+        self.describe = {"event": "syslog_write_failed", "fields": {"socket": address}}
+        # logging connects lazily and would drop every line in silence; say it now.
+        if not stat.S_ISSOCK(os.stat(address).st_mode):
+            raise OSError(f"{address} is not a socket")
+        super().__init__(address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        self.ident = "nodecheck: "
+
+
+def _journald_handler(socket_path: str | None) -> logging.Handler:
+    try:
+        from systemd.journal import JournalHandler  # python-systemd, when installed
+    except ImportError:
+        if socket_path is None:
+            journal = Path(JOURNALD_SYSLOG_SOCKET)
+            socket_path = str(journal) if journal.exists() else SYSLOG_SOCKET
+        return _Syslog(socket_path)
+    return JournalHandler(SYSLOG_IDENTIFIER="nodecheck")
+
+
+def _handler(target: str, log_file: str | None, syslog_socket: str | None) -> logging.Handler:
+    """One target's handler; OSError when it cannot be opened."""
+    if target == "stderr":
+        return _Stderr()
+    if target == "file":
+        if not log_file:
+            raise OSError("log_target names 'file' but log_file is empty")
+        return _LogFile(log_file)
+    if target == "syslog":
+        return _Syslog(syslog_socket or SYSLOG_SOCKET)
+    if target == "journald":
+        return _journald_handler(syslog_socket)
+    raise ValueError(f"unknown log target {target!r}; expected one of {', '.join(TARGETS)}")
+
+
+def _new_run_id() -> str:
+    return os.urandom(6).hex()
+
+
+def setup_logging(
+    log_file: str | None,
+    to_stderr: bool,
+    verbose: bool = False,
+    *,
+    targets: Iterable[str] | None = None,
+    console: bool = False,
+    syslog_socket: str | None = None,
+) -> str | None:
+    """Send events to `targets` (default: "file" when log_file is set, "stderr" when
+    to_stderr) and start a new run (fresh run_id, no bound fields). `console` renders
+    stderr for people. Returns a problem when a target could not be opened; stderr then
+    takes its place, so no line is lost."""
+    if targets is None:
+        targets = [*(["file"] if log_file else []), *(["stderr"] if to_stderr else [])]
+    # An empty log_file turns the file off, as it always has.
+    targets = [t for t in targets if t != "file" or log_file]
+    handlers: list[logging.Handler] = []
+    problems = []
+    for target in dict.fromkeys(targets):
+        try:
+            handler = _handler(target, log_file, syslog_socket)
+        except OSError as exc:
+            where = log_file if target == "file" else syslog_socket or target
+            problems.append(f"cannot open log target {target} ({where}): {exc}")
+            continue
+        stderr_for_people = console and isinstance(handler, _Stderr)
+        handler.setFormatter(_console_formatter() if stderr_for_people else _json_formatter())
+        handlers.append(handler)
+    if problems and not any(isinstance(h, _Stderr) for h in handlers):
+        fallback = _Stderr()
+        fallback.setFormatter(_json_formatter())
+        handlers.append(fallback)
+    _install(handlers, logging.DEBUG if verbose else logging.INFO)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(run_id=_new_run_id())
+    return "; ".join(problems) or None
+
+
+def _install(handlers: list[logging.Handler], level: int) -> None:
+    stdlib_logger = logging.getLogger(LOGGER_NAME)
+    for old in list(stdlib_logger.handlers):
+        stdlib_logger.removeHandler(old)
+        with contextlib.suppress(OSError):  # a full disk already reported its problem
+            old.close()
+    for handler in handlers:
+        stdlib_logger.addHandler(handler)
+    stdlib_logger.setLevel(level)
+    stdlib_logger.propagate = False  # our lines go to our targets only, never twice
+    structlog.configure(
+        processors=[*_SHARED, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=False,
+    )
+
+
+def bind_run(**fields: Any) -> None:
+    """Fields every later line of this run carries (node, phase, job, node_class)."""
+    structlog.contextvars.bind_contextvars(**fields)
+
+
+def bound_fields() -> Mapping[str, Any]:
+    """What is bound now (run_id and the run's fields)."""
+    return structlog.contextvars.get_contextvars()
 
 
 class Logger:
-    """`log.info("event", key=value, ...)`; `exception` adds the current traceback."""
+    """`log.info("event", key=value, ...)`; `exception` adds the current traceback.
+
+    A thin layer over structlog's bound logger for one rule: an event that carries a FAIL
+    status is a warning at least, whatever level the caller chose, so a site that only
+    keeps warnings (syslog filters, journald priorities) keeps every failed check."""
 
     def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        if _LEVELS[level] >= _sink.min_level:
-            _sink.write(render(event, level, fields, time.time()))
+        if fields.get("status") == "FAIL" and _LEVELS.get(level, logging.ERROR) < logging.WARNING:
+            level = "warning"
+        getattr(structlog.get_logger(LOGGER_NAME), level)(event, **fields)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit("debug", event, fields)
@@ -92,46 +290,13 @@ class Logger:
         self._emit("error", event, fields)
 
     def exception(self, event: str, **fields: Any) -> None:
-        import traceback
-
-        self._emit("error", event, {**fields, "exception": traceback.format_exc()})
+        self._emit("exception", event, fields)
 
 
 _logger = Logger()
-
-
-def _open_log_file(path: str) -> IO[str] | None:
-    try:
-        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        return os.fdopen(fd, "a", encoding="utf-8")
-    except OSError:
-        return None
-
-
-def setup_logging(log_file: str | None, to_stderr: bool, verbose: bool = False) -> str | None:
-    """Send lines to log_file and/or stderr; returns a problem if the log file is unusable."""
-    streams: list[IO[str]] = []
-    problem = None
-    if log_file:
-        handle = _open_log_file(log_file)
-        if handle is None:
-            problem = f"cannot open log file {log_file}"
-            to_stderr = True
-        else:
-            streams.append(handle)
-    if to_stderr:
-        streams.append(sys.stderr)
-    _sink.streams = streams
-    _sink.log_file = log_file
-    _sink.min_level = _LEVELS["debug" if verbose else "info"]
-    _sink.broken.clear()
-    return problem
-
-
-def bind_run(**fields: Any) -> None:
-    """Fields every later line of this run carries (node, phase, job, node_class)."""
-    _sink.bound.update(fields)
+# Until a run sets its targets: JSON lines on stderr, never structlog's default printer
+# on stdout (which a `--json` run's reader would parse).
+setup_logging(None, to_stderr=True)
 
 
 def get_logger() -> Logger:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nodecheck.checks.registry import PHASES, TIERS
-from nodecheck.entry.hook import HOOK_PHASES, HookArgs, hook_args, run_hook
+from nodecheck.entry.hook import HOOK_PHASES, HookArgs, run_hook
 from nodecheck.quarantine import DEFAULT_WHY
 from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
 
@@ -118,9 +118,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    fast = hook_args(words)
-    if fast is not None:
-        return run_hook(fast)
     args = _parser().parse_args(words)
     from nodecheck.log import setup_logging
 

@@ -1,18 +1,16 @@
 """`nodecheck hook PHASE`: what the prolog/epilog/health entrypoints run under slurmd.
 
-It logs JSON to stderr (kept by slurmd) and the log file, acts on the verdict through
-Slurm, and exits with a code Slurm understands. The entrypoints always pass the same few
-words, so `hook_args` recognises exactly that shape without argparse, whose import and
-parser construction cost ~6 ms at every job start; anything else (a typo, `--help`) goes
-to the full argparse parser in `nodecheck.entry.cli`, which stays the one definition of the
-command line and of its error messages.
+It logs to the configured targets (`log_target`: stderr, which slurmd keeps when the hook
+exits non-zero, and `log_file` by default), acts on the verdict through Slurm, and exits
+with a code Slurm understands. The command line itself is parsed by nodecheck.entry.cli,
+the one definition of it; the node service (nodecheck.entry.agent) calls `run_hook`
+directly.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
 
 from nodecheck.run.decide import EXIT_OK
 
@@ -22,32 +20,12 @@ HOOK_PHASES = ("prolog", "epilog", "health")
 LOG_DIR_TIMEOUT_S = 0.5
 
 
-class HookArgs(NamedTuple):
+@dataclass(frozen=True)
+class HookArgs:
     phase: str
     config: str | None = None
     dry_run: bool = False
     verbose: bool = False
-
-
-def hook_args(argv: Sequence[str]) -> HookArgs | None:
-    """`[--config FILE] [-v] hook PHASE [--dry-run]` as HookArgs; None for anything else."""
-    words = list(argv)
-    config, verbose = None, False
-    while words and words[0] != "hook":
-        if words[0] == "--config" and len(words) > 1:
-            config, words = words[1], words[2:]
-        elif words[0].startswith("--config=") and len(words[0]) > len("--config="):
-            config, words = words[0].split("=", 1)[1], words[1:]
-        elif words[0] in ("-v", "--verbose"):
-            verbose, words = True, words[1:]
-        else:
-            return None
-    if len(words) < 2 or words[1] not in HOOK_PHASES:
-        return None
-    rest = words[2:]
-    if rest not in ([], ["--dry-run"]):
-        return None
-    return HookArgs(words[1], config, bool(rest), verbose)
 
 
 def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
@@ -57,10 +35,17 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     from nodecheck.run.pipeline import RunRequest, UsageError, execute
 
     env = dict(os.environ)
-    # The log file is needed before the config is validated: take it from what is valid.
-    log_file = salvage_config(args.config, env).log_file or None
+    # Logging is needed before the config is validated: take its settings from what is
+    # valid, so a broken config is still reported where the site looks.
+    salvaged = salvage_config(args.config, env)
+    log_file = salvaged.log_file or None
     hung = _hung_log_dir(log_file)
-    problem = setup_logging(None if hung else log_file, to_stderr=True, verbose=args.verbose)
+    problem = setup_logging(
+        None if hung else log_file,
+        to_stderr=True,
+        verbose=args.verbose,
+        targets=salvaged.log_target,
+    )
     problem = hung or problem
     if problem:
         get_logger().warning("log_file_unusable", problem=problem)

@@ -20,6 +20,7 @@ from typing import Any
 from nodecheck.checks.context import NodeSettings
 from nodecheck.checks.registry import ALL_PHASES, COMMON_KEYS, Check, Option
 from nodecheck.hostlist import host_matches, validate_pattern
+from nodecheck.log import TARGETS as LOG_TARGETS
 
 DEFAULT_PATH = Path("/etc/nodecheck/nodecheck.toml")
 ON_INTERNAL_ERROR = ("pass", "drain")
@@ -42,6 +43,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "disabled": (bool, False),
     "killswitch_file": (str, "/etc/nodecheck/disabled"),
     "log_file": (str, "/var/log/nodecheck/nodecheck.log"),
+    # Where log lines go (nodecheck/log.py): any of "stderr", "file", "syslog", "journald".
+    # One name or a list.
+    "log_target": ((str, list), ["stderr", "file"]),
     "state_dir": (str, "/var/lib/nodecheck"),
     "slurm_backend": (str, "auto"),
     "scontrol": (str, "/usr/bin/scontrol"),
@@ -373,6 +377,10 @@ def _parse_settings(
         isinstance(c, str) for c in out["manual_resume_checks"]
     ):
         raise ConfigError(f"{where}: manual_resume_checks must be a list of check ids")
+    if isinstance(out.get("log_target"), str):
+        out["log_target"] = [out["log_target"]]
+    if "log_target" in out and not all(t in LOG_TARGETS for t in out["log_target"]):
+        raise ConfigError(f"{where}: log_target entries must be among {LOG_TARGETS}")
     if "job_scope_hca" in out and out["job_scope_hca"] not in ("pcie", "numa"):
         raise ConfigError(f"{where}: job_scope_hca must be 'pcie' or 'numa'")
     if "nvml" in out and not (out["nvml"] == "real" or out["nvml"].startswith("replay:")):

@@ -42,11 +42,11 @@ grace_s = 2
 
 def events(work: Path, name: str | None = None, **fields: Any) -> list[dict]:
     """nodecheck's log events, optionally only those named `name` with these field values
-    (a `job` given as int matches the logged string)."""
+    (job ids are logged as numbers)."""
     log = work / "nodecheck.log"
     if not log.exists():
         return []
-    want = {k: str(v) if k == "job" else v for k, v in fields.items()}
+    want = {k: int(v) if k == "job" else v for k, v in fields.items()}
     out = []
     for line in log.read_text().splitlines():
         if not line.startswith("{"):

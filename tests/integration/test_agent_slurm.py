@@ -53,14 +53,14 @@ def test_slurmd_hooks_run_in_the_agent_and_fall_back_without_it(make_slurm_clust
         assert wait_verdict(cluster, work, "prolog", job)["status"] == "PASS"
         assert wait_verdict(cluster, work, "epilog", job)["status"] == "PASS"
         served = {(r["phase"], r["job"]) for r in agent_runs(log)}
-        assert {("prolog", str(job)), ("epilog", str(job))} <= served
+        assert {("prolog", int(job)), ("epilog", int(job))} <= served
 
         # A failing prolog through the agent drains with nodecheck's reason (exit 1 reached
         # slurmd: the job is requeued, not run).
         pinned = cluster.sbatch("-w", "n2", "--wrap", "true")
         reason = wait_drained(cluster, "n2", 30)
         assert reason.startswith(f"nodecheck: host.mounts {MISSING_MOUNT}: not mounted")
-        assert ("prolog", str(pinned)) in {(r["phase"], r["job"]) for r in agent_runs(log)}
+        assert ("prolog", int(pinned)) in {(r["phase"], r["job"]) for r in agent_runs(log)}
         cluster.wait_for(lambda: cluster.job_state(pinned) == "PENDING", 30, message="requeued")
         cluster.run(["scancel", str(pinned)], check=False)
     finally:

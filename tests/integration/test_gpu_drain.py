@@ -113,7 +113,7 @@ def test_pending_remap_drains_n1_and_the_job_runs_on_n2(clean_slurm_cluster, wor
         # n2 ran the whole gpu family in its prolog (and gpu.idle in the epilog), all PASS.
         cluster.wait_for(
             lambda: any(
-                v["node"] == "n2" and v.get("job") == str(job) for v in verdicts(work, "epilog")
+                v["node"] == "n2" and v.get("job") == int(job) for v in verdicts(work, "epilog")
             ),
             20,
             message="n2 epilog verdict",

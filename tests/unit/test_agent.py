@@ -95,10 +95,10 @@ def test_healthy_prolog_runs_in_the_agent(agent, tmp_path):
     assert out.returncode == 0, out.stderr
     assert not named(out.stderr, "agent_unavailable")
     [verdict] = named(out.stderr, "verdict")  # the worker logged to *our* stderr
-    assert (verdict["status"], verdict["job"], verdict["phase"]) == ("PASS", "31", "prolog")
+    assert (verdict["status"], verdict["job"], verdict["phase"]) == ("PASS", 31, "prolog")
     assert named((tmp_path / "nodecheck.log").read_text(), "verdict") == [verdict]
     [run] = named(agent.text(), "agent_run")
-    assert (run["phase"], run["job"]) == ("prolog", "31")
+    assert (run["phase"], run["job"]) == ("prolog", 31)
 
 
 def test_failing_epilog_exit_code_comes_back(agent, tmp_path):
@@ -116,7 +116,7 @@ def test_failing_epilog_exit_code_comes_back(agent, tmp_path):
     assert "[epilog job 32 " in verdict["reason"]
     # the worker talked to Slurm (after `scontrol --help`: does this scontrol offer --json?)
     assert calls.read_text().startswith("--help\nshow node")
-    assert [r["job"] for r in named(agent.text(), "agent_run")] == ["32"]
+    assert [r["job"] for r in named(agent.text(), "agent_run")] == [32]
 
 
 def test_stopping_the_agent_lets_runs_in_progress_finish(agent, tmp_path):
