@@ -1,12 +1,30 @@
-"""Match node names against Slurm-style host patterns: `gpu[001-064,100]`, `dgx-*`."""
+"""Slurm host lists through python-hostlist: expand `gpu[001-064,100]`, compress names back,
+and match a node name against a node class pattern.
+
+python-hostlist expands exactly as Slurm does for the forms Slurm accepts (the lower bound's
+zero padding sets the width: `node[1-128]` has no `node001`, `node[001-128]` has it), which
+tests/unit/test_hostlist.py checks against Slurm's own `scontrol show hostnames`. It also
+accepts a suffix after a range (`gpu[01-02]-ib`), which Slurm 22.05 refuses; fabric host
+names use it. It was picked over ClusterShell's NodeSet because it is one small module
+(docs/performance.md has the import figures).
+
+Node class patterns may also hold shell globs outside the brackets (`dgx-*`): the range is
+expanded first, then each name is matched as a glob.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
+from collections.abc import Iterable
 
-_BRACKET = re.compile(r"\[([0-9,\-]+)\]")
+import hostlist as python_hostlist
+
+# A job or a node class never needs more; a typo like `n[1-9999999]` is refused, not expanded.
+MAX_NAMES = 65536
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_GLOB = re.compile(r"[*?]")
 
 
 def is_plain_node_name(name: str) -> bool:
@@ -14,43 +32,37 @@ def is_plain_node_name(name: str) -> bool:
     return _NODE_NAME.fullmatch(name) is not None  # `$` would pass a trailing newline
 
 
-def _ranges(spec: str) -> list[tuple[int, int, int]]:
-    """`001-064,100` -> [(1, 64, 3), (100, 100, 3)] (low, high, zero-padded width)."""
-    out = []
-    for part in spec.split(","):
-        low, _, high = part.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
-            raise ValueError(f"bad range {part!r}")
-        width = len(low) if low.startswith("0") and len(low) > 1 else 0
-        out.append((int(low), int(high or low), width))
-    return out
+def expand(text: str) -> list[str]:
+    """`n[1-3,7],login1` -> every name, in order, each once; ValueError if malformed."""
+    try:
+        names = python_hostlist.expand_hostlist(text)
+    except python_hostlist.BadHostlist as exc:
+        raise ValueError(f"bad host list {text!r}: {exc}") from None
+    if len(names) > MAX_NAMES:
+        raise ValueError(f"host list {text!r} expands to more than {MAX_NAMES} names")
+    return names
+
+
+def collect(names: Iterable[str]) -> str:
+    """The short form of `names` (`n1 n2 n3 n5` -> `n[1-3,5]`), for reports."""
+    return python_hostlist.collect_hostlist(list(names))
+
+
+@functools.lru_cache(maxsize=256)
+def _expanded(pattern: str) -> tuple[frozenset[str], tuple[str, ...]]:
+    """A pattern's names: the plain ones, and those with glob characters."""
+    names = expand(pattern)
+    return (
+        frozenset(n for n in names if not _GLOB.search(n)),
+        tuple(n for n in names if _GLOB.search(n)),
+    )
 
 
 def host_matches(pattern: str, name: str) -> bool:
-    if "[" not in pattern:
-        return fnmatch.fnmatchcase(name, pattern)
-    pieces = _BRACKET.split(pattern)
-    regex, groups = "", []
-    for i, piece in enumerate(pieces):
-        if i % 2 == 0:
-            regex += fnmatch.translate(piece).removeprefix("(?s:").removesuffix(")\\Z")
-        else:
-            regex += "([0-9]+)"
-            groups.append(_ranges(piece))
-    found = re.fullmatch(regex, name)
-    if not found:
-        return False
-    for digits, ranges in zip(found.groups(), groups, strict=True):
-        value = int(digits)
-        if not any(
-            lo <= value <= hi and (width == 0 or len(digits) == width) for lo, hi, width in ranges
-        ):
-            return False
-    return True
+    plain, globs = _expanded(pattern)
+    return name in plain or any(fnmatch.fnmatchcase(name, glob) for glob in globs)
 
 
 def validate_pattern(pattern: str) -> None:
-    for spec in _BRACKET.findall(pattern):
-        _ranges(spec)
-    if pattern.count("[") != len(_BRACKET.findall(pattern)):
-        raise ValueError(f"unbalanced or malformed brackets in {pattern!r}")
+    """ValueError naming the problem when `pattern` is not a host list."""
+    _expanded(pattern)

@@ -423,7 +423,9 @@ def _report(args: argparse.Namespace) -> int:
     for row, r in zip(table, [None, *rows], strict=True):
         line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))
         print(f"{line}  {'REASON' if r is None else r['reason']}")
-    print(f"{len(rows)} node(s) drained by nodecheck")
+    from nodecheck.hostlist import collect
+
+    print(f"{len(rows)} node(s) drained by nodecheck: {collect(r['node'] for r in rows)}")
     return EXIT_OK
 
 

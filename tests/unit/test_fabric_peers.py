@@ -28,31 +28,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# ------------------------------------------------------------------------------- node lists
-
-
-@pytest.mark.parametrize(
-    ("text", "names"),
-    [
-        ("n1", ["n1"]),
-        ("n[1-3]", ["n1", "n2", "n3"]),
-        ("n[1-2,5],login1", ["n1", "n2", "n5", "login1"]),
-        ("gpu[008-010]", ["gpu008", "gpu009", "gpu010"]),
-        ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
-        ("gpu[01-02]-ib", ["gpu01-ib", "gpu02-ib"]),
-        ("n1,n1", ["n1"]),
-    ],
-)
-def test_expand_nodelist(text, names):
-    assert peer_probe.expand_nodelist(text) == names
-
-
-@pytest.mark.parametrize("text", ["n[1-", "n]1[", "n[a-b]", "n[5-1]", "n[1-999999]"])
-def test_expand_nodelist_rejects(text):
-    with pytest.raises(ValueError):
-        peer_probe.expand_nodelist(text)
-
-
 def test_node_address():
     assert peer_probe.node_address("gpu012", "10.10.0.{num}", {}) == "10.10.0.12"
     assert peer_probe.node_address("gpu012", "{node}-ib", {}) == "gpu012-ib"

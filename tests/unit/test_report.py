@@ -57,4 +57,4 @@ def test_report_lists_exactly_the_nodecheck_drains(tmp_path, monkeypatch, capsys
     assert main(["--config", str(cfg), "report"]) == 0
     text = capsys.readouterr().out
     assert "n1" in text and "n4" in text and "PSU swap" not in text
-    assert text.strip().endswith("2 node(s) drained by nodecheck")
+    assert text.strip().endswith("2 node(s) drained by nodecheck: n[1,4]")

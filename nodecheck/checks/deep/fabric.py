@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from nodecheck import hostlist
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.gpu import GROUP, judge, select_devices
 from nodecheck.checks.registry import Option, check
@@ -68,10 +69,10 @@ def deep_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
     it and a healthy node (deep.ibperf) confirms."""
     # Loaded here, in the probe child: torch, socket and threading stay off the hooks' path.
     from nodecheck.probes.active import dist
-    from nodecheck.probes.fabric.peers import expand_nodelist, node_address
+    from nodecheck.probes.fabric.peers import node_address
 
     opts = ctx.options
-    nodes = expand_nodelist(ctx.job.nodelist or "")
+    nodes = hostlist.expand(ctx.job.nodelist or "")
     if ctx.node not in nodes:
         yield CheckResult(CID, Status.SKIP, f"{ctx.node} is not in the job's node list")
         return

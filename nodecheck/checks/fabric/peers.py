@@ -43,6 +43,7 @@ def fabric_peers(ctx: CheckContext) -> Iterator[CheckResult]:
     address, or a partition (PKey) problem. This node FAILs only when it reaches none of its
     peers while they are known up on the control network; a silent single peer is a WARN
     naming it. Fix: `ibstat`, `ip addr` on the fabric interface, the SM's partition config."""
+    from nodecheck import hostlist
     from nodecheck.probes.fabric import peers as peer_probe
 
     opts = ctx.options
@@ -62,7 +63,7 @@ def fabric_peers(ctx: CheckContext) -> Iterator[CheckResult]:
         yield CheckResult("fabric.peers", Status.SKIP, "no job node list (SLURM_NODELIST)")
         return
     try:
-        nodes = peer_probe.expand_nodelist(ctx.job.nodelist)
+        nodes = hostlist.expand(ctx.job.nodelist)
     except ValueError as exc:
         yield CheckResult("fabric.peers", Status.ERROR, f"node list not understood: {exc}")
         return

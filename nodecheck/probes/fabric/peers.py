@@ -41,72 +41,13 @@ from nodecheck.run.bounded import call_all_with_deadline
 
 MAGIC = "NCPEER1"
 MAX_LINE = 256
-MAX_EXPANDED = 65536
 _NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_BRACKET = re.compile(r"\[([^\]]*)\]")
 
 REACHED = frozenset({"ok", "inbound", "refused", "wrong_node", "answered"})
 SILENT = frozenset({"timeout", "unreachable", "error"})
 
 
-# ----------------------------------------------------------------------- node list, addresses
-
-
-def expand_nodelist(text: str) -> list[str]:
-    """Slurm hostlist syntax: `n[1-3,7],gpu[001-002]-ib,login1` -> every name, in order.
-
-    Commas inside brackets separate ranges; several bracket groups in one name multiply
-    (`r[1-2]n[1-2]`). Zero padding follows the lower bound (`[08-10]` -> 08, 09, 10).
-    """
-    names: list[str] = []
-    for item in _split_top(text):
-        if item:
-            names.extend(_expand_one(item))
-            if len(names) > MAX_EXPANDED:
-                raise ValueError(f"node list expands to more than {MAX_EXPANDED} names")
-    seen: set[str] = set()
-    return [n for n in names if not (n in seen or seen.add(n))]
-
-
-def _split_top(text: str) -> list[str]:
-    out, depth, cur = [], 0, ""
-    for ch in text.strip():
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced brackets in {text!r}")
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if depth:
-        raise ValueError(f"unbalanced brackets in {text!r}")
-    out.append(cur)
-    return [part.strip() for part in out]
-
-
-def _expand_one(item: str) -> list[str]:
-    found = _BRACKET.search(item)
-    if not found:
-        return [item]
-    head, tail = item[: found.start()], item[found.end() :]
-    out = []
-    for part in found.group(1).split(","):
-        low, _, high = part.strip().partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
-            raise ValueError(f"bad range {part!r} in {item!r}")
-        width = len(low)
-        start, end = int(low), int(high or low)
-        if end < start or end - start > MAX_EXPANDED:
-            raise ValueError(f"bad range {part!r} in {item!r}")
-        for number in range(start, end + 1):
-            out.extend(_expand_one(f"{head}{number:0{width}d}{tail}"))
-            if len(out) > MAX_EXPANDED:
-                raise ValueError(f"node list expands to more than {MAX_EXPANDED} names")
-    return out
+# ---------------------------------------------------------------------------------- addresses
 
 
 def node_address(node: str, template: str, table: dict[str, str]) -> str:
