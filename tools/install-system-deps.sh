@@ -4,7 +4,10 @@
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 set -eu
 
+# prometheus-node-exporter and prometheus (for promtool): the metrics file's test
+# (tests/unit/test_metrics_exporter.py).
 PACKAGES="slurmctld slurmd slurm-client munge iproute2 procps prometheus-alertmanager
+          prometheus-node-exporter prometheus
           slurmdbd mariadb-server
           python3-venv debhelper dh-virtualenv dpkg-dev debootstrap"
 

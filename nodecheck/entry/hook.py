@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nodecheck.run.decide import EXIT_OK
+
+if TYPE_CHECKING:
+    from nodecheck.run.config import Config
 
 HOOK_PHASES = ("prolog", "epilog", "health")
 # How long the log file's directory may take to answer before the run logs to stderr only.
@@ -66,6 +70,8 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     except Exception as exc:  # last line of defence: never an anonymous drain for our bug
         get_logger().exception("internal_error", error=f"{type(exc).__name__}: {exc}")
         return EXIT_OK
+    if out.action_taken == "disabled" and args.phase == "health":
+        _metrics_while_disabled(salvaged, out.node)
     return out.verdict.exit_code
 
 
@@ -85,3 +91,13 @@ def _hung_log_dir(log_file: str | None) -> str | None:
     except OSError as exc:
         return f"{directory}: cannot check it: {exc}"
     return f"{directory}: no answer within {LOG_DIR_TIMEOUT_S}s (hung filesystem?)"
+
+
+def _metrics_while_disabled(config: Config, node: str) -> None:
+    from nodecheck.log import get_logger
+    from nodecheck.store import metrics
+
+    try:
+        metrics.rewrite_while_disabled(config, node)
+    except Exception as exc:  # the killswitch's no-op must stay a no-op
+        get_logger().warning("metrics_not_written", error=f"{type(exc).__name__}: {exc}")

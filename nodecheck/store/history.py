@@ -410,7 +410,7 @@ def record_run(config: Any, node: str, rec: RunRecord) -> None:
             if metrics is None:
                 return
             data = metrics.render(
-                node, h.last(), h.counters(), bool(h.store.get_json(DRAIN_MARKER))
+                node, h.last(), h.counters(), drain_reason(h), metrics.node_flags(config, node)
             )
             try:
                 metrics.write_textfile(metrics_file, data)
@@ -418,6 +418,14 @@ def record_run(config: Any, node: str, rec: RunRecord) -> None:
                 get_logger().warning("metrics_not_written", file=str(metrics_file), error=str(exc))
 
     with_history(config.state_dir_for(node), work)
+
+
+def drain_reason(h: History) -> str | None:
+    """The reason of the drain nodecheck holds now, None when it holds none."""
+    marker = h.store.get_json(DRAIN_MARKER)
+    if not marker:
+        return None
+    return str(marker.get("reason", "")) if isinstance(marker, dict) else ""
 
 
 def metrics_due(values: Mapping[str, Any], rec: RunRecord) -> bool:

@@ -1,17 +1,26 @@
 """Prometheus metrics for node_exporter's textfile collector.
 
-After every hook run nodecheck rewrites one file (`metrics_file`, "" disables) from what
-the history keeps: the last status and duration of each check, the last run of each phase,
-drain/resume counters and whether the node is drained by nodecheck now. The text comes
-from prometheus_client's own exposition code (a private registry and `generate_latest`),
-and the file is replaced atomically (temp file in the same dir, 0644, rename), so the
-collector never reads half a file.
+nodecheck rewrites one file (`metrics_file`, "" disables) from what the history keeps: the
+last status and duration of each check, the last run of each phase, drain/resume counters,
+which check holds a drain of the node, and whether dry-run or the killswitch is on. It is
+rewritten by every health run (HealthCheckInterval), by every manual `nodecheck run`, and
+by a prolog or epilog that found a problem or acted; a healthy prolog or epilog leaves it
+to the next of those (`metrics_on_job_path = true` rewrites it at every run). Under the
+killswitch no run records anything, so the health run rewrites the file alone, with
+`nodecheck_disabled` 1 (nodecheck.entry.hook).
 
-prometheus_client is imported lazily, only here; if it is missing, metrics are skipped
-with a log line. Every series carries a `node` label, so several slurmd on one host
-(`metrics_file` with {node}) do not clash in node_exporter.
+Only checks that are enabled for this node in some phase are exported: a check that was
+disabled, or that an upgrade removed, loses its series at the next rewrite instead of
+keeping its last status (and an alert firing) forever.
+
+The text comes from prometheus_client's own exposition code (a private registry and
+`generate_latest`), and the file is replaced atomically (temp file in the same dir, 0644,
+rename), so the collector never reads half a file. prometheus_client is imported only
+here; if it is missing, metrics are skipped with a log line. Every series carries a `node`
+label, so several slurmd on one host (`metrics_file` with {node}) do not clash.
 
 Metric names:
+  nodecheck_build_info{node,version,python}           1; the running nodecheck
   nodecheck_check_status{node,check,status}           1 for the check's last status, 0 else
   nodecheck_check_duration_seconds{node,check}        duration of the check's last run
   nodecheck_check_last_run_timestamp_seconds{node,check}
@@ -22,19 +31,55 @@ Metric names:
   nodecheck_resumes_total{node}                       resumes by nodecheck
   nodecheck_flap_holds_total{node}                    drains held because the node flaps
   nodecheck_breaker_trips_total{node}                 drains skipped: circuit breaker open
-  nodecheck_drained{node}                             1 while nodecheck holds a drain
+  nodecheck_drained{node,check,component}             1 while nodecheck holds a drain, with
+                                                      the check and component it names; 0
+                                                      (labels empty) when it holds none
+  nodecheck_dry_run{node}                             1 while dry-run is on for this node
+  nodecheck_disabled{node}                            1 while the killswitch is on
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodecheck import __version__
+from nodecheck.run.reason import parse_reason
+
 STATUSES = ("PASS", "WARN", "ERROR", "FAIL", "SKIP")
+
+
+@dataclass(frozen=True)
+class NodeFlags:
+    """What the configuration says about this node now, beside the history."""
+
+    checks: Collection[str] | None = None  # enabled checks; None: export every one
+    dry_run: bool = False
+    disabled: bool = False
+
+
+def node_flags(config: Any, node: str, disabled: bool = False) -> NodeFlags:
+    """The checks enabled for `node` in some phase, and its dry-run and killswitch state.
+    A config that cannot say exports every check the history has."""
+    from nodecheck.checks.registry import all_checks
+
+    killswitch = Path(config.values.get("killswitch_file") or "/etc/nodecheck/disabled")
+    try:
+        nodecfg = config.for_node(node, all_checks())
+    except Exception:  # metrics must never fail the run that records them
+        return NodeFlags(None, bool(config.values.get("dry_run")), disabled or killswitch.exists())
+    enabled = frozenset(cid for cid, s in nodecfg.checks.items() if s.enabled and s.phases)
+    return NodeFlags(
+        checks=enabled,
+        dry_run=bool(nodecfg.dry_run),
+        disabled=disabled or bool(nodecfg.disabled) or killswitch.exists(),
+    )
 
 
 def available() -> bool:
@@ -49,18 +94,35 @@ class _Snapshot:
     """A prometheus_client custom collector over one snapshot of the history."""
 
     def __init__(
-        self, node: str, last: Mapping[str, Any], counters: Mapping[str, int], drained: bool
+        self,
+        node: str,
+        last: Mapping[str, Any],
+        counters: Mapping[str, int],
+        drain_reason: str | None,
+        flags: NodeFlags,
     ) -> None:
         self.node = node
         self.last = last
         self.counters = counters
-        self.drained = drained
+        self.drain_reason = drain_reason
+        self.flags = flags
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         node = self.node
-        checks = self.last.get("checks", {})
+        build = GaugeMetricFamily(
+            "nodecheck_build_info",
+            "The running nodecheck: always 1, the version in its labels.",
+            labels=["node", "version", "python"],
+        )
+        build.add_metric([node, __version__, platform.python_version()], 1.0)
+        yield build
+        checks = {
+            cid: entry
+            for cid, entry in self.last.get("checks", {}).items()
+            if self.flags.checks is None or cid in self.flags.checks
+        }
         status = GaugeMetricFamily(
             "nodecheck_check_status",
             "Last status of each check: 1 for the status it had, 0 for the others.",
@@ -120,17 +182,38 @@ class _Snapshot:
             counter.add_metric([node], float(self.counters.get(key, 0)))
             yield counter
         drained = GaugeMetricFamily(
-            "nodecheck_drained", "1 while the node is drained by nodecheck.", labels=["node"]
+            "nodecheck_drained",
+            "1 while nodecheck holds a drain of the node, labelled with the check and "
+            "component its reason names.",
+            labels=["node", "check", "component"],
         )
-        drained.add_metric([node], 1.0 if self.drained else 0.0)
+        if self.drain_reason is None:
+            drained.add_metric([node, "", ""], 0.0)
+        else:
+            parsed = parse_reason(self.drain_reason)
+            check, component = (parsed.check_id, parsed.component) if parsed else ("", "")
+            drained.add_metric([node, check, component], 1.0)
         yield drained
+        for name, on, help_text in (
+            ("dry_run", self.flags.dry_run, "1 while dry-run is on: failures only logged."),
+            ("disabled", self.flags.disabled, "1 while the killswitch turns every run off."),
+        ):
+            gauge = GaugeMetricFamily(f"nodecheck_{name}", help_text, labels=["node"])
+            gauge.add_metric([node], 1.0 if on else 0.0)
+            yield gauge
 
 
-def render(node: str, last: Mapping[str, Any], counters: Mapping[str, int], drained: bool) -> bytes:
+def render(
+    node: str,
+    last: Mapping[str, Any],
+    counters: Mapping[str, int],
+    drain_reason: str | None,
+    flags: NodeFlags = NodeFlags(),
+) -> bytes:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(node, last, counters, drained))
+    registry.register(_Snapshot(node, last, counters, drain_reason, flags))
     return generate_latest(registry)
 
 
@@ -148,3 +231,19 @@ def write_textfile(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def rewrite_while_disabled(config: Any, node: str) -> None:
+    """The health run under the killswitch records no run, but the file must say the
+    node is switched off (nodecheck_disabled 1) rather than keep its last word."""
+    from nodecheck.store import history
+
+    path = config.metrics_file_for(node)
+    if path is None or not available():
+        return
+    snapshot = history.read_only_history(
+        config.state_dir_for(node), lambda h: (h.last(), h.counters(), history.drain_reason(h))
+    )
+    last, counters, reason = snapshot or ({}, {}, None)
+    flags = node_flags(config, node, disabled=True)
+    write_textfile(path, render(node, last, counters, reason, flags))

@@ -7,6 +7,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import nodecheck
 from nodecheck.checks.registry import all_checks
 from nodecheck.log import setup_logging
 from nodecheck.run.config import parse_config
@@ -58,7 +59,10 @@ def test_record_run_writes_a_parseable_textfile(tmp_path):
     assert val("nodecheck_drains_total") == 0  # counted by actions on a real drain
     assert val("nodecheck_resumes_total") == 0
     assert val("nodecheck_flap_holds_total") == 0
-    assert val("nodecheck_drained") == 0
+    assert val("nodecheck_drained", check="", component="") == 0
+    assert val("nodecheck_dry_run") == 0 and val("nodecheck_disabled") == 0
+    [build] = [k for k in got if k[0] == "nodecheck_build_info"]
+    assert dict(build[1])["version"] == nodecheck.__version__ and got[build] == 1
 
 
 def test_counters_and_drained_come_from_the_state(tmp_path):
@@ -69,14 +73,16 @@ def test_counters_and_drained_come_from_the_state(tmp_path):
             h.add_event("drain", "nodecheck: host.mem node: low [prolog]", time.time())
             h.add_event("drain", "nodecheck: host.mem node: low [prolog]", time.time())
             h.add_event("resume", "", time.time())
-            h.put(history.DRAIN_MARKER, {"reason": "x", "at": time.time()})
+            reason = "nodecheck: gpu.ecc gpu3: 2 uncorrectable [health sev=critical act=reset]"
+            h.put(history.DRAIN_MARKER, {"reason": reason, "at": time.time()})
 
     history.with_history(tmp_path / "state", drained)
     history.record_run(cfg, "n7", run("health", [], "PASS"))
     got = samples((tmp_path / "m.prom").read_text())
     assert got[("nodecheck_drains_total", (("node", "n7"),))] == 2
     assert got[("nodecheck_resumes_total", (("node", "n7"),))] == 1
-    assert got[("nodecheck_drained", (("node", "n7"),))] == 1
+    held = (("check", "gpu.ecc"), ("component", "gpu3"), ("node", "n7"))
+    assert got[("nodecheck_drained", held)] == 1  # which check holds the drain
 
 
 def test_empty_metrics_file_disables_metrics(tmp_path):
@@ -112,7 +118,7 @@ def test_unwritable_metrics_dir_does_not_lose_the_run(tmp_path):
 
 
 def test_render_is_valid_with_no_runs_yet():
-    text = metrics.render("n1", {}, {}, False).decode()
+    text = metrics.render("n1", {}, {}, None).decode()
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"nodecheck_drains", "nodecheck_drained"} <= names
 
