@@ -231,6 +231,8 @@ def setup_logging(
         fallback = _Stderr()
         fallback.setFormatter(_json_formatter())
         handlers.append(fallback)
+    if not handlers:  # nowhere to log (a quiet manual run): not logging's last-resort printer
+        handlers.append(logging.NullHandler())
     _install(handlers, logging.DEBUG if verbose else logging.INFO)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(run_id=_new_run_id())

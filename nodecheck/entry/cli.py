@@ -17,19 +17,58 @@ from nodecheck.entry.hook import HOOK_PHASES, HookArgs, run_hook
 from nodecheck.quarantine import DEFAULT_WHY
 from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
 
-if TYPE_CHECKING:  # argparse is imported only off the hook path (see nodecheck.entry.hook)
+if TYPE_CHECKING:
     import argparse
+
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process its reader stopped (128 + SIGPIPE)
+
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}    healthy (warnings allowed); for `hook`: the job may run
+  {EXIT_FAIL}    a check failed (`hook`: Slurm drains the node and requeues the job)
+  {EXIT_INTERNAL}    usage, config or internal error; `run` under the killswitch (nothing checked)
+  {EXIT_BROKEN_PIPE}  the reader closed the pipe early (`nodecheck list | head`)
+"""
+
+
+def _common_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--config and -v, accepted before and after the subcommand. On a subcommand they
+    default to "not given", so they never undo what was given before it."""
+    import argparse
+
+    keep = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument(
+        "--config", help="config file (default: see README, 'Configuration')", **keep
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="debug logging on stderr", **keep
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="nodecheck", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="config file (default: see README, 'Configuration')")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(
+        prog="nodecheck",
+        description=__doc__.splitlines()[0],
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run checks now and print the results (never drains)")
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        child = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common_options(child, top=False)
+        return child
+
+    run = command("run", "run checks now and print the results (never drains)")
     run.add_argument(
         "--phase",
         choices=PHASES,
@@ -52,35 +91,37 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--node", help="node name to resolve the node class for")
     run.add_argument("--json", action="store_true", help="machine-readable output")
     run.add_argument("--job", metavar="ID", help="job id to check for (epilog checks)")
+    run.add_argument(
+        "--failed", action="store_true", help="show only what is not fine (FAIL, ERROR, WARN)"
+    )
 
-    hook = sub.add_parser("hook", help="entrypoint for Slurm Prolog/Epilog/HealthCheckProgram")
+    hook = command("hook", "entrypoint for Slurm Prolog/Epilog/HealthCheckProgram")
     hook.add_argument("phase", choices=HOOK_PHASES)
     hook.add_argument("--dry-run", action="store_true", help="log what would be drained")
 
-    lst = sub.add_parser("list", help="list checks and the phases they run in")
+    lst = command("list", "list checks and the phases they run in")
     lst.add_argument("--json", action="store_true")
     lst.add_argument("--node", help="show enabled/phases as configured for this node")
 
-    explain = sub.add_parser("explain", help="what a check looks at and what to do when it fails")
-    explain.add_argument("check_id")
+    explain = command("explain", "what a check looks at and what to do when it fails")
+    explain.add_argument("check_id", help="a check id or a glob like 'host.*'")
 
-    resume = sub.add_parser("resume", help="resume this node, only if nodecheck drained it")
+    resume = command("resume", "resume this node, only if nodecheck drained it")
     resume.add_argument("--node", help="node name (default: this host)")
     resume.add_argument(
         "--force", action="store_true", help="resume without re-running the checks first"
     )
 
-    agent = sub.add_parser(
-        "agent", help="serve hook runs from a warm process (docs/agent.md); runs until stopped"
+    agent = command(
+        "agent", "serve hook runs from a warm process (docs/agent.md); runs until stopped"
     )
     agent.add_argument(
         "--socket",
         help="Unix socket (default: $NODECHECK_AGENT_SOCKET, else /run/nodecheck/agent.sock)",
     )
 
-    report = sub.add_parser(
-        "report",
-        help="nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)",
+    report = command(
+        "report", "nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)"
     )
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.add_argument(
@@ -118,7 +159,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(words)
+    try:
+        return _dispatch(_parser().parse_args(words))
+    except BrokenPipeError:
+        # `nodecheck list | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from nodecheck.log import setup_logging
 
     if args.command == "hook":
@@ -128,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         setup_logging(None, to_stderr=True, verbose=args.verbose)
         return agent_main(args.socket)
-    setup_logging(None, to_stderr=args.verbose, verbose=args.verbose)
+    # A person at a terminal: log lines only with -v, rendered for reading.
+    setup_logging(None, to_stderr=args.verbose, verbose=args.verbose, console=True)
     if args.command == "run":
         return _run(args)
     if args.command == "list":
@@ -172,11 +225,15 @@ def _run(args: argparse.Namespace) -> int:
     except (UsageError, SlurmError) as exc:
         print(f"nodecheck: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+    disabled = out.action_taken == "disabled"
     if args.json:
-        print(json.dumps(_outcome_json(out), indent=2))
+        print(json.dumps({**_outcome_json(out), "disabled": disabled}, indent=2))
     else:
-        print(_table(out))
-    return out.verdict.exit_code
+        from nodecheck.entry.tables import run_report, show
+
+        show(run_report(out, failed_only=args.failed))
+    # Under the killswitch nothing was checked: not a clean bill of health.
+    return EXIT_INTERNAL if disabled else out.verdict.exit_code
 
 
 def _tier(args: argparse.Namespace) -> str | None:
@@ -207,32 +264,6 @@ def _outcome_json(out: object) -> dict:
     }
 
 
-def _table(out: object) -> str:
-    from nodecheck.run.pipeline import RunOutcome
-
-    assert isinstance(out, RunOutcome)
-    rows = [("CHECK", "COMPONENT", "STATUS", "MESSAGE")]
-    rows += [(r.check_id, r.component, r.status.name, r.message) for r in out.results]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3]
-        for row in rows
-    ]
-    lines.append("")
-    lines.append(
-        f"node {out.node} (class {out.node_class}), phase {out.phase}: "
-        f"{out.verdict.status.name} - {out.verdict.summary} ({out.duration_s:.2f}s)"
-    )
-    for note in out.notes:
-        lines.append(f"note: {note}")
-    if out.verdict.reason:
-        lines.append(
-            f"a {out.phase if out.phase != 'manual' else 'prolog'} would drain with: "
-            f"{out.verdict.reason}"
-        )
-    return "\n".join(lines)
-
-
 def _list(args: argparse.Namespace) -> int:
     from nodecheck.checks.registry import all_checks
     from nodecheck.run.config import ConfigError, load_config
@@ -261,37 +292,60 @@ def _list(args: argparse.Namespace) -> int:
             json.dumps({"node": node, "node_class": nodecfg.node_class, "checks": rows}, indent=2)
         )
         return EXIT_OK
-    print(f"checks for node {node} (class {nodecfg.node_class}):")
-    for row in rows:
-        flag = " " if row["enabled"] else "-"
-        phases = ",".join(row["phases"])
-        print(f"{flag} {row['id']:<18} {row['tier']:<4} {phases:<28} {row['summary']}")
-    print("('-' = disabled for this node; deep checks run with `nodecheck run --tier deep`)")
+    from nodecheck.entry.tables import show, table
+
+    cells = [
+        (
+            row["id"],
+            row["tier"],
+            "on" if row["enabled"] else "off",
+            ",".join(row["phases"]),
+            f"{row['timeout_s']:g}s",
+            row["summary"],
+        )
+        for row in rows
+    ]
+    show(
+        [
+            f"checks for node {node} (class {nodecfg.node_class}):",
+            table(("CHECK", "TIER", "ENABLED", "PHASES", "TIMEOUT", "SUMMARY"), cells),
+            "deep checks run with `nodecheck run --tier deep`",
+        ]
+    )
     return EXIT_OK
 
 
 def _explain(args: argparse.Namespace) -> int:
+    import fnmatch
+    import inspect
+
     from nodecheck.checks.registry import all_checks
 
     registry = all_checks()
-    chk = registry.get(args.check_id)
-    if chk is None:
-        print(f"nodecheck: unknown check {args.check_id!r} (see `nodecheck list`)", file=sys.stderr)
+    wanted = [cid for cid in registry if fnmatch.fnmatchcase(cid, args.check_id)]
+    if not wanted:
+        print(
+            f"nodecheck: no check matches {args.check_id!r} (see `nodecheck list`)", file=sys.stderr
+        )
         return EXIT_INTERNAL
-    print(f"{chk.id}: {chk.summary}")
-    print(
-        f"tier {chk.tier}; runs in: {', '.join(sorted(chk.phases, key=PHASES.index))}; "
-        f"timeout {chk.timeout_s}s; {'on' if chk.enabled_by_default else 'off'} by default"
-    )
-    if chk.explain:
-        import inspect
-
-        print()
-        print(inspect.cleandoc(chk.explain))
-    if chk.options:
-        print(f'\noptions ([checks."{chk.id}"] or per node class):')
-        for name, opt in chk.options.items():
-            print(f"  {name} = {json.dumps(opt.default)}  # {opt.help}")
+    blocks = []
+    for cid in wanted:
+        chk = registry[cid]
+        lines = [
+            f"{chk.id}: {chk.summary}",
+            f"tier {chk.tier}; runs in: {', '.join(sorted(chk.phases, key=PHASES.index))}; "
+            f"timeout {chk.timeout_s}s; {'on' if chk.enabled_by_default else 'off'} by default",
+        ]
+        if chk.explain:
+            lines += ["", inspect.cleandoc(chk.explain)]
+        if chk.options:
+            lines += ["", f'options ([checks."{chk.id}"] or per node class):']
+            lines += [
+                f"  {name} = {json.dumps(opt.default)}  # {opt.help}"
+                for name, opt in chk.options.items()
+            ]
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
     return EXIT_OK
 
 
@@ -315,7 +369,9 @@ def _resume(args: argparse.Namespace) -> int:
             RunRequest(phase="health", env=dict(os.environ), config_path=args.config, node=node)
         )
         if out.verdict.failures:
-            print(_table(out))
+            from nodecheck.entry.tables import run_report, show
+
+            show(run_report(out, failed_only=True))
             print(f"not resuming {node}: checks still fail (use --force to resume anyway)")
             return EXIT_FAIL
     set_call_deadline(time.monotonic() + config.budget_s)  # a dead controller: not forever
@@ -406,7 +462,9 @@ def _report(args: argparse.Namespace) -> int:
         "SEVERITY",
         "ACTION",
     )
-    table = [head] + [
+    from nodecheck.entry.tables import show, table
+
+    cells = [
         (
             r["node"],
             r["state"],
@@ -416,13 +474,11 @@ def _report(args: argparse.Namespace) -> int:
             "?" if r["drains_in_window"] is None else str(r["drains_in_window"]),
             r["severity"] or "?",
             r["remedy"] or "?",
+            r["reason"],
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    for row, r in zip(table, [None, *rows], strict=True):
-        line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))
-        print(f"{line}  {'REASON' if r is None else r['reason']}")
+    show([table((*head, "REASON"), cells)])
     from nodecheck.hostlist import collect
 
     print(f"{len(rows)} node(s) drained by nodecheck: {collect(r['node'] for r in rows)}")

@@ -159,7 +159,7 @@ def test_killswitch_file_makes_every_phase_a_logged_noop(tmp_path, recorder):
         assert any(e["event"] == "disabled" for e in events(out.stderr))
     assert not calls.exists()
     # the health run says so in the metrics file (no run is recorded while disabled)
-    assert "nodecheck_disabled{node=\"n1\"} 1.0" in (tmp_path / "nodecheck.prom").read_text()
+    assert 'nodecheck_disabled{node="n1"} 1.0' in (tmp_path / "nodecheck.prom").read_text()
 
 
 @pytest.mark.parametrize(
