@@ -94,8 +94,7 @@ def warm_up() -> list[str]:
     missing = []
     for name in (*WARM_MODULES, *THIRD_PARTY):
         try:
-            module = importlib.import_module(name)
-            getattr(module, "__name__", None)  # a lazily bound module loads on first access
+            importlib.import_module(name)
         except ImportError:
             missing.append(name)
     return missing
@@ -173,7 +172,6 @@ def run_worker(conn: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the runner waits for its probe children
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the agent's stop handlers are not ours
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    gc.disable()  # short-lived, like `python -m nodecheck` (nodecheck.__main__)
     _send(conn, "ready\n")  # only now does the client hand over its stdout/stderr
     try:
         phase, env, fds = read_request(conn)
@@ -272,7 +270,6 @@ def serve(path: str) -> int:
     signal.signal(signal.SIGINT, stop)
     # A long-lived process: collect garbage, but never scan the warm heap (gc.freeze), so
     # forked workers do not copy it page by page.
-    gc.enable()
     gc.collect()
     gc.freeze()
     log.info("agent_ready", socket=path, pid=os.getpid(), not_loaded=missing)

@@ -429,10 +429,10 @@ def drain_reason(h: History) -> str | None:
 
 
 def metrics_due(values: Mapping[str, Any], rec: RunRecord) -> bool:
-    """Rewrite the metrics file on this run? Always in health/manual runs and whenever a
+    """Rewrite the metrics file on this run? Always in health runs and whenever a
     prolog/epilog found a problem or acted; a healthy prolog/epilog leaves it to the next
-    health run (its row is in the history) unless metrics_on_job_path is set, because
-    prometheus_client's import alone costs ~20-30 ms of job start."""
+    health run (its row is in the history) unless metrics_on_job_path is set, so that
+    prometheus_client stays off the job-start path."""
     if rec.phase not in ("prolog", "epilog") or values.get("metrics_on_job_path", False):
         return True
     return rec.status not in ("PASS", "SKIP") or rec.action != "none"

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodecheck.checks import lazy_module
+from nodecheck.probes.fabric import sysfs
 from nodecheck.run.results import Status
-
-sysfs = lazy_module("nodecheck.probes.fabric.sysfs")  # the sysfs readers: loaded in the probe child
 
 LINK_LAYERS = ("", "InfiniBand", "Ethernet")
 

@@ -6,18 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.checks import lazy_module
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option
 from nodecheck.probes import nvml
+from nodecheck.probes.nvml import model as nvml_model  # noqa: F401 (the checks import it from here)
 from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu, NvmlError, Snapshot
 
-# The NVML data model, bound lazily: built in the probe child that runs these checks, not
-# in the prolog's parent process (as checks/fabric.py does with its sysfs readers).
-nvml_model = lazy_module("nodecheck.probes.nvml.model")
 
 GROUP = "gpu"
 TIMEOUT_S = 10.0  # the whole gpu group shares one deadline: NVML init plus every check
