@@ -131,9 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--days", type=float, default=30, help="with --history: how far back")
 
-    validate = sub.add_parser(
+    validate = command(
         "validate",
-        help="quarantine nodes, run validation jobs, return or drain them (docs/operations.md)",
+        "quarantine nodes, run validation jobs, return or drain them (docs/operations.md)",
     )
     validate.add_argument(
         "nodelist", nargs="?", help="nodes, as a Slurm hostlist (e.g. 'gpu[001-004]')"
@@ -150,8 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--level", choices=("quick", "full"), default="quick")
     validate.add_argument("--why", default=DEFAULT_WHY, help="goes into the jobs' comments")
     validate.add_argument("--timeout", type=float, help="seconds to wait for the jobs")
-    validate_job = sub.add_parser(
-        "validate-job", help="(run inside a validation job) validate this node and act"
+    validate_job = command(
+        "validate-job", "(run inside a validation job) validate this node and act"
     )
     validate_job.add_argument("--level", choices=("quick", "full"), default="quick")
     return parser
