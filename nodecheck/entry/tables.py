@@ -46,10 +46,15 @@ def console(stream: IO[str] | None = None) -> Console:
         file=out,
         force_terminal=tty,
         color_system="auto" if tty else None,
-        width=None if tty else int(os.environ.get("COLUMNS") or PIPE_WIDTH),
+        width=None if tty else _pipe_width(os.environ.get("COLUMNS", "")),
         highlight=False,
         soft_wrap=not tty,
     )
+
+
+def _pipe_width(columns: str) -> int:
+    """$COLUMNS when someone set it to a number, else no wrapping at all."""
+    return int(columns) if columns.isdigit() and int(columns) > 0 else PIPE_WIDTH
 
 
 def status_rank(status: str) -> int:
