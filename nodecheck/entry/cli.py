@@ -184,10 +184,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     setup_logging(None, to_stderr=args.verbose, verbose=args.verbose, console=True)
     if args.command == "run":
         return _run(args)
-    if args.command == "list":
-        return _list(args)
-    if args.command == "explain":
-        return _explain(args)
+    if args.command in ("list", "explain"):
+        from nodecheck.entry import catalogue
+
+        return catalogue.list_checks(args) if args.command == "list" else catalogue.explain(args)
     if args.command == "report" and args.history:
         from nodecheck.quarantine.command import history_command
 
@@ -262,91 +262,6 @@ def _outcome_json(out: object) -> dict:
         "notes": list(out.notes),
         "results": [r.as_dict() for r in out.results],
     }
-
-
-def _list(args: argparse.Namespace) -> int:
-    from nodecheck.checks.registry import all_checks
-    from nodecheck.run.config import ConfigError, load_config
-    from nodecheck.run.pipeline import node_name
-
-    registry = all_checks()
-    node = node_name(args.node, os.environ)
-    try:
-        nodecfg = load_config(args.config, os.environ, registry).for_node(node, registry)
-    except ConfigError as exc:
-        print(f"nodecheck: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
-    rows = [
-        {
-            "id": cid,
-            "enabled": nodecfg.checks[cid].enabled,
-            "phases": sorted(nodecfg.checks[cid].phases, key=PHASES.index),
-            "timeout_s": nodecfg.checks[cid].timeout_s,
-            "tier": chk.tier,
-            "summary": chk.summary,
-        }
-        for cid, chk in registry.items()
-    ]
-    if args.json:
-        print(
-            json.dumps({"node": node, "node_class": nodecfg.node_class, "checks": rows}, indent=2)
-        )
-        return EXIT_OK
-    from nodecheck.entry.tables import show, table
-
-    cells = [
-        (
-            row["id"],
-            row["tier"],
-            "on" if row["enabled"] else "off",
-            ",".join(row["phases"]),
-            f"{row['timeout_s']:g}s",
-            row["summary"],
-        )
-        for row in rows
-    ]
-    show(
-        [
-            f"checks for node {node} (class {nodecfg.node_class}):",
-            table(("CHECK", "TIER", "ENABLED", "PHASES", "TIMEOUT", "SUMMARY"), cells),
-            "deep checks run with `nodecheck run --tier deep`",
-        ]
-    )
-    return EXIT_OK
-
-
-def _explain(args: argparse.Namespace) -> int:
-    import fnmatch
-    import inspect
-
-    from nodecheck.checks.registry import all_checks
-
-    registry = all_checks()
-    wanted = [cid for cid in registry if fnmatch.fnmatchcase(cid, args.check_id)]
-    if not wanted:
-        print(
-            f"nodecheck: no check matches {args.check_id!r} (see `nodecheck list`)", file=sys.stderr
-        )
-        return EXIT_INTERNAL
-    blocks = []
-    for cid in wanted:
-        chk = registry[cid]
-        lines = [
-            f"{chk.id}: {chk.summary}",
-            f"tier {chk.tier}; runs in: {', '.join(sorted(chk.phases, key=PHASES.index))}; "
-            f"timeout {chk.timeout_s}s; {'on' if chk.enabled_by_default else 'off'} by default",
-        ]
-        if chk.explain:
-            lines += ["", inspect.cleandoc(chk.explain)]
-        if chk.options:
-            lines += ["", f'options ([checks."{chk.id}"] or per node class):']
-            lines += [
-                f"  {name} = {json.dumps(opt.default)}  # {opt.help}"
-                for name, opt in chk.options.items()
-            ]
-        blocks.append("\n".join(lines))
-    print("\n\n".join(blocks))
-    return EXIT_OK
 
 
 def _resume(args: argparse.Namespace) -> int:
