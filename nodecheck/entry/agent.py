@@ -38,6 +38,7 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the whole nodecheck package
 # Loaded once, so that a forked worker (and its probe children) import nothing.
 WARM_MODULES = (
     "nodecheck.run.pipeline",
+    "nodecheck.checks.deep.judge",  # bound lazily by the deep family (checks/__init__.py)
     "nodecheck.slurm.act",
     "nodecheck.run.breaker",
     "nodecheck.store.history",
@@ -94,7 +95,8 @@ def warm_up() -> list[str]:
     missing = []
     for name in (*WARM_MODULES, *THIRD_PARTY):
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            getattr(module, "__name__", None)  # a lazily bound module loads on first access
         except ImportError:
             missing.append(name)
     return missing
