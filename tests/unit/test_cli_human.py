@@ -158,4 +158,4 @@ def test_list_table_in_a_pipe(failing):
     out = nodecheck(["list"], config=failing)
     assert out.returncode == 0 and not ANSI.search(out.stdout)
     [mounts] = [line for line in out.stdout.splitlines() if line.startswith("host.mounts ")]
-    assert mounts.split()[1] == "on"
+    assert mounts.split()[1:3] == ["fast", "on"]  # tier, enabled
