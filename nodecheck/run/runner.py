@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
-import gc
 import os
 import pickle
 import resource
@@ -97,9 +96,6 @@ def _run_one(item: Planned) -> list[CheckResult]:
 
 def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
     faulthandler.disable()  # a crash is reported by the parent, not into /dev/null
-    # nodecheck.__main__ runs the short-lived parent without the cyclic collector; a probe
-    # (a deep-tier one runs for minutes) must not grow without it.
-    gc.enable()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if memory_limit_mb > 0:
