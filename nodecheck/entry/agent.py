@@ -39,6 +39,7 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the whole nodecheck package
 WARM_MODULES = (
     "nodecheck.run.pipeline",
     "nodecheck.checks.deep.judge",  # bound lazily by the deep family (checks/__init__.py)
+    "nodecheck.probes.host",  # psutil, bound lazily by the host family
     "nodecheck.slurm.act",
     "nodecheck.run.breaker",
     "nodecheck.store.history",
