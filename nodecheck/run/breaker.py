@@ -4,9 +4,13 @@ A bad config push or a driver update can make every node fail at once. Before ea
 drain, the node looks at what Slurm says (one `list_nodes` call, on the unhealthy path
 only): if nodecheck has already drained more than `breaker_max_share` of a partition this
 node belongs to, or `breaker_max_drains` nodes within `breaker_window_min` minutes, the
-breaker is open. nodecheck then does not drain; it logs loudly and the prolog still exits
-non-zero, so Slurm's own "Prolog error" drain keeps the job off the node and a human
-decides. Nodes drained that way are never resumed by nodecheck (the reason is not ours).
+breaker is open. nodecheck then fails open (`breaker_open_action = "run"`, the default): it
+does not drain by any route, the hook exits 0 and the job runs, the failure is logged at
+error and the node is recorded as held back. A wave of failures is far more often a bad
+config push or a driver mismatch than a wave of broken hardware. Once the breaker closes,
+the health run of a held-back node that still fails drains it, oldest failure first
+(`backs_off` ranks held-back drains by when they were held). `breaker_open_action = "fail"`
+keeps the old fail-closed behaviour: the hook exits non-zero and Slurm drains the node.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from nodecheck.run.reason import parse_reason
 from nodecheck.slurm import NodeInfo
 
 
@@ -105,6 +110,11 @@ def partition_status(nodes: Iterable[NodeInfo], limits: BreakerLimits) -> list[B
 
 
 def _key(n: NodeInfo) -> tuple[float, str]:
+    """Oldest failure first: a drain the breaker had held back counts from when it was held
+    (`held=` in its reason), any other from its drain time."""
+    parsed = parse_reason(n.reason)
+    if parsed is not None and parsed.held_since:
+        return (float(parsed.held_since), n.name)
     return (reason_epoch(n.reason_time) or float("inf"), n.name)
 
 

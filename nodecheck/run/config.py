@@ -75,6 +75,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # Before its first drain a node waits a random 0..breaker_jitter_s seconds, so that a
     # wave of simultaneous failures reaches the breaker spread out; 0 turns it off.
     "breaker_jitter_s": ((int, float), 2.0),
+    # While the breaker is open: "run" fails open (no drain by any route, exit 0, the job
+    # runs, the node is recorded as held back); "fail" exits non-zero and Slurm drains.
+    "breaker_open_action": (str, "run"),
     # Drains by these checks are never resumed by the health phase: their fault is gone
     # from view once read (an XID passes the next run), so a human decides.
     "manual_resume_checks": (list, ["gpu.xid"]),
@@ -373,6 +376,8 @@ def _parse_settings(
         raise ConfigError(
             f"{where}: probe_memory_mb must be 0 (no limit) or at least {MIN_PROBE_MEMORY_MB}"
         )
+    if out.get("breaker_open_action", "run") not in ("run", "fail"):
+        raise ConfigError(f"{where}: breaker_open_action must be 'run' or 'fail'")
     if "manual_resume_checks" in out and not all(
         isinstance(c, str) for c in out["manual_resume_checks"]
     ):

@@ -1,7 +1,10 @@
-"""From check results to a verdict: what to do about the node and what exit code to give.
+"""The decision, in two pure steps: check results -> a verdict (status, exit code, reason);
+then the verdict and what gather found (history window, controller state, breaker snapshot)
+-> a plan (nothing / drain / keep / resume / hold / wait / would-drain / breaker-held).
 
-Pure functions, no I/O. The contracts (DESIGN.md): FAIL drains; WARN only logs;
-ERROR (nodecheck's own failure) follows on_internal_error; a manual run never acts.
+No I/O here. The contracts (DESIGN.md): FAIL drains; WARN only logs; ERROR (nodecheck's own
+failure) follows on_internal_error; a manual run never acts; a drain is ours when its reason
+is exactly the one nodecheck set; the circuit breaker, when open, stops every drain.
 """
 
 from __future__ import annotations
@@ -9,9 +12,22 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from nodecheck.run.reason import format_reason
+from nodecheck.run.plan import HistoryWindow, Marker, PendingFailure, Plan, Situation, Step
+from nodecheck.run.reason import (
+    flapping_prefix,
+    flapping_reason,
+    format_reason,
+    is_flapping_message,
+    parse_reason,
+    with_held_since,
+)
 from nodecheck.run.results import CheckResult, Status, worst
+
+if TYPE_CHECKING:  # the breaker (and nodecheck.slurm) load only on the unhealthy path
+    from nodecheck.run.breaker import BreakerLimits, BreakerState
+    from nodecheck.slurm import NodeInfo
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -99,3 +115,266 @@ def internal_error_verdict(
     """A run that could not even start its checks (bad config, missing library)."""
     error = CheckResult("nodecheck.internal", Status.ERROR, message)
     return decide([error], phase, job_id, on_internal_error)
+
+
+# -- the plan: what to do about the node, from everything gathered -----------------------
+
+BREAKER_OPEN_ACTIONS = ("run", "fail")
+# A Slurm hook-failure drain that starts within this long of nodecheck's own recorded failure
+# is that failure's drain (Slurm sets it when the controller comes back, which may be late).
+ADOPT_WINDOW_S = 6 * 3600.0
+ADOPT_SLACK_S = 5.0  # Slurm prints reason times in whole seconds
+SLURM_HOOK_FAILURE = {"prolog": "Prolog error", "epilog": "Epilog error"}
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """The settings the plan depends on, taken from the config once."""
+
+    resume_after_passes: int = 1
+    flap_max_drains: int = 3
+    flap_window_s: float = 86400.0
+    manual_resume_checks: tuple[str, ...] = ("gpu.xid",)
+    breaker_max_share: float = 0.10
+    breaker_floor: int = 3
+    breaker_max_drains: int = 20
+    breaker_window_min: float = 10.0
+    breaker_jitter_s: float = 2.0
+    breaker_open_action: str = "run"
+    dry_run: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any, dry_run: bool = False) -> PlanSettings:
+        if config is None:
+            return cls(dry_run=dry_run)
+        return cls(
+            resume_after_passes=int(config.resume_after_passes),
+            flap_max_drains=int(config.flap_max_drains),
+            flap_window_s=float(config.flap_window_s),
+            manual_resume_checks=tuple(config.manual_resume_checks),
+            breaker_max_share=float(config.breaker_max_share),
+            breaker_floor=int(config.breaker_floor),
+            breaker_max_drains=int(config.breaker_max_drains),
+            breaker_window_min=float(config.breaker_window_min),
+            breaker_jitter_s=float(config.breaker_jitter_s),
+            breaker_open_action=str(config.breaker_open_action),
+            dry_run=dry_run,
+        )
+
+    @property
+    def breaker_enabled(self) -> bool:
+        return self.breaker_max_share > 0 or self.breaker_max_drains > 0
+
+
+def needs_history(verdict: Verdict, phase: str) -> bool:
+    """The history window is read on the unhealthy path and in health, never on a healthy
+    prolog/epilog."""
+    return verdict.action is Action.DRAIN or (verdict.action is Action.CLEAR and phase == "health")
+
+
+def needs_slurm(
+    verdict: Verdict, phase: str, window: HistoryWindow, settings: PlanSettings
+) -> bool:
+    """Does the plan depend on what the controller says? Only then is it asked."""
+    if verdict.action is Action.DRAIN:
+        return not settings.dry_run
+    if not (verdict.action is Action.CLEAR and phase == "health"):
+        return False
+    marker = window.marker
+    if marker is None:
+        return window.pending is not None
+    passes = window.passes_since_drain + 1
+    return hold_reason(marker, settings) is not None or passes >= settings.resume_after_passes
+
+
+def hold_reason(marker: Marker, settings: PlanSettings) -> str | None:
+    """Why a drain must not end by itself: the node flaps, or one of the drain's failures
+    (any of them, not only the leading one) is of a check whose fault does not show again
+    once it is past (an XID is read once from the kernel log)."""
+    if marker.flapping:
+        return "flapping"
+    checks = marker.checks
+    if not checks:  # a marker from before checks were kept: the reason names the first
+        parsed = parse_reason(marker.reason)
+        checks = (parsed.check_id,) if parsed else ()
+    manual = [c for c in checks if c in settings.manual_resume_checks]
+    if manual:
+        return f"{manual[0]} needs a manual resume"
+    return None
+
+
+def plan(verdict: Verdict, situation: Situation, settings: PlanSettings) -> Plan:
+    """The decision, pure: from the verdict, what was gathered and the settings to a plan."""
+    if verdict.action is Action.DRAIN:
+        return _plan_drain(verdict, situation, settings)
+    if verdict.action is Action.CLEAR and situation.phase == "health":
+        return _plan_clear(situation, settings)
+    return Plan(Step.NOTHING, "none", verdict.exit_code)
+
+
+def _adoptable(info: NodeInfo, pending: PendingFailure | None, now: float) -> bool:
+    """Slurm's own "Prolog error"/"Epilog error" drain that followed nodecheck's recorded
+    failure on this node (the controller did not answer when nodecheck tried to drain)."""
+    if pending is None or not info.drained:
+        return False
+    expected = SLURM_HOOK_FAILURE.get(pending.phase)
+    if expected is None or not info.reason.startswith(expected):
+        return False
+    from nodecheck.run.breaker import reason_epoch
+
+    when = reason_epoch(info.reason_time)
+    if when is None:
+        return False
+    return pending.at - ADOPT_SLACK_S <= when <= min(now, pending.at + ADOPT_WINDOW_S) + 1
+
+
+def _owns(info: NodeInfo, marker: Marker | None) -> bool:
+    """Ours means the exact reason nodecheck set. With no marker (a sibling run on this node
+    drained a moment ago, or the state was lost), a reason of our format counts as ours for
+    not draining twice; resuming always needs the marker."""
+    if not info.drained:
+        return False
+    if marker is None:
+        return info.drained_by_nodecheck
+    return info.reason == marker.reason
+
+
+def _plan_drain(verdict: Verdict, situation: Situation, settings: PlanSettings) -> Plan:
+    assert verdict.reason is not None
+    if settings.dry_run:
+        return Plan(Step.WOULD_DRAIN, "would drain", EXIT_OK, verdict.reason)
+    view, window = situation.slurm, situation.history
+    if view is None or view.node is None:
+        why = view.error if view is not None else "controller state not read"
+        return Plan(Step.FAILED, "drain failed", verdict.exit_code, verdict.reason, why)
+    info = view.node
+    ours = _owns(info, window.marker)
+    adopt = not ours and _adoptable(info, window.pending, situation.now)
+    if info.drained and not ours and not adopt:
+        return Plan(Step.ADMIN_KEPT, "admin drain kept", verdict.exit_code, why=info.reason)
+    reason = verdict.reason
+    if window.held_back is not None:
+        reason = with_held_since(reason, window.held_back.since)
+    if settings.breaker_enabled and not ours and not adopt:
+        from nodecheck.run.breaker import evaluate
+
+        tripped = evaluate(view.nodes, situation.node, breaker_limits(settings), situation.now)
+        if tripped.open:
+            return breaker_held(verdict.reason, tripped, situation, settings)
+    new_episode = not info.drained or adopt
+    held = ours and (
+        (window.marker is not None and window.marker.flapping) or _reason_is_flapping(info.reason)
+    )
+    flapping = False
+    if settings.flap_max_drains:
+        drains = window.drains_in_window + (1 if new_episode else 0)
+        if held or drains > settings.flap_max_drains:
+            flapping = True
+            reason = flapping_reason(
+                reason, flapping_prefix(max(drains, 1), settings.flap_window_s)
+            )
+    suffix = " (flapping)" if flapping else ""
+    common = {
+        "exit_code": verdict.exit_code,
+        "flapping": flapping,
+        "flap_hold_starts": flapping and not held,
+        "held_since": window.held_back.since if window.held_back else None,
+    }
+    if ours and (held or not flapping):
+        # Already drained by us (the epilog after a failed prolog, a health run on a node
+        # still broken): the first reason stands and the controller is spared a write.
+        return Plan(Step.KEEP, "already drained" + suffix, reason=info.reason, **common)
+    return Plan(
+        Step.DRAIN,
+        ("adopted " if adopt else "") + "drained" + suffix,
+        reason=reason,
+        new_episode=new_episode,
+        adopted=info.reason if adopt else "",
+        check_wave=settings.breaker_enabled and not ours and not adopt,
+        **common,
+    )
+
+
+def breaker_held(
+    reason: str, tripped: BreakerState, situation: Situation, settings: PlanSettings
+) -> Plan:
+    """The breaker is open: no drain by any route. "run" (fail open): exit 0, the job runs;
+    "fail": exit non-zero, and Slurm drains the node itself."""
+    held = situation.history.held_back
+    exit_code = EXIT_OK if settings.breaker_open_action == "run" else EXIT_FAIL
+    return Plan(
+        Step.BREAKER_HELD,
+        "breaker open",
+        exit_code,
+        reason,
+        tripped.why,
+        breaker=tripped,
+        held_since=held.since if held else situation.now,
+    )
+
+
+def _plan_clear(situation: Situation, settings: PlanSettings) -> Plan:
+    """Health phase, node passed: resume what nodecheck drained, after enough passes."""
+    window, view = situation.history, situation.slurm
+    marker = window.marker
+    if not window.readable:
+        return Plan(Step.FAILED, "state unusable", EXIT_OK, why=window.error)
+    info = view.node if view is not None else None
+    if marker is None:
+        pending = window.pending
+        if info is not None and pending is not None and _adoptable(info, pending, situation.now):
+            # The failure has passed since, but the drain is nodecheck's: give it its real
+            # reason, and the usual resume-after-passes brings it back.
+            return Plan(
+                Step.DRAIN,
+                "adopted drain",
+                EXIT_OK,
+                pending.reason,
+                new_episode=True,
+                adopted=info.reason,
+            )
+        return Plan(Step.NOTHING, "none", EXIT_OK)
+    hold = hold_reason(marker, settings)
+    passes = window.passes_since_drain + 1
+    if hold is None and passes < settings.resume_after_passes:
+        needed = settings.resume_after_passes
+        return Plan(Step.WAIT, f"passed {passes}/{needed} before resume", EXIT_OK, why=str(passes))
+    if info is None:
+        why = view.error if view is not None else "controller state not read"
+        return Plan(Step.FAILED, "clear failed", EXIT_OK, marker.reason, why)
+    ours = info.drained and info.reason == marker.reason
+    if hold is not None and ours:
+        return Plan(Step.HOLD, f"held: {hold}", EXIT_OK, marker.reason, hold)
+    if not info.drained:
+        return Plan(Step.FORGET, "not drained", EXIT_OK, marker.reason, str(passes))
+    if not ours:
+        return Plan(
+            Step.FORGET, "refused: drained by someone else", EXIT_OK, marker.reason, str(passes)
+        )
+    return Plan(Step.RESUME, "resumed", EXIT_OK, marker.reason, str(passes))
+
+
+def after_wave(
+    plan_: Plan, crowded: BreakerState, situation: Situation, settings: PlanSettings
+) -> Plan:
+    """A wave of simultaneous drains pushed nodecheck past the limit and act backed off
+    (resumed this node): from here on it is a breaker hold like any other."""
+    assert plan_.reason is not None
+    return breaker_held(plan_.reason, crowded, situation, settings)
+
+
+def _reason_is_flapping(reason: str) -> bool:
+    parsed = parse_reason(reason)
+    return parsed is not None and is_flapping_message(parsed.message)
+
+
+def breaker_limits(settings: PlanSettings) -> BreakerLimits:
+    from nodecheck.run.breaker import BreakerLimits
+
+    return BreakerLimits(
+        max_share=settings.breaker_max_share,
+        floor=settings.breaker_floor,
+        max_drains=settings.breaker_max_drains,
+        window_min=settings.breaker_window_min,
+        jitter_s=settings.breaker_jitter_s,
+    )

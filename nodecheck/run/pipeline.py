@@ -6,11 +6,13 @@ so what an admin sees by hand is what the prolog decided.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext, JobInfo
 from nodecheck.checks.registry import (
@@ -25,7 +27,18 @@ from nodecheck.checks.registry import (
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
 from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
-from nodecheck.run.decide import Action, Verdict, decide, internal_error_verdict
+from nodecheck.run.decide import (
+    Action,
+    PlanSettings,
+    Verdict,
+    after_wave,
+    breaker_limits,
+    decide,
+    internal_error_verdict,
+    needs_history,
+    plan,
+)
+from nodecheck.run.plan import Step
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 
@@ -34,6 +47,9 @@ from nodecheck.run.runner import Planned, run_checks
 from nodecheck.store import history, state
 
 STATE_CHECK_ID = "nodecheck.state"
+
+if TYPE_CHECKING:  # the healthy path never imports nodecheck.slurm
+    from nodecheck.slurm import SlurmBackend
 
 DEFAULT_KILLSWITCH = Path("/etc/nodecheck/disabled")
 
@@ -155,10 +171,14 @@ def execute(req: RunRequest) -> RunOutcome:
         verdict = internal_error_verdict(message, req.phase, job.job_id, policy)
         deadline = started + float(fallback.budget_s)
         state.set_run_deadline(deadline)
-        action = _act(req, fallback, node, verdict, deadline) if req.act else "none"
+        # No config file: no idea where the state is, so nothing is read or recorded.
+        keeps_state = fallback.path is not None
+        verdict, action, changes = _unhealthy_path(
+            req, fallback, node, job, verdict, deadline, req.dry_run, keeps_state
+        )
         out = outcome(list(verdict.errors), verdict, action, "-")
-        if req.act and fallback.path is not None:  # no config file: no idea where state is
-            _record(fallback, out)
+        if req.act and keeps_state:
+            _record(fallback, out, changes)
         return out
     bind_run(node_class=nodecfg.node_class)
     off = _killswitch_on(config, nodecfg)
@@ -209,17 +229,9 @@ def execute(req: RunRequest) -> RunOutcome:
         _job_scope(config, nodecfg, req.phase, job, results),
     )
     dry_run = req.dry_run or nodecfg.dry_run
-    action = "none"
-    # Resuming is the health phase's job; a healthy prolog/epilog goes nowhere near Slurm.
-    wants_slurm = verdict.action is Action.DRAIN or (
-        verdict.action is Action.CLEAR and req.phase == "health"
+    verdict, action, changes = _unhealthy_path(
+        req, config, node, job, verdict, deadline, dry_run, keeps_state=True
     )
-    if req.act and wants_slurm:
-        if dry_run and verdict.action is Action.DRAIN:
-            action = "would drain"
-            verdict = _dry_run_verdict(verdict)
-        elif not dry_run:
-            action = _act(req, config, node, verdict, deadline)
     emit = log.warning if verdict.failures or verdict.errors else log.info
     emit(
         "verdict",
@@ -234,7 +246,7 @@ def execute(req: RunRequest) -> RunOutcome:
     )
     out = outcome(results, verdict, action, nodecfg.node_class)
     if req.act:
-        _record(config, out)
+        _record(config, out, changes)
     return out
 
 
@@ -271,9 +283,13 @@ def _hysteresis(
         return results
 
 
-def _record(config: Config, out: RunOutcome) -> None:
-    """The run's history row and the metrics file: one short write transaction, no
-    controller call. Never fails the run."""
+def _record(
+    config: Config, out: RunOutcome, changes: Callable[[history.History], None] | None
+) -> None:
+    """The run's history row, its state changes and the metrics file: one short write
+    transaction, no controller call. Never fails the run."""
+    from nodecheck.run.record import record
+
     rec = history.RunRecord(
         at=time.time(),
         phase=out.phase,
@@ -283,10 +299,7 @@ def _record(config: Config, out: RunOutcome) -> None:
         duration_s=out.duration_s,
         results=tuple(out.results),
     )
-    try:
-        history.record_run(config, out.node, rec)
-    except Exception as exc:
-        get_logger().warning("history_not_saved", error=f"{type(exc).__name__}: {exc}")
+    record(config, out.node, rec, changes)
 
 
 def _job_scope(
@@ -308,13 +321,55 @@ def _job_scope(
     return scope.contains
 
 
-def _dry_run_verdict(verdict: Verdict) -> Verdict:
-    return replace(verdict, exit_code=0, action=Action.NONE)
+def _unhealthy_path(
+    req: RunRequest,
+    config: Config,
+    node: str,
+    job: JobInfo,
+    verdict: Verdict,
+    deadline: float,
+    dry_run: bool,
+    keeps_state: bool,
+) -> tuple[Verdict, str, Callable[[history.History], None] | None]:
+    """gather -> decide -> act for a hook run whose verdict may need the node's history or
+    the controller: the verdict (its exit code as the plan says), the action taken and the
+    state changes record must write. A healthy prolog/epilog returns at once."""
+    if not (req.act and keeps_state and needs_history(verdict, req.phase)):
+        return verdict, "none", None
+    from nodecheck.run import record
+    from nodecheck.run.gather import gather
+    from nodecheck.run.plan import Acted
+
+    settings = PlanSettings.from_config(config, dry_run)
+    backend = functools.cache(lambda: _backend(config))
+    situation = gather(
+        verdict,
+        req.phase,
+        node,
+        job.job_id,
+        config.state_dir_for(node),
+        settings,
+        deadline,
+        backend,
+    )
+    planned = plan(verdict, situation, settings)
+    acted = Acted(planned.action)
+    if planned.step in (Step.DRAIN, Step.RESUME):
+        from nodecheck.slurm.act import carry_out
+
+        acted = carry_out(planned, node, backend, breaker_limits(settings), deadline)
+        if acted.backed_off is not None:
+            planned = after_wave(planned, acted.backed_off, situation, settings)
+    record.log_outcome(planned, acted, situation, verdict)
+    changes = record.state_changes(verdict, planned, acted, situation)
+    if planned.exit_code != verdict.exit_code or planned.step is Step.WOULD_DRAIN:
+        # Fail open (breaker held) or a dry run: the hook lets the job run.
+        action = Action.NONE if planned.step is not Step.DRAIN else verdict.action
+        verdict = replace(verdict, exit_code=planned.exit_code, action=action)
+    return verdict, acted.action, changes
 
 
-def _act(
-    req: RunRequest, config: Config | None, node: str, verdict: Verdict, deadline: float
-) -> str:
-    from nodecheck.slurm.act import apply_verdict
+def _backend(config: Config) -> SlurmBackend:
+    from nodecheck.slurm.act import backend_for
 
-    return apply_verdict(req.phase, config, node, verdict, deadline, os.environ)
+    return backend_for(config, os.environ)

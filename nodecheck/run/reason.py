@@ -54,8 +54,10 @@ def format_reason(
 
 
 _CONTEXT = re.compile(
-    r"^(?P<phase>[a-z]+)(?: job (?P<job>\d+))?(?: sev=(?P<sev>[a-z]+))?(?: act=(?P<act>[a-z-]+))?$"
+    r"^(?P<phase>[a-z]+)(?: job (?P<job>\d+))?(?: held=(?P<held>\d+))?"
+    r"(?: sev=(?P<sev>[a-z]+))?(?: act=(?P<act>[a-z-]+))?$"
 )
+_CONTEXT_HEAD = re.compile(r"^(?P<head>[a-z]+(?: job \d+)?)")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class ParsedReason:
     job_id: str = ""
     severity: str = ""
     remedy: str = ""
+    held_since: str = ""  # epoch seconds the circuit breaker held this failure back
 
 
 def parse_reason(reason: str) -> ParsedReason | None:
@@ -90,4 +93,65 @@ def parse_reason(reason: str) -> ParsedReason | None:
         job_id=(parts and parts["job"]) or "",
         severity=(parts and parts["sev"]) or "",
         remedy=(parts and parts["act"]) or "",
+        held_since=(parts and parts["held"]) or "",
     )
+
+
+def with_held_since(reason: str, since: float) -> str:
+    """The reason of a drain the circuit breaker had held back, with `held=<epoch>` in its
+    context: the wave back-off ranks such drains by that time, so the oldest failure drains
+    first when the breaker closes. Reasons that are not ours come back unchanged."""
+    parsed = parse_reason(reason)
+    if parsed is None or parsed.held_since or not parsed.context:
+        return reason
+    head = _CONTEXT_HEAD.match(parsed.context)
+    if head is None:
+        return reason
+    context = f"{head['head']} held={int(since)}{parsed.context[head.end() :]}"
+    tail = f" [{parsed.context}]"
+    body = reason[: len(reason) - len(tail)]
+    room = MAX_REASON - len(f" [{context}]")
+    if len(body) > room:
+        body = body[: max(room - 3, 0)].rstrip() + "..."
+    return f"{body} [{context}]"
+
+
+def human_window(seconds: float) -> str:
+    """86400 -> 24h, 1800 -> 30m, 90 -> 90s."""
+    s = int(seconds)
+    if s >= 3600 and s % 3600 == 0:
+        return f"{s // 3600}h"
+    if s >= 60 and s % 60 == 0:
+        return f"{s // 60}m"
+    return f"{s}s"
+
+
+FLAPPING = "flapping"
+
+
+def flapping_prefix(drains: int, window_s: float) -> str:
+    return f"{FLAPPING} (drained {drains}x in {human_window(window_s)})"
+
+
+def flapping_reason(reason: str, prefix: str, limit: int = MAX_REASON) -> str:
+    """`nodecheck: <check> <component>: flapping (drained 4x in 24h) <message> [...]`: the
+    same reason with the prefix in front of the message (shortened to fit), so that
+    parse_reason still reads check, component and context."""
+    parsed = parse_reason(reason)
+    if parsed is None:
+        return reason
+    if is_flapping_message(parsed.message):
+        message = parsed.message.split(") ", 1)[1] if ") " in parsed.message else ""
+    else:
+        message = parsed.message
+    head = f"{REASON_PREFIX} {parsed.check_id} {parsed.component}: {prefix} "
+    more = f" (+{parsed.more} more)" if parsed.more else ""
+    context = f" [{parsed.context}]" if parsed.context else ""
+    room = limit - len(head) - len(more) - len(context)
+    if len(message) > room:
+        message = message[: max(room - 3, 0)].rstrip() + "..."
+    return f"{head}{message}{more}{context}"[:limit]
+
+
+def is_flapping_message(message: str) -> bool:
+    return message.startswith(f"{FLAPPING} (drained ")

@@ -28,8 +28,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nodecheck import REASON_PREFIX
-from nodecheck.run.reason import MAX_REASON, parse_reason
+from nodecheck.run.plan import HeldBack, HistoryWindow, Marker, PendingFailure
+
+# The reason helpers moved to nodecheck/run/reason.py (decide needs them and stays pure);
+# importing them here keeps `history.flapping_reason` etc. working for callers.
+from nodecheck.run.reason import (  # noqa: F401
+    FLAPPING,
+    flapping_prefix,
+    flapping_reason,
+    human_window,
+    is_flapping_message,
+)
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.store.state import (
     STATE_FILE,
@@ -84,7 +93,9 @@ EVENT_COUNTERS = {
     "validate_fail": "validations_failed",
     "reboot": "reboots",
 }
-DRAIN_MARKER = "drain"  # kv: set while nodecheck holds a drain of this node (actions.py)
+DRAIN_MARKER = "drain"  # kv: set while nodecheck holds a drain of this node (plan.Marker)
+BREAKER_HOLD = "breaker_hold"  # kv: the breaker held this failing node back (plan.HeldBack)
+PENDING_FAILURE = "pending_failure"  # kv: a failure Slurm will drain for (plan.PendingFailure)
 
 
 @dataclass(frozen=True)
@@ -274,6 +285,18 @@ class History:
         return self.store.get_json(LAST) or {}
 
 
+def window(h: History, now: float, flap_window_s: float) -> HistoryWindow:
+    """What decide needs from the history, read in one go (nodecheck/run/gather.py)."""
+    marker = Marker.from_json(h.store.get_json(DRAIN_MARKER))
+    return HistoryWindow(
+        marker=marker,
+        held_back=HeldBack.from_json(h.store.get_json(BREAKER_HOLD)),
+        pending=PendingFailure.from_json(h.store.get_json(PENDING_FAILURE)),
+        drains_in_window=h.events_since("drain", now - flap_window_s),
+        passes_since_drain=h.health_passes_since(marker.at) if marker else 0,
+    )
+
+
 def _ensure_schema(conn: sqlite3.Connection) -> None:
     have = {
         name
@@ -325,16 +348,6 @@ def read_only_history(state_dir: Path, work: Callable[[History], T]) -> T | None
 # -- policies built on the history --------------------------------------------------------
 
 
-def human_window(seconds: float) -> str:
-    """86400 -> 24h, 1800 -> 30m, 90 -> 90s."""
-    s = int(seconds)
-    if s >= 3600 and s % 3600 == 0:
-        return f"{s // 3600}h"
-    if s >= 60 and s % 60 == 0:
-        return f"{s // 60}m"
-    return f"{s}s"
-
-
 def escalate(
     results: Iterable[CheckResult], history: History, rules: Mapping[str, Any], now: float
 ) -> list[CheckResult]:
@@ -356,39 +369,14 @@ def escalate(
     return out
 
 
-FLAPPING = "flapping"
-
-
-def flapping_prefix(drains: int, window_s: float) -> str:
-    return f"{FLAPPING} (drained {drains}x in {human_window(window_s)})"
-
-
-def flapping_reason(reason: str, prefix: str, limit: int = MAX_REASON) -> str:
-    """`nodecheck: <check> <component>: flapping (drained 4x in 24h) <message> [...]`: the
-    same reason with the prefix in front of the message (shortened to fit), so that
-    parse_reason still reads check, component and context."""
-    parsed = parse_reason(reason)
-    if parsed is None:
-        return reason
-    if is_flapping_message(parsed.message):
-        message = parsed.message.split(") ", 1)[1] if ") " in parsed.message else ""
-    else:
-        message = parsed.message
-    head = f"{REASON_PREFIX} {parsed.check_id} {parsed.component}: {prefix} "
-    more = f" (+{parsed.more} more)" if parsed.more else ""
-    context = f" [{parsed.context}]" if parsed.context else ""
-    room = limit - len(head) - len(more) - len(context)
-    if len(message) > room:
-        message = message[: max(room - 3, 0)].rstrip() + "..."
-    return f"{head}{message}{more}{context}"[:limit]
-
-
-def is_flapping_message(message: str) -> bool:
-    return message.startswith(f"{FLAPPING} (drained ")
-
-
-def record_run(config: Any, node: str, rec: RunRecord) -> None:
-    """Add the run to the history and rewrite the metrics file from the same snapshot, in
+def record_run(
+    config: Any,
+    node: str,
+    rec: RunRecord,
+    changes: Callable[[History], None] | None = None,
+) -> None:
+    """Add the run to the history, apply the run's state `changes` (marker, events, breaker
+    hold: nodecheck/run/record.py) and rewrite the metrics file from the same snapshot, in
     one IMMEDIATE transaction (so concurrent runs leave the newest numbers in the file)."""
     from nodecheck.log import get_logger
 
@@ -406,12 +394,16 @@ def record_run(config: Any, node: str, rec: RunRecord) -> None:
 
     def work(h: History) -> None:
         with h.write():
+            if changes is not None:
+                changes(h)
             h.add_run(rec, retention_for(config.values))
             if metrics is None:
                 return
             data = metrics.render(
                 node, h.last(), h.counters(), drain_reason(h), metrics.node_flags(config, node)
             )
+            held = HeldBack.from_json(h.store.get_json(BREAKER_HOLD))
+            data += metrics.render_breaker_hold(node, held.since if held else None)
             try:
                 metrics.write_textfile(metrics_file, data)
             except OSError as exc:

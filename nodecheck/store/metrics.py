@@ -36,6 +36,8 @@ Metric names:
                                                       (labels empty) when it holds none
   nodecheck_dry_run{node}                             1 while dry-run is on for this node
   nodecheck_disabled{node}                            1 while the killswitch is on
+  nodecheck_breaker_held{node}                        1 while the breaker holds the node back
+  nodecheck_breaker_held_since_timestamp_seconds{node}
 """
 
 from __future__ import annotations
@@ -247,3 +249,28 @@ def rewrite_while_disabled(config: Any, node: str) -> None:
     last, counters, reason = snapshot or ({}, {}, None)
     flags = node_flags(config, node, disabled=True)
     write_textfile(path, render(node, last, counters, reason, flags))
+
+
+def render_breaker_hold(node: str, held_since: float | None) -> bytes:
+    """nodecheck_breaker_held{node} (1 while the circuit breaker holds this failing node
+    back from a drain) and nodecheck_breaker_held_since_timestamp_seconds{node} (0 when not
+    held): appended to the file `render` makes. Summed over nodes, the first is the number
+    of nodes the breaker holds back."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    held = Gauge(
+        "nodecheck_breaker_held",
+        "1 while the circuit breaker holds this failing node back from a drain.",
+        ["node"],
+        registry=registry,
+    )
+    since = Gauge(
+        "nodecheck_breaker_held_since_timestamp_seconds",
+        "Unix time the circuit breaker started holding this node back; 0 when not held.",
+        ["node"],
+        registry=registry,
+    )
+    held.labels(node).set(1.0 if held_since is not None else 0.0)
+    since.labels(node).set(held_since or 0.0)
+    return generate_latest(registry)

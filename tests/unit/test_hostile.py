@@ -568,13 +568,16 @@ def test_unreachable_controller_retries_then_exits_nonzero(tmp_path):
     assert out.rc == 1
     assert out.wall < 6 + 0.5
     failed = out.named("slurm_call_failed")
-    assert [e["attempt"] for e in failed] == [1, 2, 3]
+    # Retries use the whole budget, not a fixed count (issue 13.3): drain_attempts = 3
+    # here, and the controller is still asked again while the budget lasts.
+    attempts = [e["attempt"] for e in failed]
+    assert attempts == list(range(1, len(attempts) + 1)) and len(attempts) > 3, attempts
     assert "Unable to contact slurm controller" in failed[0]["error"]
     assert out.verdict["action"] == "drain failed"
-    # Three controller calls; `scontrol --help` (the backend asking once whether this scontrol
-    # offers --json) contacts no daemon.
+    # One controller call per attempt; `scontrol --help` (the backend asking once whether this
+    # scontrol offers --json) contacts no daemon.
     assert [c for c in recorded(calls) if c != ["--help"]] == recorded(calls)[1:]
-    assert len(recorded(calls)) == 1 + 3
+    assert len(recorded(calls)) == 1 + len(attempts)
 
 
 # ---------------------------------------------------------------- hostile text
