@@ -355,15 +355,19 @@ def _report(args: argparse.Namespace) -> int:
             }
         )
     breakers, held = _breaker_report(config, nodes)
+    held_back = _held_back(config, nodes)
     if args.json:
-        print(
-            json.dumps(
-                {"count": len(rows), "nodes": rows, "breaker": breakers, "held_by_slurm": held},
-                indent=2,
-            )
-        )
+        doc = {
+            "count": len(rows),
+            "nodes": rows,
+            "breaker": breakers,
+            "held_back": held_back,
+            "held_by_slurm": held,
+        }
+        print(json.dumps(doc, indent=2))
         return EXIT_OK
     _print_breaker_report(breakers, held)
+    _print_held_back(held_back)
     if not rows:
         print("no nodes drained by nodecheck")
         return EXIT_OK
@@ -434,12 +438,44 @@ def _breaker_report(config: Any, nodes: list[Any]) -> tuple[list[dict], list[dic
     return breakers, held
 
 
+def _held_back(config: Any, nodes: list[Any]) -> list[dict]:
+    """Nodes the circuit breaker keeps from a drain: failing, running jobs, since when (from
+    each node's history where this host has it)."""
+    import time
+
+    from nodecheck.run.plan import HeldBack
+    from nodecheck.store import history
+
+    out = []
+    for info in sorted(nodes, key=lambda n: n.name):
+        stored = history.read_only_history(
+            config.state_dir_for(info.name), lambda h: h.store.get_json(history.BREAKER_HOLD)
+        )
+        held = HeldBack.from_json(stored)
+        if held is None:
+            continue
+        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(held.since))
+        out.append({"node": info.name, "since": since, "reason": held.reason, "why": held.why})
+    return out
+
+
+def _print_held_back(held_back: list[dict]) -> None:
+    if not held_back:
+        return
+    print(
+        f"{len(held_back)} node(s) held back by the circuit breaker (failing, not drained, "
+        "jobs still run; drained oldest first once the breaker closes):"
+    )
+    for h in held_back:
+        print(f"  {h['node']}  since {h['since']}  {h['reason']}")
+
+
 def _print_breaker_report(breakers: list[dict], held: list[dict]) -> None:
     for b in breakers:
         if b["open"]:
             print(
                 f"CIRCUIT BREAKER OPEN in partition {b['partition']}: {b['why']}; "
-                "nodecheck stops draining there, failing nodes are left to Slurm"
+                "nodecheck stops draining there (breaker_open_action decides whether jobs run)"
             )
     if held:
         print(

@@ -8,6 +8,7 @@ Each test starts its own cluster with the project's real Prolog/Epilog/HealthChe
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -165,3 +166,64 @@ def test_a_flapping_node_stays_drained_with_a_flapping_reason(make_slurm_cluster
     cluster.resume("n1")
     assert health(cluster, "n1")["action"] == "not drained"
     assert health(cluster, "n1")["action"] == "none"
+
+
+def test_an_admin_edited_reason_is_never_resumed(make_slurm_cluster, work):
+    """Ownership is the exact reason nodecheck set (kept in its drain marker), not the prefix:
+    an admin who appends to it takes the drain over (issue 13.5)."""
+    cluster = cluster_with_hooks(make_slurm_cluster, nodes=1)
+    cluster.write_nodecheck_config(toml(work, broken=("n1",)))
+    assert health(cluster, "n1")["action"] == "drained"
+    ours = cluster.node_state("n1")[1]
+    assert ours.startswith(f"nodecheck: host.mounts {MISSING_MOUNT}: not mounted [health")
+    edited = f"{ours} -- RMA 44 KEEP DRAINED"
+    cluster.drain("n1", edited)
+    cluster.write_nodecheck_config(toml(work))  # the node passes again
+    assert health(cluster, "n1")["action"] == "refused: drained by someone else"
+    for _ in range(2):
+        assert health(cluster, "n1")["action"] == "none"
+    assert cluster.node_state("n1") == ("drained", edited)
+    assert not events(work, "resume", result="resumed")
+
+
+def test_controller_down_during_a_failing_prolog_the_next_run_adopts_slurms_drain(
+    make_slurm_cluster, work
+):
+    """slurmctld stopped (by its pid) while a failing prolog runs: nodecheck cannot set its
+    reason and exits 1; Slurm drains with "Prolog error" when the controller is back. The
+    next health run recognises that drain as its own recorded failure, sets the real
+    reason, and from then on owns it: the node comes back once it passes (issue 13.3)."""
+    proc = work / "proc"
+    proc.mkdir()
+    os.mkfifo(proc / "meminfo")  # host.mem's read blocks: the prolog runs ~4 s, then FAILs
+    slow = f'procfs_root = "{proc}"\n[checks."host.mem"]\ntimeout_s = 4\n'
+    slow += '[checks."host.services"]\nenabled = false\n'
+    cluster = cluster_with_hooks(make_slurm_cluster, nodes=1)
+    cluster.write_nodecheck_config(toml(work, extra=slow))
+    job = cluster.sbatch("-w", "n1", "--wrap", "true")
+    cluster.wait_for(lambda: cluster.job_state(job) not in ("", "PENDING"), 20, message="start")
+    cluster._signal_and_wait(["slurmctld"], 15)  # by the pid the cluster recorded
+    assert not cluster._alive("slurmctld")
+    [verdict] = cluster.wait_for(
+        lambda: events(work, "verdict", phase="prolog", job=job), 40, message="prolog verdict"
+    )
+    assert verdict["action"] == "drain failed" and verdict["exit_code"] == 1
+    # (which check leads the reason when a probe hangs is issue 13.6's, not this test's)
+    assert verdict["reason"].startswith("nodecheck: host.m") and "host.mem" in verdict["reason"]
+    cluster._start_slurmctld()
+    cluster._wait(cluster._ctld_responds, 20, "slurmctld did not answer", watch=["slurmctld"])
+    cluster.wait_for(
+        lambda: cluster.node_state("n1")[1].startswith("Prolog error"), 60, message="Slurm drain"
+    )
+    adopted = health(cluster, "n1")  # host.mem still hangs: the failure persists
+    assert adopted["action"] == "adopted drained", adopted
+    [note] = events(work, "slurm_drain_adopted", node="n1")
+    assert note["slurm_reason"].startswith("Prolog error")
+    state, reason = cluster.node_state("n1")
+    assert state.startswith("drain") and reason.startswith("nodecheck: host.m")
+    assert "host.mem" in reason and "[health" in reason
+    # Fixed: the drain is nodecheck's now, so it ends by itself.
+    cluster.write_nodecheck_config(toml(work))
+    assert health(cluster, "n1")["action"] == "resumed"
+    assert not cluster.node_state("n1")[0].startswith("drain")
+    cluster.run(["scancel", str(job)], check=False)
