@@ -409,6 +409,101 @@ def test_manual_runs_and_dry_runs(lifecycle):
     assert run["action"] == "would drain" and run["status"] == "FAIL"
 
 
+def test_a_drain_of_ecc_and_xid_is_held_for_a_human(lifecycle):
+    """The hold looks at every failure of the drain, not only the leading one (13.8)."""
+    ecc = CheckResult("gpu.ecc", Status.FAIL, "2 DBE", "gpu1", severity="critical")
+    xid = CheckResult("gpu.xid", Status.FAIL, "Xid 79", "gpu3", severity="high")
+    out = lifecycle("prolog", [ecc, xid])
+    assert out.action_taken == "drained" and parse_reason(out.verdict.reason).check_id == "gpu.ecc"
+    marker = history.with_history(lifecycle.state_dir, lambda h: h.store.get_json("drain"))
+    assert marker["checks"] == ["gpu.ecc", "gpu.xid"]
+    for _ in range(2):
+        assert lifecycle("health", [PASS]).action_taken == "held: gpu.xid needs a manual resume"
+    assert lifecycle.fake_slurm.nodes["n1"].drained_by_nodecheck
+
+
+def test_breaker_open_fails_open_and_is_recorded_then_drains_once_closed(lifecycle):
+    """Another node drained by nodecheck a minute ago and a rate limit of 1: the breaker is
+    open. The prolog exits 0 (the job runs), nothing is drained, the hold is in the history
+    and the metrics file; once the other node is back, the health run drains this one."""
+    other = NodeInfo(
+        "n2",
+        ("IDLE", "DRAIN"),
+        "nodecheck: gpu.ecc gpu1: 2 DBE [prolog job 3]",
+        "root",
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60)),
+    )
+    lifecycle.fake_slurm.nodes["n2"] = other
+    lifecycle.set_config("breaker_max_drains = 1\nbreaker_max_share = 0\n")
+    out = lifecycle("prolog", [FAIL])
+    assert (out.action_taken, out.verdict.exit_code) == ("breaker open", 0)
+    assert not lifecycle.fake_slurm.nodes["n1"].drained
+    assert ("drain", "n1") not in lifecycle.fake_slurm.calls
+    held = history.with_history(lifecycle.state_dir, lambda h: h.store.get_json("breaker_hold"))
+    assert held["reason"] == out.verdict.reason and "limit 1" in held["why"]
+    first_since = held["since"]
+    assert lifecycle("epilog", [FAIL]).verdict.exit_code == 0
+    again = history.with_history(lifecycle.state_dir, lambda h: h.store.get_json("breaker_hold"))
+    assert again["since"] == first_since  # held since the first failure, not the latest
+    prom = (lifecycle.state_dir.parent / "m.prom").read_text()
+    assert 'nodecheck_breaker_held{node="n1"} 1.0' in prom
+    assert 'nodecheck_breaker_trips_total{node="n1"} 2.0' in prom
+    # "fail" keeps fail-closed: exit 1, still no drain by nodecheck.
+    lifecycle.set_config(
+        'breaker_max_drains = 1\nbreaker_max_share = 0\nbreaker_open_action = "fail"\n'
+    )
+    assert lifecycle("prolog", [FAIL]).verdict.exit_code == 1
+    assert not lifecycle.fake_slurm.nodes["n1"].drained
+    # The other node is resumed: the breaker closes, the still-failing node drains.
+    lifecycle.fake_slurm.resume("n2")
+    out = lifecycle("health", [FAIL])
+    assert out.action_taken == "drained"
+    assert parse_reason(lifecycle.fake_slurm.nodes["n1"].reason).held_since == str(int(first_since))
+    assert (
+        history.with_history(lifecycle.state_dir, lambda h: h.store.get_json("breaker_hold"))
+        is None
+    )
+    prom = (lifecycle.state_dir.parent / "m.prom").read_text()
+    assert 'nodecheck_breaker_held{node="n1"} 0.0' in prom
+
+
+def test_a_held_back_node_whose_failure_vanished_is_left_alone(lifecycle):
+    lifecycle.fake_slurm.nodes["n2"] = NodeInfo(
+        "n2",
+        ("IDLE", "DRAIN"),
+        "nodecheck: a.b c: d [health]",
+        "root",
+        time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    lifecycle.set_config("breaker_max_drains = 1\nbreaker_max_share = 0\n")
+    assert lifecycle("prolog", [FAIL]).action_taken == "breaker open"
+    calls = len(lifecycle.fake_slurm.calls)
+    assert lifecycle("health", [PASS]).action_taken == "none"
+    assert len(lifecycle.fake_slurm.calls) == calls  # no controller call
+    assert (
+        history.with_history(lifecycle.state_dir, lambda h: h.store.get_json("breaker_hold"))
+        is None
+    )
+    assert not lifecycle.fake_slurm.nodes["n1"].drained
+
+
+def test_an_unreachable_controller_leaves_a_pending_failure_to_adopt(lifecycle):
+    from nodecheck.slurm import SlurmError
+
+    def down(node, reason):
+        raise SlurmError("Unable to contact slurm controller")
+
+    lifecycle.fake_slurm.drain = down
+    lifecycle.set_config("budget_s = 2\nbreaker_max_share = 0\nbreaker_max_drains = 0\n")
+    out = lifecycle("prolog", [FAIL], job="44")
+    assert (out.action_taken, out.verdict.exit_code) == ("drain failed", 1)
+    pending = history.with_history(
+        lifecycle.state_dir, lambda h: h.store.get_json("pending_failure")
+    )
+    assert pending["job"] == "44" and pending["phase"] == "prolog"
+    assert pending["reason"] == out.verdict.reason
+
+
 # -- many prologs on one node at once ----------------------------------------------------
 
 
