@@ -8,7 +8,9 @@ once, and measures
 * the time from the first submission until every node is drained,
 * how many controller calls nodecheck made (a recording scontrol wrapper, configured as
   `scontrol = ...`), by kind and per node,
-* how many drains carry nodecheck's reason and how many are Slurm's own "Prolog error".
+* how many drains carry nodecheck's reason and how many are Slurm's own "Prolog error"
+  (with the breaker at its defaults it fails open: that figure is to stay at 0), and how
+  many failing nodes the breaker held back while their jobs ran.
 
 Run as root where tools/install-system-deps.sh has installed Slurm:
     bench/controller_load.py [--nodes 32] [--breaker off|default|both]
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
+import json
 import os
 import statistics
 import sys
@@ -68,6 +71,20 @@ min_free_gib = {{ "/tmp" = 0.01 }}
 """
 
 
+def prolog_verdicts(work: Path) -> dict[str, dict]:
+    """Each node's latest prolog verdict line from nodecheck's log."""
+    log = work / "nodecheck.log"
+    out: dict[str, dict] = {}
+    if not log.exists():
+        return out
+    for line in log.read_text().splitlines():
+        if line.startswith("{") and '"event": "verdict"' in line:
+            event = json.loads(line)
+            if event.get("phase") == "prolog":
+                out[str(event.get("node"))] = event
+    return out
+
+
 def scenario(tc, nodes: int, breaker: bool, timeout: float) -> dict:
     work = Path(tempfile.mkdtemp(prefix="nodecheck-load-"))
     work.chmod(0o755)
@@ -96,12 +113,22 @@ def scenario(tc, nodes: int, breaker: bool, timeout: float) -> dict:
         submitted = time.monotonic() - started
         drained_at: dict[str, float] = {}
         deadline = started + timeout
-        while time.monotonic() < deadline and len(drained_at) < len(names):
+        # Done when every node's prolog has given its verdict (with the breaker open most
+        # nodes fail open and are never drained) and nothing new has drained for a while:
+        # Slurm's own "Prolog error" drain lands a moment after the prolog exits.
+        settled_at = None
+        while time.monotonic() < deadline:
             for name, state in cluster.node_states().items():
                 if state.startswith("drain") and name not in drained_at:
                     drained_at[name] = time.monotonic() - started
+                    settled_at = None
+            if len(prolog_verdicts(work)) >= len(names):
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at > 3.0:
+                    break
             time.sleep(0.2)
         reasons = {name: cluster.node_state(name)[1] for name in names}
+        verdicts = prolog_verdicts(work)
         lines = calls.read_text().splitlines() if calls.exists() else []
         # `scontrol --help` (the backend asking whether --json is there) reaches no daemon.
         lines = [line for line in lines if line.split()[1:] != ["--help"]]
@@ -126,11 +153,14 @@ def scenario(tc, nodes: int, breaker: bool, timeout: float) -> dict:
             "drained": len(drained_at),
             "all_drained_s": max(drained_at.values()) if len(drained_at) == len(names) else None,
             "median_drained_s": statistics.median(drained_at.values()) if drained_at else None,
+            "last_drained_s": max(drained_at.values()) if drained_at else None,
             "calls": len(lines),
             "kinds": dict(kinds),
             "per_node": sorted(per_node.values()),
             "ours": sum(r.startswith("nodecheck:") for r in reasons.values()),
-            "slurm_own": sum(not r.startswith("nodecheck:") for r in reasons.values()),
+            "slurm_own": sum(bool(r) and not r.startswith("nodecheck:") for r in reasons.values()),
+            "not_drained": sum(not r for r in reasons.values()),
+            "ran": sum(1 for v in verdicts.values() if v.get("exit_code") == 0),
             "examples": sorted(set(r.split(" [")[0] for r in reasons.values()))[:3],
         }
     finally:
@@ -165,11 +195,21 @@ def main() -> int:
                 f"  all {r['nodes']} nodes drained {r['all_drained_s']:.1f} s after the first "
                 f"submission (median node {r['median_drained_s']:.1f} s)"
             )
+        elif r["drained"]:
+            print(
+                f"  {r['drained']} of {r['nodes']} nodes drained, the last "
+                f"{r['last_drained_s']:.1f} s after the first submission"
+            )
         else:
-            print(f"  only {r['drained']} of {r['nodes']} nodes drained within the timeout")
+            print(f"  none of the {r['nodes']} nodes drained")
         print(
             f"  drain reasons: {r['ours']} nodecheck's own, {r['slurm_own']} Slurm's "
             f"(e.g. {r['examples']})"
+        )
+        print(f"  nodes Slurm drained by itself (Prolog error): {r['slurm_own']} (keep at 0)")
+        print(
+            f"  not drained: {r['not_drained']} (held back by the breaker); "
+            f"prologs that let their job run (exit 0): {r['ran']}"
         )
         per = r["per_node"]
         print(

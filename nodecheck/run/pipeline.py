@@ -1,4 +1,9 @@
-"""One nodecheck run, start to end: config -> checks -> verdict -> (Slurm action) -> log.
+"""One nodecheck run, start to end, one way: gather -> decide -> act -> record.
+
+Gather runs the checks (and, only when the verdict needs them, reads the node's history
+window and its controller state: run/gather.py); decide is pure (run/decide.py: results ->
+verdict, then verdict + situation -> plan); act carries out the plan's drain or resume
+(slurm/act.py); record writes the history, the drain marker and the metrics (run/record.py).
 
 The CLI's `run` (manual) and `hook` (prolog/epilog/health) both come through `execute`,
 so what an admin sees by hand is what the prolog decided.
