@@ -41,6 +41,8 @@ WARM_MODULES = (
     "nodecheck.checks.deep.judge",  # bound lazily by the deep family (checks/__init__.py)
     "nodecheck.probes.host",  # psutil, bound lazily by the host family
     "nodecheck.slurm.act",
+    "nodecheck.run.gather",
+    "nodecheck.run.record",
     "nodecheck.run.breaker",
     "nodecheck.store.history",
     "nodecheck.probes.jobscope",
