@@ -173,7 +173,7 @@ def needs_history(verdict: Verdict, phase: str) -> bool:
 
 
 def needs_slurm(
-    verdict: Verdict, phase: str, window: HistoryWindow, settings: PlanSettings
+    verdict: Verdict, phase: str, window: HistoryWindow, settings: PlanSettings, now: float
 ) -> bool:
     """Does the plan depend on what the controller says? Only then is it asked."""
     if verdict.action is Action.DRAIN:
@@ -182,7 +182,7 @@ def needs_slurm(
         return False
     marker = window.marker
     if marker is None:
-        return window.pending is not None
+        return pending_is_live(window.pending, now)
     passes = window.passes_since_drain + 1
     return hold_reason(marker, settings) is not None or passes >= settings.resume_after_passes
 
@@ -210,6 +210,11 @@ def plan(verdict: Verdict, situation: Situation, settings: PlanSettings) -> Plan
     if verdict.action is Action.CLEAR and situation.phase == "health":
         return _plan_clear(situation, settings)
     return Plan(Step.NOTHING, "none", verdict.exit_code)
+
+
+def pending_is_live(pending: PendingFailure | None, now: float) -> bool:
+    """A recorded failure whose Slurm drain may still come (and be adopted)."""
+    return pending is not None and now <= pending.at + ADOPT_WINDOW_S
 
 
 def _adoptable(info: NodeInfo, pending: PendingFailure | None, now: float) -> bool:

@@ -81,7 +81,7 @@ def gather(
     if not needs_history(verdict, phase):
         return Situation(node, phase, job_id, now)
     window = read_window(state_dir, settings, now)
-    if not needs_slurm(verdict, phase, window, settings):
+    if not needs_slurm(verdict, phase, window, settings, now):
         return Situation(node, phase, job_id, now, window)
     try:
         backend = backend_factory()

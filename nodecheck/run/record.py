@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nodecheck.log import get_logger
-from nodecheck.run.decide import Action, Verdict
+from nodecheck.run.decide import Action, Verdict, pending_is_live
 from nodecheck.run.plan import Acted, HeldBack, Marker, PendingFailure, Plan, Situation, Step
 from nodecheck.store import history
 
@@ -46,7 +46,7 @@ def state_changes(
             event("drain", plan.reason)
         if plan.flap_hold_starts:
             event("flap_hold", plan.reason)
-        if plan.adopted:
+        if window.pending is not None:  # adopted, or drained by us after all
             put(history.PENDING_FAILURE, None)
         if window.held_back is not None:
             put(history.BREAKER_HOLD, None)
@@ -65,13 +65,12 @@ def state_changes(
         held = HeldBack(plan.held_since or now, verdict.reason or "", _breaker_why(plan, acted))
         put(history.BREAKER_HOLD, held.as_json())
         event("breaker_open", f"{held.why}; would drain: {held.reason}")
-    if (
-        situation.phase == "health"
-        and verdict.action is Action.CLEAR
-        and window.held_back is not None
-    ):
-        # The failure the breaker held back has gone: nothing is left to drain.
-        put(history.BREAKER_HOLD, None)
+    if situation.phase == "health" and verdict.action is Action.CLEAR:
+        if window.held_back is not None:
+            # The failure the breaker held back has gone: nothing is left to drain.
+            put(history.BREAKER_HOLD, None)
+        if window.pending is not None and not pending_is_live(window.pending, now):
+            put(history.PENDING_FAILURE, None)  # Slurm never drained for it: forget it
     if not writes:
         return None
 

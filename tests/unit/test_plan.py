@@ -124,11 +124,11 @@ def test_resume_waits_for_enough_passes_without_asking_the_controller():
     settings = PlanSettings(resume_after_passes=3)
     verdict = verdict_of(PASS, phase="health")
     window = HistoryWindow(Marker(OURS, NOW - 600), passes_since_drain=1)
-    assert not needs_slurm(verdict, "health", window, settings)
+    assert not needs_slurm(verdict, "health", window, settings, NOW)
     got = plan(verdict, situation("health", window=window), settings)
     assert (got.step, got.action) == (Step.WAIT, "passed 2/3 before resume")
     later = HistoryWindow(Marker(OURS, NOW - 600), passes_since_drain=2)
-    assert needs_slurm(verdict, "health", later, settings)
+    assert needs_slurm(verdict, "health", later, settings, NOW)
 
 
 def test_the_manual_resume_hold_looks_at_every_failure_of_the_drain():
@@ -197,7 +197,7 @@ def test_a_held_back_node_keeps_its_first_hold_time_and_drains_with_it_once_clos
     assert parse_reason(got.reason).held_since == str(int(NOW - 3600))
     # Its failure vanished: nothing to do, no controller call (record clears the hold).
     verdict = verdict_of(PASS, phase="health")
-    assert not needs_slurm(verdict, "health", window, BREAKER)
+    assert not needs_slurm(verdict, "health", window, BREAKER, NOW)
     assert plan(verdict, situation("health", window=window), BREAKER).step is Step.NOTHING
 
 
@@ -226,16 +226,18 @@ def test_slurms_prolog_error_drain_is_adopted_when_it_matches_our_failure(node, 
 def test_a_passing_health_run_adopts_the_drain_with_the_recorded_reason():
     window = HistoryWindow(pending=PENDING)
     verdict = verdict_of(PASS, phase="health")
-    assert needs_slurm(verdict, "health", window, PlanSettings())
+    assert needs_slurm(verdict, "health", window, PlanSettings(), NOW)
     node = drained("Prolog error", when=-120)
     got = plan(verdict, situation("health", node, window=window, job=None), PlanSettings())
     assert (got.step, got.reason, got.exit_code) == (Step.DRAIN, OURS, EXIT_OK)
+    # Past the adoption window a passing node no longer asks the controller.
+    assert not needs_slurm(verdict, "health", window, PlanSettings(), NOW + 7 * 3600)
 
 
 def test_dry_run_unreachable_controller_and_flapping():
     dry = PlanSettings(dry_run=True)
     verdict = verdict_of(MOUNT)
-    assert not needs_slurm(verdict, "prolog", HistoryWindow(), dry)
+    assert not needs_slurm(verdict, "prolog", HistoryWindow(), dry, NOW)
     got = plan(verdict, situation(), dry)
     assert (got.step, got.action, got.exit_code) == (Step.WOULD_DRAIN, "would drain", EXIT_OK)
 
