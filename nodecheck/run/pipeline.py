@@ -365,6 +365,10 @@ def _unhealthy_path(
         acted = carry_out(planned, node, backend, breaker_limits(settings), deadline)
         if acted.backed_off is not None:
             planned = after_wave(planned, acted.backed_off, situation, settings)
+    if planned.step is Step.BREAKER_HELD and situation.history.held_back is None:
+        from nodecheck.notify.breaker_alert import alert_hold_starts
+
+        alert_hold_starts(str(config.values.get("alert_url", "")), node, planned, deadline)
     record.log_outcome(planned, acted, situation, verdict)
     changes = record.state_changes(verdict, planned, acted, situation)
     if planned.exit_code != verdict.exit_code or planned.step is Step.WOULD_DRAIN:

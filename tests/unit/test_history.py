@@ -467,6 +467,47 @@ def test_breaker_open_fails_open_and_is_recorded_then_drains_once_closed(lifecyc
     assert 'nodecheck_breaker_held{node="n1"} 0.0' in prom
 
 
+def test_a_breaker_hold_alerts_once_when_it_starts(lifecycle):
+    """A real HTTP peer standing in for Alertmanager's POST /api/v2/alerts."""
+    import http.server
+    import threading
+
+    bodies: list[list[dict]] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            size = int(self.headers["Content-Length"])
+            bodies.append(json.loads(self.rfile.read(size)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        lifecycle.fake_slurm.nodes["n2"] = NodeInfo(
+            "n2",
+            ("IDLE", "DRAIN"),
+            "nodecheck: a.b c: d [health]",
+            "root",
+            time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        lifecycle.set_config(
+            f'breaker_max_drains = 1\nbreaker_max_share = 0\nalert_url = "{url}"\n'
+        )
+        assert lifecycle("prolog", [FAIL]).action_taken == "breaker open"
+        assert lifecycle("epilog", [FAIL]).action_taken == "breaker open"  # same hold
+    finally:
+        server.shutdown()
+    [[alert]] = bodies
+    assert alert["labels"]["action"] == "breaker-held" and alert["labels"]["node"] == "n1"
+    assert alert["labels"]["check"] == "host.mounts"
+    assert "not drained, jobs run" in alert["annotations"]["summary"]
+
+
 def test_a_held_back_node_whose_failure_vanished_is_left_alone(lifecycle):
     lifecycle.fake_slurm.nodes["n2"] = NodeInfo(
         "n2",
