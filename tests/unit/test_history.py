@@ -467,6 +467,17 @@ def test_breaker_open_fails_open_and_is_recorded_then_drains_once_closed(lifecyc
     assert 'nodecheck_breaker_held{node="n1"} 0.0' in prom
 
 
+def just_drained(name: str) -> NodeInfo:
+    """Another node, drained by nodecheck this second (Slurm's local ISO reason time)."""
+    return NodeInfo(
+        name,
+        ("IDLE", "DRAIN"),
+        "nodecheck: a.b c: d [health]",
+        "root",
+        time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+
+
 def test_a_breaker_hold_alerts_once_when_it_starts(lifecycle):
     """A real HTTP peer standing in for Alertmanager's POST /api/v2/alerts."""
     import http.server
@@ -487,13 +498,7 @@ def test_a_breaker_hold_alerts_once_when_it_starts(lifecycle):
     server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        lifecycle.fake_slurm.nodes["n2"] = NodeInfo(
-            "n2",
-            ("IDLE", "DRAIN"),
-            "nodecheck: a.b c: d [health]",
-            "root",
-            time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
+        lifecycle.fake_slurm.nodes["n2"] = just_drained("n2")
         url = f"http://127.0.0.1:{server.server_address[1]}"
         lifecycle.set_config(
             f'breaker_max_drains = 1\nbreaker_max_share = 0\nalert_url = "{url}"\n'
@@ -509,13 +514,7 @@ def test_a_breaker_hold_alerts_once_when_it_starts(lifecycle):
 
 
 def test_a_held_back_node_whose_failure_vanished_is_left_alone(lifecycle):
-    lifecycle.fake_slurm.nodes["n2"] = NodeInfo(
-        "n2",
-        ("IDLE", "DRAIN"),
-        "nodecheck: a.b c: d [health]",
-        "root",
-        time.strftime("%Y-%m-%dT%H:%M:%S"),
-    )
+    lifecycle.fake_slurm.nodes["n2"] = just_drained("n2")
     lifecycle.set_config("breaker_max_drains = 1\nbreaker_max_share = 0\n")
     assert lifecycle("prolog", [FAIL]).action_taken == "breaker open"
     calls = len(lifecycle.fake_slurm.calls)
