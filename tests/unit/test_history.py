@@ -270,7 +270,8 @@ def lifecycle(tmp_path, monkeypatch):
                 app.RunRequest(phase=phase, env=env, config_path=str(self.config), act=True)
             )
 
-    return Run()
+    yield Run()
+    state.set_run_deadline(None)  # a run's budget must not outlive it into other tests
 
 
 def test_healthy_prolog_makes_no_controller_call_and_writes_one_run(lifecycle):
