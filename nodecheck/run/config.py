@@ -78,6 +78,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # While the breaker is open: "run" fails open (no drain by any route, exit 0, the job
     # runs, the node is recorded as held back); "fail" exits non-zero and Slurm drains.
     "breaker_open_action": (str, "run"),
+    # "validation": health never resumes nodecheck's own drain by itself; the node waits,
+    # drained, for `nodecheck validate --pending` (the quarantine loop) to return it.
+    "resume_via": (str, "resume"),
     # Drains by these checks are never resumed by the health phase: their fault is gone
     # from view once read (an XID passes the next run), so a human decides.
     "manual_resume_checks": (list, ["gpu.xid"]),
@@ -378,6 +381,8 @@ def _parse_settings(
         )
     if out.get("breaker_open_action", "run") not in ("run", "fail"):
         raise ConfigError(f"{where}: breaker_open_action must be 'run' or 'fail'")
+    if out.get("resume_via", "resume") not in ("resume", "validation"):
+        raise ConfigError(f"{where}: resume_via must be 'resume' or 'validation'")
     if "manual_resume_checks" in out and not all(
         isinstance(c, str) for c in out["manual_resume_checks"]
     ):

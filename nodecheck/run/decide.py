@@ -125,6 +125,9 @@ BREAKER_OPEN_ACTIONS = ("run", "fail")
 ADOPT_WINDOW_S = 6 * 3600.0
 ADOPT_SLACK_S = 5.0  # Slurm prints reason times in whole seconds
 SLURM_HOOK_FAILURE = {"prolog": "Prolog error", "epilog": "Epilog error"}
+# resume_via = "validation": a passing node that nodecheck drained waits for the quarantine
+# loop (`nodecheck validate --pending`) instead of being resumed by health.
+AWAITING = "awaiting validation"
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ class PlanSettings:
     breaker_window_min: float = 10.0
     breaker_jitter_s: float = 2.0
     breaker_open_action: str = "run"
+    resume_via: str = "resume"
     dry_run: bool = False
 
     @classmethod
@@ -158,6 +162,7 @@ class PlanSettings:
             breaker_window_min=float(config.breaker_window_min),
             breaker_jitter_s=float(config.breaker_jitter_s),
             breaker_open_action=str(config.breaker_open_action),
+            resume_via=str(config.resume_via),
             dry_run=dry_run,
         )
 
@@ -356,6 +361,8 @@ def _plan_clear(situation: Situation, settings: PlanSettings) -> Plan:
         return Plan(
             Step.FORGET, "refused: drained by someone else", EXIT_OK, marker.reason, str(passes)
         )
+    if settings.resume_via == "validation":
+        return Plan(Step.HOLD, "held: awaiting validation", EXIT_OK, marker.reason, AWAITING)
     return Plan(Step.RESUME, "resumed", EXIT_OK, marker.reason, str(passes))
 
 

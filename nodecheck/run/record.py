@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from nodecheck.log import get_logger
-from nodecheck.run.decide import Action, Verdict, pending_is_live
+from nodecheck.run.decide import AWAITING, Action, Verdict, pending_is_live
 from nodecheck.run.plan import Acted, HeldBack, Marker, PendingFailure, Plan, Situation, Step
 from nodecheck.store import history
 
@@ -128,6 +128,8 @@ def log_outcome(plan: Plan, acted: Acted, situation: Situation, verdict: Verdict
         if plan.adopted:
             log.warning("slurm_drain_adopted", slurm_reason=plan.adopted, reason=plan.reason)
         log.warning("drain", result=acted.action, reason=plan.reason, new_episode=plan.new_episode)
+    elif step is Step.HOLD and plan.why == AWAITING:
+        log.warning("awaiting_validation", reason=plan.reason, then="nodecheck validate --pending")
     elif step is Step.HOLD:
         event = "flap_hold" if plan.why == "flapping" else "manual_resume_hold"
         log.warning(event, reason=plan.reason)

@@ -304,3 +304,60 @@ expected = 1e6
     reason = cluster.node_state("n1")[1]
     assert reason.startswith("nodecheck: deep.gemm "), reason
     assert "TFLOP/s" in reason and "[validate job " in reason, reason
+
+
+def test_resume_via_validation_keeps_a_passing_node_drained_until_validate_pending(
+    make_slurm_cluster, work
+):
+    from nc_cluster import events, wait_verdict
+
+    cluster = make_slurm_cluster(
+        nodes=2, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
+    )
+    broken = toml(work, "", (), '["drain"]').replace(
+        "escalation =", 'resume_via = "validation"\nescalation ='
+    )
+    broken += f"""
+[[node_class]]
+name = "broken"
+match = ["n1"]
+[node_class.checks."host.mounts"]
+required = ["{MISSING_MOUNT}"]
+"""
+    cluster.write_nodecheck_config(broken)
+    job = cluster.sbatch("-w", "n1", "--wrap", "true")
+    wait_verdict(cluster, work, "prolog", job)  # drained, and the drain recorded
+    cluster.run(["scancel", str(job)], check=False)
+    ours = cluster.node_state("n1")[1]
+    assert ours.startswith("nodecheck: host.mounts ") and "[prolog job " in ours
+
+    def health() -> None:
+        out = subprocess.run(
+            [str(cluster.health_wrapper)],
+            env={"SLURMD_NODENAME": "n1"},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode in (0, 1), out.stderr[-2000:]
+
+    # Repaired: health passes, but does not resume; the node waits for validation.
+    cluster.write_nodecheck_config(
+        toml(work, "", (), '["drain"]').replace(
+            "escalation =", 'resume_via = "validation"\nescalation ='
+        )
+    )
+    health()
+    state, reason = cluster.node_state("n1")
+    assert state.startswith("drain") and reason == ours
+    [held] = events(work, "awaiting_validation", node="n1")
+    assert held["reason"] == ours
+
+    pending = validate(cluster, "--pending")
+    assert pending.returncode == 0, pending.stdout + pending.stderr
+    assert "n1" in pending.stdout and "passed" in pending.stdout
+    assert cluster.node_state("n1")[0] == "idle"
+    health()  # the stale marker is forgotten, nothing else happens
+    assert cluster.node_state("n1")[0] == "idle"
+    assert events(work, "resume", node="n1")[-1]["result"] == "not drained"

@@ -120,6 +120,18 @@ def test_health_pass_resumes_only_the_exact_reason_we_set(node, step, action):
     assert (got.step, got.action, got.exit_code) == (step, action, EXIT_OK)
 
 
+def test_resume_via_validation_holds_our_drain_for_the_quarantine_loop():
+    """resume_via = "validation": health never resumes by itself; the node stays drained
+    until `nodecheck validate --pending` returns it (then the marker is forgotten)."""
+    settings = PlanSettings(breaker_max_share=0, breaker_max_drains=0, resume_via="validation")
+    window = HistoryWindow(Marker(OURS, NOW - 600), passes_since_drain=0)
+    verdict = verdict_of(PASS, phase="health")
+    got = plan(verdict, situation("health", drained(OURS), window=window), settings)
+    assert (got.step, got.action, got.reason) == (Step.HOLD, "held: awaiting validation", OURS)
+    returned = plan(verdict, situation("health", idle(), window=window), settings)
+    assert (returned.step, returned.action) == (Step.FORGET, "not drained")
+
+
 def test_resume_waits_for_enough_passes_without_asking_the_controller():
     settings = PlanSettings(resume_after_passes=3)
     verdict = verdict_of(PASS, phase="health")
