@@ -81,6 +81,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # "validation": health never resumes nodecheck's own drain by itself; the node waits,
     # drained, for `nodecheck validate --pending` (the quarantine loop) to return it.
     "resume_via": (str, "resume"),
+    # A node that has never passed a validation job is drained by health (which slurmd also
+    # runs when it starts, before the node takes a job) until the quarantine loop validates it.
+    "validate_new_nodes": (bool, False),
     # Drains by these checks are never resumed by the health phase: their fault is gone
     # from view once read (an XID passes the next run), so a human decides.
     "manual_resume_checks": (list, ["gpu.xid"]),

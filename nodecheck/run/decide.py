@@ -128,6 +128,15 @@ SLURM_HOOK_FAILURE = {"prolog": "Prolog error", "epilog": "Epilog error"}
 # resume_via = "validation": a passing node that nodecheck drained waits for the quarantine
 # loop (`nodecheck validate --pending`) instead of being resumed by health.
 AWAITING = "awaiting validation"
+# validate_new_nodes: the drain of a node that never passed validation; the "check" is the
+# quarantine loop's, and only a validation job ends it.
+NEW_NODE = CheckResult(
+    "validate.new",
+    Status.FAIL,
+    "never validated: waits for nodecheck validate --pending",
+    "node",
+    remedy="validate",
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,7 @@ class PlanSettings:
     breaker_jitter_s: float = 2.0
     breaker_open_action: str = "run"
     resume_via: str = "resume"
+    validate_new_nodes: bool = False
     dry_run: bool = False
 
     @classmethod
@@ -163,6 +173,7 @@ class PlanSettings:
             breaker_jitter_s=float(config.breaker_jitter_s),
             breaker_open_action=str(config.breaker_open_action),
             resume_via=str(config.resume_via),
+            validate_new_nodes=bool(config.validate_new_nodes),
             dry_run=dry_run,
         )
 
@@ -187,7 +198,8 @@ def needs_slurm(
         return False
     marker = window.marker
     if marker is None:
-        return pending_is_live(window.pending, now)
+        unvalidated = settings.validate_new_nodes and not window.validated and window.readable
+        return unvalidated or pending_is_live(window.pending, now)
     passes = window.passes_since_drain + 1
     return hold_reason(marker, settings) is not None or passes >= settings.resume_after_passes
 
@@ -202,6 +214,8 @@ def hold_reason(marker: Marker, settings: PlanSettings) -> str | None:
     if not checks:  # a marker from before checks were kept: the reason names the first
         parsed = parse_reason(marker.reason)
         checks = (parsed.check_id,) if parsed else ()
+    if NEW_NODE.check_id in checks:
+        return AWAITING
     manual = [c for c in checks if c in settings.manual_resume_checks]
     if manual:
         return f"{manual[0]} needs a manual resume"
@@ -343,6 +357,9 @@ def _plan_clear(situation: Situation, settings: PlanSettings) -> Plan:
                 new_episode=True,
                 adopted=info.reason,
             )
+        if settings.validate_new_nodes and not window.validated and _new_and_open(info):
+            reason = format_reason([NEW_NODE], situation.phase, situation.job_id)
+            return Plan(Step.DRAIN, "drained: never validated", EXIT_OK, reason, new_episode=True)
         return Plan(Step.NOTHING, "none", EXIT_OK)
     hold = hold_reason(marker, settings)
     passes = window.passes_since_drain + 1
@@ -364,6 +381,14 @@ def _plan_clear(situation: Situation, settings: PlanSettings) -> Plan:
     if settings.resume_via == "validation":
         return Plan(Step.HOLD, "held: awaiting validation", EXIT_OK, marker.reason, AWAITING)
     return Plan(Step.RESUME, "resumed", EXIT_OK, marker.reason, str(passes))
+
+
+def _new_and_open(info: NodeInfo | None) -> bool:
+    """A never-validated node that could take a user job: not drained, not already inside a
+    (maintenance) reservation, where the quarantine loop is validating it."""
+    if info is None or info.drained:
+        return False
+    return not {"MAINT", "RESERVED"} & set(info.states)
 
 
 def after_wave(

@@ -103,6 +103,7 @@ class HistoryWindow:
     pending: PendingFailure | None = None
     drains_in_window: int = 0  # drain episodes within flap_window_s
     passes_since_drain: int = 0  # health passes since the marker, this run not counted
+    validated: bool = True  # the node has passed a validation job at least once
     readable: bool = True
     error: str = ""
 

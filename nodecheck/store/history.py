@@ -294,6 +294,7 @@ def window(h: History, now: float, flap_window_s: float) -> HistoryWindow:
         pending=PendingFailure.from_json(h.store.get_json(PENDING_FAILURE)),
         drains_in_window=h.events_since("drain", now - flap_window_s),
         passes_since_drain=h.health_passes_since(marker.at) if marker else 0,
+        validated=h.last_event_at("validate_pass") is not None,
     )
 
 

@@ -361,3 +361,42 @@ required = ["{MISSING_MOUNT}"]
     health()  # the stale marker is forgotten, nothing else happens
     assert cluster.node_state("n1")[0] == "idle"
     assert events(work, "resume", node="n1")[-1]["result"] == "not drained"
+
+
+def test_a_new_node_is_drained_by_health_until_it_passes_validation(make_slurm_cluster, work):
+    from nc_cluster import events
+
+    cluster = make_slurm_cluster(
+        nodes=2, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
+    )
+    cluster.write_nodecheck_config(
+        toml(work, "", (), '["drain"]').replace(
+            "escalation =", "validate_new_nodes = true\nescalation ="
+        )
+    )
+
+    def health(node: str) -> None:
+        out = subprocess.run(
+            [str(cluster.health_wrapper)],
+            env={"SLURMD_NODENAME": node},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode in (0, 1), out.stderr[-2000:]
+
+    health("n1")  # as slurmd runs it at start, before the node takes a job
+    state, reason = cluster.node_state("n1")
+    assert state.startswith("drain"), state
+    assert reason.startswith("nodecheck: validate.new node: never validated"), reason
+    health("n1")  # passing health runs do not resume it: only validation does
+    assert cluster.node_state("n1")[0].startswith("drain")
+    assert events(work, "awaiting_validation", node="n1")
+
+    pending = validate(cluster, "--pending")
+    assert pending.returncode == 0 and "n1" in pending.stdout, pending.stdout + pending.stderr
+    assert cluster.node_state("n1")[0] == "idle"
+    health("n1")  # validated now: left in service, the old marker forgotten
+    assert cluster.node_state("n1")[0] == "idle"
+    assert events(work, "resume", node="n1")[-1]["result"] == "not drained"

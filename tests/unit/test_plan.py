@@ -132,6 +132,30 @@ def test_resume_via_validation_holds_our_drain_for_the_quarantine_loop():
     assert (returned.step, returned.action) == (Step.FORGET, "not drained")
 
 
+def test_a_never_validated_node_is_drained_until_validation_returns_it():
+    settings = PlanSettings(breaker_max_share=0, breaker_max_drains=0, validate_new_nodes=True)
+    verdict = verdict_of(PASS, phase="health")
+    new = HistoryWindow(validated=False)
+    assert needs_slurm(verdict, "health", new, settings, NOW)
+    got = plan(verdict, situation("health", idle(), window=new), settings)
+    assert (got.step, got.action) == (Step.DRAIN, "drained: never validated")
+    parsed = parse_reason(got.reason)
+    assert (parsed.check_id, parsed.remedy, parsed.phase) == ("validate.new", "validate", "health")
+    # Inside the quarantine loop's reservation it is being validated: left alone.
+    reserved = NodeInfo("n1", ("IDLE", "MAINT", "RESERVED"), partitions=("gpu",))
+    assert plan(verdict, situation("health", reserved, window=new), settings).step is Step.NOTHING
+    # Drained for it, it is held (health never resumes it), whatever resume_via says.
+    held = HistoryWindow(Marker(got.reason, NOW - 60), validated=False)
+    again = plan(verdict, situation("health", drained(got.reason), window=held), settings)
+    assert (again.step, again.action) == (Step.HOLD, "held: awaiting validation")
+    # Validated once: nothing more, and the controller is not even asked.
+    done = HistoryWindow(validated=True)
+    assert not needs_slurm(verdict, "health", done, settings, NOW)
+    assert plan(verdict, situation("health", window=done), settings).step is Step.NOTHING
+    # Off (the default): a never-validated node is not the plan's business.
+    assert not needs_slurm(verdict, "health", new, NO_BREAKER, NOW)
+
+
 def test_resume_waits_for_enough_passes_without_asking_the_controller():
     settings = PlanSettings(resume_after_passes=3)
     verdict = verdict_of(PASS, phase="health")
