@@ -94,3 +94,19 @@ def nodecheck_cli(cluster, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def health(cluster, node: str) -> dict:
+    """Run HealthCheckProgram by hand, exactly as slurmd does: no environment but the node."""
+    out = subprocess.run(
+        [str(cluster.health_wrapper)],
+        env={"SLURMD_NODENAME": node},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # Slurm ignores HealthCheckProgram's exit code; a FAIL exits 1 like the prolog would.
+    assert out.returncode in (0, 1), out.stderr[-2000:]
+    verdict = [json.loads(x) for x in out.stderr.splitlines() if x.startswith('{"')]
+    return next(e for e in reversed(verdict) if e["event"] == "verdict")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
-from nc_cluster import EPILOG, HEALTH, PROLOG, base_toml, events, nodecheck_cli
+from nc_cluster import EPILOG, HEALTH, PROLOG, base_toml, events, health, nodecheck_cli
 from prometheus_client.parser import text_string_to_metric_families
 
 MISSING_MOUNT = "/nodecheck-test-missing-mount"
@@ -37,22 +36,6 @@ def cluster_with_hooks(make_slurm_cluster, nodes: int):
     return make_slurm_cluster(
         nodes=nodes, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
     )
-
-
-def health(cluster, node: str) -> dict:
-    """Run HealthCheckProgram by hand, exactly as slurmd does: no environment but the node."""
-    out = subprocess.run(
-        [str(cluster.health_wrapper)],
-        env={"SLURMD_NODENAME": node},
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    # Slurm ignores HealthCheckProgram's exit code; a FAIL exits 1 like the prolog would.
-    assert out.returncode in (0, 1), out.stderr[-2000:]
-    verdict = [json.loads(x) for x in out.stderr.splitlines() if x.startswith('{"')]
-    return next(e for e in reversed(verdict) if e["event"] == "verdict")
 
 
 def drained(cluster, node: str) -> bool:

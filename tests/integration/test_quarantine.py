@@ -9,13 +9,14 @@ fault), and the validation level runs that check.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from alertmanager import active_alerts, alertmanager
-from nc_cluster import EPILOG, HEALTH, PROLOG, REPO, base_toml
+from nc_cluster import EPILOG, HEALTH, PROLOG, REPO, base_toml, events, health, wait_verdict
 
 MISSING_MOUNT = "/nodecheck-test-missing-mount"
 
@@ -176,7 +177,6 @@ def test_a_node_that_keeps_failing_is_rebooted_once_then_held_for_replacement(
 
 
 def test_report_history_merges_nodecheck_history_and_slurmdbd_events(make_slurm_cluster, work):
-    import json
 
     cluster = make_slurm_cluster(
         nodes=2,
@@ -309,8 +309,6 @@ expected = 1e6
 def test_resume_via_validation_keeps_a_passing_node_drained_until_validate_pending(
     make_slurm_cluster, work
 ):
-    from nc_cluster import events, wait_verdict
-
     cluster = make_slurm_cluster(
         nodes=2, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
     )
@@ -331,24 +329,13 @@ required = ["{MISSING_MOUNT}"]
     ours = cluster.node_state("n1")[1]
     assert ours.startswith("nodecheck: host.mounts ") and "[prolog job " in ours
 
-    def health() -> None:
-        out = subprocess.run(
-            [str(cluster.health_wrapper)],
-            env={"SLURMD_NODENAME": "n1"},
-            cwd="/",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode in (0, 1), out.stderr[-2000:]
-
     # Repaired: health passes, but does not resume; the node waits for validation.
     cluster.write_nodecheck_config(
         toml(work, "", (), '["drain"]').replace(
             "escalation =", 'resume_via = "validation"\nescalation ='
         )
     )
-    health()
+    health(cluster, "n1")
     state, reason = cluster.node_state("n1")
     assert state.startswith("drain") and reason == ours
     [held] = events(work, "awaiting_validation", node="n1")
@@ -358,14 +345,12 @@ required = ["{MISSING_MOUNT}"]
     assert pending.returncode == 0, pending.stdout + pending.stderr
     assert "n1" in pending.stdout and "passed" in pending.stdout
     assert cluster.node_state("n1")[0] == "idle"
-    health()  # the stale marker is forgotten, nothing else happens
+    health(cluster, "n1")  # the stale marker is forgotten, nothing else happens
     assert cluster.node_state("n1")[0] == "idle"
     assert events(work, "resume", node="n1")[-1]["result"] == "not drained"
 
 
 def test_a_new_node_is_drained_by_health_until_it_passes_validation(make_slurm_cluster, work):
-    from nc_cluster import events
-
     cluster = make_slurm_cluster(
         nodes=2, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
     )
@@ -375,28 +360,17 @@ def test_a_new_node_is_drained_by_health_until_it_passes_validation(make_slurm_c
         )
     )
 
-    def health(node: str) -> None:
-        out = subprocess.run(
-            [str(cluster.health_wrapper)],
-            env={"SLURMD_NODENAME": node},
-            cwd="/",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert out.returncode in (0, 1), out.stderr[-2000:]
-
-    health("n1")  # as slurmd runs it at start, before the node takes a job
+    health(cluster, "n1")  # as slurmd runs it at start, before the node takes a job
     state, reason = cluster.node_state("n1")
     assert state.startswith("drain"), state
     assert reason.startswith("nodecheck: validate.new node: never validated"), reason
-    health("n1")  # passing health runs do not resume it: only validation does
+    health(cluster, "n1")  # passing health runs do not resume it: only validation does
     assert cluster.node_state("n1")[0].startswith("drain")
     assert events(work, "awaiting_validation", node="n1")
 
     pending = validate(cluster, "--pending")
     assert pending.returncode == 0 and "n1" in pending.stdout, pending.stdout + pending.stderr
     assert cluster.node_state("n1")[0] == "idle"
-    health("n1")  # validated now: left in service, the old marker forgotten
+    health(cluster, "n1")  # validated now: left in service, the old marker forgotten
     assert cluster.node_state("n1")[0] == "idle"
     assert events(work, "resume", node="n1")[-1]["result"] == "not drained"
