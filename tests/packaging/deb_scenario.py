@@ -92,7 +92,7 @@ def log_events(job: int) -> list[dict[str, Any]]:
     for line in LOG_FILE.read_text().splitlines():
         if line.startswith("{"):
             event = json.loads(line)
-            if event.get("job") == str(job):
+            if str(event.get("job")) == str(job):  # a number in the log since structlog
                 events.append(event)
     return events
 
