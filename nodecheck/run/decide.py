@@ -80,15 +80,15 @@ def decide(
 
     if failures:
         reason = format_reason(list(failures) + list(errors), phase, job_id)
+        failed = len({r.check_id for r in failures})  # checks, not components
         if in_job_scope is not None and not any(in_job_scope(r) for r in failures):
             return verdict(
                 Action.DRAIN,
                 EXIT_OK,
                 reason,
-                f"{len(failures)} check(s) failed outside this job's GPUs/HCAs: "
-                "drain once the job ends",
+                f"{failed} check(s) failed outside this job's GPUs/HCAs: drain once the job ends",
             )
-        return verdict(Action.DRAIN, EXIT_FAIL, reason, f"{len(failures)} check(s) failed")
+        return verdict(Action.DRAIN, EXIT_FAIL, reason, f"{failed} check(s) failed")
     if errors and on_internal_error == "drain":
         reason = format_reason(list(errors), phase, job_id)
         return verdict(

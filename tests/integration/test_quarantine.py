@@ -44,6 +44,33 @@ phases = ["manual"]
     return text
 
 
+def deep_toml(work: Path, alert_url: str, slow: tuple[str, ...], ladder: str) -> str:
+    """Validation by a real deep check: deep.gemm through torch on the CPU (small). On the
+    `slow` nodes the expected figure is one no device reaches, as with a GPU that delivers
+    a fraction of its datasheet: the fault replayed at the judging boundary."""
+    text = base_toml(
+        work,
+        extra=f"""
+alert_url = "{alert_url}"
+validate_quick_checks = ["deep.gemm"]
+escalation = {ladder}
+validate_command = "{Path(sys.executable).parent / "nodecheck"}"
+""",
+    )
+    gemm = 'device = "cpu"\nprecisions = ["tf32"]\ncpu_size = 128\nrepeats = 2\n'
+    text += f'\n[checks."deep.gemm"]\n{gemm}'
+    if slow:
+        names = ", ".join(f'"{n}"' for n in slow)
+        text += f"""
+[[node_class]]
+name = "slow-gpu"
+match = [{names}]
+[node_class.checks."deep.gemm"]
+{gemm}expected = 1e6
+"""
+    return text
+
+
 def validate(cluster, *args: str, background: bool = False):
     argv = [sys.executable, "-m", "nodecheck", "validate", *args, "--timeout", "90"]
     env = {
@@ -156,7 +183,9 @@ def test_a_node_that_keeps_failing_is_rebooted_once_then_held_for_replacement(
         reboot_program=True,  # restarts the node's slurmd with -b: Slurm sees a reboot
     )
     with alertmanager(work / "am") as url:
-        cluster.write_nodecheck_config(toml(work, url, ("n1",), '["drain", "reboot", "replace"]'))
+        cluster.write_nodecheck_config(
+            deep_toml(work, url, ("n1",), '["drain", "reboot", "replace"]')
+        )
         first = validate(cluster, "n1")
         assert "failed: drained" in first.stdout, first.stdout + first.stderr
         booted = boot_time(cluster, "n1")
@@ -170,8 +199,10 @@ def test_a_node_that_keeps_failing_is_rebooted_once_then_held_for_replacement(
         assert boot_time(cluster, "n1") != booted  # slurmd reported a fresh boot
         state, reason = cluster.node_state("n1")
         assert state.startswith("drain") and "act=replace" in reason, reason
+        assert reason.startswith("nodecheck: deep.gemm ") and "TFLOP/s" in reason, reason
         [alert] = active_alerts(url)
         assert alert["labels"]["node"] == "n1" and alert["labels"]["action"] == "replace"
+        assert alert["labels"]["check"] == "deep.gemm"
         assert cluster.node_state("n2")[0] == "idle"  # never touched
         assert "nodecheck_validation" not in cluster.scontrol("show", "reservation").stdout
 
@@ -271,32 +302,7 @@ def test_the_deep_tier_itself_decides_a_validation(make_slurm_cluster, work):
     cluster = make_slurm_cluster(
         nodes=2, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, health_interval=0
     )
-    text = base_toml(
-        work,
-        extra=f"""
-validate_quick_checks = ["deep.gemm"]
-escalation = ["drain"]
-validate_command = "{Path(sys.executable).parent / "nodecheck"}"
-""",
-    )
-    text += """
-[checks."deep.gemm"]
-device = "cpu"
-precisions = ["tf32"]
-cpu_size = 128
-repeats = 2
-
-[[node_class]]
-name = "slow-gpu"
-match = ["n1"]
-[node_class.checks."deep.gemm"]
-device = "cpu"
-precisions = ["tf32"]
-cpu_size = 128
-repeats = 2
-expected = 1e6
-"""
-    cluster.write_nodecheck_config(text)
+    cluster.write_nodecheck_config(deep_toml(work, "", ("n1",), '["drain"]'))
     out = validate(cluster, "n[1-2]", "--why", "turn-up")
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if " job " in line}
     assert "passed" in lines["n2"], out.stdout + out.stderr

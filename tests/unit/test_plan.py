@@ -315,3 +315,9 @@ def test_the_healthy_prolog_does_not_import_nodecheck_slurm(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split()[:2] == ["PASS", "none"], run.stdout
     assert run.stdout.strip().endswith("[]"), run.stdout
+
+
+def test_the_verdict_counts_failed_checks_not_components():
+    other_gpu = CheckResult("gpu.ecc", Status.FAIL, "1 DBE", "gpu5", severity="critical")
+    got = decide([ECC, other_gpu, MOUNT], "prolog", "7", "pass")
+    assert got.summary == "2 check(s) failed"
