@@ -105,13 +105,40 @@ def stat_answers(path: Path, timeout_s: float) -> bool:
 
 
 def _reap_if_done(pid: int) -> None:
-    """Collect the child if it has ended; one stuck in the kernel is left (init reaps it
+    """Collect the child if it ends soon; one stuck in the kernel is left (init reaps it
     once the filesystem lets it go)."""
-    deadline = time.monotonic() + 0.05
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                return
-        except ChildProcessError:
-            return
-        time.sleep(0.001)
+    with contextlib.suppress(ChildProcessError):
+        wait_exit(pid, 0.05)
+
+
+def wait_exit(pid: int, timeout_s: float) -> int | None:
+    """Reap child `pid` once it has exited, waiting at most `timeout_s`: its wait status,
+    or None while it is still running; ChildProcessError when it is not our child (any
+    more). Waits on a pidfd, readable the moment the child exits, instead of sleeping
+    between polls."""
+    got, status = os.waitpid(pid, os.WNOHANG)
+    if got:
+        return status
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # no pidfd on this kernel (before 5.3): poll
+        return _poll_exit(pid, timeout_s)
+    try:
+        select.select([fd], [], [], max(0.0, timeout_s))
+    finally:
+        os.close(fd)
+    got, status = os.waitpid(pid, os.WNOHANG)
+    return status if got else None
+
+
+def _poll_exit(pid: int, timeout_s: float) -> int | None:
+    deadline = time.monotonic() + timeout_s
+    pause = 0.0002
+    while True:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)

@@ -179,24 +179,16 @@ def _read_available(child: _Child, results: dict[str, list[CheckResult]]) -> boo
 
 def _reap(pid: int, patience_s: float = 0.5) -> str:
     """Describe how a finished child ended (without blocking on one stuck in the kernel).
-
-    A child that said "end" is normally a zombie within microseconds: poll fast, then back off.
-    """
-    give_up = time.monotonic() + patience_s
-    pause = 0.0002
-    while True:
-        try:
-            got, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return "gone"
-        if got:
-            if os.WIFSIGNALED(status):
-                return f"killed by signal {os.WTERMSIG(status)}"
-            return f"exit code {os.WEXITSTATUS(status)}"
-        if time.monotonic() >= give_up:
-            return "still exiting"
-        time.sleep(pause)
-        pause = min(pause * 2, 0.02)
+    A child that said "end" is normally gone within a millisecond."""
+    try:
+        status = isolate.wait_exit(pid, patience_s)
+    except ChildProcessError:
+        return "gone"
+    if status is None:
+        return "still exiting"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.WEXITSTATUS(status)}"
 
 
 def _kill(pid: int) -> None:
