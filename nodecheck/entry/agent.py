@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import select
 import signal
 import socket
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -195,11 +197,31 @@ def run_worker(conn: socket.socket) -> int:
     os.environ.clear()
     os.environ.update(env)
     client_pid, _uid = peer_credentials(conn)
+    _die_with_the_client(conn)
     code = run_hook(HookArgs(phase), hook_pid=client_pid)
     sys.stdout.flush()
     sys.stderr.flush()
     _send(conn, f"exit {code}\n")
     return 0
+
+
+def _die_with_the_client(conn: socket.socket) -> None:
+    """The worker holds the client's stdout/stderr, which slurmd waits on: when the client
+    goes (slurmd killed it at PrologEpilogTimeout, or anyone did with SIGKILL), the worker
+    goes at once, and its probe children with it (they die with their parent). Reading the
+    connection cannot tell: the client shuts its sending side once the request is sent. The
+    socket hangs up (POLLHUP, reported whatever is asked for) only when the client has
+    closed it entirely, which its death does."""
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), 0)
+        gone = select.POLLHUP | select.POLLERR | select.POLLNVAL
+        while not any(mask & gone for _, mask in poller.poll()):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="client-watch", daemon=True).start()
 
 
 def _listen(path: str) -> socket.socket:

@@ -300,3 +300,58 @@ def test_changed_code_makes_the_agent_step_aside(tmp_path):
         assert named(stale.text(), "agent_stale")
     finally:
         stale.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+
+
+def test_a_killed_client_takes_its_worker_and_probes_with_it(agent, tmp_path):
+    """slurmd kills the prolog at PrologEpilogTimeout: the worker that holds the prolog's
+    stdout/stderr must not live on to its budget, nor its hung probe (issue 13)."""
+    replay = REPO / "tests" / "fixtures" / "nvml" / "h100-hang-remap.json"
+    cfg = write_config(tmp_path, f'budget_s = 60\nnvml = "replay:{replay}"\n')
+    environ = {
+        "SLURMD_NODENAME": "n1",
+        "SLURM_JOB_ID": "34",
+        "NODECHECK_CONFIG": str(cfg),
+        "NODECHECK_PYTHON": sys.executable,
+        "NODECHECK_AGENT_SOCKET": str(agent.sock),
+    }
+    client = subprocess.Popen(
+        [str(PROLOG)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 20
+    while not named(agent.text(), "agent_run"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [run] = named(agent.text(), "agent_run")
+    worker = run["worker"]
+    while not children_of(worker):  # the probe children are up, the gpu one hangs
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    probes = children_of(worker)
+    client.kill()
+    client.wait(5)
+    # Gone long before the 60 s budget would have ended the run.
+    deadline = time.monotonic() + 5
+    while alive(worker) or any(alive(p) for p in probes):
+        assert time.monotonic() < deadline, (worker, probes)
+        time.sleep(0.05)
