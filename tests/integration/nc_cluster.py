@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
+MISSING_MOUNT = "/nodecheck-test-missing-mount"
 PROLOG = REPO / "prolog" / "nodecheck-prolog"
 EPILOG = REPO / "epilog" / "nodecheck-epilog"
 HEALTH = REPO / "health" / "nodecheck-health"
@@ -38,6 +39,21 @@ min_free_gib = {{ "/tmp" = 0.01 }}
 [checks."host.procs"]
 grace_s = 2
 """
+
+
+def broken_mount_class(nodes: tuple[str, ...], phases: tuple[str, ...] = ()) -> str:
+    """A node class for `nodes` whose host.mounts requires a mount that is not there (only
+    in `phases`, when given): the fault the lifecycle and quarantine tests replay."""
+    names = ", ".join(f'"{n}"' for n in nodes)
+    listed = ", ".join(f'"{p}"' for p in phases)
+    only = f"phases = [{listed}]\n" if phases else ""
+    return f"""
+[[node_class]]
+name = "broken"
+match = [{names}]
+[node_class.checks."host.mounts"]
+required = ["{MISSING_MOUNT}"]
+{only}"""
 
 
 def events(work: Path, name: str | None = None, **fields: Any) -> list[dict]:

@@ -12,24 +12,22 @@ import os
 import time
 from pathlib import Path
 
-from nc_cluster import EPILOG, HEALTH, PROLOG, base_toml, events, health, nodecheck_cli
+from nc_cluster import (
+    EPILOG,
+    HEALTH,
+    MISSING_MOUNT,
+    PROLOG,
+    base_toml,
+    broken_mount_class,
+    events,
+    health,
+    nodecheck_cli,
+)
 from prometheus_client.parser import text_string_to_metric_families
-
-MISSING_MOUNT = "/nodecheck-test-missing-mount"
 
 
 def toml(work: Path, broken: tuple[str, ...] = (), extra: str = "") -> str:
-    text = base_toml(work, extra=extra)
-    if broken:
-        names = ", ".join(f'"{n}"' for n in broken)
-        text += f"""
-[[node_class]]
-name = "broken"
-match = [{names}]
-[node_class.checks."host.mounts"]
-required = ["{MISSING_MOUNT}"]
-"""
-    return text
+    return base_toml(work, extra=extra) + (broken_mount_class(broken) if broken else "")
 
 
 def cluster_with_hooks(make_slurm_cluster, nodes: int):

@@ -16,47 +16,46 @@ import time
 from pathlib import Path
 
 from alertmanager import active_alerts, alertmanager
-from nc_cluster import EPILOG, HEALTH, PROLOG, REPO, base_toml, events, health, wait_verdict
+from nc_cluster import (
+    EPILOG,
+    HEALTH,
+    MISSING_MOUNT,
+    PROLOG,
+    REPO,
+    base_toml,
+    broken_mount_class,
+    events,
+    health,
+    wait_verdict,
+)
 
-MISSING_MOUNT = "/nodecheck-test-missing-mount"
 
-
-def toml(work: Path, alert_url: str, broken: tuple[str, ...], ladder: str) -> str:
-    text = base_toml(
+def validation_toml(work: Path, alert_url: str, checks: str, ladder: str) -> str:
+    """Settings every quarantine test starts with: where alerts go, what a validation job
+    runs, the escalation ladder, and the validation jobs' executable (this venv's)."""
+    return base_toml(
         work,
         extra=f"""
 alert_url = "{alert_url}"
-validate_quick_checks = ["host.mounts"]
+validate_quick_checks = ["{checks}"]
 escalation = {ladder}
 validate_command = "{Path(sys.executable).parent / "nodecheck"}"
 """,
     )
-    if broken:
-        names = ", ".join(f'"{n}"' for n in broken)
-        text += f"""
-[[node_class]]
-name = "broken"
-match = [{names}]
-[node_class.checks."host.mounts"]
-required = ["{MISSING_MOUNT}"]
-phases = ["manual"]
-"""
-    return text
+
+
+def toml(work: Path, alert_url: str, broken: tuple[str, ...], ladder: str) -> str:
+    """Validation by host.mounts; on the `broken` nodes it fails in manual runs only (the
+    validation job's), so the prolog never sees the fault, as with a deep-tier one."""
+    text = validation_toml(work, alert_url, "host.mounts", ladder)
+    return text + (broken_mount_class(broken, phases=("manual",)) if broken else "")
 
 
 def deep_toml(work: Path, alert_url: str, slow: tuple[str, ...], ladder: str) -> str:
     """Validation by a real deep check: deep.gemm through torch on the CPU (small). On the
     `slow` nodes the expected figure is one no device reaches, as with a GPU that delivers
     a fraction of its datasheet: the fault replayed at the judging boundary."""
-    text = base_toml(
-        work,
-        extra=f"""
-alert_url = "{alert_url}"
-validate_quick_checks = ["deep.gemm"]
-escalation = {ladder}
-validate_command = "{Path(sys.executable).parent / "nodecheck"}"
-""",
-    )
+    text = validation_toml(work, alert_url, "deep.gemm", ladder)
     gemm = 'device = "cpu"\nprecisions = ["tf32"]\ncpu_size = 128\nrepeats = 2\n'
     text += f'\n[checks."deep.gemm"]\n{gemm}'
     if slow:
@@ -321,13 +320,7 @@ def test_resume_via_validation_keeps_a_passing_node_drained_until_validate_pendi
     broken = toml(work, "", (), '["drain"]').replace(
         "escalation =", 'resume_via = "validation"\nescalation ='
     )
-    broken += f"""
-[[node_class]]
-name = "broken"
-match = ["n1"]
-[node_class.checks."host.mounts"]
-required = ["{MISSING_MOUNT}"]
-"""
+    broken += broken_mount_class(("n1",))
     cluster.write_nodecheck_config(broken)
     job = cluster.sbatch("-w", "n1", "--wrap", "true")
     wait_verdict(cluster, work, "prolog", job)  # drained, and the drain recorded
