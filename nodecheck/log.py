@@ -25,28 +25,52 @@ as a number.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import logging.handlers
 import os
 import stat
 import sys
+import types
 from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-# structlog imports rich when it is installed, for its console exceptions. rich is the
-# CLI's table library and has no business on the job-start path (it is also the larger
-# part of structlog's import), so structlog is loaded with rich hidden unless someone in
-# this process has loaded rich already; its console renderer then formats tracebacks plainly.
-_HIDE_RICH = "rich" not in sys.modules
-if _HIDE_RICH:
-    sys.modules["rich"] = None  # type: ignore[assignment]
-try:
-    import structlog
-finally:
-    if _HIDE_RICH:
-        del sys.modules["rich"]
+
+class _LoadedOnFirstUse(types.ModuleType):
+    """Stands in for a module during structlog's import: structlog's stdlib and native
+    loggers import asyncio for their async methods only, which nodecheck never calls, and
+    asyncio (with ssl under it) is the larger part of structlog's import. The real module
+    is imported the first time anything asks this stand-in for an attribute."""
+
+    def __getattr__(self, attribute: str) -> Any:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attribute)
+
+
+def _import_structlog() -> types.ModuleType:
+    """structlog, loaded without what the job-start path never uses: asyncio (above) and
+    rich, which structlog's console renderer imports for its tracebacks when installed. rich
+    is the CLI's table library; when someone in this process loaded it already, it stays."""
+    hidden: dict[str, Any] = {}
+    if "asyncio" not in sys.modules:
+        stand_in = _LoadedOnFirstUse("asyncio")
+        stand_in.__spec__ = None
+        hidden["asyncio"] = stand_in
+    if "rich" not in sys.modules:
+        hidden["rich"] = None  # the console renderer then formats tracebacks plainly
+    sys.modules.update(hidden)
+    try:
+        return importlib.import_module("structlog")
+    finally:
+        for name, stand_in in hidden.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+
+
+structlog = _import_structlog()
 
 LOGGER_NAME = "nodecheck"
 TARGETS = ("stderr", "file", "syslog", "journald")

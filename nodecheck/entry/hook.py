@@ -10,6 +10,7 @@ directly.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,9 +20,6 @@ if TYPE_CHECKING:
     from nodecheck.run.config import Config
 
 HOOK_PHASES = ("prolog", "epilog", "health")
-# How long the log file's directory may take to answer before the run logs to stderr only.
-# Spent before the run's budget starts, so it is kept short.
-LOG_DIR_TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -36,21 +34,28 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     """One hook run; `hook_pid` is the process Slurm started when that is not this one."""
     from nodecheck.log import get_logger, setup_logging
     from nodecheck.run.config import salvage_config
-    from nodecheck.run.pipeline import RunRequest, UsageError, execute
+    from nodecheck.run.firstlook import first_look
+    from nodecheck.run.pipeline import RunRequest, UsageError, execute, node_name
 
+    started = time.monotonic()  # the run's budget counts from here, its first look included
     env = dict(os.environ)
+    try:
+        node: str | None = node_name(None, env)
+    except UsageError:
+        node = None  # refused by the run below, with the reason
+    look = first_look(args.config, env, node)
     # Logging is needed before the config is validated: take its settings from what is
     # valid, so a broken config is still reported where the site looks.
-    salvaged = salvage_config(args.config, env)
-    log_file = salvaged.log_file or None
-    hung = _hung_log_dir(log_file)
+    salvaged = salvage_config(args.config, env, look.config)
     problem = setup_logging(
-        None if hung else log_file,
+        None if look.log_dir_problem else salvaged.log_file or None,
         to_stderr=True,
         verbose=args.verbose,
         targets=salvaged.log_target,
     )
-    problem = hung or problem
+    # A log file whose filesystem does not answer would hold the hook in the kernel,
+    # unkillable, at its first line: such a run logs to stderr only.
+    problem = "; ".join(filter(None, (look.log_dir_problem, problem)))
     if problem:
         get_logger().warning("log_file_unusable", problem=problem)
     try:
@@ -62,6 +67,8 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
                 act=True,
                 dry_run=args.dry_run,
                 hook_pid=hook_pid,
+                config_read=look.config,
+                started=started,
             )
         )
     except UsageError as exc:  # e.g. a refused SLURMD_NODENAME: one clear line, no traceback
@@ -73,24 +80,6 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     if out.action_taken == "disabled" and args.phase == "health":
         _metrics_while_disabled(salvaged, out.node)
     return out.verdict.exit_code
-
-
-def _hung_log_dir(log_file: str | None) -> str | None:
-    """Why the log file cannot be used when its filesystem does not answer (a write there
-    would hold the hook in the kernel, unkillable); None when it answers."""
-    if not log_file:
-        return None
-    from pathlib import Path
-
-    from nodecheck.run.isolate import stat_answers
-
-    directory = Path(log_file).parent
-    try:
-        if stat_answers(directory, LOG_DIR_TIMEOUT_S):
-            return None
-    except OSError as exc:
-        return f"{directory}: cannot check it: {exc}"
-    return f"{directory}: no answer within {LOG_DIR_TIMEOUT_S}s (hung filesystem?)"
 
 
 def _metrics_while_disabled(config: Config, node: str) -> None:

@@ -9,9 +9,6 @@ defaults apply. Every error is a ConfigError naming the key at fault.
 from __future__ import annotations
 
 import contextlib
-import os
-import stat
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,18 +18,20 @@ from nodecheck.checks.context import NodeSettings
 from nodecheck.checks.registry import ALL_PHASES, COMMON_KEYS, Check, Option
 from nodecheck.hostlist import host_matches, validate_pattern
 from nodecheck.log import TARGETS as LOG_TARGETS
+from nodecheck.run.config_file import (  # noqa: F401 (the config's public names)
+    DEFAULT_PATH,
+    ConfigError,
+    ConfigRead,
+    find_config_path,
+    read_config,
+)
 
-DEFAULT_PATH = Path("/etc/nodecheck/nodecheck.toml")
 ON_INTERNAL_ERROR = ("pass", "drain")
 BACKENDS = ("auto", "pyslurm", "scontrol")
 
 
 # The longest a deep check, or a deep run, may be given (a day).
 DEEP_MAX_S = 86400
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message names the file and key."""
 
 
 # Top-level settings: name -> (accepted types, default). Paths are given as strings.
@@ -240,75 +239,21 @@ class Config:
         )
 
 
-def find_config_path(explicit: str | None, env: Mapping[str, str]) -> tuple[Path, bool]:
-    """Return (path, required): required when the operator named the file."""
-    if explicit:
-        return Path(explicit), True
-    if env.get("NODECHECK_CONFIG"):
-        return Path(env["NODECHECK_CONFIG"]), True
-    slurm_conf = env.get("SLURM_CONF")
-    if slurm_conf:
-        beside = Path(slurm_conf).parent / "nodecheck.toml"
-        if beside.is_file():
-            return beside, True
-    return DEFAULT_PATH, False
-
-
 def load_config(
-    explicit: str | None, env: Mapping[str, str], registry: Mapping[str, Check]
+    explicit: str | None,
+    env: Mapping[str, str],
+    registry: Mapping[str, Check],
+    read: ConfigRead | None = None,
 ) -> Config:
-    path, required = find_config_path(explicit, env)
-    try:
-        data = read_toml(path)
-    except FileNotFoundError:
-        if required:
-            raise ConfigError(f"{path}: config file not found") from None
+    """The validated config; `read` is the file as the hook's first look read it."""
+    read = read or read_config(explicit, env)
+    if read.error:
+        raise ConfigError(read.error)
+    if read.data is None:
+        if read.required:
+            raise ConfigError(f"{read.path}: config file not found")
         return parse_config({}, None, registry)
-    return parse_config(data, path, registry)
-
-
-MAX_CONFIG_BYTES = 1 << 20
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """The config file's TOML, read the way a root-run tool must: only a regular file (a
-    FIFO would block the prolog forever, so open without blocking and look before reading)
-    that others cannot write, of sane size, in UTF-8. FileNotFoundError when there is none;
-    every other problem is a ConfigError naming the file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot open config: {exc.strerror}") from exc
-    try:
-        refuse_unsafe_file(path, os.fstat(fd))
-    except BaseException:
-        os.close(fd)
-        raise
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: config larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-
-
-def refuse_unsafe_file(path: Path, st: os.stat_result) -> None:
-    """A root-run tool must not take orders from a file others can write."""
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{path}: not a regular file")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(f"{path}: writable by group or others (mode {st.st_mode & 0o777:o})")
-    if st.st_uid not in (0, os.geteuid()):
-        raise ConfigError(f"{path}: owned by uid {st.st_uid}, not root or the running user")
+    return parse_config(read.data, read.path, registry)
 
 
 def parse_config(
@@ -533,23 +478,23 @@ def _require_type(where: str, value: Any, kinds: type | tuple[type, ...]) -> Non
         raise ConfigError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
 
 
-def salvage_config(explicit: str | None, env: Mapping[str, str]) -> Config:
+def salvage_config(
+    explicit: str | None, env: Mapping[str, str], read: ConfigRead | None = None
+) -> Config:
     """Defaults plus every top-level setting that is valid on its own, from a config that
     failed validation: enough to honour on_internal_error and reach Slurm the way the
-    site configured, never enough to run checks from."""
+    site configured, never enough to run checks from. Read with the same care as
+    load_config: never from a file others can write (it could name the scontrol we run as
+    root), never blocking on a FIFO."""
     values = {name: default for name, (_, default) in _SETTINGS.items()}
-    try:
-        path, _ = find_config_path(explicit, env)
-        # Same safe read as load_config: never salvage from a file others can write (it
-        # could name the scontrol we run as root), never block on a FIFO.
-        data = read_toml(path)
-    except (OSError, ConfigError):
+    read = read or read_config(explicit, env)
+    if read.data is None:
         return Config(path=None, values=values, checks={})
-    for key, value in data.items():
+    for key, value in read.data.items():
         if key in _SETTINGS:
             with contextlib.suppress(ConfigError):
-                values.update(_parse_settings({key: value}, str(path), _SETTINGS.keys(), ()))
-    return Config(path=path, values=values, checks={})
+                values.update(_parse_settings({key: value}, str(read.path), _SETTINGS.keys(), ()))
+    return Config(path=read.path, values=values, checks={})
 
 
 def with_overrides(config: Config, **values: Any) -> Config:

@@ -22,12 +22,16 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import pickle
 import select
 import signal
+import struct
 import time
 from pathlib import Path
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_FRAME_HEADER = struct.Struct("!I")
 _libc: ctypes.CDLL | None = None
 
 
@@ -73,6 +77,27 @@ def fork_detached(keep_fd: int) -> int:
     except BaseException:
         os._exit(1)
     return 0
+
+
+def send_frame(fd: int, message: tuple[Any, ...]) -> None:
+    """Send `message` to the parent: a length-prefixed pickle (read back by take_frames)."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    data = _FRAME_HEADER.pack(len(payload)) + payload
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def take_frames(buffer: bytes) -> tuple[list[tuple[Any, ...]], bytes]:
+    """The complete messages at the start of `buffer`, and what is left of it."""
+    frames = []
+    while len(buffer) >= _FRAME_HEADER.size:
+        (size,) = _FRAME_HEADER.unpack_from(buffer)
+        end = _FRAME_HEADER.size + size
+        if len(buffer) < end:
+            break
+        frames.append(pickle.loads(buffer[_FRAME_HEADER.size : end]))  # noqa: S301 (our own child)
+        buffer = buffer[end:]
+    return frames, buffer
 
 
 def stat_answers(path: Path, timeout_s: float) -> bool:

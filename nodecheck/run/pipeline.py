@@ -32,6 +32,7 @@ from nodecheck.checks.registry import (
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
 from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
+from nodecheck.run.config_file import ConfigRead
 from nodecheck.run.decide import (
     Action,
     PlanSettings,
@@ -72,6 +73,8 @@ class RunRequest:
     dry_run: bool = False
     hook_pid: int | None = None  # the process Slurm started, if not this one (the agent's)
     tier: str | None = None  # only checks of this tier (registry.TIERS); None: phases decide
+    config_read: ConfigRead | None = None  # the config file as the hook's first look read it
+    started: float | None = None  # time.monotonic() at the hook's start: the budget's start
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ def _killswitch_on(config: Config | None, nodecfg: NodeConfig | None) -> str | N
 
 
 def execute(req: RunRequest) -> RunOutcome:
-    started = time.monotonic()
+    started = time.monotonic() if req.started is None else req.started
     log = get_logger()
     job = JobInfo.from_env(req.env)
     node = node_name(req.node, req.env)
@@ -166,10 +169,10 @@ def execute(req: RunRequest) -> RunOutcome:
         return outcome([], decide([], "manual", None, "pass"), "disabled", "-", off)
     try:
         registry = all_checks()
-        config = load_config(req.config_path, req.env, registry)
+        config = load_config(req.config_path, req.env, registry, req.config_read)
         nodecfg = config.for_node(node, registry)
     except (ConfigError, ImportError, OSError) as exc:
-        fallback = salvage_config(req.config_path, req.env)
+        fallback = salvage_config(req.config_path, req.env, req.config_read)
         policy = fallback.on_internal_error
         message = f"config: {exc}" if isinstance(exc, ConfigError) else f"startup: {exc}"
         log.error("internal_error", error=message, on_internal_error=policy)

@@ -19,11 +19,9 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
-import pickle
 import resource
 import selectors
 import signal
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -34,7 +32,6 @@ from nodecheck.run import isolate, progress
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.store.state import StateError
 
-_HEADER = struct.Struct("!I")
 _NOTE_MAX = 200  # a note is a call and its argument: "statvfs(/home)", "nvmlDeviceGet... gpu3"
 
 
@@ -63,13 +60,6 @@ class _Child:
     last_note: str = ""
     ended: bool = False  # the child said "end": every result is in
     done: bool = False
-
-
-def _send(fd: int, message: tuple) -> None:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    data = _HEADER.pack(len(payload)) + payload
-    while data:
-        data = data[os.write(fd, data) :]
 
 
 def _run_one(item: Planned) -> list[CheckResult]:
@@ -102,11 +92,11 @@ def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
         limit = memory_limit_mb * 1024 * 1024
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    progress.set_sink(lambda text: _send(fd, ("note", text[:_NOTE_MAX])))
+    progress.set_sink(lambda text: isolate.send_frame(fd, ("note", text[:_NOTE_MAX])))
     for item in planned:
-        _send(fd, ("start", item.check.id))
-        _send(fd, ("done", item.check.id, _run_one(item)))
-    _send(fd, ("end",))
+        isolate.send_frame(fd, ("start", item.check.id))
+        isolate.send_frame(fd, ("done", item.check.id, _run_one(item)))
+    isolate.send_frame(fd, ("end",))
 
 
 def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: int) -> _Child:
@@ -143,12 +133,8 @@ def _group_memory_limit(planned: list[Planned], run_limit_mb: int) -> int:
 
 
 def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
-    while len(child.buffer) >= _HEADER.size:
-        (size,) = _HEADER.unpack_from(child.buffer)
-        if len(child.buffer) < _HEADER.size + size:
-            return
-        frame = pickle.loads(child.buffer[_HEADER.size : _HEADER.size + size])  # noqa: S301 (our own child)
-        child.buffer = child.buffer[_HEADER.size + size :]
+    frames, child.buffer = isolate.take_frames(child.buffer)
+    for frame in frames:
         kind = frame[0]
         if kind == "note":
             child.last_note = frame[1]

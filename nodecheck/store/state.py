@@ -59,6 +59,12 @@ def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -
     return why
 
 
+def remember_responsive(state_dir: Path, problem: str | None) -> None:
+    """What a look made elsewhere found (the hook's first look, nodecheck.run.firstlook):
+    None when `state_dir` answered, else why not. Later accesses ask no more."""
+    _responsive[state_dir] = problem
+
+
 def ensure_private_dir(path: Path) -> None:
     """Create `path` 0700 if missing; refuse one that others can write. A directory that
     cannot be made or read (read-only parent, full disk) is a StateError that says so."""

@@ -527,6 +527,29 @@ def test_state_dir_and_log_on_a_hung_filesystem_blame_it_and_end_within_budget(t
     print(f"hung state_dir: wall {out.wall:.2f}s, left behind: {left}")
 
 
+def test_config_file_on_a_hung_filesystem_gives_the_documented_verdict_within_budget(tmp_path):
+    """The config file itself sits on a filesystem that never answers: the hook never reads
+    it (its first look does, from a child), so the run ends at once with the verdict of a
+    config that cannot be used (on_internal_error's default, pass: no drain, exit 0), says
+    which file on stderr, and leaves nothing holding the hook's descriptors."""
+    scontrol, calls = fake_scontrol(tmp_path)
+    mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
+    with hung_mount(tmp_path / "hung") as mount:
+        out = hook(mount / "nodecheck.toml", env_extra=dict([mark.split("=")]), timeout=30)
+        left = assert_nothing_holds_the_hook(mark)
+    assert out.rc == 0, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    [error] = out.named("internal_error")
+    assert error["error"].startswith(f"config: {mount}/nodecheck.toml: no answer within"), error
+    assert error["on_internal_error"] == "pass"
+    [unusable] = out.named("log_file_unusable")
+    assert "which log file is unknown" in unusable["problem"], unusable
+    assert recorded(calls) == []  # no anonymous drain, and no controller call at all
+    # The run's budget (the default, 20 s: no config) is not what ends it: the look is.
+    assert out.wall <= 20, out.wall
+    print(f"hung config file: wall {out.wall:.2f}s, left behind: {left}")
+
+
 def test_probe_stuck_in_the_kernel_holds_no_hook_descriptor(tmp_path):
     """host.mounts on a mount that never answers: its statvfs thread sleeps in state D and
     the probe cannot exit; the hook still ends within budget and its stdout/stderr reach
