@@ -102,8 +102,21 @@ _SHARED = [
 ]
 
 
+class _RenderedOnce(structlog.stdlib.ProcessorFormatter):
+    """The JSON line of an event is the same for every target: render it for the first
+    handler and hand that text to the others (a hook logs to stderr and its file at least)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        key = f"_nodecheck_line_{id(self)}"
+        line = record.__dict__.get(key)
+        if line is None:
+            line = super().format(record)
+            record.__dict__[key] = line
+        return line
+
+
 def _json_formatter() -> logging.Formatter:
-    return structlog.stdlib.ProcessorFormatter(
+    return _RenderedOnce(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -241,6 +254,7 @@ def setup_logging(
     targets = [t for t in targets if t != "file" or log_file]
     handlers: list[logging.Handler] = []
     problems = []
+    json_lines = _json_formatter()  # one for every JSON target: each line rendered once
     for target in dict.fromkeys(targets):
         try:
             handler = _handler(target, log_file, syslog_socket)
@@ -249,11 +263,11 @@ def setup_logging(
             problems.append(f"cannot open log target {target} ({where}): {exc}")
             continue
         stderr_for_people = console and isinstance(handler, _Stderr)
-        handler.setFormatter(_console_formatter() if stderr_for_people else _json_formatter())
+        handler.setFormatter(_console_formatter() if stderr_for_people else json_lines)
         handlers.append(handler)
     if problems and not any(isinstance(h, _Stderr) for h in handlers):
         fallback = _Stderr()
-        fallback.setFormatter(_json_formatter())
+        fallback.setFormatter(json_lines)
         handlers.append(fallback)
     if not handlers:  # nowhere to log (a quiet manual run): not logging's last-resort printer
         handlers.append(logging.NullHandler())

@@ -40,6 +40,8 @@ PACKAGE = Path(__file__).resolve().parents[1]  # the whole nodecheck package
 # Loaded once, so that a forked worker (and its probe children) import nothing.
 WARM_MODULES = (
     "nodecheck.run.pipeline",
+    "nodecheck.run.firstlook",
+    "nodecheck.run.keeper",
     "nodecheck.checks.deep.judge",  # bound lazily by the deep family (checks/__init__.py)
     "nodecheck.probes.host",  # psutil, bound lazily by the host family
     "nodecheck.slurm.act",
@@ -54,6 +56,10 @@ WARM_MODULES = (
     "nodecheck.probes.fabric.sysfs",
     "nodecheck.run.bounded",
     "nodecheck.slurm.scontrol",
+    "nodecheck.probes.xid_catalogue",  # gpu.xid, and gpu.remap's recovery action
+    "nodecheck.probes.xid_lines",
+    "nodecheck.store.transaction",  # the checks that keep state (gpu.xid, gpu.nvlink, ib.counters)
+    "nodecheck.quarantine.ladder",  # the hook's record step
 )
 
 

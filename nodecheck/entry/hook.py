@@ -31,13 +31,25 @@ class HookArgs:
 
 
 def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
-    """One hook run; `hook_pid` is the process Slurm started when that is not this one."""
+    """One hook run; `hook_pid` is the process Slurm started when that is not this one. The
+    run itself happens in a child kept by this process (nodecheck.run.keeper), so that a
+    filesystem that stops answering during the run cannot hold slurmd."""
+    from nodecheck.run.config import DEFAULT_BUDGET_S
+    from nodecheck.run.keeper import keep
+
+    started = time.monotonic()  # the run's budget counts from here, its first look included
+    pid = hook_pid or os.getpid()
+    return keep(lambda: _run(args, pid, started), started + DEFAULT_BUDGET_S)
+
+
+def _run(args: HookArgs, hook_pid: int, started: float) -> int:
+    from nodecheck.checks.context import JobInfo
     from nodecheck.log import get_logger, setup_logging
+    from nodecheck.run import keeper
     from nodecheck.run.config import salvage_config
     from nodecheck.run.firstlook import first_look
     from nodecheck.run.pipeline import RunRequest, UsageError, execute, node_name
 
-    started = time.monotonic()  # the run's budget counts from here, its first look included
     env = dict(os.environ)
     try:
         node: str | None = node_name(None, env)
@@ -47,8 +59,14 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     # Logging is needed before the config is validated: take its settings from what is
     # valid, so a broken config is still reported where the site looks.
     salvaged = salvage_config(args.config, env, look.config)
+    if node is not None and not look.config.error:
+        job = JobInfo.from_env(env).job_id
+        deadline = started + float(salvaged.budget_s)
+        keeper.report("acting", node, job, args.phase, salvaged, deadline)
+    log_file = None if look.log_dir_problem else salvaged.log_file or None
+    keeper.report("step", f"opening the log file {log_file}")
     problem = setup_logging(
-        None if look.log_dir_problem else salvaged.log_file or None,
+        log_file,
         to_stderr=True,
         verbose=args.verbose,
         targets=salvaged.log_target,

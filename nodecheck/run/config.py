@@ -30,13 +30,15 @@ ON_INTERNAL_ERROR = ("pass", "drain")
 BACKENDS = ("auto", "pyslurm", "scontrol")
 
 
+# A hook run's budget when the config does not set budget_s.
+DEFAULT_BUDGET_S = 20.0
 # The longest a deep check, or a deep run, may be given (a day).
 DEEP_MAX_S = 86400
 
 
 # Top-level settings: name -> (accepted types, default). Paths are given as strings.
 _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
-    "budget_s": ((int, float), 20.0),
+    "budget_s": ((int, float), DEFAULT_BUDGET_S),
     "on_internal_error": (str, "pass"),
     "dry_run": (bool, False),
     "disabled": (bool, False),
@@ -189,6 +191,8 @@ class Config:
     hysteresis: Mapping[str, Hysteresis] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "values":  # pickle asks before values is set
+            raise AttributeError(name)
         try:
             return self.values[name]
         except KeyError:

@@ -56,9 +56,11 @@ def pipe() -> tuple[int, int]:
     return ends[0], ends[1]
 
 
-def fork_detached(keep_fd: int) -> int:
+def fork_detached(keep_fd: int, output_fd: int | None = None) -> int:
     """os.fork(), with the child detached from the hook as above; keeps `keep_fd` open in the
-    child. Returns like os.fork (0 in the child). Raises OSError when fork fails."""
+    child. With `output_fd`, the child's stdout and stderr go there (a pipe its parent reads)
+    instead of /dev/null. Returns like os.fork (0 in the child). Raises OSError when fork
+    fails."""
     libc = _load_libc()
     parent = os.getpid()
     pid = os.fork()
@@ -69,8 +71,9 @@ def fork_detached(keep_fd: int) -> int:
         if os.getppid() != parent:  # the parent died before the line above took effect
             os._exit(1)
         devnull = os.open(os.devnull, os.O_RDWR)
-        for std in (0, 1, 2):
-            os.dup2(devnull, std)
+        os.dup2(devnull, 0)
+        for std in (1, 2):
+            os.dup2(devnull if output_fd is None else output_fd, std)
         # close_range(2) under the hood: cheap however many descriptors the hook inherited.
         os.closerange(3, keep_fd)
         os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))

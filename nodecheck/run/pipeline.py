@@ -31,6 +31,7 @@ from nodecheck.checks.registry import (
 )
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
+from nodecheck.run import keeper
 from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
 from nodecheck.run.config_file import ConfigRead
 from nodecheck.run.decide import (
@@ -179,12 +180,14 @@ def execute(req: RunRequest) -> RunOutcome:
         verdict = internal_error_verdict(message, req.phase, job.job_id, policy)
         deadline = started + float(fallback.budget_s)
         state.set_run_deadline(deadline)
+        keeper.report("deadline", deadline)
         # No config file: no idea where the state is, so nothing is read or recorded.
         keeps_state = fallback.path is not None
         verdict, action, changes = _unhealthy_path(
             req, fallback, node, job, verdict, deadline, req.dry_run, keeps_state
         )
         out = outcome(list(verdict.errors), verdict, action, "-")
+        keeper.report("verdict", verdict.exit_code)
         if req.act and keeps_state:
             _record(fallback, out, changes)
         return out
@@ -215,6 +218,7 @@ def execute(req: RunRequest) -> RunOutcome:
     budget_s = run_budget_s(req.phase, timeouts, nodecfg.budget_s, config.deep_budget_s)
     deadline = started + budget_s
     state.set_run_deadline(deadline)  # every wait on the state file ends within the budget
+    keeper.report("deadline", deadline)
     # Keep a slice of the budget for talking to Slurm on the unhealthy path.
     reserve = min(5.0, budget_s * 0.25)
     budget = max(0.5, deadline - reserve - time.monotonic())
@@ -222,6 +226,7 @@ def execute(req: RunRequest) -> RunOutcome:
     # then refused at once by every check that keeps state and by the run's own record.
     state_fault = _state_dir_fault(nodecfg.settings.state_dir, budget / 4)
     budget = max(0.5, deadline - reserve - time.monotonic())
+    keeper.report("step", "running the checks")
     results = state_fault + [
         with_defaults(r, registry) for r in run_checks(planned, budget, config.probe_memory_mb)
     ]
@@ -253,6 +258,7 @@ def execute(req: RunRequest) -> RunOutcome:
         dry_run=dry_run,
     )
     out = outcome(results, verdict, action, nodecfg.node_class)
+    keeper.report("verdict", verdict.exit_code)
     if req.act:
         _record(config, out, changes)
     return out
@@ -281,6 +287,7 @@ def _hysteresis(
     config: Config, nodecfg: NodeConfig, results: list[CheckResult]
 ) -> list[CheckResult]:
     """Repeated WARNs of a check with a [hysteresis] rule become a FAIL (nodecheck/history)."""
+    keeper.report("step", f"reading the history in {nodecfg.settings.state_dir}")
     try:
         return history.with_history(
             nodecfg.settings.state_dir,
@@ -298,6 +305,7 @@ def _record(
     transaction, no controller call. Never fails the run."""
     from nodecheck.run.record import record
 
+    keeper.report("step", f"recording the run in {config.state_dir_for(out.node)}")
     rec = history.RunRecord(
         at=time.time(),
         phase=out.phase,
@@ -350,6 +358,7 @@ def _unhealthy_path(
 
     settings = PlanSettings.from_config(config, dry_run)
     backend = functools.cache(lambda: _backend(config))
+    keeper.report("step", f"reading the history in {config.state_dir_for(node)}")
     situation = gather(
         verdict,
         req.phase,
@@ -362,6 +371,7 @@ def _unhealthy_path(
     )
     planned = plan(verdict, situation, settings)
     acted = Acted(planned.action)
+    keeper.report("step", f"acting on the plan ({planned.step.name.lower()})")
     if planned.step in (Step.DRAIN, Step.RESUME):
         from nodecheck.slurm.act import carry_out
 

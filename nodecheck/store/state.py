@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nodecheck.run.progress import note
+
 STATE_FILE = "state.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -166,6 +168,7 @@ def open_state(state_dir: Path, timeout_s: float | None = None) -> Iterator[Stat
     for another run's lock at most `timeout_s` (default DEFAULT_BUSY_S), and never past
     the run's deadline (set_run_deadline)."""
     wait_s = busy_wait_s(timeout_s)
+    note(f"open the state in {state_dir}")  # where a probe that hangs from here got stuck
     unresponsive = check_responsive(state_dir)
     if unresponsive:
         raise StateError(f"state_dir {state_dir}: {unresponsive}")

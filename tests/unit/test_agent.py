@@ -355,3 +355,53 @@ def test_a_killed_client_takes_its_worker_and_probes_with_it(agent, tmp_path):
     while alive(worker) or any(alive(p) for p in probes):
         assert time.monotonic() < deadline, (worker, probes)
         time.sleep(0.05)
+
+
+WARM_RUN = """
+import os, sys
+from nodecheck.entry.agent import warm_up
+warm_up()
+seen = sys.argv[1]
+def audit(event, args):
+    if event == "import":  # raised only for a module not loaded yet
+        with open(seen, "a") as out:
+            out.write(f"{os.getpid()} {args[0]}\\n")
+sys.addaudithook(audit)
+from nodecheck.entry.hook import HookArgs, run_hook
+sys.exit(run_hook(HookArgs("prolog")))
+"""
+
+
+def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
+    """What the agent loads before it serves (warm_up) is everything a run needs: a worker
+    forked from it, and the probe children the worker forks, import no module of their own
+    on a prolog that runs every fast check family (8 replayed GPUs, 8 InfiniBand ports in
+    a fake sysfs tree, the host checks). A module missing from the warm set would be
+    imported again at every job start, in every child that needs it."""
+    from tests.fixtures.sysfs import healthy_node
+
+    node = healthy_node(tmp_path / "sys", hcas=8)
+    ports = json.dumps([f"mlx5_{i}/1" for i in range(8)])
+    replay = REPO / "tests" / "fixtures" / "nvml" / "h100-healthy.json"
+    cfg = write_config(
+        tmp_path,
+        f'sysfs_root = "{node.root}"\nnvml = "replay:{replay}"\n'
+        f'[checks."ib.port"]\nports = {ports}\nrate = "400 Gb/sec (4X NDR)"\n'
+        '[checks."gpu.count"]\nexpected = 8\n[checks."host.services"]\nenabled = false\n',
+    )
+    seen = tmp_path / "imported"
+    env = {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "31", "NODECHECK_CONFIG": str(cfg)}
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", WARM_RUN, str(seen)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = named(out.stderr, "check_result")
+    assert {r["check"].split(".")[0] for r in results} >= {"gpu", "ib", "host"}, results
+    assert all(r["status"] in ("PASS", "SKIP") for r in results), results
+    imported = seen.read_text().splitlines() if seen.exists() else []
+    assert imported == [], imported

@@ -35,6 +35,7 @@ class Out:
     wall: float
     stdout: str
     stderr: str
+    pipes: frozenset[str] = frozenset()  # the hook's stdout/stderr ("pipe:[inode]")
 
     @property
     def events(self) -> list[dict]:
@@ -68,6 +69,8 @@ def run_cli(argv, env, extra_check: str = "", cwd="/", timeout=60) -> Out:
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    ends = (proc.stdout, proc.stderr)
+    pipes = frozenset(os.readlink(f"/proc/self/fd/{end.fileno()}") for end in ends if end)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -75,7 +78,7 @@ def run_cli(argv, env, extra_check: str = "", cwd="/", timeout=60) -> Out:
         stdout, stderr = proc.communicate()
         pytest.fail(f"nodecheck still running after {timeout}s: {stderr[-2000:]}")
     wall = time.monotonic() - started
-    return Out(proc.returncode, wall, stdout, stderr)
+    return Out(proc.returncode, wall, stdout, stderr, pipes)
 
 
 def hook(cfg: Path, phase="prolog", env_extra=None, extra_check="", **kw) -> Out:
@@ -532,7 +535,7 @@ def test_config_file_on_a_hung_filesystem_gives_the_documented_verdict_within_bu
     it (its first look does, from a child), so the run ends at once with the verdict of a
     config that cannot be used (on_internal_error's default, pass: no drain, exit 0), says
     which file on stderr, and leaves nothing holding the hook's descriptors."""
-    scontrol, calls = fake_scontrol(tmp_path)
+    _scontrol, calls = fake_scontrol(tmp_path)
     mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
     with hung_mount(tmp_path / "hung") as mount:
         out = hook(mount / "nodecheck.toml", env_extra=dict([mark.split("=")]), timeout=30)
@@ -548,6 +551,66 @@ def test_config_file_on_a_hung_filesystem_gives_the_documented_verdict_within_bu
     # The run's budget (the default, 20 s: no config) is not what ends it: the look is.
     assert out.wall <= 20, out.wall
     print(f"hung config file: wall {out.wall:.2f}s, left behind: {left}")
+
+
+def test_log_file_that_hangs_mid_run_ends_within_budget_with_nodecheck_reason(tmp_path):
+    """The log file's filesystem answers the first look (a stat) and hangs when the run
+    creates the log directory, as an NFS server that dies mid-run does. The run sleeps in
+    the kernel, unkillable; its keeper (the hook process) relays its output, ends the hook
+    at budget_s + its slack, drains with a reason naming the stuck step (nodecheck.run),
+    and what is left behind holds none of the hook's descriptors."""
+    scontrol, calls = fake_scontrol(tmp_path)
+    mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
+    with hung_mount(tmp_path / "hung", answer_lookups=True) as mount:
+        cfg = _hung_fs_config(tmp_path, scontrol, tmp_path / "state", log_dir=mount / "log")
+        out = hook(cfg, env_extra=dict([mark.split("=")]), timeout=30)
+        left = leftovers(mark)
+        stuck = {pid: fds for pid, (state, fds) in left.items() if state == "D"}
+        assert stuck, left  # the run itself, in mkdir on the mount: a real hang
+        for pid, (_state, fds) in left.items():
+            assert not set(fds.values()) & out.pipes, (pid, fds, out.pipes)
+    assert out.wall <= 4 + 1, out.wall
+    assert out.rc == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    [unfinished] = out.named("run_unfinished")
+    reason = unfinished["reason"]
+    assert reason.startswith("nodecheck: nodecheck.run node: run stuck past its budget"), reason
+    assert f"opening the log file {mount}/log/nodecheck.log" in unfinished["error"]
+    assert unfinished["action"] == "drained"
+    assert drain_call(calls)[-1] == f'Reason="{reason}"'
+    print(f"log file hung mid-run: wall {out.wall:.2f}s, left behind: {left}")
+
+
+def test_state_dir_that_hangs_mid_run_drains_with_nodecheck_reason_within_budget(tmp_path):
+    """The state directory answers the first look (a stat) and hangs when it is first
+    opened: gpu.xid, which keeps its cursor there, hangs in its probe child (a FAIL naming
+    the state it was opening), and the run then sticks reading the node's history for its
+    verdict. The keeper ends the hook within budget_s + 1 s and drains with a reason naming
+    that step, never an anonymous "Prolog error"."""
+    scontrol, calls = fake_scontrol(tmp_path)
+    mark = f"NODECHECK_TEST_RUN={uuid.uuid4().hex}"
+    (tmp_path / "kern.log").write_text("")
+    with hung_mount(tmp_path / "hung", answer_lookups=True) as mount:
+        extra = f"""
+        [checks."gpu.xid"]
+        kmsg = "{tmp_path / "kern.log"}"
+        """
+        cfg = _hung_fs_config(tmp_path, scontrol, mount / "state", extra)
+        out = hook(cfg, env_extra=dict([mark.split("=")]), timeout=30)
+        left = leftovers(mark)
+        for pid, (_state, fds) in left.items():
+            assert not set(fds.values()) & out.pipes, (pid, fds, out.pipes)
+    assert out.wall <= 4 + 1, out.wall
+    assert out.rc == 1, out.stderr[-2000:]
+    [xid] = [e for e in out.named("check_result") if e["check"] == "gpu.xid"]
+    assert xid["status"] == "FAIL", xid
+    assert xid["message"].endswith(f"in open the state in {mount}/state"), xid
+    [unfinished] = out.named("run_unfinished")
+    assert f"while reading the history in {mount}/state" in unfinished["error"], unfinished
+    reason = unfinished["reason"]
+    assert reason.startswith("nodecheck: nodecheck.run node: run stuck past its budget"), reason
+    assert drain_call(calls)[-1] == f'Reason="{reason}"'
+    print(f"state_dir hung mid-run: wall {out.wall:.2f}s, left behind: {left}")
 
 
 def test_probe_stuck_in_the_kernel_holds_no_hook_descriptor(tmp_path):

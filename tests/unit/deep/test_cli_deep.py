@@ -104,16 +104,20 @@ def test_list_shows_the_tier_and_explain_the_expected_figures_with_sources(tmp_p
 
 def test_a_healthy_prolog_loads_the_deep_checks_but_nothing_they_measure_with(tmp_path):
     """Every hook registers the deep checks; torch, the probes, the judgement (statistics)
-    and the sockets of deep.fabric are loaded only in a deep check's probe child."""
-    # deep.fabric's sockets live in nodecheck.probes.active; the socket module itself comes
-    # with structlog (through asyncio) on every hook, so it is not a sign of them.
-    heavy = ("torch", "statistics", "nodecheck.probes.active")
+    and the sockets of deep.fabric are loaded only in a deep check's probe child. Imports are
+    recorded in every process of the hook (the keeper, its run, the probe children) by an
+    audit hook, which forked children inherit."""
+    heavy = ("torch", "statistics", "nodecheck.probes.active", "nodecheck.checks.deep.judge")
+    seen = tmp_path / "imported"
     probe = (
-        "import sys, types; from nodecheck.entry.cli import main; rc = main(['hook', 'prolog']);"
-        "print('DEEP', sorted(m for m in sys.modules if m.startswith('nodecheck.checks.deep.')"
-        " and type(sys.modules[m]) is types.ModuleType));"
-        f"print('HEAVY', sorted(m for m in sys.modules if m.startswith({heavy})"
-        " and type(sys.modules[m]) is types.ModuleType)); sys.exit(rc)"
+        "import os, sys\n"
+        f"def audit(event, args, seen={str(seen)!r}):\n"
+        "    if event == 'import':\n"
+        "        with open(seen, 'a') as out:\n"
+        "            out.write(args[0] + '\\n')\n"
+        "sys.addaudithook(audit)\n"
+        "from nodecheck.entry.cli import main\n"
+        "sys.exit(main(['hook', 'prolog']))\n"
     )
     cfg = config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n')
     env = {"PATH": "/usr/bin:/bin", "SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "77",
@@ -122,7 +126,7 @@ def test_a_healthy_prolog_loads_the_deep_checks_but_nothing_they_measure_with(tm
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
-    assert "nodecheck.checks.deep.gpu" in lines["DEEP"]  # registered
-    assert "nodecheck.checks.deep.judge" not in lines["DEEP"]
-    assert lines["HEAVY"] == "[]"
+    imported = set(seen.read_text().split())
+    assert "nodecheck.checks.deep.gpu" in imported  # registered
+    assert "psutil" in imported  # host.mounts, in its probe child: the audit sees children too
+    assert sorted(m for m in imported if m.startswith(heavy)) == []
