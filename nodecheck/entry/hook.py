@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING
 from nodecheck.run.decide import EXIT_OK
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from nodecheck.run.config import Config
+    from nodecheck.run.config_file import ConfigRead
 
 HOOK_PHASES = ("prolog", "epilog", "health")
 
@@ -44,6 +47,7 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
 
 def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     from nodecheck.checks.context import JobInfo
+    from nodecheck.checks.registry import all_checks
     from nodecheck.log import get_logger, setup_logging
     from nodecheck.run import keeper
     from nodecheck.run.config import salvage_config
@@ -59,10 +63,14 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     # Logging is needed before the config is validated: take its settings from what is
     # valid, so a broken config is still reported where the site looks.
     salvaged = salvage_config(args.config, env, look.config)
+    config = _valid_config(args.config, env, look.config)
     if node is not None and not look.config.error:
+        # What the keeper needs to act should the run stick: the node's own budget (a node
+        # class may set it) and the config, before anything touches the log file.
+        acting = config or salvaged
+        budget_s = config.for_node(node, all_checks()).budget_s if config else salvaged.budget_s
         job = JobInfo.from_env(env).job_id
-        deadline = started + float(salvaged.budget_s)
-        keeper.report("acting", node, job, args.phase, salvaged, deadline)
+        keeper.report("acting", node, job, args.phase, acting, started + float(budget_s))
     log_file = None if look.log_dir_problem else salvaged.log_file or None
     keeper.report("step", f"opening the log file {log_file}")
     problem = setup_logging(
@@ -86,6 +94,7 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
                 dry_run=args.dry_run,
                 hook_pid=hook_pid,
                 config_read=look.config,
+                config=config,
                 started=started,
             )
         )
@@ -98,6 +107,17 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     if out.action_taken == "disabled" and args.phase == "health":
         _metrics_while_disabled(salvaged, out.node)
     return out.verdict.exit_code
+
+
+def _valid_config(explicit: str | None, env: Mapping[str, str], read: ConfigRead) -> Config | None:
+    """The validated config, or None when it has a problem (the run reports it)."""
+    from nodecheck.checks.registry import all_checks
+    from nodecheck.run.config import ConfigError, load_config
+
+    try:
+        return load_config(explicit, env, all_checks(), read)
+    except (ConfigError, ImportError, OSError):
+        return None
 
 
 def _metrics_while_disabled(config: Config, node: str) -> None:

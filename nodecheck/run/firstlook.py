@@ -4,8 +4,8 @@ The config file, the state directory and the log file may each sit on a filesyst
 stops answering (NFS, a FUSE server that died): the hook's own read would sleep in the
 kernel, unkillable, and hold slurmd's job start. So before the hook touches any of them, one
 detached child (nodecheck.run.isolate: none of the hook's descriptors, dies with it) reads
-the config file and stats the state directory and the log file's directory, in that order,
-sending each answer the moment it has it. Whatever has not answered by the deadline counts
+the config file and then stats the state directory and the log file's directory side by
+side, sending each answer the moment it has it. Whatever has not answered by the deadline counts
 as hung; the child is killed and left to the kernel.
 
 The config comes back parsed (config_file.ConfigRead), so the hook never reads the file
@@ -19,6 +19,7 @@ import contextlib
 import os
 import select
 import signal
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,18 +83,29 @@ def first_look(
 
 
 def _look(fd: int, explicit: str | None, env: Mapping[str, str], node: str | None) -> None:
-    """In the child: each answer as soon as it is known."""
+    """In the child: each answer as soon as it is known. The two directories are looked at
+    side by side, so that one on a hung filesystem does not leave the other unknown."""
     read = read_config(explicit, env)
     isolate.send_frame(fd, ("config", read))
     config = salvage_config(explicit, env, read)
+    looks = []
     if node is not None:
-        with contextlib.suppress(OSError):  # any answer counts: the filesystem answered
-            os.stat(config.state_dir_for(node))
-        isolate.send_frame(fd, ("state",))
+        looks.append(("state", config.state_dir_for(node)))
     if config.log_file:
-        with contextlib.suppress(OSError):
-            os.stat(Path(config.log_file).parent)
-        isolate.send_frame(fd, ("log",))
+        looks.append(("log", Path(config.log_file).parent))
+    sending = threading.Lock()
+
+    def look(name: str, path: Path) -> None:
+        with contextlib.suppress(OSError):  # any answer counts: the filesystem answered
+            os.stat(path)
+        with sending:
+            isolate.send_frame(fd, (name,))
+
+    threads = [threading.Thread(target=look, args=item, daemon=True) for item in looks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     isolate.send_frame(fd, ("end",))
 
 

@@ -52,7 +52,8 @@ _channel: int | None = None  # in the run child: the pipe to its keeper
 def report(kind: str, *values: Any) -> None:
     """Tell the keeper (if this run has one) what it needs should the run get stuck:
     ("acting", node, job_id, phase, config, deadline), ("deadline", deadline),
-    ("step", text) before a step that touches the state or log filesystem, ("verdict",
+    ("step", text) before a step that touches the state or log filesystem, ("planned",
+    step, reason, exit_code) before the controller is asked to drain or resume, ("verdict",
     exit_code) once the verdict has been acted on."""
     if _channel is None:
         return
@@ -70,6 +71,7 @@ class _Watch:
     phase: str = ""
     config: Config | None = None
     step: str = "starting"
+    planned: tuple[str, str | None, int] | None = None  # step ("drain"/"resume"), reason, exit
     verdict_code: int | None = None
     buffer: bytes = b""
 
@@ -81,6 +83,8 @@ class _Watch:
             self.deadline = frame[1]
         elif kind == "step":
             self.step = frame[1]
+        elif kind == "planned":
+            self.planned = frame[1:4]
         elif kind == "verdict":
             self.verdict_code = frame[1]
 
@@ -204,6 +208,15 @@ def _take_over(watch: _Watch, why: str, stuck: bool) -> int:
     if watch.verdict_code is not None:
         log.error("run_unfinished", error=why, exit_code=watch.verdict_code, verdict="acted on")
         return watch.verdict_code
+    if watch.planned is not None and watch.config is not None and watch.node is not None:
+        # Stuck in the controller call itself: make it again, bounded, through scontrol.
+        step, reason, code = watch.planned
+        action = _drain(watch.config, watch.node, reason) if step == "drain" and reason else "none"
+        log.error(
+            "run_unfinished", error=why, exit_code=code, verdict="planned", reason=reason,
+            action=action,
+        )  # fmt: skip
+        return code
     if watch.config is None or watch.node is None:
         # Not even the config was known: there is nothing to act with (on_internal_error's
         # default, pass, is the only policy there is).
@@ -232,13 +245,18 @@ def _take_over(watch: _Watch, why: str, stuck: bool) -> int:
 
 
 def _drain(config: Config, node: str, reason: str) -> str:
-    """One drain attempt, bounded: the run used the budget, the keeper has only its slack."""
+    """One drain attempt, bounded: the run used the budget, the keeper has only its slack.
+    Through scontrol whatever the configured backend: a process that can be killed at the
+    deadline, where a started libslurm RPC (pyslurm) ends only at Slurm's MessageTimeout."""
+    from nodecheck.run.config import with_overrides
     from nodecheck.slurm import SlurmError, set_call_deadline
     from nodecheck.slurm.act import backend_for
 
     set_call_deadline(time.monotonic() + KEEPER_DRAIN_S)
     try:
-        backend_for(config, os.environ).drain(node, reason)
+        backend_for(with_overrides(config, slurm_backend="scontrol"), os.environ).drain(
+            node, reason
+        )
     except (SlurmError, OSError) as exc:
         from nodecheck.log import get_logger
 

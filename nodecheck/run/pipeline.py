@@ -75,6 +75,7 @@ class RunRequest:
     hook_pid: int | None = None  # the process Slurm started, if not this one (the agent's)
     tier: str | None = None  # only checks of this tier (registry.TIERS); None: phases decide
     config_read: ConfigRead | None = None  # the config file as the hook's first look read it
+    config: Config | None = None  # that file, validated already (None: validate it here)
     started: float | None = None  # time.monotonic() at the hook's start: the budget's start
 
 
@@ -170,7 +171,7 @@ def execute(req: RunRequest) -> RunOutcome:
         return outcome([], decide([], "manual", None, "pass"), "disabled", "-", off)
     try:
         registry = all_checks()
-        config = load_config(req.config_path, req.env, registry, req.config_read)
+        config = req.config or load_config(req.config_path, req.env, registry, req.config_read)
         nodecfg = config.for_node(node, registry)
     except (ConfigError, ImportError, OSError) as exc:
         fallback = salvage_config(req.config_path, req.env, req.config_read)
@@ -374,6 +375,10 @@ def _unhealthy_path(
     keeper.report("step", f"acting on the plan ({planned.step.name.lower()})")
     if planned.step in (Step.DRAIN, Step.RESUME):
         from nodecheck.slurm.act import carry_out
+
+        # Should the call not end (a started pyslurm RPC waits for Slurm's MessageTimeout),
+        # the keeper makes it again itself, through scontrol, within the budget's slack.
+        keeper.report("planned", planned.step.value, planned.reason, planned.exit_code)
 
         acted = carry_out(planned, node, backend, breaker_limits(settings), deadline)
         if acted.backed_off is not None:

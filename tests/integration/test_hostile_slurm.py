@@ -147,3 +147,34 @@ def test_state_dir_on_a_hung_filesystem_does_not_hold_slurmds_prolog(make_slurm_
             config + HUNG_CLASS,
             f"nodecheck: nodecheck.state {mount}/n1: no answer",
         )
+
+
+def test_log_file_that_hangs_mid_run_does_not_hold_slurmds_prolog(make_slurm_cluster, tmp_path):
+    """log_file on a filesystem that answers the first look (lookups) and hangs when the run
+    creates its directory: the run sticks in the kernel, its keeper (the prolog process
+    slurmd started) ends the prolog within the node class's budget + 1 s, as slurmd's own log
+    shows, and drains with a reason naming the stuck step."""
+    tmp_path.chmod(0o755)
+    cluster = make_slurm_cluster(
+        nodes=1, prolog=PROLOG, epilog=EPILOG, conf_overrides={"SlurmdDebug": "debug"}
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="nc-", dir="/tmp") as short,
+        hung_mount(Path(short) / "m", answer_lookups=True) as mount,
+    ):
+        ours = f'log_file = "{tmp_path}/nodecheck.log"'
+        config = base_toml(tmp_path).replace(ours, f'log_file = "{mount}/log/nodecheck.log"')
+        assert config != base_toml(tmp_path)
+        cluster.write_nodecheck_config(config + HUNG_CLASS)
+        job = cluster.sbatch("-w", "n1", "--wrap", "true")
+        reason = wait_drained(cluster, "n1", 30)
+        stuck = "nodecheck: nodecheck.run node: run stuck past its budget while opening the log"
+        assert reason.startswith(stuck), reason
+        took = _prolog_seconds(cluster, job)
+        assert took <= 4 + 1, took
+        marker = f"SLURM_JOB_ID={job}"
+        cluster.wait_for(lambda: all(s == "D" for s, _ in leftovers(marker).values()), 10)
+        left = assert_nothing_holds_the_hook(marker)
+        assert left, "the stuck run should still be there, in the kernel"
+        print(f"slurmd prolog {took:.2f}s, left: {left}")
+        cluster.run(["scancel", str(job)], check=False)

@@ -613,6 +613,37 @@ def test_state_dir_that_hangs_mid_run_drains_with_nodecheck_reason_within_budget
     print(f"state_dir hung mid-run: wall {out.wall:.2f}s, left behind: {left}")
 
 
+STUCK_DRAIN = """
+import os, time
+from nodecheck.slurm import scontrol as _scontrol
+_keeper = os.getpid()  # the hook process; the run is a child of it
+_drain = _scontrol.ScontrolBackend.drain
+def _started_and_never_ends(self, node, reason):
+    if os.getpid() == _keeper:
+        return _drain(self, node, reason)
+    time.sleep(3600)  # as a started libslurm RPC does until MessageTimeout, deaf to our deadline
+_scontrol.ScontrolBackend.drain = _started_and_never_ends
+"""
+
+
+def test_a_drain_call_that_never_ends_is_made_again_by_the_keeper_within_budget(tmp_path):
+    """The run's drain call starts and never returns (pyslurm's RPCs end only at Slurm's
+    MessageTimeout, whatever our deadline): the keeper ends the run past its budget and
+    makes the planned drain itself, with the run's own reason, through scontrol."""
+    scontrol, calls = fake_scontrol(tmp_path)
+    body = 'budget_s = 4\n[checks."host.mounts"]\nrequired = ["/nope"]\n'
+    cfg = write_config(tmp_path, body, scontrol)
+    out = hook(cfg, extra_check=STUCK_DRAIN, timeout=30)
+    assert out.wall <= 4 + 1, out.wall
+    assert out.rc == 1, out.stderr[-2000:]
+    [unfinished] = out.named("run_unfinished")
+    assert "while acting on the plan (drain)" in unfinished["error"], unfinished
+    assert unfinished["verdict"] == "planned" and unfinished["action"] == "drained"
+    reason = unfinished["reason"]
+    assert reason.startswith("nodecheck: host.mounts /nope:"), reason
+    assert drain_call(calls)[-1] == f'Reason="{reason}"'
+
+
 def test_probe_stuck_in_the_kernel_holds_no_hook_descriptor(tmp_path):
     """host.mounts on a mount that never answers: its statvfs thread sleeps in state D and
     the probe cannot exit; the hook still ends within budget and its stdout/stderr reach
