@@ -171,16 +171,13 @@ def test_hung_agent_means_an_in_process_run_not_a_hung_job_start(tmp_path):
     frozen.bind(str(sock))
     frozen.listen(8)  # connections queue up, nobody accepts: a stopped or stuck agent
     try:
-        started = time.monotonic()
         out = hook(PROLOG, write_config(tmp_path), sock)
-        took = time.monotonic() - started
     finally:
         frozen.close()
     assert out.returncode == 0, out.stderr
     [why] = named(out.stderr, "agent_unavailable")
     assert why["error"] == "no answer from the agent within 3 s"
     assert named(out.stderr, "verdict")
-    assert took < 30
 
 
 def test_other_users_cannot_reach_the_agent(agent, tmp_path):

@@ -113,9 +113,8 @@ def test_runner_kills_the_tool_and_its_children_at_the_deadline(tmp_path):
                        f"child = subprocess.Popen(['sleep', '60'])\n"
                        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
                        "time.sleep(60)")  # fmt: skip
-    started = time.monotonic()
     ran = tools.run([binary], timeout_s=1.5)
-    assert ran.timed_out and time.monotonic() - started < 10
+    assert ran.timed_out
     child = int(pidfile.read_text())
     for _ in range(50):  # the child is killed with the session; wait for it to be reaped
         try:

@@ -2,8 +2,13 @@
 
 Each test states a verdict from docs/hostile.md: nothing crashes into an anonymous drain
 (an uncaught exception exits 1, which Slurm turns into "Prolog error"), nothing hangs,
-nothing is lost, and every condition leaves a clear log line. Wall times are measured
-from process start to process exit.
+nothing is lost, and every condition leaves a clear log line.
+
+These are fault tests, not unit tests: they inject real faults (a FUSE filesystem that
+never answers, a FIFO, kill -9) into the real hook, and the promise under test is a wall
+time, the hook's end within budget_s + 1 s, measured from process start to process exit.
+That bound is the one wall-clock assertion they make, and it is the promise itself (issue
+13's done-when), with a second of slack that scheduling noise does not reach.
 """
 
 from __future__ import annotations
