@@ -27,6 +27,7 @@ import select
 import signal
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,20 @@ def send_frame(fd: int, message: tuple[Any, ...]) -> None:
     data = _FRAME_HEADER.pack(len(payload)) + payload
     while data:
         data = data[os.write(fd, data) :]
+
+
+def read_available(fd: int, take: Callable[[bytes], None]) -> bool:
+    """Hand what can be read from `fd` now, chunk by chunk, to `take`, without blocking;
+    False once the pipe is at end of file (the writer has gone)."""
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        take(chunk)
 
 
 def take_frames(buffer: bytes) -> tuple[list[tuple[Any, ...]], bytes]:

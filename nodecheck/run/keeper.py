@@ -150,36 +150,24 @@ def _watch(pid: int, frames: int, output: int, watch: _Watch) -> int:
 def _relay(output: int) -> bool:
     """Copy what the run printed to our stderr (slurmd's pipe, or the agent client's);
     False at end of file."""
-    os.set_blocking(output, False)
-    while True:
-        try:
-            chunk = os.read(output, 1 << 16)
-        except BlockingIOError:
-            return True
-        if not chunk:
-            return False
-        with contextlib.suppress(OSError):
-            _write_all(2, chunk)
+    return isolate.read_available(output, _to_stderr)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data) :]
+def _to_stderr(data: bytes) -> None:
+    with contextlib.suppress(OSError):  # nobody reading any more: the run goes on regardless
+        while data:
+            data = data[os.write(2, data) :]
 
 
 def _take_frames(frames: int, watch: _Watch) -> bool:
     """Take in what the run has reported; False at end of file."""
-    os.set_blocking(frames, False)
-    while True:
-        try:
-            chunk = os.read(frames, 1 << 16)
-        except BlockingIOError:
-            return True
-        if not chunk:
-            return False
+
+    def take(chunk: bytes) -> None:
         taken, watch.buffer = isolate.take_frames(watch.buffer + chunk)
         for frame in taken:
             watch.take(frame)
+
+    return isolate.read_available(frames, take)
 
 
 def _ended(status: int, watch: _Watch) -> int:
@@ -200,28 +188,20 @@ def _stuck(pid: int, watch: _Watch) -> int:
 
 
 def _take_over(watch: _Watch, why: str, stuck: bool) -> int:
-    """End the hook for a run that cannot: with its verdict when it reached one, else with
-    the keeper's own (a FAIL for a stuck run, the node's fault; an ERROR for a killed one)."""
-    from nodecheck.log import get_logger
-
-    log = get_logger()
+    """End the hook for a run that cannot: with its verdict when it reached one, with the
+    controller call it had planned, or with the keeper's own verdict (a FAIL for a stuck
+    run, the node's fault; an ERROR for a killed one, judged by on_internal_error)."""
     if watch.verdict_code is not None:
-        log.error("run_unfinished", error=why, exit_code=watch.verdict_code, verdict="acted on")
-        return watch.verdict_code
-    if watch.planned is not None and watch.config is not None and watch.node is not None:
+        return _unfinished(why, watch.verdict_code, "acted on")
+    if watch.config is None or watch.node is None:
+        # Not even the config was known: nothing to act with, and on_internal_error's
+        # default (pass) is the only policy there is.
+        return _unfinished(why, 0, "none: no config known")
+    if watch.planned is not None:
         # Stuck in the controller call itself: make it again, bounded, through scontrol.
         step, reason, code = watch.planned
         action = _drain(watch.config, watch.node, reason) if step == "drain" and reason else "none"
-        log.error(
-            "run_unfinished", error=why, exit_code=code, verdict="planned", reason=reason,
-            action=action,
-        )  # fmt: skip
-        return code
-    if watch.config is None or watch.node is None:
-        # Not even the config was known: there is nothing to act with (on_internal_error's
-        # default, pass, is the only policy there is).
-        log.error("run_unfinished", error=why, exit_code=0, verdict="none: no config known")
-        return 0
+        return _unfinished(why, code, "planned", reason, action)
     from nodecheck.run.decide import decide
     from nodecheck.run.results import CheckResult, Status
 
@@ -233,15 +213,24 @@ def _take_over(watch: _Watch, why: str, stuck: bool) -> int:
     action = "none"
     if verdict.reason is not None:
         action = _drain(watch.config, watch.node, verdict.reason)
-    log.error(
+    return _unfinished(why, verdict.exit_code, verdict.status.name, verdict.reason, action)
+
+
+def _unfinished(
+    why: str, exit_code: int, verdict: str, reason: str | None = None, action: str = "none"
+) -> int:
+    """The one line that says what became of a run that did not finish; its exit code."""
+    from nodecheck.log import get_logger
+
+    get_logger().error(
         "run_unfinished",
         error=why,
-        exit_code=verdict.exit_code,
-        verdict=verdict.status.name,
-        reason=verdict.reason,
+        exit_code=exit_code,
+        verdict=verdict,
+        reason=reason,
         action=action,
     )
-    return verdict.exit_code
+    return exit_code
 
 
 def _drain(config: Config, node: str, reason: str) -> str:

@@ -152,15 +152,12 @@ def _drain_frames(child: _Child, results: dict[str, list[CheckResult]]) -> None:
 
 def _read_available(child: _Child, results: dict[str, list[CheckResult]]) -> bool:
     """Take in what the child has written so far; False once its pipe is at EOF."""
-    while True:
-        try:
-            chunk = os.read(child.fd, 1 << 16)
-        except BlockingIOError:
-            return True
-        if not chunk:
-            return False
+
+    def take(chunk: bytes) -> None:
         child.buffer += chunk
         _drain_frames(child, results)
+
+    return isolate.read_available(child.fd, take)
 
 
 def _reap(pid: int, patience_s: float = 0.5) -> str:

@@ -13,6 +13,7 @@ That bound is the one wall-clock assertion they make, and it is the promise itse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -419,19 +421,28 @@ def test_unreadable_sysfs_file_is_reported_by_port(tmp_path):
 # ---------------------------------------------------------------- disk full
 
 
-@pytest.fixture
-def full_fs(tmp_path):
-    """A 256 KiB tmpfs, filled up; skipped where mount is not permitted."""
-    mnt = tmp_path / "full"
+@contextlib.contextmanager
+def tmpfs(mnt: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `mnt` for the test, lazily unmounted after; the test is skipped
+    where mount is not permitted."""
     mnt.mkdir()
     got = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=755", "tmpfs", str(mnt)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
         capture_output=True,
         check=False,
     )
     if got.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {got.stderr.decode().strip()}")
     try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def full_fs(tmp_path):
+    """A 256 KiB tmpfs, filled up."""
+    with tmpfs(tmp_path / "full", "size=256k,mode=755") as mnt:
         for sub in ("state", "metrics", "log"):
             (mnt / sub).mkdir(mode=0o700)
         fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
@@ -443,8 +454,6 @@ def full_fs(tmp_path):
         finally:
             os.close(fd)
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("failing", [False, True])
@@ -859,20 +868,9 @@ def test_entrypoint_finds_itself_however_it_is_called(tmp_path, how):
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A read-only tmpfs; skipped where mount is not permitted."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    got = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
-        capture_output=True,
-        check=False,
-    )
-    if got.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {got.stderr.decode().strip()}")
-    try:
+    """A read-only tmpfs."""
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("phase", ["prolog", "health"])
