@@ -44,7 +44,7 @@ KEEPER_CHECK_ID = "nodecheck.run"
 # and the most the keeper's own drain may take. Together they keep the hook within
 # budget_s + 1 s (docs/hostile.md).
 REAP_SLACK_S = 0.3
-KEEPER_DRAIN_S = 0.6
+KEEPER_DRAIN_S = 0.5
 
 _channel: int | None = None  # in the run child: the pipe to its keeper
 

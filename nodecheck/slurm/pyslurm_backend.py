@@ -30,6 +30,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from nodecheck.run.bounded import run_command
 from nodecheck.slurm import NodeInfo, SlurmError, call_timeout, format_reason_time
 from nodecheck.slurm.scontrol import checked_node_name, checked_reason
 
@@ -108,13 +109,10 @@ def _library_release(path: str) -> tuple[int, int, int] | None:
 @functools.lru_cache(maxsize=8)
 def _cached_library_release(path: str, timeout: float) -> tuple[int, int, int] | None:
     try:
-        out = subprocess.run(
+        out = run_command(
             [sys.executable, "-I", "-c", _PRINT_VERSION, path],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
-            check=False,
+            timeout,
+            {"PATH": "/usr/bin:/bin", "LC_ALL": "C"},
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -15,6 +15,7 @@ import re
 import subprocess
 
 from nodecheck.hostlist import is_plain_node_name
+from nodecheck.run.bounded import run_command
 from nodecheck.slurm import NodeInfo, SlurmError, call_timeout
 from nodecheck.slurm.node_json import parse_node_json, scontrol_offers_json
 
@@ -136,9 +137,7 @@ class ScontrolBackend:
         if timeout <= 0:
             raise SlurmError(f"{args[0]} {args[1]}: not attempted, the run's time budget is spent")
         try:
-            proc = subprocess.run(
-                args, capture_output=True, text=True, timeout=timeout, env=env, check=False
-            )
+            proc = run_command(args, timeout, env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise SlurmError(f"{args[0]} {args[1]}: {exc}") from exc
         if proc.returncode != 0:

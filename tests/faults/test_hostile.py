@@ -658,6 +658,47 @@ def test_a_drain_call_that_never_ends_is_made_again_by_the_keeper_within_budget(
     assert drain_call(calls)[-1] == f'Reason="{reason}"'
 
 
+def _processes_naming(text: str) -> dict[int, dict[int, str]]:
+    """pid -> descriptors of every live process whose command line contains `text`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if text.encode() in (entry / "cmdline").read_bytes():
+                fds = {int(fd.name): os.readlink(fd) for fd in (entry / "fd").iterdir()}
+                found[int(entry.name)] = fds
+    return found
+
+
+def test_scontrol_stuck_in_the_kernel_is_left_behind_not_waited_for(tmp_path):
+    """scontrol itself sleeps in the kernel (its slurm.conf on an NFS mount that stopped
+    answering), where SIGKILL does not reach it: a killed call that is then waited for never
+    ends. Each call is abandoned at its deadline instead, so the run (and the keeper's own
+    drain, if it comes to that) ends within budget_s + 1 s, its history written; what is left
+    is scontrol, holding nothing of the hook's. Slurm drains on the exit code."""
+    calls = tmp_path / "scontrol-calls"
+    with hung_mount(tmp_path / "hung") as mount:
+        scontrol = tmp_path / "scontrol-stuck"
+        scontrol.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec cat {mount}/slurm.conf\n')
+        scontrol.chmod(0o755)
+        body = 'budget_s = 4\n[checks."host.mounts"]\nrequired = ["/nope"]\n'
+        out = hook(write_config(tmp_path, body, scontrol), timeout=30)
+        stuck = _processes_naming(f"{mount}/slurm.conf")
+        for pid, fds in stuck.items():
+            assert not set(fds.values()) & out.pipes, (pid, fds, out.pipes)
+    assert stuck, "scontrol should still be there, asleep in the kernel"
+    assert calls.read_text().splitlines(), "scontrol was never run"
+    assert out.wall <= 4 + 1, out.wall
+    assert out.rc == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert out.named("slurm_read_failed"), out.stderr[-2000:]
+    assert out.verdict["action"] == "drain failed"
+    # The calls took the whole budget; the run's record is still written (state.LATE_WAIT_S).
+    assert not out.named("history_not_saved"), out.named("history_not_saved")
+    print(f"scontrol stuck in the kernel: wall {out.wall:.2f}s, left behind: {stuck}")
+
+
 def test_probe_stuck_in_the_kernel_holds_no_hook_descriptor(tmp_path):
     """host.mounts on a mount that never answers: its statvfs thread sleeps in state D and
     the probe cannot exit; the hook still ends within budget and its stdout/stderr reach
