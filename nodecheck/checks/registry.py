@@ -12,17 +12,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from nodecheck.run.codes import PHASES, TIERS
 from nodecheck.run.results import REMEDIES, SEVERITIES, CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.checks.context import CheckContext
 
-PHASES = ("prolog", "epilog", "health", "manual")
 ALL_PHASES = frozenset(PHASES)
-# "fast": reads what the hardware reports, fits a prolog. "deep": measures (seconds to
-# minutes, docs/deep.md); runs only when asked for (`nodecheck run --tier deep`) or where
-# a site configures its phases.
-TIERS = ("fast", "deep")
 # What a deep run's sized budget adds to its checks' timeouts: the probe child's start,
 # the torch import, and the reply to Slurm or the caller.
 DEEP_MARGIN_S = 15.0

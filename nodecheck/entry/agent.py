@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 from nodecheck.entry.agent_client import REQUEST_MAGIC, peer_credentials
-from nodecheck.entry.hook import HOOK_PHASES, HookArgs
+from nodecheck.entry.hook import HookArgs
 from nodecheck.log import get_logger
+from nodecheck.run.codes import HOOK_PHASES
 
 DEFAULT_SOCKET = "/run/nodecheck/agent.sock"
 MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB

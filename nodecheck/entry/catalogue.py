@@ -7,8 +7,7 @@ import json
 import os
 import sys
 
-from nodecheck.checks.registry import PHASES
-from nodecheck.run.decide import EXIT_INTERNAL, EXIT_OK
+from nodecheck.run.codes import EXIT_INTERNAL, EXIT_OK, PHASES
 
 
 def list_checks(args: argparse.Namespace) -> int:

@@ -12,10 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.checks.registry import PHASES, TIERS
-from nodecheck.entry.hook import HOOK_PHASES, HookArgs, run_hook
+# Light on purpose: `nodecheck hook` forks its run before the rest of nodecheck is loaded
+# (nodecheck.run.codes says why); each command imports what it needs.
+from nodecheck.entry.hook import HookArgs, run_hook
 from nodecheck.quarantine import DEFAULT_WHY
-from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
+from nodecheck.run.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, HOOK_PHASES, PHASES, TIERS
 
 if TYPE_CHECKING:
     import argparse

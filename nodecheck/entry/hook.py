@@ -14,15 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nodecheck.run.decide import EXIT_OK
+from nodecheck.run.codes import DEFAULT_BUDGET_S, EXIT_OK
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from nodecheck.run.config import Config
     from nodecheck.run.config_file import ConfigRead
-
-HOOK_PHASES = ("prolog", "epilog", "health")
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,6 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     """One hook run; `hook_pid` is the process Slurm started when that is not this one. The
     run itself happens in a child kept by this process (nodecheck.run.keeper), so that a
     filesystem that stops answering during the run cannot hold slurmd."""
-    from nodecheck.run.config import DEFAULT_BUDGET_S
     from nodecheck.run.keeper import keep
 
     started = time.monotonic()  # the run's budget counts from here, its first look included

@@ -18,6 +18,7 @@ from nodecheck.checks.context import NodeSettings
 from nodecheck.checks.registry import ALL_PHASES, COMMON_KEYS, Check, Option
 from nodecheck.hostlist import host_matches, validate_pattern
 from nodecheck.log import TARGETS as LOG_TARGETS
+from nodecheck.run.codes import DEFAULT_BUDGET_S
 from nodecheck.run.config_file import (  # noqa: F401 (the config's public names)
     DEFAULT_PATH,
     ConfigError,
@@ -30,8 +31,6 @@ ON_INTERNAL_ERROR = ("pass", "drain")
 BACKENDS = ("auto", "pyslurm", "scontrol")
 
 
-# A hook run's budget when the config does not set budget_s.
-DEFAULT_BUDGET_S = 20.0
 # The longest a deep check, or a deep run, may be given (a day).
 DEEP_MAX_S = 86400
 

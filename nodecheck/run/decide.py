@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nodecheck.run.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, HOOK_PHASES
 from nodecheck.run.plan import HistoryWindow, Marker, PendingFailure, Plan, Situation, Step
 from nodecheck.run.reason import (
     flapping_prefix,
@@ -28,12 +29,6 @@ from nodecheck.run.results import CheckResult, Status, worst
 if TYPE_CHECKING:  # the breaker (and nodecheck.slurm) load only on the unhealthy path
     from nodecheck.run.breaker import BreakerLimits, BreakerState
     from nodecheck.slurm import NodeInfo
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-EXIT_INTERNAL = 2  # manual runs only: hooks never exit non-zero for our own bugs by default
-
-HOOK_PHASES = ("prolog", "epilog", "health")
 
 
 class Action(enum.Enum):

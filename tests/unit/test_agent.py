@@ -229,7 +229,7 @@ def test_client_knows_the_same_phases_as_the_hook():
     """agent_client.py must not import nodecheck (it runs with -S), so it keeps its own
     copy of the phases; it must say what nodecheck.entry.hook says."""
     from nodecheck.entry.agent_client import PHASES
-    from nodecheck.entry.hook import HOOK_PHASES
+    from nodecheck.run.codes import HOOK_PHASES
 
     assert PHASES == HOOK_PHASES
 
