@@ -658,6 +658,41 @@ def test_a_drain_call_that_never_ends_is_made_again_by_the_keeper_within_budget(
     assert drain_call(calls)[-1] == f'Reason="{reason}"'
 
 
+KILLED_RUN = """
+import os, signal
+from nodecheck.run import pipeline as _pipeline
+_keeper = os.getpid()  # the hook process; the run is a child of it
+_execute = _pipeline.execute
+def _killed_like_the_oom_killer_does(request):
+    if os.getpid() != _keeper:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _execute(request)
+_pipeline.execute = _killed_like_the_oom_killer_does
+"""
+
+
+@pytest.mark.parametrize(("policy", "rc"), [("pass", 0), ("drain", 1)])
+def test_a_run_killed_by_a_signal_is_judged_by_on_internal_error(tmp_path, policy, rc):
+    """The run dies of SIGKILL before its verdict (the OOM killer picks the largest process:
+    the run, not its small keeper). That is nodecheck's failure, not the node's: the keeper
+    says so and ends the hook as on_internal_error asks, with a reason of its own when that
+    is drain, never an anonymous exit code."""
+    scontrol, calls = fake_scontrol(tmp_path)
+    cfg = write_config(tmp_path, f'on_internal_error = "{policy}"\n', scontrol)
+    out = hook(cfg, extra_check=KILLED_RUN)
+    assert out.rc == rc, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    [unfinished] = out.named("run_unfinished")
+    assert unfinished["error"].startswith("the run was killed by signal 9 while"), unfinished
+    assert unfinished["verdict"] == "ERROR"
+    if policy == "drain":
+        reason = unfinished["reason"]
+        assert reason.startswith("nodecheck: nodecheck.run node: the run was killed by signal 9")
+        assert drain_call(calls)[-1] == f'Reason="{reason}"'
+    else:
+        assert unfinished["action"] == "none" and recorded(calls) == []
+
+
 def _processes_naming(text: str) -> dict[int, dict[int, str]]:
     """pid -> descriptors of every live process whose command line contains `text`."""
     found = {}
