@@ -139,6 +139,9 @@ def test_ports_taken_between_the_look_and_the_bind_are_given_up(
     state_dir = tmp_path_factory.mktemp("race")
     taken = testcluster.pick_port_base(state_dir, 2)
     squatter = socket.socket()
+    # As the daemons and the look do: a connection of an earlier cluster in TIME_WAIT on
+    # this port must not fail the bind (a listening socket still keeps the port to itself).
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     squatter.bind(("127.0.0.1", taken))  # slurmctld's port of that block
     squatter.listen()
     real_free = testcluster._port_free
