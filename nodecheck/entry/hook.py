@@ -47,7 +47,6 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     from nodecheck.checks.registry import all_checks
     from nodecheck.log import get_logger, setup_logging
     from nodecheck.run import keeper
-    from nodecheck.run.config import salvage_config
     from nodecheck.run.firstlook import first_look
     from nodecheck.run.pipeline import RunRequest, UsageError, execute, node_name
 
@@ -59,7 +58,7 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     look = first_look(args.config, env, node)
     # Logging is needed before the config is validated: take its settings from what is
     # valid, so a broken config is still reported where the site looks.
-    salvaged = salvage_config(args.config, env, look.config)
+    salvaged = look.settings
     config = _valid_config(args.config, env, look.config)
     if node is not None and not look.config.error:
         # What the keeper needs to act should the run stick: the node's own budget (a node

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodecheck.run import isolate
-from nodecheck.run.config import salvage_config
+from nodecheck.run.config import Config, salvage_config
 from nodecheck.run.config_file import DEFAULT_PATH, ConfigRead, read_config
 from nodecheck.store import state
 
@@ -40,6 +40,7 @@ class FirstLook:
     """What the look found; a problem is None when the path answered."""
 
     config: ConfigRead
+    settings: Config  # what is valid of its top-level settings (config.salvage_config)
     state_dir: Path | None  # the state directory looked at (None: no node name to look for)
     state_dir_problem: str | None
     log_dir: Path | None  # the log file's directory (None: no log file, or unknown)
@@ -147,7 +148,7 @@ def _found(
     log_problem = None if "log" in answers or log_dir is None else f"{log_dir}: {hung}"
     if "config" not in answers:
         log_dir, log_problem = None, f"which log file is unknown: {read.error}"
-    return FirstLook(read, state_dir, state_problem, log_dir, log_problem)
+    return FirstLook(read, config, state_dir, state_problem, log_dir, log_problem)
 
 
 def _without_a_child(
@@ -157,4 +158,5 @@ def _without_a_child(
     config = salvage_config(explicit, env, read)
     log_dir = Path(config.log_file).parent if config.log_file else None
     state_dir = config.state_dir_for(node) if node is not None else None
-    return FirstLook(read, state_dir, None, log_dir, f"{log_dir}: {problem}" if log_dir else None)
+    problem = f"{log_dir}: {problem}" if log_dir else None
+    return FirstLook(read, config, state_dir, None, log_dir, problem)
