@@ -7,9 +7,8 @@ still failing are drained, within the limit."""
 from __future__ import annotations
 
 import json
-import subprocess
 
-from nc_cluster import EPILOG, HEALTH, PROLOG, events, nodecheck_cli
+from nc_cluster import EPILOG, HEALTH, PROLOG, events, health, nodecheck_cli
 
 NODES = [f"n{i}" for i in range(1, 9)]
 
@@ -32,20 +31,6 @@ match = [{names}]
 [node_class.checks."host.mounts"]
 required = ["/mount-that-a-bad-push-expects"]
 """
-
-
-def health(cluster, node: str) -> dict:
-    """HealthCheckProgram by hand, as slurmd runs it."""
-    out = subprocess.run(
-        [str(cluster.health_wrapper)],
-        env={"SLURMD_NODENAME": node},
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    verdicts = [json.loads(x) for x in out.stderr.splitlines() if x.startswith('{"')]
-    return next(e for e in reversed(verdicts) if e["event"] == "verdict")
 
 
 def reasons(cluster) -> dict[str, str]:

@@ -17,6 +17,7 @@ import pytest
 
 from nodecheck.entry.agent_client import AgentUnavailable, parse_reply
 from tests.fixtures.agent import start_agent
+from tests.fixtures.imports import imported, recording_imports
 
 REPO = Path(__file__).resolve().parents[2]
 PROLOG = REPO / "prolog" / "nodecheck-prolog"
@@ -354,21 +355,6 @@ def test_a_killed_client_takes_its_worker_and_probes_with_it(agent, tmp_path):
         time.sleep(0.05)
 
 
-WARM_RUN = """
-import os, sys
-from nodecheck.entry.agent import warm_up
-warm_up()
-seen = sys.argv[1]
-def audit(event, args):
-    if event == "import":  # raised only for a module not loaded yet
-        with open(seen, "a") as out:
-            out.write(f"{os.getpid()} {args[0]}\\n")
-sys.addaudithook(audit)
-from nodecheck.entry.hook import HookArgs, run_hook
-sys.exit(run_hook(HookArgs("prolog")))
-"""
-
-
 def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
     """What the agent loads before it serves (warm_up) is everything a run needs: a worker
     forked from it, and the probe children the worker forks, import no module of their own
@@ -387,9 +373,15 @@ def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
         '[checks."gpu.count"]\nexpected = 8\n[checks."host.services"]\nenabled = false\n',
     )
     seen = tmp_path / "imported"
+    warm_run = recording_imports(
+        seen,
+        before="from nodecheck.entry.agent import warm_up\nwarm_up()",
+        then="from nodecheck.entry.hook import HookArgs, run_hook\n"
+        "sys.exit(run_hook(HookArgs('prolog')))",
+    )
     env = {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "31", "NODECHECK_CONFIG": str(cfg)}
     out = subprocess.run(
-        [sys.executable, "-I", "-c", WARM_RUN, str(seen)],
+        [sys.executable, "-I", "-c", warm_run],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -400,5 +392,4 @@ def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
     results = named(out.stderr, "check_result")
     assert {r["check"].split(".")[0] for r in results} >= {"gpu", "ib", "host"}, results
     assert all(r["status"] in ("PASS", "SKIP") for r in results), results
-    imported = seen.read_text().splitlines() if seen.exists() else []
-    assert imported == [], imported
+    assert imported(seen) == []

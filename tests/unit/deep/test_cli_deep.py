@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from test_cli import config, nodecheck
 
+from tests.fixtures.imports import imported, recording_imports
+
 pytest.importorskip("torch")
 
 EXIT_OK, EXIT_FAIL = 0, 1
@@ -109,15 +111,10 @@ def test_a_healthy_prolog_loads_the_deep_checks_but_nothing_they_measure_with(tm
     audit hook, which forked children inherit."""
     heavy = ("torch", "statistics", "nodecheck.probes.active", "nodecheck.checks.deep.judge")
     seen = tmp_path / "imported"
-    probe = (
-        "import os, sys\n"
-        f"def audit(event, args, seen={str(seen)!r}):\n"
-        "    if event == 'import':\n"
-        "        with open(seen, 'a') as out:\n"
-        "            out.write(args[0] + '\\n')\n"
-        "sys.addaudithook(audit)\n"
-        "from nodecheck.entry.cli import main\n"
-        "sys.exit(main(['hook', 'prolog']))\n"
+    probe = recording_imports(
+        seen,
+        before="",
+        then="from nodecheck.entry.cli import main\nsys.exit(main(['hook', 'prolog']))",
     )
     cfg = config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n')
     env = {"PATH": "/usr/bin:/bin", "SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "77",
@@ -126,7 +123,7 @@ def test_a_healthy_prolog_loads_the_deep_checks_but_nothing_they_measure_with(tm
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    imported = set(seen.read_text().split())
-    assert "nodecheck.checks.deep.gpu" in imported  # registered
-    assert "psutil" in imported  # host.mounts, in its probe child: the audit sees children too
-    assert sorted(m for m in imported if m.startswith(heavy)) == []
+    modules = {name for _pid, name in imported(seen)}
+    assert "nodecheck.checks.deep.gpu" in modules  # registered
+    assert "psutil" in modules  # host.mounts, in its probe child: the audit sees children too
+    assert sorted(m for m in modules if m.startswith(heavy)) == []
