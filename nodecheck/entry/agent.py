@@ -30,6 +30,7 @@ from pathlib import Path
 from nodecheck.entry.agent_client import REQUEST_MAGIC, peer_credentials
 from nodecheck.entry.hook import HookArgs
 from nodecheck.log import get_logger
+from nodecheck.probes import kernlog
 from nodecheck.run.codes import HOOK_PHASES
 
 DEFAULT_SOCKET = "/run/nodecheck/agent.sock"
@@ -65,24 +66,33 @@ WARM_MODULES = (
 
 
 THIRD_PARTY = ("pynvml", "prometheus_client")  # optional: loaded when installed
+KERNEL_LOG = Path("/dev/kmsg")  # gpu.xid's default source, followed by the agent
 
 
 class BadRequest(Exception):
     pass
 
 
-def code_stamp(
-    package: Path = PACKAGE, dependencies: tuple[str, ...] = ()
-) -> tuple[tuple[str, int, int], ...]:
-    """What the running code was loaded from: every module file of the package, and the
-    entry file of each third-party module we loaded (an upgrade rewrites it), by name, size
-    and mtime. A file that is gone drops out, which changes the stamp too."""
-    stamp = []
-    files = [*sorted(package.rglob("*.py")), *map(Path, dependencies)]
+def code_files(package: Path = PACKAGE, dependencies: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """What the running code was loaded from, listed once at start: every module file of
+    the package and the directories holding them (an upgrade that adds, removes or renames
+    a file changes its directory), and the entry file of each third-party module we loaded."""
+    modules = [str(path) for path in sorted(package.rglob("*.py"))]
+    directories = sorted({os.path.dirname(path) for path in modules})
+    return (*modules, *directories, *dependencies)
+
+
+def code_stamp(files: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    """Size, mtime and inode of each of `files` (None for one that is gone): an upgrade on
+    disk changes it. Only stats, no directory walk: it is taken before every run."""
+    stamp: list[tuple[int, int, int] | None] = []
     for path in files:
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            stamp.append((str(path), st.st_size, st.st_mtime_ns))
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamp.append(None)
+            continue
+        stamp.append((st.st_size, st.st_mtime_ns, st.st_ino))
     return tuple(stamp)
 
 
@@ -98,10 +108,13 @@ def dependency_files() -> tuple[str, ...]:
 
 
 def warm_up() -> list[str]:
-    """Import what runs need (and the check registry); returns what could not be loaded."""
+    """Import what runs need (and the check registry), and follow the kernel log (runs
+    forked from here then do not read it from its start: nodecheck.probes.kernlog); returns
+    what could not be loaded or followed."""
     import importlib
 
     from nodecheck.checks.registry import all_checks
+    from nodecheck.probes.xid_lines import XID_MARKS
 
     all_checks()
     missing = []
@@ -111,6 +124,10 @@ def warm_up() -> list[str]:
             getattr(module, "__name__", None)  # a lazily bound module loads on first access
         except ImportError:
             missing.append(name)
+    try:
+        kernlog.follow(KERNEL_LOG, XID_MARKS)
+    except OSError as exc:
+        missing.append(f"{KERNEL_LOG}: {exc.strerror or exc}")
     return missing
 
 
@@ -287,8 +304,8 @@ def _remove_socket(path: str, inode: int) -> None:
 def serve(path: str) -> int:
     log = get_logger()
     missing = warm_up()
-    dependencies = dependency_files()
-    stamp = code_stamp(PACKAGE, dependencies)
+    code = code_files(PACKAGE, dependency_files())
+    stamp = code_stamp(code)
     server = _listen(path)
     inode = os.lstat(path).st_ino
     workers: set[int] = set()
@@ -326,11 +343,12 @@ def serve(path: str) -> int:
                     log.warning("agent_peer_rejected", uid=uid)
                     _refuse(conn, "refused: not our user\n")
                     continue
-                if code_stamp(PACKAGE, dependencies) != stamp:
+                if code_stamp(code) != stamp:
                     log.warning("agent_stale", why="code changed on disk since start; exiting")
                     _refuse(conn, "stale: code changed since the agent started\n")
                     return 0
                 sys.stderr.flush()
+                kernlog.catch_up()  # the run sees the kernel log up to this moment
                 pid = os.fork()
                 if pid == 0:
                     code = 70

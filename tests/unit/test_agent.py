@@ -5,6 +5,7 @@ fallback to it whenever the agent cannot serve."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import pytest
 
 from nodecheck.entry.agent_client import AgentUnavailable, parse_reply
 from tests.fixtures.agent import start_agent
-from tests.fixtures.imports import imported, recording_imports
+from tests.fixtures.imports import imported, opened, recording_imports
 
 REPO = Path(__file__).resolve().parents[2]
 PROLOG = REPO / "prolog" / "nodecheck-prolog"
@@ -249,23 +250,36 @@ def test_request_round_trip():
 
 
 def test_code_stamp_sees_package_and_dependency_changes(tmp_path):
-    from nodecheck.entry.agent import code_stamp
+    from nodecheck.entry.agent import code_files, code_stamp
 
     package = tmp_path / "pkg"
-    package.mkdir()
+    (package / "sub").mkdir(parents=True)
     (package / "a.py").write_text("x = 1\n")
+    (package / "sub" / "c.py").write_text("z = 3\n")
     dep = tmp_path / "site" / "pynvml.py"
     dep.parent.mkdir()
     dep.write_text("# 12.535\n")
-    first = code_stamp(package, (str(dep),))
-    assert first == code_stamp(package, (str(dep),))
+    files = code_files(package, (str(dep),))
+    assert files == (
+        str(package / "a.py"),
+        str(package / "sub" / "c.py"),
+        str(package),
+        str(package / "sub"),
+        str(dep),
+    )
+    first = code_stamp(files)
+    assert first == code_stamp(files)
     dep.write_text("# 12.560, upgraded\n")
-    second = code_stamp(package, (str(dep),))
+    second = code_stamp(files)
     assert second != first
-    (package / "b.py").write_text("y = 2\n")
-    assert code_stamp(package, (str(dep),)) != second
+    (package / "sub" / "b.py").write_text("y = 2\n")  # a new module: its directory changed
+    third = code_stamp(files)
+    assert third != second
+    (package / "sub" / "c.py").write_text("z = 4\n")  # the same size, written again
+    fourth = code_stamp(files)
+    assert fourth != third
     dep.unlink()  # uninstalled
-    assert len(code_stamp(package, (str(dep),))) == 2
+    assert code_stamp(files)[-1] is None
 
 
 def test_changed_code_makes_the_agent_step_aside(tmp_path):
@@ -360,7 +374,8 @@ def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
     forked from it, and the probe children the worker forks, import no module of their own
     on a prolog that runs every fast check family (8 replayed GPUs, 8 InfiniBand ports in
     a fake sysfs tree, the host checks). A module missing from the warm set would be
-    imported again at every job start, in every child that needs it."""
+    imported again at every job start, in every child that needs it. Nor does gpu.xid
+    read the kernel log from its start: the agent follows it (probes/kernlog.py)."""
     from tests.fixtures.sysfs import healthy_node
 
     node = healthy_node(tmp_path / "sys", hcas=8)
@@ -378,6 +393,7 @@ def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
         before="from nodecheck.entry.agent import warm_up\nwarm_up()",
         then="from nodecheck.entry.hook import HookArgs, run_hook\n"
         "sys.exit(run_hook(HookArgs('prolog')))",
+        watch=("/dev/kmsg",),
     )
     env = {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "31", "NODECHECK_CONFIG": str(cfg)}
     out = subprocess.run(
@@ -393,3 +409,7 @@ def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
     assert {r["check"].split(".")[0] for r in results} >= {"gpu", "ib", "host"}, results
     assert all(r["status"] in ("PASS", "SKIP") for r in results), results
     assert imported(seen) == []
+    xid = [r for r in results if r["check"] == "gpu.xid"]
+    assert xid and xid[0]["status"] == "PASS", xid
+    if os.access("/dev/kmsg", os.R_OK):  # followed by warm_up, never opened by the run
+        assert opened(seen) == []

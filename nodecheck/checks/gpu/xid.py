@@ -158,7 +158,8 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
         yield _event_result(cid, component, found, worst)
     if same and log.kind == "kmsg":
         first = min(log.positions, default=after + 1)
-        if missed := max(0, first - after - 1) + log.lost:
+        lost = sum(1 for pos in log.lost_before if pos > after)
+        if missed := max(0, first - after - 1) + lost:
             msg = f"{missed} kernel log records lost before they were read: Xids may be missed"
             yield _result(cid, Status.WARN, msg)
     if not any(_RANK[v.status] for found in by_component.values() for _, v in found):
