@@ -1,31 +1,32 @@
-"""A hook run's first look at the files it needs, from one child that cannot hold the hook.
+"""A hook run's first look at the files it needs, from threads that may hang in its place.
 
 The config file, the state directory and the log file may each sit on a filesystem that
-stops answering (NFS, a FUSE server that died): the hook's own read would sleep in the
-kernel, unkillable, and hold slurmd's job start. So before the hook touches any of them, one
-detached child (nodecheck.run.isolate: none of the hook's descriptors, dies with it) reads
-the config file and then stats the state directory and the log file's directory side by
-side, sending each answer the moment it has it. Whatever has not answered by the deadline counts
-as hung; the child is killed and left to the kernel.
+stops answering (NFS, a FUSE server that died): a read would sleep in the kernel,
+unkillable. So before the run touches any of them, one thread reads the config file and
+then stats the state directory and the log file's directory side by side (one thread each),
+handing over each answer the moment it has it. Whatever has not answered by the deadline
+counts as hung, and its thread is left to the kernel.
 
-The config comes back parsed (config_file.ConfigRead), so the hook never reads the file
-itself; what the look learnt about the state directory is kept where every later access to
+A thread, not a child process: the run already happens in a child of its own, whose keeper
+holds slurmd's descriptors (nodecheck.run.keeper), so a thread stuck here holds nothing of
+slurmd's, and the run ends without it (keeper: the run closes its descriptors before it
+exits, so the keeper does not wait for a thread that cannot end). Threads also spare the
+run a fork at every job start.
+
+The config comes back parsed (config_file.ConfigRead), so the run never reads the file
+again; what the look learnt about the state directory is kept where every later access to
 it asks (store.state), so the run does not look again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import select
-import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodecheck.run import isolate
 from nodecheck.run.config import Config, salvage_config
 from nodecheck.run.config_file import DEFAULT_PATH, ConfigRead, read_config
 from nodecheck.store import state
@@ -47,6 +48,29 @@ class FirstLook:
     log_dir_problem: str | None  # why the log file is not to be used, naming the path
 
 
+class _Answers:
+    """What the looking threads found so far; the run waits on it until "end" or its
+    deadline (mutable, shared by the threads)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, tuple] = {}
+        self._changed = threading.Condition()
+
+    def give(self, name: str, *values: object) -> None:
+        with self._changed:
+            self.found[name] = (name, *values)
+            self._changed.notify_all()
+
+    def wait_for_end(self, deadline: float) -> dict[str, tuple]:
+        with self._changed:
+            while "end" not in self.found:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            return dict(self.found)
+
+
 def first_look(
     explicit: str | None,
     env: Mapping[str, str],
@@ -54,75 +78,55 @@ def first_look(
     timeout_s: float = FIRST_LOOK_TIMEOUT_S,
 ) -> FirstLook:
     """Read the config and look at the state and log directories it names, within
-    `timeout_s`. When no child can be started, the config is read here (the system is in
+    `timeout_s`. When no thread can be started, the config is read here (the system is in
     trouble, and the run will say so) and the directories are left to their own looks."""
-    read_fd, write_fd = isolate.pipe()
+    answers = _Answers()
     try:
-        pid = isolate.fork_detached(keep_fd=write_fd)
-    except OSError as exc:
-        os.close(read_fd)
-        os.close(write_fd)
-        return _without_a_child(explicit, env, node, f"cannot look at it: {exc}")
-    if pid == 0:
-        code = 0
-        try:
-            _look(write_fd, explicit, env, node)
-        except BaseException:
-            code = 70
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    try:
-        answers = _collect(read_fd, time.monotonic() + max(0.0, timeout_s))
-    finally:
-        os.close(read_fd)
-    if "end" not in answers:
-        os.kill(pid, signal.SIGKILL)  # ends it now, or as soon as the kernel lets go
-    with contextlib.suppress(ChildProcessError):
-        isolate.wait_exit(pid, 0.05)  # one stuck in the kernel is left for init to reap
-    return _found(answers, explicit, env, node, timeout_s)
+        _start(lambda: _look(answers, explicit, env, node))
+    except RuntimeError as exc:  # "can't start new thread"
+        return _without_a_thread(explicit, env, node, f"cannot look at it: {exc}")
+    found = answers.wait_for_end(time.monotonic() + max(0.0, timeout_s))
+    return _found(found, explicit, env, node, timeout_s)
 
 
-def _look(fd: int, explicit: str | None, env: Mapping[str, str], node: str | None) -> None:
-    """In the child: each answer as soon as it is known. The two directories are looked at
-    side by side, so that one on a hung filesystem does not leave the other unknown."""
+def _start(target: Callable[[], None]) -> threading.Thread:
+    thread = threading.Thread(target=target, name="first-look", daemon=True)
+    thread.start()
+    return thread
+
+
+def _look(
+    answers: _Answers, explicit: str | None, env: Mapping[str, str], node: str | None
+) -> None:
+    """In the looking thread: each answer as soon as it is known. The two directories are
+    looked at side by side, so that one on a hung filesystem does not leave the other
+    unknown."""
+    try:
+        _look_at_each(answers, explicit, env, node)
+    finally:  # also when the look failed: what it did not say is unknown, not late
+        answers.give("end")
+
+
+def _look_at_each(
+    answers: _Answers, explicit: str | None, env: Mapping[str, str], node: str | None
+) -> None:
     read = read_config(explicit, env)
-    isolate.send_frame(fd, ("config", read))
+    answers.give("config", read)
     config = salvage_config(explicit, env, read)
     looks = []
     if node is not None:
         looks.append(("state", config.state_dir_for(node)))
     if config.log_file:
         looks.append(("log", Path(config.log_file).parent))
-    sending = threading.Lock()
 
     def look(name: str, path: Path) -> None:
         with contextlib.suppress(OSError):  # any answer counts: the filesystem answered
-            os.stat(path)
-        with sending:
-            isolate.send_frame(fd, (name,))
+            path.stat()
+        answers.give(name)
 
-    threads = [threading.Thread(target=look, args=item, daemon=True) for item in looks]
-    for thread in threads:
-        thread.start()
+    threads = [_start(lambda item=item: look(*item)) for item in looks]
     for thread in threads:
         thread.join()
-    isolate.send_frame(fd, ("end",))
-
-
-def _collect(fd: int, deadline: float) -> dict[str, tuple]:
-    answers: dict[str, tuple] = {}
-    buffer = b""
-    while "end" not in answers:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:  # the child died without finishing: what it did not say is unknown
-            break
-        frames, buffer = isolate.take_frames(buffer + chunk)
-        answers.update((frame[0], frame) for frame in frames)
-    return answers
 
 
 def _found(
@@ -151,7 +155,7 @@ def _found(
     return FirstLook(read, config, state_dir, state_problem, log_dir, log_problem)
 
 
-def _without_a_child(
+def _without_a_thread(
     explicit: str | None, env: Mapping[str, str], node: str | None, problem: str
 ) -> FirstLook:
     read = read_config(explicit, env)

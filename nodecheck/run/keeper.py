@@ -45,6 +45,9 @@ KEEPER_CHECK_ID = "nodecheck.run"
 # budget_s + 1 s (docs/hostile.md).
 REAP_SLACK_S = 0.3
 KEEPER_DRAIN_S = 0.5
+# A run that has said its exit code is gone a moment after its output ends, unless a thread
+# of it is stuck in the kernel: then its word stands.
+EXIT_SLACK_S = 0.05
 
 _channel: int | None = None  # in the run child: the pipe to its keeper
 
@@ -54,7 +57,7 @@ def report(kind: str, *values: Any) -> None:
     ("acting", node, job_id, phase, config, deadline), ("deadline", deadline),
     ("step", text) before a step that touches the state or log filesystem, ("planned",
     step, reason, exit_code) before the controller is asked to drain or resume, ("verdict",
-    exit_code) once the verdict has been acted on."""
+    exit_code) once the verdict has been acted on, ("exit", exit_code) as the run ends."""
     if _channel is None:
         return
     with contextlib.suppress(OSError):  # a keeper that is gone has nothing left to learn
@@ -73,6 +76,7 @@ class _Watch:
     step: str = "starting"
     planned: tuple[str, str | None, int] | None = None  # step ("drain"/"resume"), reason, exit
     verdict_code: int | None = None
+    exit_code: int | None = None  # the run's own, said just before it exits
     buffer: bytes = b""
 
     def take(self, frame: tuple[Any, ...]) -> None:
@@ -87,6 +91,8 @@ class _Watch:
             self.planned = frame[1:4]
         elif kind == "verdict":
             self.verdict_code = frame[1]
+        elif kind == "exit":
+            self.exit_code = frame[1]
 
 
 def keep(run: Callable[[], int], default_deadline: float) -> int:
@@ -122,6 +128,12 @@ def _run_child(run: Callable[[], int], channel: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
     finally:
+        # A thread of the run may be stuck in the kernel (the first look at a hung
+        # filesystem): the process then cannot end, and its descriptors would stay open
+        # with it. The keeper learns the exit code here and sees the output end now.
+        report("exit", code)
+        os.closerange(0, 3)
+        os.close(channel)
         os._exit(code)
 
 
@@ -136,12 +148,17 @@ def _watch(pid: int, frames: int, output: int, watch: _Watch) -> int:
             listening.remove(frames)
         if output in ready and not _relay(output):
             _take_frames(frames, watch)
+            slack = REAP_SLACK_S if watch.exit_code is None else EXIT_SLACK_S
             try:
-                status = isolate.wait_exit(pid, REAP_SLACK_S)
+                status = isolate.wait_exit(pid, slack)
             except ChildProcessError:
                 status = 0
             if status is not None:
                 return _ended(status, watch)
+            if watch.exit_code is not None:
+                # It said its last word, and a thread of it is still stuck in the kernel:
+                # it ends when the kernel lets it (it dies with us; init reaps it).
+                return watch.exit_code
             return _stuck(pid, watch)  # closed its output, yet cannot exit
         if not ready:
             return _stuck(pid, watch)
