@@ -59,6 +59,7 @@ class _Child:
     current_started: float = 0.0
     last_note: str = ""
     ended: bool = False  # the child said "end": every result is in
+    exited: bool = False  # reaped already
     done: bool = False
 
 
@@ -188,11 +189,12 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
     if timed_out:
         _kill(child.pid)
         _reap(child.pid)
+    elif child.ended:
+        # Every result is in: its exit is not waited for (run_checks collects it at the end).
+        child.exited = _reap(child.pid, patience_s=0.0) != "still exiting"
     else:
-        ended = _reap(child.pid, patience_s=0.1 if child.ended else 0.5)
+        ended = _reap(child.pid, patience_s=0.5)
         if ended == "still exiting":
-            # Its results are in, but a thread of it is stuck in the kernel (the bounded
-            # statvfs of a hung mount): SIGKILL ends the rest of it the moment it wakes.
             _kill(child.pid)
     now = time.monotonic()
     waited = now - child.started
@@ -252,7 +254,18 @@ def run_checks(
                 if not _read_available(child, results) or child.ended:
                     selector.unregister(child.fd)
                     _finish(child, results, timed_out=False)
+    _collect_the_ended(children)
     return [r for item in planned for r in results[item.check.id]]
+
+
+def _collect_the_ended(children: list[_Child]) -> None:
+    """Reap the children that said "end" and have exited by now, without waiting for them.
+    One still there either is on its way out (it dies with the run, and init reaps it) or
+    has a thread stuck in the kernel (the bounded statvfs of a hung mount): SIGKILL ends the
+    rest of it the moment it wakes."""
+    for child in children:
+        if child.ended and not child.exited and _reap(child.pid, patience_s=0.0) == "still exiting":
+            _kill(child.pid)
 
 
 def _fork_all(
