@@ -31,6 +31,7 @@ from nodecheck.entry.agent_client import REQUEST_MAGIC, peer_credentials
 from nodecheck.entry.hook import HookArgs
 from nodecheck.log import get_logger
 from nodecheck.probes import kernlog
+from nodecheck.run import pool
 from nodecheck.run.codes import HOOK_PHASES
 
 DEFAULT_SOCKET = "/run/nodecheck/agent.sock"
@@ -62,6 +63,7 @@ WARM_MODULES = (
     "nodecheck.probes.xid_lines",
     "nodecheck.store.transaction",  # the checks that keep state (gpu.xid, gpu.nvlink, ib.counters)
     "nodecheck.quarantine.ladder",  # the hook's record step
+    "nodecheck.run.pool",
 )
 
 
@@ -211,7 +213,13 @@ def run_worker(conn: socket.socket) -> int:
         _send(conn, f"bad request: {exc}\n")
         return 1
     # Still on the agent's own stderr (the journal): which run each worker served.
-    get_logger().info("agent_run", phase=phase, job=env.get("SLURM_JOB_ID"), worker=os.getpid())
+    get_logger().info(
+        "agent_run",
+        phase=phase,
+        job=env.get("SLURM_JOB_ID"),
+        worker=os.getpid(),
+        probe_pool=sorted(pool.lent()),  # empty: another run has it, the probes are forked
+    )
     _send(conn, "started\n")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -223,6 +231,7 @@ def run_worker(conn: socket.socket) -> int:
     client_pid, _uid = peer_credentials(conn)
     _die_with_the_client(conn)
     code = run_hook(HookArgs(phase), hook_pid=client_pid)
+    pool.give_back()  # before the client hears: the next job start may have the probes
     sys.stdout.flush()
     sys.stderr.flush()
     _send(conn, f"exit {code}\n")
@@ -275,7 +284,9 @@ def _listen(path: str) -> socket.socket:
     return server
 
 
-def _reap(workers: set[int]) -> None:
+def _reap(workers: set[int], probes: pool.ProbePool) -> None:
+    """Collect the children that have ended: workers, and probe-pool members, which are
+    replaced (a run killed one that hung)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -285,13 +296,31 @@ def _reap(workers: set[int]) -> None:
         if pid == 0:
             return
         workers.discard(pid)
+        probes.settle(pid)
 
 
-def _wait_for(workers: set[int], timeout_s: float) -> None:
+def _wait_for(workers: set[int], probes: pool.ProbePool, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while workers and time.monotonic() < deadline:
-        _reap(workers)
+        _reap(workers, probes)
         time.sleep(0.05)
+
+
+def fast_groups() -> set[str]:
+    """The probe groups a hook run can ask for (the deep tier runs as Slurm jobs)."""
+    from nodecheck.checks.registry import all_checks
+
+    return {chk.group or chk.id for chk in all_checks().values() if chk.tier == "fast"}
+
+
+def _keep_only(probes: pool.ProbePool, lent: list[pool.Member], lease: int | None) -> None:
+    """In a new worker: the members lent to its run and their lease; nothing else of the
+    pool's."""
+    for member in probes.members.values():
+        if member not in lent:
+            os.close(member.control)
+    probes.forget_lease()
+    pool.use(lent, lease)
 
 
 def _remove_socket(path: str, inode: int) -> None:
@@ -304,8 +333,8 @@ def _remove_socket(path: str, inode: int) -> None:
 def serve(path: str) -> int:
     log = get_logger()
     missing = warm_up()
-    code = code_files(PACKAGE, dependency_files())
-    stamp = code_stamp(code)
+    loaded = code_files(PACKAGE, dependency_files())
+    stamp = code_stamp(loaded)
     server = _listen(path)
     inode = os.lstat(path).st_ino
     workers: set[int] = set()
@@ -323,7 +352,14 @@ def serve(path: str) -> int:
     # forked workers do not copy it page by page.
     gc.collect()
     gc.freeze()
-    log.info("agent_ready", socket=path, pid=os.getpid(), not_loaded=missing)
+    probes = pool.ProbePool(fast_groups())
+    log.info(
+        "agent_ready",
+        socket=path,
+        pid=os.getpid(),
+        not_loaded=missing,
+        probe_pool=sorted(probes.members),
+    )
     served = 0
     try:
         while not stopping:
@@ -331,7 +367,7 @@ def serve(path: str) -> int:
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                _reap(workers)
+                _reap(workers, probes)
                 continue
             except OSError:
                 if stopping:
@@ -343,29 +379,34 @@ def serve(path: str) -> int:
                     log.warning("agent_peer_rejected", uid=uid)
                     _refuse(conn, "refused: not our user\n")
                     continue
-                if code_stamp(code) != stamp:
+                if code_stamp(loaded) != stamp:
                     log.warning("agent_stale", why="code changed on disk since start; exiting")
                     _refuse(conn, "stale: code changed since the agent started\n")
                     return 0
                 sys.stderr.flush()
                 kernlog.catch_up()  # the run sees the kernel log up to this moment
+                lent, lease = probes.lend()
                 pid = os.fork()
                 if pid == 0:
                     code = 70
                     try:
                         server.close()
+                        _keep_only(probes, lent, lease)
                         code = run_worker(conn)
                     finally:
                         os._exit(code)
+                if lease is not None:
+                    os.close(lease)
                 workers.add(pid)
                 served += 1
-            _reap(workers)
+            _reap(workers, probes)
     finally:
         # Socket first: from now on the entrypoints run in-process. Then let the runs in
         # progress finish (each is bounded by its own budget).
         _remove_socket(path, inode)
         server.close()
-        _wait_for(workers, STOP_WAIT_S)
+        _wait_for(workers, probes, STOP_WAIT_S)
+        probes.close()
         log.info("agent_stopped", served=served, unfinished=len(workers))
     return 0
 

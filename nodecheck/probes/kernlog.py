@@ -133,7 +133,7 @@ class KmsgFollower:
     def __init__(self, path: Path, keep: tuple[str, ...]) -> None:
         self.path = path
         self.keep = keep
-        self._owner = os.getpid()
+        self.owner = os.getpid()
         self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         if not stat.S_ISCHR(os.fstat(self._fd).st_mode):
             os.close(self._fd)
@@ -145,7 +145,7 @@ class KmsgFollower:
 
     def catch_up(self) -> None:
         """Read the records logged since the last call (in the process that follows)."""
-        if os.getpid() != self._owner:
+        if os.getpid() != self.owner:
             return
         new = _read_kmsg_device(self._fd, self.keep)
         self._records += new.records
@@ -203,6 +203,18 @@ def follow(path: Path, keep: tuple[str, ...]) -> None:
     OSError when the device cannot be opened (the runs then read it themselves)."""
     global _followed
     _followed = KmsgFollower(path, keep)
+
+
+def follow_here() -> None:
+    """In a long-lived process forked from the one that follows the device (the agent's
+    probe pool, nodecheck.run.pool): follow it with a descriptor of our own from now on,
+    so that catch_up reads what is logged while this process waits for runs."""
+    global _followed
+    if _followed is not None and _followed.owner != os.getpid():
+        try:
+            _followed = KmsgFollower(_followed.path, _followed.keep)
+        except OSError:
+            _followed = None
 
 
 def catch_up() -> None:

@@ -57,11 +57,13 @@ def pipe() -> tuple[int, int]:
     return ends[0], ends[1]
 
 
-def fork_detached(keep_fd: int, output_fd: int | None = None) -> int:
-    """os.fork(), with the child detached from the hook as above; keeps `keep_fd` open in the
-    child. With `output_fd`, the child's stdout and stderr go there (a pipe its parent reads)
-    instead of /dev/null. Returns like os.fork (0 in the child). Raises OSError when fork
-    fails."""
+def fork_detached(
+    keep_fd: int, output_fd: int | None = None, keep_also: tuple[int, ...] = ()
+) -> int:
+    """os.fork(), with the child detached from the hook as above; keeps `keep_fd` (and
+    `keep_also`) open in the child. With `output_fd`, the child's stdout and stderr go there
+    (a pipe its parent reads) instead of /dev/null. Returns like os.fork (0 in the child).
+    Raises OSError when fork fails."""
     libc = _load_libc()
     parent = os.getpid()
     pid = os.fork()
@@ -76,8 +78,11 @@ def fork_detached(keep_fd: int, output_fd: int | None = None) -> int:
         for std in (1, 2):
             os.dup2(devnull if output_fd is None else output_fd, std)
         # close_range(2) under the hood: cheap however many descriptors the hook inherited.
-        os.closerange(3, keep_fd)
-        os.closerange(keep_fd + 1, os.sysconf("SC_OPEN_MAX"))
+        low = 3
+        for kept in sorted({keep_fd, *keep_also}):
+            os.closerange(low, kept)
+            low = kept + 1
+        os.closerange(low, os.sysconf("SC_OPEN_MAX"))
     except BaseException:
         os._exit(1)
     return 0

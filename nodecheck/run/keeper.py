@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.run import isolate
+from nodecheck.run import isolate, pool
 
 if TYPE_CHECKING:
     from nodecheck.run.config import Config
@@ -45,9 +45,6 @@ KEEPER_CHECK_ID = "nodecheck.run"
 # budget_s + 1 s (docs/hostile.md).
 REAP_SLACK_S = 0.3
 KEEPER_DRAIN_S = 0.5
-# A run that has said its exit code is gone a moment after its output ends, unless a thread
-# of it is stuck in the kernel: then its word stands.
-EXIT_SLACK_S = 0.05
 
 _channel: int | None = None  # in the run child: the pipe to its keeper
 
@@ -103,7 +100,9 @@ def keep(run: Callable[[], int], default_deadline: float) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        pid = isolate.fork_detached(keep_fd=frames_write, output_fd=output_write)
+        pid = isolate.fork_detached(
+            keep_fd=frames_write, output_fd=output_write, keep_also=pool.lent_fds()
+        )
     except OSError:  # no child to be had: the run goes on here, unkept
         for fd in (frames_read, frames_write, output_read, output_write):
             os.close(fd)
@@ -148,17 +147,19 @@ def _watch(pid: int, frames: int, output: int, watch: _Watch) -> int:
             listening.remove(frames)
         if output in ready and not _relay(output):
             _take_frames(frames, watch)
-            slack = REAP_SLACK_S if watch.exit_code is None else EXIT_SLACK_S
+            if watch.exit_code is not None:
+                # It said its last word: its exit (giving back its memory) is not waited
+                # for, nor a thread of it still stuck in the kernel. It dies with us, and
+                # init reaps it.
+                with contextlib.suppress(ChildProcessError):
+                    isolate.wait_exit(pid, 0.0)
+                return watch.exit_code
             try:
-                status = isolate.wait_exit(pid, slack)
+                status = isolate.wait_exit(pid, REAP_SLACK_S)
             except ChildProcessError:
                 status = 0
             if status is not None:
                 return _ended(status, watch)
-            if watch.exit_code is not None:
-                # It said its last word, and a thread of it is still stuck in the kernel:
-                # it ends when the kernel lets it (it dies with us; init reaps it).
-                return watch.exit_code
             return _stuck(pid, watch)  # closed its output, yet cannot exit
         if not ready:
             return _stuck(pid, watch)

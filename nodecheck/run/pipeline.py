@@ -227,41 +227,46 @@ def execute(req: RunRequest) -> RunOutcome:
     # then refused at once by every check that keeps state and by the run's own record.
     state_fault = _state_dir_fault(nodecfg.settings.state_dir, budget / 4)
     budget = max(0.5, deadline - reserve - time.monotonic())
-    keeper.report("step", "running the checks")
-    results = state_fault + [
-        with_defaults(r, registry) for r in run_checks(planned, budget, config.probe_memory_mb)
-    ]
-    if config.hysteresis and any(r.status is Status.WARN for r in results):
-        results = _hysteresis(config, nodecfg, results)
-    for r in results:
-        log.info("check_result", **r.as_dict())
-    verdict = decide(
-        results,
-        req.phase,
-        job.job_id,
-        config.on_internal_error,
-        _job_scope(config, nodecfg, req.phase, job, results),
-    )
-    dry_run = req.dry_run or nodecfg.dry_run
-    verdict, action, changes = _unhealthy_path(
-        req, config, node, job, verdict, deadline, dry_run, keeps_state=True
-    )
-    emit = log.warning if verdict.failures or verdict.errors else log.info
-    emit(
-        "verdict",
-        status=verdict.status.name,
-        summary=verdict.summary,
-        action=action,
-        reason=verdict.reason,
-        exit_code=verdict.exit_code,
-        checks=len(planned),
-        duration_s=round(time.monotonic() - started, 3),
-        dry_run=dry_run,
-    )
-    out = outcome(results, verdict, action, nodecfg.node_class)
-    keeper.report("verdict", verdict.exit_code)
-    if req.act:
-        _record(config, out, changes)
+    # Held open while the probes and the record use the state (store.state.Holder): their
+    # own connections then end without a checkpoint each.
+    holder = state.Holder(None if state_fault else nodecfg.settings.state_dir)
+    with holder:
+        keeper.report("step", "running the checks")
+        results = state_fault + [
+            with_defaults(r, registry)
+            for r in run_checks(planned, budget, config.probe_memory_mb, started=holder.open)
+        ]
+        if config.hysteresis and any(r.status is Status.WARN for r in results):
+            results = _hysteresis(config, nodecfg, results)
+        for r in results:
+            log.info("check_result", **r.as_dict())
+        verdict = decide(
+            results,
+            req.phase,
+            job.job_id,
+            config.on_internal_error,
+            _job_scope(config, nodecfg, req.phase, job, results),
+        )
+        dry_run = req.dry_run or nodecfg.dry_run
+        verdict, action, changes = _unhealthy_path(
+            req, config, node, job, verdict, deadline, dry_run, keeps_state=True
+        )
+        emit = log.warning if verdict.failures or verdict.errors else log.info
+        emit(
+            "verdict",
+            status=verdict.status.name,
+            summary=verdict.summary,
+            action=action,
+            reason=verdict.reason,
+            exit_code=verdict.exit_code,
+            checks=len(planned),
+            duration_s=round(time.monotonic() - started, 3),
+            dry_run=dry_run,
+        )
+        out = outcome(results, verdict, action, nodecfg.node_class)
+        keeper.report("verdict", verdict.exit_code)
+        if req.act:
+            _record(config, out, changes)
     return out
 
 

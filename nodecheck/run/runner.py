@@ -23,12 +23,12 @@ import resource
 import selectors
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Check
-from nodecheck.run import isolate, progress
+from nodecheck.run import isolate, pool, progress
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.store.state import StateError
 
@@ -61,6 +61,7 @@ class _Child:
     ended: bool = False  # the child said "end": every result is in
     exited: bool = False  # reaped already
     done: bool = False
+    pooled: bool = False  # the agent's probe process: not ours to reap
 
 
 def _run_one(item: Planned) -> list[CheckResult]:
@@ -89,10 +90,26 @@ def _child_main(fd: int, planned: list[Planned], memory_limit_mb: int) -> None:
     faulthandler.disable()  # a crash is reported by the parent, not into /dev/null
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if memory_limit_mb > 0:
-        limit = memory_limit_mb * 1024 * 1024
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_memory(memory_limit_mb)
+    run_group(fd, planned)
+
+
+def limit_memory(memory_limit_mb: int) -> None:
+    """This probe process's address-space limit (0: none). The soft limit only, under the
+    hard one: a pool's member is set again for every run, and raising a hard limit takes a
+    capability a node's root may not have."""
+    with contextlib.suppress(ValueError, OSError):
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        limit = hard
+        if memory_limit_mb > 0:
+            wanted = memory_limit_mb * 1024 * 1024
+            limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def run_group(fd: int, planned: list[Planned]) -> None:
+    """In a probe process: run a group's checks one after another, reporting each start,
+    note and result on `fd` as it happens, then "end"."""
     progress.set_sink(lambda text: isolate.send_frame(fd, ("note", text[:_NOTE_MAX])))
     for item in planned:
         isolate.send_frame(fd, ("start", item.check.id))
@@ -117,11 +134,29 @@ def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: in
         finally:
             os._exit(code)
     os.close(write_fd)
-    os.set_blocking(read_fd, False)
+    return _watching(pid, read_fd, planned, run_deadline)
+
+
+def _ask_member(
+    member: pool.Member, planned: list[Planned], run_deadline: float, memory_limit_mb: int
+) -> _Child | None:
+    """The group handed to the agent's probe process for it (nodecheck.run.pool); None when
+    that member is gone (the group is forked instead)."""
+    try:
+        fd = pool.ask(member, planned, memory_limit_mb, pool.run_context())
+    except OSError:
+        return None
+    return _watching(member.pid, fd, planned, run_deadline, pooled=True)
+
+
+def _watching(
+    pid: int, fd: int, planned: list[Planned], run_deadline: float, pooled: bool = False
+) -> _Child:
+    os.set_blocking(fd, False)
     now = time.monotonic()
     # The checks of a group run one after another: the group needs the sum of their times.
     group_deadline = min(now + sum(p.timeout_s for p in planned), run_deadline)
-    return _Child(pid, read_fd, planned, now, group_deadline, group_deadline)
+    return _Child(pid, fd, planned, now, group_deadline, group_deadline, pooled=pooled)
 
 
 def _group_memory_limit(planned: list[Planned], run_limit_mb: int) -> int:
@@ -187,11 +222,15 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
     os.close(child.fd)
     ended = ""
     if timed_out:
-        _kill(child.pid)
-        _reap(child.pid)
+        _kill(child.pid)  # a pool's member too: the agent reaps it and forks another
+        if not child.pooled:
+            _reap(child.pid)
     elif child.ended:
-        # Every result is in: its exit is not waited for (run_checks collects it at the end).
-        child.exited = _reap(child.pid, patience_s=0.0) != "still exiting"
+        # Every result is in: its exit is not waited for (run_checks collects it at the end),
+        # and a pool's member waits for the next run.
+        child.exited = child.pooled or _reap(child.pid, patience_s=0.0) != "still exiting"
+    elif child.pooled:
+        ended = "the agent's probe process is gone"  # the agent reaps it and forks another
     else:
         ended = _reap(child.pid, patience_s=0.5)
         if ended == "still exiting":
@@ -222,9 +261,13 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
 
 
 def run_checks(
-    planned: Iterable[Planned], budget_s: float, memory_limit_mb: int = 0
+    planned: Iterable[Planned],
+    budget_s: float,
+    memory_limit_mb: int = 0,
+    started: Callable[[], None] | None = None,
 ) -> list[CheckResult]:
-    """Run every planned check; always returns within budget_s (plus reaping slack)."""
+    """Run every planned check; always returns within budget_s (plus reaping slack).
+    `started` is called once every probe process has been forked or asked."""
     planned = list(planned)
     if not planned:
         return []
@@ -233,7 +276,9 @@ def run_checks(
     for item in planned:
         groups.setdefault(item.check.group or item.check.id, []).append(item)
     results: dict[str, list[CheckResult]] = {}
-    children, fork_error = _fork_all(list(groups.values()), run_deadline, memory_limit_mb)
+    children, fork_error = _fork_all(groups, run_deadline, memory_limit_mb)
+    if started is not None:
+        started()
     if fork_error:
         msg = f"internal error: {fork_error}"[:300]
         return [CheckResult(item.check.id, Status.ERROR, msg) for item in planned]
@@ -269,15 +314,19 @@ def _collect_the_ended(children: list[_Child]) -> None:
 
 
 def _fork_all(
-    groups: list[list[Planned]], run_deadline: float, memory_limit_mb: int
+    groups: dict[str, list[Planned]], run_deadline: float, memory_limit_mb: int
 ) -> tuple[list[_Child], str]:
-    """One child per group, or (when a fork fails) none and why: the children already
+    """One probe process per group: the agent's for it when this run was lent the probe
+    pool, else a child forked now. When a fork fails, none and why: the children already
     started are killed first, so a run that could not start leaves no probe behind."""
+    members = pool.lent()
     children: list[_Child] = []
     try:
-        for group in groups:
+        for name, group in groups.items():
             limit = _group_memory_limit(group, memory_limit_mb)
-            children.append(_fork_group(group, run_deadline, limit))
+            member = members.get(name)
+            child = _ask_member(member, group, run_deadline, limit) if member else None
+            children.append(child or _fork_group(group, run_deadline, limit))
     except OSError as exc:
         for child in children:
             _kill(child.pid)

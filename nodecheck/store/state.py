@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ CREATE TABLE IF NOT EXISTS kv (
 
 # Long enough for a local disk under load, short against a prolog's budget.
 RESPONSIVE_TIMEOUT_S = 1.0
+# How long a run's end waits for its state holder to have opened (Holder.close).
+HOLDER_JOIN_S = 0.1
 # state dir -> None (answered) or why it is refused, for this process and its later children.
 _responsive: dict[Path, str | None] = {}
 
@@ -65,6 +68,18 @@ def remember_responsive(state_dir: Path, problem: str | None) -> None:
     """What a look made elsewhere found (the hook's first look, nodecheck.run.firstlook):
     None when `state_dir` answered, else why not. Later accesses ask no more."""
     _responsive[state_dir] = problem
+
+
+def known_responsive() -> dict[Path, str | None]:
+    """What this process knows of its state directories' answers (for a probe process that
+    is told rather than forked: nodecheck.run.pool)."""
+    return dict(_responsive)
+
+
+def reset_responsive(known: dict[Path, str | None]) -> None:
+    """Know exactly `known` (known_responsive of the run), nothing from before."""
+    _responsive.clear()
+    _responsive.update(known)
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -111,6 +126,10 @@ def set_run_deadline(deadline: float | None) -> None:
     """Bound every later wait on the state file by the run's budget."""
     global _run_deadline
     _run_deadline = deadline
+
+
+def run_deadline() -> float | None:
+    return _run_deadline
 
 
 def busy_wait_s(timeout_s: float | None = None) -> float:
@@ -162,6 +181,59 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
     setting the file aside loses drain markers, flap counts and the XID cursor."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in _CORRUPTION_CODES
+
+
+class Holder:
+    """A connection to the state file held open, without a transaction, for as long as
+    a run uses the state. SQLite checkpoints the WAL into the database, with an fsync and an
+    exclusive lock, whenever the last connection to it closes: without a holder, every probe
+    that keeps state and the run's own record each did, and the others waited on that lock.
+    With one, only the holder's own close does.
+
+    Opened once the probes are started (`open`): a fork must never carry an open SQLite
+    connection into a child that uses SQLite itself. Opened by a thread of its own: the
+    state's filesystem may stop answering after the run's first look, and the run must then
+    go on to name the probe that hung on it, not hang here. Nothing is created: a state
+    file that does not exist yet is not held. Best effort: any problem means no holder."""
+
+    def __init__(self, state_dir: Path | None) -> None:
+        self.state_dir = state_dir
+        self._conn: sqlite3.Connection | None = None
+        self._opening: threading.Thread | None = None
+
+    def open(self) -> None:
+        if self.state_dir is None or self._opening is not None or _responsive.get(self.state_dir):
+            return
+        self._opening = threading.Thread(target=self._connect, name="state-holder", daemon=True)
+        self._opening.start()
+
+    def _connect(self) -> None:
+        assert self.state_dir is not None
+        db = self.state_dir / STATE_FILE
+        try:
+            conn = sqlite3.connect(
+                f"file:{db}?mode=rw", uri=True, timeout=0, check_same_thread=False
+            )
+            conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall()  # joins the WAL's readers
+        except sqlite3.Error:
+            return
+        self._conn = conn
+
+    def close(self) -> None:
+        if self._opening is not None:
+            self._opening.join(HOLDER_JOIN_S)
+            if self._opening.is_alive():
+                return  # stuck on a filesystem that stopped answering: left to the kernel
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with suppress(sqlite3.Error):
+                conn.close()
+
+    def __enter__(self) -> Holder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @contextmanager

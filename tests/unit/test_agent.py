@@ -103,6 +103,45 @@ def test_healthy_prolog_runs_in_the_agent(agent, tmp_path):
     assert (run["phase"], run["job"]) == ("prolog", 31)
 
 
+def test_runs_one_after_another_all_use_the_probe_pool(agent, tmp_path):
+    """The agent's probe processes serve run after run (nodecheck/run/pool.py): each worker
+    gives them back before its client hears the verdict, so the next job start has them."""
+    [ready] = named(agent.text(), "agent_ready")
+    assert {"gpu", "host", "fabric", "gpu.xid"} <= set(ready["probe_pool"])
+    cfg = write_config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n')
+    for job in ("41", "42", "43"):
+        out = hook(PROLOG, cfg, agent.sock, SLURM_JOB_ID=job)
+        assert out.returncode == 0, out.stderr
+        assert named(out.stderr, "verdict")[0]["status"] == "PASS"
+    runs = named(agent.text(), "agent_run")
+    assert [r["job"] for r in runs] == [41, 42, 43]
+    assert all(r["probe_pool"] == ready["probe_pool"] for r in runs), runs
+
+
+def test_a_probe_process_killed_between_runs_is_replaced(agent, tmp_path):
+    """A member gone (killed by a run for hanging, the OOM killer, an admin): the next run
+    forks that group itself or finds its replacement, and passes either way."""
+    cfg = write_config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n')
+    members = children_of(agent.proc.pid)
+    assert len(members) >= 4  # the pool's members, the agent's only children while idle
+    for pid in members:
+        os.kill(pid, signal.SIGKILL)
+    for job in ("51", "52"):
+        out = hook(PROLOG, cfg, agent.sock, SLURM_JOB_ID=job)
+        assert out.returncode == 0, out.stderr
+        results = named(out.stderr, "check_result")
+        assert results and all(r["status"] in ("PASS", "SKIP") for r in results), results
+
+    def replaced() -> bool:
+        now = children_of(agent.proc.pid)
+        return len(now) == len(members) and not set(now) & set(members)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not replaced():
+        time.sleep(0.1)
+    assert replaced(), (members, children_of(agent.proc.pid))
+
+
 def test_failing_epilog_exit_code_comes_back(agent, tmp_path):
     calls = tmp_path / "calls"
     scontrol = tmp_path / "scontrol"

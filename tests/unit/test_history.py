@@ -237,7 +237,7 @@ def lifecycle(tmp_path, monkeypatch):
     fake = FakeSlurm()
     monkeypatch.setattr("nodecheck.slurm.act.backend_for", lambda config, env: fake)
     canned: list[list[CheckResult]] = [[PASS]]
-    monkeypatch.setattr(app, "run_checks", lambda planned, budget, mem: list(canned[0]))
+    monkeypatch.setattr(app, "run_checks", lambda planned, budget, mem, started: list(canned[0]))
 
     def configure(extra=""):
         # No random wait before drains unless a test asks for one.

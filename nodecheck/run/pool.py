@@ -1,0 +1,224 @@
+"""Probe processes kept by the agent between runs: one per probe group, lent to one run
+at a time.
+
+A run forks one probe child per group (nodecheck.run.runner). Forked from the agent's
+whole image at every job start, those children cost more than their checks: on a small
+node the forks, their copy-on-write faults and their exits took most of a run's CPU
+(docs/performance.md). So the agent forks one member per group once, ahead of the runs
+(`ProbePool`), and lends the set to one run at a time (`lend`). The runner sends a member
+its group's planned checks; the member runs them exactly as a forked child would
+(runner.run_group) and waits for the next run.
+
+What isolates a probe stays as it was:
+
+- each member is a process of its own, detached like every probe child (isolate);
+- the run SIGKILLs a member that hangs past a check's timeout, as it would its own child,
+  and the agent forks a replacement (`settle`); a member that dies takes only its group's
+  results with it;
+- each request carries a pipe of the run's own for the results (SCM_RIGHTS on a
+  SOCK_SEQPACKET pair, one message per request), so nothing a member wrote for an earlier
+  run, one that was killed halfway, can reach a later one;
+- what a run sets in its probe processes is set again for every request (the run's
+  deadline, what the first look learnt about the state directory, the memory limit), and
+  the per-process NVML snapshot is dropped, so every run reads the GPUs afresh.
+
+A run that finds no member for a group, or a member gone, forks the group's child as
+without the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from nodecheck.run import isolate
+
+MAX_REQUEST = 1 << 20  # a group's planned checks with their settings: a few KiB
+
+
+@dataclass(frozen=True)
+class Member:
+    """One probe process of the pool: its group, its pid, and the run's end of its socket."""
+
+    group: str
+    pid: int
+    control: int  # SOCK_SEQPACKET: one request per message, the reply pipe attached
+
+
+# In a run the pool was lent to: group -> member (set in the agent's worker), and the
+# descriptor whose closing gives them back.
+_lent: dict[str, Member] = {}
+_lease: list[int] = []
+
+
+def use(members: Iterable[Member], lease: int | None) -> None:
+    """This run may ask these members (the agent's worker, before the run starts) until
+    it gives them back (`give_back`, or its exit)."""
+    _lent.clear()
+    _lent.update((member.group, member) for member in members)
+    _lease[:] = [] if lease is None else [lease]
+
+
+def give_back() -> None:
+    """The run is over: the agent may lend the members to the next one."""
+    while _lease:
+        with contextlib.suppress(OSError):
+            os.close(_lease.pop())
+
+
+def lent() -> dict[str, Member]:
+    return dict(_lent)
+
+
+def lent_fds() -> tuple[int, ...]:
+    """The descriptors a run's own child must keep to use the lent members."""
+    return tuple(member.control for member in _lent.values())
+
+
+def ask(member: Member, planned: list[Any], memory_limit_mb: int, context: dict[str, Any]) -> int:
+    """Send `member` a group's planned checks; the read end of the pipe its frames will
+    come on. OSError when the member cannot take it (gone): the run forks the group."""
+    read_fd, write_fd = isolate.pipe()
+    try:
+        request = pickle.dumps((planned, memory_limit_mb, context), pickle.HIGHEST_PROTOCOL)
+        if len(request) > MAX_REQUEST:
+            raise OSError(f"request of {len(request)} bytes is over {MAX_REQUEST}")
+        control = socket.socket(fileno=member.control)
+        try:
+            control.setblocking(False)  # a member's queue is never full; a full one is gone
+            socket.send_fds(control, [request], [write_fd])
+        finally:
+            control.detach()  # the descriptor stays the pool's
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+class ProbePool:
+    """In the agent: the members, who has them, and their replacements."""
+
+    def __init__(self, groups: Iterable[str]) -> None:
+        self.members: dict[str, Member] = {}
+        self._lease: int | None = None  # read end: at EOF once the borrower gave them back
+        for group in sorted(set(groups)):
+            self._spawn(group)
+
+    def _spawn(self, group: str) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = isolate.fork_detached(keep_fd=theirs.fileno())
+        except OSError:
+            ours.close()
+            theirs.close()
+            return  # no member for this group: its runs fork the group
+        if pid == 0:
+            code = 0
+            try:
+                serve(theirs)
+            except BaseException:
+                code = 70
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.members[group] = Member(group, pid, ours.detach())
+
+    def lend(self) -> tuple[list[Member], int | None]:
+        """The members for the next run, and the lease its worker holds while it uses them
+        (closing it, or exiting, gives them back); none while another run has them."""
+        if self._lease is not None:
+            ready, _, _ = select.select([self._lease], [], [], 0)
+            if not ready:
+                return [], None
+            os.close(self._lease)
+        self._lease, lease = isolate.pipe()
+        return list(self.members.values()), lease
+
+    def settle(self, pid: int) -> None:
+        """A child of the agent has ended: a member that died (killed by a run for hanging,
+        or crashed) is replaced."""
+        for group, member in list(self.members.items()):
+            if member.pid == pid:
+                os.close(member.control)
+                del self.members[group]
+                self._spawn(group)
+
+    def forget_lease(self) -> None:
+        """In a forked worker: the lease's read end is the agent's, not ours."""
+        if self._lease is not None:
+            os.close(self._lease)
+            self._lease = None
+
+    def pids(self) -> set[int]:
+        return {member.pid for member in self.members.values()}
+
+    def close(self) -> None:
+        """Let every member go (each exits when its socket ends), and end any still busy."""
+        if self._lease is not None:
+            os.close(self._lease)
+            self._lease = None
+        for member in self.members.values():
+            with contextlib.suppress(OSError):
+                os.close(member.control)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(member.pid, signal.SIGKILL)
+        self.members.clear()
+
+
+def serve(control: socket.socket) -> None:
+    """A member's life: one request at a time, until the agent's end of the socket closes
+    (the agent stopped: members also die with it)."""
+    import faulthandler
+
+    from nodecheck.probes import kernlog
+
+    faulthandler.disable()  # a crash is reported by the run, not into /dev/null
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    kernlog.follow_here()  # a long-lived process reads the kernel log as it grows
+    while True:
+        message, fds, _flags, _addr = socket.recv_fds(control, MAX_REQUEST, 1)
+        if not message and not fds:
+            return
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        try:
+            _run_request(message, fds[0])
+        except OSError:
+            pass  # the run has gone (its pipe broke): wait for the next one
+        finally:
+            os.close(fds[0])
+
+
+def _run_request(message: bytes, reply: int) -> None:
+    from nodecheck.probes import kernlog, nvml
+    from nodecheck.run import runner
+    from nodecheck.store import state
+
+    planned, memory_limit_mb, context = pickle.loads(message)  # noqa: S301 (our own run)
+    runner.limit_memory(memory_limit_mb)
+    state.set_run_deadline(context["deadline"])
+    state.reset_responsive(context["responsive"])
+    nvml.clear_cache()
+    kernlog.catch_up()
+    runner.run_group(reply, planned)
+
+
+def run_context() -> dict[str, Any]:
+    """What a run has set that its probe processes act on: a forked child inherits it, a
+    member is told with every request."""
+    from nodecheck.store import state
+
+    return {"deadline": state.run_deadline(), "responsive": state.known_responsive()}
