@@ -1,4 +1,4 @@
-.PHONY: install test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm test-slurm-releases wheel deb test-deb
+.PHONY: install client test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm test-slurm-releases wheel deb test-deb
 
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
@@ -12,6 +12,14 @@ install:
 	bash tools/install-system-deps.sh
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q -e '.[dev,active]'
+	$(MAKE) client
+
+# The agent's compiled client (nodecheck/entry/agent_client.c; docs/agent.md), next to the
+# Python one, where the entrypoints look for it. The Debian package builds its own.
+CLIENT_CFLAGS ?= -O2 -Wall -Wextra -Werror -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+CLIENT_LDFLAGS ?= -pie -Wl,-z,relro,-z,now
+client:
+	$(CC) $(CLIENT_CFLAGS) $(CLIENT_LDFLAGS) -o nodecheck/entry/agent-client nodecheck/entry/agent_client.c
 
 # Unit tests, then integration tests against a throw-away Slurm started by the tests.
 test:

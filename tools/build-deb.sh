@@ -12,7 +12,7 @@ OUT=$REPO/dist
 log() { printf '[build-deb] %s\n' "$*" >&2; }
 
 missing=""
-for pkg in debhelper dh-virtualenv dpkg-dev python3-venv; do
+for pkg in debhelper dh-virtualenv dpkg-dev python3-venv gcc libc6-dev; do
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] \
     || missing="$missing $pkg"
 done
@@ -27,7 +27,7 @@ mkdir -p "$WORK/src" "$OUT"
 
 t0=$(date +%s)
 # -d: the build dependencies are checked above (dpkg-checkbuilddeps would also demand
-# build-essential, i.e. a C compiler, which nothing here uses).
+# build-essential; the agent's client needs only gcc and libc6-dev of it).
 (cd "$WORK/src" && dpkg-buildpackage -b -us -uc -d) >"$WORK/build.log" 2>&1 \
   || { tail -n 40 "$WORK/build.log" >&2; log "ERROR: dpkg-buildpackage failed (log: $WORK/build.log)"; exit 1; }
 version=$(cd "$WORK/src" && dpkg-parsechangelog -S Version)

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the system packages the developer set-up needs (Debian/Ubuntu): what the tests
-# run (Slurm, munge, Alertmanager, slurmdbd with MariaDB) and the packaging tools of `make deb` / `make test-deb`.
+# run (Slurm, munge, Alertmanager, slurmdbd with MariaDB), the packaging tools of `make deb` / `make test-deb`,
+# and a C compiler for the agent's client (`make client`).
 # Idempotent: does nothing (and touches no network) when everything is already installed.
 set -eu
 
@@ -9,7 +10,7 @@ set -eu
 PACKAGES="slurmctld slurmd slurm-client munge iproute2 procps prometheus-alertmanager
           prometheus-node-exporter prometheus
           slurmdbd mariadb-server
-          python3-venv debhelper dh-virtualenv dpkg-dev debootstrap"
+          python3-venv debhelper dh-virtualenv dpkg-dev debootstrap gcc libc6-dev"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install-system-deps.sh: must run as root (it installs Debian packages)" >&2

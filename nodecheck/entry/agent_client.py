@@ -1,25 +1,27 @@
 """Hand one hook run to the nodecheck agent; run it in this process if the agent cannot.
 
-Run by the prolog/epilog/health entrypoints, only when the agent's socket exists, as
-`python -I -S .../agent_client.py --socket PATH PHASE`. `-S` (no site-packages) keeps
-this process at the cost of a bare interpreter: it imports nothing that the interpreter
-has not loaded already at startup (not even json or struct, which pull in `re` and cost
-more than the rest of this client), and never imports nodecheck (docs/agent.md).
+The reference of the client's protocol, and the client the entrypoints run where the
+compiled one (agent_client.c, built by `make install` and the Debian package) is not
+there: `python -I -S .../agent_client.py --socket PATH PHASE`, only when the agent's socket
+exists. `-S` (no site-packages) keeps this process at the cost of a bare interpreter: it
+imports nothing that the interpreter has not loaded already at startup (not even json or
+struct, which pull in `re` and cost more than the rest of this client), and never imports
+nodecheck (docs/agent.md).
 
 It connects to the agent, checks that the agent runs as our own user (root), waits for
 the forked worker's "ready", sends the phase and this process's environment with our
 stdout/stderr (SCM_RIGHTS), so the worker logs to slurmd exactly as an in-process run
 would, and exits with the worker's exit code. If anything fails before the worker says it
 started, or the worker ends without an exit code, it replaces itself with the in-process
-run (`python -I -m nodecheck hook PHASE`): the agent can make a job start faster, never
-less safe.
+run (`python -I -m nodecheck hook PHASE`), telling it why in NODECHECK_AGENT_UNAVAILABLE
+(the hook logs it as agent_unavailable): the agent can make a job start faster, never less
+safe.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import time
 from _socket import (
     AF_UNIX,
     SCM_RIGHTS,
@@ -36,24 +38,12 @@ CONNECT_TIMEOUT_S = 1.0
 # for this long is hung (stopped, stuck), and waiting on it would hang the job start.
 STARTED_TIMEOUT_S = 3.0
 MAX_REPLY = 4096
+# How a client that falls back tells the in-process run why (nodecheck.entry.hook logs it).
+UNAVAILABLE_ENV = "NODECHECK_AGENT_UNAVAILABLE"
 
 
 class AgentUnavailable(Exception):
     """Nothing ran in the agent: the in-process run takes over."""
-
-
-def _note(event: str, **fields: object) -> None:
-    """One JSON log line on stderr, in nodecheck's log format (slurmd keeps it)."""
-    import json  # only on this rare path: its import costs more than the whole client
-
-    now = time.time()
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-    line = {"event": event, **fields, "level": "warning", "timestamp": stamp}
-    try:
-        sys.stderr.write(json.dumps(line, default=str) + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def peer_credentials(sock: socket) -> tuple[int, int]:
@@ -146,9 +136,11 @@ def parse_reply(reply: str) -> int:
     raise AgentUnavailable("the agent's worker ended without an exit code")
 
 
-def run_here(phase: str) -> None:
-    """Become the in-process run (does not return)."""
+def run_here(phase: str, why: str) -> None:
+    """Become the in-process run, telling it why the agent could not serve (does not
+    return)."""
     python = sys.executable or "/usr/bin/python3"
+    os.environ[UNAVAILABLE_ENV] = why
     os.execv(python, [python, "-I", "-m", "nodecheck", "hook", phase])  # noqa: S606 (argv list)
 
 
@@ -160,8 +152,7 @@ def main(argv: list[str]) -> int:
     try:
         return run_in_agent(path, phase)
     except AgentUnavailable as exc:
-        _note("agent_unavailable", socket=path, phase=phase, error=str(exc), fallback="in-process")
-    run_here(phase)
+        run_here(phase, str(exc))
     return 2  # not reached
 
 

@@ -9,8 +9,10 @@
 # run something from the cwd).
 #
 # The run goes to the nodecheck agent when its socket exists ($NODECHECK_AGENT_SOCKET if
-# absolute, else /run/nodecheck/agent.sock; docs/agent.md); the client falls back to the
-# in-process run by itself. Without a socket the hook runs in-process directly.
+# absolute, else /run/nodecheck/agent.sock; docs/agent.md), through the compiled client
+# (agent-client, built from agent_client.c) where it was built, else the Python one; either
+# falls back to the in-process run by itself. Without a socket the hook runs in-process
+# directly.
 nodecheck_hook() {
     phase=$1
     python=$here/python3
@@ -24,6 +26,9 @@ nodecheck_hook() {
     /*) sock=$NODECHECK_AGENT_SOCKET ;;
     esac
     if [ -S "$sock" ]; then
+        if [ -f "$entry/agent-client" ] && [ -x "$entry/agent-client" ]; then
+            exec "$entry/agent-client" --socket "$sock" --python "$python" "$phase"
+        fi
         exec "$python" -I -S "$entry/agent_client.py" --socket "$sock" "$phase"
     fi
     exec "$python" -I -m nodecheck hook "$phase"

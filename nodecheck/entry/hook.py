@@ -80,6 +80,7 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     problem = "; ".join(filter(None, (look.log_dir_problem, problem)))
     if problem:
         get_logger().warning("log_file_unusable", problem=problem)
+    _say_why_not_the_agent(env, args.phase)
     try:
         out = execute(
             RunRequest(
@@ -103,6 +104,20 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     if out.action_taken == "disabled" and args.phase == "health":
         _metrics_while_disabled(salvaged, out.node)
     return out.verdict.exit_code
+
+
+def _say_why_not_the_agent(env: Mapping[str, str], phase: str) -> None:
+    """A client that could not hand this run to the agent says why (agent_client); it is
+    logged like every other line of the run. Only a log line: nothing else reads it."""
+    from nodecheck.entry.agent_client import UNAVAILABLE_ENV
+    from nodecheck.log import get_logger
+
+    why = env.get(UNAVAILABLE_ENV)
+    if why:
+        socket = env.get("NODECHECK_AGENT_SOCKET") or "/run/nodecheck/agent.sock"
+        get_logger().warning(
+            "agent_unavailable", socket=socket, phase=phase, error=why, fallback="in-process"
+        )
 
 
 def _valid_config(explicit: str | None, env: Mapping[str, str], read: ConfigRead) -> Config | None:

@@ -18,6 +18,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,45 @@ def gather(deb: str, facts: dict[str, Any]) -> None:
             "stderr": health.stderr[-3000:],
             "node": cluster.node_state("n2"),
         }
+        facts["agent"] = served_by_the_agent()
     facts["state_dirs"] = {node: path_facts(f"/var/lib/nodecheck/{node}") for node in ("n1", "n2")}
+
+
+def served_by_the_agent() -> dict[str, Any]:
+    """The package's agent (`nodecheck agent`, as its unit starts it) serves a health run
+    handed over by the package's compiled client."""
+    clients = sorted(
+        Path("/opt/nodecheck/venv/lib").glob("python3*/site-packages/nodecheck/entry/agent-client")
+    )
+    found: dict[str, Any] = {"client": path_facts(str(clients[0])) if clients else None}
+    sock, log = "/run/nodecheck/agent.sock", Path("/tmp/nodecheck-agent.log")
+    with log.open("w") as err:
+        agent = subprocess.Popen(
+            ["/usr/sbin/nodecheck", "agent", "--socket", sock],
+            env=CLEAN_ENV,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "agent_ready" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        run = subprocess.run(
+            ["/usr/lib/nodecheck/health"],
+            env={"SLURMD_NODENAME": "n2", "NODECHECK_AGENT_SOCKET": sock},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        found.update(rc=run.returncode, stderr=run.stderr[-3000:])
+    finally:
+        agent.terminate()
+        agent.wait(60)
+    found["log"] = log.read_text()[-3000:]
+    return found
 
 
 def main() -> int:

@@ -128,3 +128,11 @@ def test_the_package_health_program_resumes_its_own_drain_once_fixed(facts):
     lines = [json.loads(x) for x in health["stderr"].splitlines() if x.startswith("{")]
     resume = [e for e in lines if e["event"] == "resume"]
     assert [e["result"] for e in resume] == ["resumed"], health["stderr"]
+
+
+def test_the_package_agent_serves_a_run_through_the_compiled_client(facts):
+    agent = facts["agent"]
+    assert agent["client"] and agent["client"]["executable"], agent
+    assert agent["rc"] == 0, agent
+    assert '"agent_unavailable"' not in agent["stderr"], agent["stderr"]
+    assert '"agent_run"' in agent["log"] and '"phase": "health"' in agent["log"], agent["log"]

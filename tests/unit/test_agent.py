@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -221,20 +222,126 @@ def test_hung_agent_means_an_in_process_run_not_a_hung_job_start(tmp_path):
     assert named(out.stderr, "verdict")
 
 
-def test_other_users_cannot_reach_the_agent(agent, tmp_path):
-    client = REPO / "nodecheck" / "entry" / "agent_client.py"
-    probe = (  # imports first: this interpreter's stdlib may be unreadable to nobody
-        f"import sys; sys.path.insert(0, {str(client.parent)!r}); import agent_client as c; "
-        "import json, os; os.setgid(65534); os.setuid(65534); "
-        "c.run_here = lambda phase: sys.exit(99); "
-        f"sys.exit(c.main(['--socket', {str(agent.sock)!r}, 'prolog']))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", probe], capture_output=True, text=True, timeout=30
-    )
-    assert out.returncode == 99, out.stderr  # fell back to the in-process run (stubbed)
-    [why] = named(out.stderr, "agent_unavailable")
-    assert "Permission denied" in why["error"]
+CLIENT_SOURCE = REPO / "nodecheck" / "entry" / "agent_client.py"
+COMPILED_CLIENT = REPO / "nodecheck" / "entry" / "agent-client"
+
+
+@pytest.fixture(params=["compiled", "python"])
+def client(request, tmp_path):
+    """Each client run on its own, the way the entrypoint starts it: a function that runs
+    it against a socket and returns (exit code, why it fell back or None, stderr). The
+    in-process run it falls back to is replaced by a stand-in that reports why and exits
+    99 (the compiled client's --python; the Python client's run_here)."""
+    if request.param == "compiled" and not COMPILED_CLIENT.exists():
+        pytest.skip("the compiled client is not built here (make client)")
+    stand_in = tmp_path / "python-stand-in"
+    stand_in.write_text('#!/bin/sh\necho "FALLBACK $NODECHECK_AGENT_UNAVAILABLE" >&2\nexit 99\n')
+    stand_in.chmod(0o755)
+
+    # Where another user can run them from (the test's own tmp_path is root's only).
+    shared = Path(tempfile.mkdtemp(prefix="nodecheck-client-"))
+    shared.chmod(0o755)
+    for path in (COMPILED_CLIENT, stand_in):
+        if path.exists():
+            shutil.copy2(path, shared / path.name)
+
+    def run(sock: Path, phase: str = "prolog", env: dict | None = None, user: int | None = None):
+        as_user = {"user": user, "group": user} if user is not None else {}
+        if request.param == "compiled":
+            where = shared if user is not None else COMPILED_CLIENT.parent
+            argv = [
+                str(where / COMPILED_CLIENT.name),
+                *("--socket", str(sock), "--python", str(shared / stand_in.name), phase),
+            ]
+        else:
+            drop = f"os.setgid({user}); os.setuid({user}); " if user is not None else ""
+            as_user = {}  # the interpreter itself may be unreadable to that user: drop inside
+            probe = (  # imports first, then the user
+                f"import os, sys; sys.path.insert(0, {str(CLIENT_SOURCE.parent)!r}); "
+                f"import agent_client as c; {drop}"
+                "c.run_here = lambda phase, why: (print('FALLBACK', why, file=sys.stderr), "
+                "sys.exit(99)); "
+                f"sys.exit(c.main(['--socket', {str(sock)!r}, {phase!r}]))"
+            )
+            argv = [sys.executable, "-I", "-S", "-c", probe]
+        out = subprocess.run(
+            argv, env=env or {}, capture_output=True, text=True, timeout=30, cwd="/", **as_user
+        )
+        fallback = [ln for ln in out.stderr.splitlines() if ln.startswith("FALLBACK ")]
+        why = fallback[0][len("FALLBACK ") :] if fallback else None
+        return out.returncode, why, out.stderr
+
+    yield run
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_each_client_hands_the_run_to_the_agent(agent, tmp_path, client):
+    cfg = write_config(tmp_path, '[checks."host.mounts"]\nrequired = ["/"]\n')
+    env = {"SLURMD_NODENAME": "n1", "SLURM_JOB_ID": "61", "NODECHECK_CONFIG": str(cfg)}
+    code, why, stderr = client(agent.sock, env=env)
+    assert (code, why) == (0, None), stderr
+    [verdict] = named(stderr, "verdict")  # the worker logged to the client's stderr
+    assert (verdict["status"], verdict["job"]) == ("PASS", 61)
+    failing = write_config(tmp_path, '[checks."host.mounts"]\nrequired = ["/nope"]\n')
+    code, why, stderr = client(agent.sock, "health", {**env, "NODECHECK_CONFIG": str(failing)})
+    assert (code, why) == (1, None), stderr  # the worker's exit code, passed on
+
+
+def test_each_client_falls_back_when_nobody_listens(tmp_path, client):
+    sock = tmp_path / "agent.sock"
+    left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    left.bind(str(sock))  # a socket file nobody listens on: what a killed agent leaves
+    left.close()
+    code, why, stderr = client(sock)
+    assert code == 99, stderr
+    assert why.startswith(f"cannot connect to {sock}: ") and "Connection refused" in why
+
+
+def test_each_client_falls_back_when_the_agent_says_nothing(tmp_path, client):
+    sock = tmp_path / "agent.sock"
+    frozen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    frozen.bind(str(sock))
+    frozen.listen(8)  # connections queue up, nobody accepts: a stopped or stuck agent
+    try:
+        code, why, stderr = client(sock)
+    finally:
+        frozen.close()
+    assert (code, why) == (99, "no answer from the agent within 3 s"), stderr
+
+
+def test_each_client_falls_back_when_the_worker_gives_no_exit_code(tmp_path, client):
+    """A worker that dies after "started" (killed, crashed): the run happens in-process."""
+    sock = tmp_path / "agent.sock"
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fake.bind(str(sock))
+    fake.listen(1)
+
+    def serve_once():
+        conn, _ = fake.accept()
+        with conn:
+            conn.sendall(b"ready\n")
+            data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            for fd in fds:
+                os.close(fd)
+            assert data.startswith(b"nodecheck-agent/1\0prolog\0")
+            conn.sendall(b"started\n")  # and then nothing: the worker is gone
+
+    import threading
+
+    server = threading.Thread(target=serve_once, daemon=True)
+    server.start()
+    try:
+        code, why, stderr = client(sock, env={"A": "b"})
+    finally:
+        server.join(10)
+        fake.close()
+    assert (code, why) == (99, "the agent's worker ended without an exit code"), stderr
+
+
+def test_other_users_cannot_reach_the_agent(agent, client):
+    code, why, stderr = client(agent.sock, user=65534)  # nobody
+    assert code == 99, stderr  # fell back to the in-process run (the stand-in)
+    assert "Permission denied" in why
     assert not named(agent.text(), "agent_run")
 
 
