@@ -128,11 +128,11 @@ def _run_child(run: Callable[[], int], channel: int) -> None:
         sys.stderr.flush()
     finally:
         # A thread of the run may be stuck in the kernel (the first look at a hung
-        # filesystem): the process then cannot end, and its descriptors would stay open
-        # with it. The keeper learns the exit code here and sees the output end now.
+        # filesystem): the process then cannot end, and its descriptors (the keeper's
+        # pipes, the log file) would stay open with it. The keeper learns the exit code
+        # here and sees the output end now.
         report("exit", code)
-        os.closerange(0, 3)
-        os.close(channel)
+        os.closerange(0, os.sysconf("SC_OPEN_MAX"))
         os._exit(code)
 
 
