@@ -200,6 +200,16 @@ def import_times(python: Path, env: dict[str, str], runs: int) -> dict[str, tupl
     }
 
 
+def pool_of(agent_log: Path) -> list[str]:
+    """The probe groups the bench's agent keeps (its agent_ready line)."""
+    import json
+
+    for line in agent_log.read_text().splitlines():
+        if '"agent_ready"' in line:
+            return json.loads(line).get("probe_pool", [])
+    return []
+
+
 def machine() -> str:
     model = "unknown CPU"
     try:
@@ -314,6 +324,16 @@ def main() -> int:
         print("nodecheck bench (figures only; lower is better)")
         print(f"machine: {machine()}")
         print(f"python:  {python} ({platform.python_version()})")
+        compiled = REPO / "nodecheck" / "entry" / "agent-client"
+        print(
+            "agent client: "
+            + (
+                "compiled (nodecheck/entry/agent-client)"
+                if compiled.exists()
+                else "agent_client.py"
+            )
+            + f"; agent probe pool: {', '.join(pool_of(work / 'agent.log'))}"
+        )
         families = {c.split(".")[0] for c in checks}
         print(f"checks registered: {len(checks)} ({', '.join(sorted(families))})")
         hv = verdicts.get("healthy", {})

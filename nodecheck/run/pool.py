@@ -18,9 +18,9 @@ What isolates a probe stays as it was:
 - each request carries a pipe of the run's own for the results (SCM_RIGHTS on a
   SOCK_SEQPACKET pair, one message per request), so nothing a member wrote for an earlier
   run, one that was killed halfway, can reach a later one;
-- what a run sets in its probe processes is set again for every request (the run's
-  deadline, what the first look learnt about the state directory, the memory limit), and
-  the per-process NVML snapshot is dropped, so every run reads the GPUs afresh.
+- what a run sets in its probe processes is set again for every request (its environment,
+  its deadline, what the first look learnt about the state directory, the memory limit),
+  and the per-process NVML snapshot is dropped, so every run reads the GPUs afresh.
 
 A run that finds no member for a group, or a member gone, forks the group's child as
 without the agent.
@@ -209,6 +209,8 @@ def _run_request(message: bytes, reply: int) -> None:
 
     planned, memory_limit_mb, context = pickle.loads(message)  # noqa: S301 (our own run)
     runner.limit_memory(memory_limit_mb)
+    os.environ.clear()
+    os.environ.update(context["environ"])
     state.set_run_deadline(context["deadline"])
     state.reset_responsive(context["responsive"])
     nvml.clear_cache()
@@ -221,4 +223,8 @@ def run_context() -> dict[str, Any]:
     member is told with every request."""
     from nodecheck.store import state
 
-    return {"deadline": state.run_deadline(), "responsive": state.known_responsive()}
+    return {
+        "environ": dict(os.environ),
+        "deadline": state.run_deadline(),
+        "responsive": state.known_responsive(),
+    }

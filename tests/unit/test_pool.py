@@ -2,7 +2,7 @@
 the pool gets what a forked probe child would have given it, forks nothing, and keeps every
 isolation a forked child had: a member that hangs is killed and replaced, one that dies
 costs only its own group, and nothing of an earlier run (a run that went away halfway, its
-deadline, its memory limit, its NVML snapshot) reaches a later one."""
+environment, deadline, memory limit, NVML snapshot) reaches a later one."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def slow(ctx):
 def what_the_run_set(ctx):
     limit = resource.getrlimit(resource.RLIMIT_AS)[0]
     values = {
+        "environ": os.environ.get("NODECHECK_POOL_TEST"),
         "deadline": state.run_deadline(),
         "responsive": {str(k): v for k, v in state.known_responsive().items()},
         "limit": None if limit == resource.RLIM_INFINITY else limit,
@@ -154,11 +155,15 @@ def test_a_member_that_dies_costs_only_its_own_group(probes):
     assert r.status is Status.PASS
 
 
-def test_what_a_run_sets_reaches_the_member_afresh_with_every_request(probes, tmp_path):
+def test_what_a_run_sets_reaches_the_member_afresh_with_every_request(
+    probes, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("NODECHECK_POOL_TEST", "first run")
     state.set_run_deadline(time.monotonic() + 30)
     state.reset_responsive({tmp_path / "a": None, tmp_path / "b": "no answer within 1.0s"})
     try:
         [first] = run_checks([plan("p.context")], budget_s=5, memory_limit_mb=512)
+        assert first.values["environ"] == "first run"
         assert first.values["deadline"] == state.run_deadline()
         assert first.values["responsive"] == {
             str(tmp_path / "a"): None,
@@ -168,9 +173,11 @@ def test_what_a_run_sets_reaches_the_member_afresh_with_every_request(probes, tm
         assert first.values["nvml_cached"] == 0
         # The next run: another deadline, nothing known of b, no memory limit, and none of
         # the NVML snapshot the first run left behind.
+        monkeypatch.delenv("NODECHECK_POOL_TEST")
         state.set_run_deadline(time.monotonic() + 60)
         state.reset_responsive({tmp_path / "a": None})
         [second] = run_checks([plan("p.context")], budget_s=5, memory_limit_mb=0)
+        assert second.values["environ"] is None
         assert second.values["deadline"] == state.run_deadline()
         assert second.values["responsive"] == {str(tmp_path / "a"): None}
         assert second.values["limit"] is None
