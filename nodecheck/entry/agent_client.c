@@ -74,11 +74,12 @@ static void set_timeout(int fd, int seconds)
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
-/* Read into buf (NUL-terminated, at most MAX_REPLY - 1 bytes) until a newline or EOF;
- * returns the bytes read. A silent agent is a hung one: give up after the timeout. */
-static size_t read_line(int fd, char *buf, size_t have)
+/* Read on into buf (NUL-terminated, at most MAX_REPLY - 1 bytes in all) until a newline,
+ * or with to_eof until the end; returns the bytes it holds. A silent agent is a hung one:
+ * give up after the socket's timeout. */
+static size_t read_more(int fd, char *buf, size_t have, int to_eof)
 {
-    while (have < MAX_REPLY - 1 && !memchr(buf, '\n', have)) {
+    while (have < MAX_REPLY - 1 && (to_eof || !memchr(buf, '\n', have))) {
         ssize_t got = recv(fd, buf + have, MAX_REPLY - 1 - have, 0);
         if (got < 0 && errno == EINTR)
             continue;
@@ -202,7 +203,7 @@ int main(int argc, char **argv)
      * agent that never accepts would keep slurmd's pipes open after we are gone. */
     char reply[MAX_REPLY];
     set_timeout(fd, STARTED_TIMEOUT_S);
-    size_t have = read_line(fd, reply, 0);
+    size_t have = read_more(fd, reply, 0, 0);
     if (strncmp(reply, "ready\n", 6) != 0) {
         reply[strcspn(reply, "\n")] = '\0';
         give_up("agent refused the run", have ? reply : "the agent closed the connection");
@@ -213,24 +214,14 @@ int main(int argc, char **argv)
     free(request);
     shutdown(fd, SHUT_WR); /* the request is complete */
 
-    have = read_line(fd, reply, 0);
+    have = read_more(fd, reply, 0, 0);
     if (strncmp(reply, "started\n", 8) != 0) {
         reply[strcspn(reply, "\n")] = '\0';
         give_up("agent refused the run", have ? reply : "the agent closed the connection");
     }
     /* From "started" on, the worker's own deadlines bound the run, as in-process. */
     set_timeout(fd, 0);
-    while (have < MAX_REPLY - 1) {
-        ssize_t got = recv(fd, reply + have, MAX_REPLY - 1 - have, 0);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0)
-            give_up("lost the agent", strerror(errno));
-        if (got == 0)
-            break;
-        have += (size_t)got;
-    }
-    reply[have] = '\0';
+    read_more(fd, reply, have, 1);
     close(fd);
     int code = exit_code(reply);
     if (code < 0)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from nodecheck.checks.context import CheckContext, JobInfo, NodeSettings
 from nodecheck.checks.registry import ALL_PHASES, Check
-from nodecheck.run.results import CheckResult
+from nodecheck.run import progress
+from nodecheck.run.results import CheckResult, Status
 
 NVML_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
 
@@ -57,3 +61,23 @@ def make_check(
 
 def options_of(check: Check, **overrides: Any) -> dict[str, Any]:
     return {name: overrides.get(name, opt.default) for name, opt in check.options.items()}
+
+
+# Probe stand-ins for the runner's tests (module level: a probe-pool member gets them by name).
+HANG_S = 3600
+
+
+def hangs(ctx: CheckContext) -> Iterable[CheckResult]:
+    progress.note("nvmlDeviceGetRemappedRows gpu3")
+    time.sleep(HANG_S)
+    yield CheckResult("t.hang", Status.PASS, "never")
+
+
+def raises(ctx: CheckContext) -> Iterable[CheckResult]:
+    raise ValueError("bad parse of 'x'")
+    yield  # pragma: no cover
+
+
+def dies(ctx: CheckContext) -> Iterable[CheckResult]:
+    os.kill(os.getpid(), signal.SIGSEGV)
+    yield  # pragma: no cover

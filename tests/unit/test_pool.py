@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_check, make_ctx
+from helpers import dies, hangs, make_check, make_ctx, raises
 
 from nodecheck.probes import nvml
-from nodecheck.run import pool, progress, runner
+from nodecheck.run import pool, runner
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 from nodecheck.store import state
@@ -26,22 +26,6 @@ REPLAY = Path(__file__).parents[1] / "fixtures" / "nvml" / "h100-healthy.json"
 
 def passing(ctx):
     yield CheckResult("p.pass", Status.PASS, f"pid {os.getpid()}", values={"pid": os.getpid()})
-
-
-def hangs(ctx):
-    progress.note("nvmlDeviceGetRemappedRows gpu3")
-    time.sleep(3600)
-    yield CheckResult("p.hang", Status.PASS, "never")
-
-
-def raises(ctx):
-    raise ValueError("bad parse")
-    yield  # pragma: no cover
-
-
-def dies(ctx):
-    os.kill(os.getpid(), signal.SIGSEGV)
-    yield  # pragma: no cover
 
 
 def slow(ctx):

@@ -1,14 +1,12 @@
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from helpers import make_check, make_ctx
+from helpers import HANG_S, dies, hangs, make_check, make_ctx, raises
 
-from nodecheck.run import progress
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 
@@ -21,28 +19,9 @@ def passing(ctx):
     yield CheckResult("t.pass", Status.PASS, "fine", component="gpu0")
 
 
-HANG_S = 3600
-
-
-def hangs(ctx):
-    progress.note("nvmlDeviceGetRemappedRows gpu3")
-    time.sleep(HANG_S)
-    yield CheckResult("t.hang", Status.PASS, "never")
-
-
 def hung_after(result: CheckResult) -> float:
     """The seconds a 'probe hung after Xs in ...' message reports (the runner's account)."""
     return float(result.message.split("after ", 1)[1].split("s", 1)[0])
-
-
-def raises(ctx):
-    raise ValueError("bad parse of 'x'")
-    yield  # pragma: no cover
-
-
-def dies(ctx):
-    os.kill(os.getpid(), signal.SIGSEGV)
-    yield  # pragma: no cover
 
 
 def eats_memory(ctx):
