@@ -158,9 +158,6 @@ class ProbePool:
             os.close(self._lease)
             self._lease = None
 
-    def pids(self) -> set[int]:
-        return {member.pid for member in self.members.values()}
-
     def close(self) -> None:
         """Let every member go (each exits when its socket ends), and end any still busy."""
         if self._lease is not None:
