@@ -61,7 +61,11 @@ def read_kernel_log(path: Path, keep: tuple[str, ...] | None = None) -> KernelLo
     device followed by this process (or the one that forked it) is not read again: its
     records up to the last catch_up are."""
     if _followed is not None and _followed.path == Path(path) and _followed.keep == keep:
-        return _followed.log()
+        if _adopt_on_read:
+            _following_here()
+        catch_up()  # only where it was opened: a run forked from it keeps its copy
+        if _followed is not None:
+            return _followed.log()
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
@@ -195,6 +199,9 @@ def _read_one(fd: int) -> int | None:
 
 
 _followed: KmsgFollower | None = None
+# In a long-lived process forked from the follower's (follow_here): follow the device with
+# a descriptor of its own, from the first read on.
+_adopt_on_read = False
 
 
 def follow(path: Path, keep: tuple[str, ...]) -> None:
@@ -207,8 +214,15 @@ def follow(path: Path, keep: tuple[str, ...]) -> None:
 
 def follow_here() -> None:
     """In a long-lived process forked from the one that follows the device (the agent's
-    probe pool, nodecheck.run.pool): follow it with a descriptor of our own from now on,
-    so that catch_up reads what is logged while this process waits for runs."""
+    probe pool, nodecheck.run.pool): from its first read of the device on, it follows it
+    with a descriptor of its own and reads what was logged since its last read, where a
+    run forked from the follower takes the log as it was at the fork. Only a process that
+    reads the log pays for its first, whole read."""
+    global _adopt_on_read
+    _adopt_on_read = True
+
+
+def _following_here() -> None:
     global _followed
     if _followed is not None and _followed.owner != os.getpid():
         try:

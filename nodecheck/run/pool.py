@@ -200,7 +200,7 @@ def serve(control: socket.socket) -> None:
 
 
 def _run_request(message: bytes, reply: int) -> None:
-    from nodecheck.probes import kernlog, nvml
+    from nodecheck.probes import nvml
     from nodecheck.run import runner
     from nodecheck.store import state
 
@@ -211,7 +211,6 @@ def _run_request(message: bytes, reply: int) -> None:
     state.set_run_deadline(context["deadline"])
     state.reset_responsive(context["responsive"])
     nvml.clear_cache()
-    kernlog.catch_up()
     runner.run_group(reply, planned)
 
 

@@ -85,10 +85,14 @@ def test_a_forked_run_sees_the_log_up_to_its_fork_without_reading_the_device(mar
 
 
 def test_read_kernel_log_takes_the_followed_device_from_memory(mark, monkeypatch):
+    """In a run forked from the follower (the agent), the log comes from memory."""
     monkeypatch.setattr(kernlog, "_followed", None)
+    monkeypatch.setattr(kernlog, "_adopt_on_read", False)
     kernlog.follow(KMSG, (mark,))
     log_line(f"{mark} seen")
     kernlog.catch_up()
+    monkeypatch.setattr(kernlog._followed, "owner", os.getppid())  # as if forked from it
+    log_line(f"{mark} after the fork")  # the next run's to see
     opened = []
     real_open = os.open
     monkeypatch.setattr(
@@ -100,3 +104,35 @@ def test_read_kernel_log_takes_the_followed_device_from_memory(mark, monkeypatch
     # Asked for other marks, or another source, the reader reads it itself.
     other = kernlog.read_kernel_log(KMSG, keep=("NVRM: Xid",))
     assert opened == [KMSG] and all(mark not in r.text for r in other.records)
+
+
+def test_a_long_lived_child_follows_the_log_itself_from_its_first_read(mark, monkeypatch):
+    """A probe-pool member (follow_here) reads what was logged after it was forked; a run
+    forked from the follower keeps the log as it was at its fork."""
+    monkeypatch.setattr(kernlog, "_followed", None)
+    monkeypatch.setattr(kernlog, "_adopt_on_read", False)
+    kernlog.follow(KMSG, (mark,))
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the member
+        code = 1
+        try:
+            os.close(read_fd)
+            kernlog.follow_here()
+            for text in ("first", "second"):
+                log_line(f"{mark} {text}")
+                seen = [r.text for r in kernlog.read_kernel_log(KMSG, keep=(mark,)).records]
+                os.write(write_fd, ("|".join(seen) + "\n").encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    reports = b""
+    while chunk := os.read(read_fd, 4096):
+        reports += chunk
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    first, second = reports.decode().splitlines()
+    assert first == f"nodecheck test: {mark} first"
+    assert second == f"nodecheck test: {mark} first|nodecheck test: {mark} second"
