@@ -112,7 +112,8 @@ def _look_at_each(
 ) -> None:
     read = read_config(explicit, env)
     answers.give("config", read)
-    config = salvage_config(explicit, env, read)
+    config = salvage_config(explicit, env, read)  # no I/O: the file is read already
+    answers.give("settings", config)  # the run takes them as they are
     looks = []
     if node is not None:
         looks.append(("state", config.state_dir_for(node)))
@@ -142,7 +143,9 @@ def _found(
     else:
         path = Path(explicit or env.get("NODECHECK_CONFIG") or DEFAULT_PATH)
         read = ConfigRead(path, True, None, f"{path}: {hung}")
-    config = salvage_config(explicit, env, read)
+    config = (
+        answers["settings"][1] if "settings" in answers else salvage_config(explicit, env, read)
+    )
     # Without a config there is no knowing where the state is: the run keeps none.
     state_dir = config.state_dir_for(node) if node is not None and not read.error else None
     state_problem = None if "state" in answers else hung
