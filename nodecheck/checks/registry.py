@@ -72,6 +72,11 @@ class Check:
     def area(self) -> str:
         return self.id.split(".", 1)[0]
 
+    @property
+    def probe_group(self) -> str:
+        """The probe process it runs in: its group's, or one of its own."""
+        return self.group or self.id
+
 
 _REGISTRY: dict[str, Check] = {}
 

@@ -27,14 +27,13 @@ import threading
 import time
 from pathlib import Path
 
-from nodecheck.entry.agent_client import REQUEST_MAGIC, peer_credentials
+from nodecheck.entry.agent_client import DEFAULT_SOCKET, REQUEST_MAGIC, peer_credentials
 from nodecheck.entry.hook import HookArgs
 from nodecheck.log import get_logger
 from nodecheck.probes import kernlog
 from nodecheck.run import pool
 from nodecheck.run.codes import HOOK_PHASES
 
-DEFAULT_SOCKET = "/run/nodecheck/agent.sock"
 MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB
 REQUEST_TIMEOUT_S = 5.0  # a client that connects and sends nothing does not hold a worker
 STOP_WAIT_S = 60.0  # on stop, how long runs in progress may take to finish
@@ -310,7 +309,7 @@ def fast_groups() -> set[str]:
     """The probe groups a hook run can ask for (the deep tier runs as Slurm jobs)."""
     from nodecheck.checks.registry import all_checks
 
-    return {chk.group or chk.id for chk in all_checks().values() if chk.tier == "fast"}
+    return {chk.probe_group for chk in all_checks().values() if chk.tier == "fast"}
 
 
 def _keep_only(probes: pool.ProbePool, lent: list[pool.Member], lease: int | None) -> None:

@@ -25,6 +25,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Check
@@ -138,12 +139,17 @@ def _fork_group(planned: list[Planned], run_deadline: float, memory_limit_mb: in
 
 
 def _ask_member(
-    member: pool.Member, planned: list[Planned], run_deadline: float, memory_limit_mb: int
+    member: pool.Member,
+    planned: list[Planned],
+    run_deadline: float,
+    memory_limit_mb: int,
+    context: dict[str, Any],
 ) -> _Child | None:
-    """The group handed to the agent's probe process for it (nodecheck.run.pool); None when
-    that member is gone (the group is forked instead)."""
+    """The group handed to the agent's probe process for it (nodecheck.run.pool), with the
+    run's context (pool.run_context); None when that member is gone (the group is forked
+    instead)."""
     try:
-        fd = pool.ask(member, planned, memory_limit_mb, pool.run_context())
+        fd = pool.ask(member, planned, memory_limit_mb, context)
     except OSError:
         return None
     return _watching(member.pid, fd, planned, run_deadline, pooled=True)
@@ -274,7 +280,7 @@ def run_checks(
     run_deadline = time.monotonic() + budget_s
     groups: dict[str, list[Planned]] = {}
     for item in planned:
-        groups.setdefault(item.check.group or item.check.id, []).append(item)
+        groups.setdefault(item.check.probe_group, []).append(item)
     results: dict[str, list[CheckResult]] = {}
     children, fork_error = _fork_all(groups, run_deadline, memory_limit_mb)
     if started is not None:
@@ -320,12 +326,13 @@ def _fork_all(
     pool, else a child forked now. When a fork fails, none and why: the children already
     started are killed first, so a run that could not start leaves no probe behind."""
     members = pool.lent()
+    context = pool.run_context() if members else {}
     children: list[_Child] = []
     try:
         for name, group in groups.items():
             limit = _group_memory_limit(group, memory_limit_mb)
             member = members.get(name)
-            child = _ask_member(member, group, run_deadline, limit) if member else None
+            child = _ask_member(member, group, run_deadline, limit, context) if member else None
             children.append(child or _fork_group(group, run_deadline, limit))
     except OSError as exc:
         for child in children:
