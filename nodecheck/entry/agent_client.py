@@ -32,6 +32,7 @@ from _socket import (
 )
 
 PHASES = ("prolog", "epilog", "health")
+DEFAULT_SOCKET = "/run/nodecheck/agent.sock"  # where the agent listens (and entrypoint.sh looks)
 REQUEST_MAGIC = b"nodecheck-agent/1"
 CONNECT_TIMEOUT_S = 1.0
 # Accepting, forking and reading the request take milliseconds; an agent that says nothing

@@ -109,12 +109,12 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
 def _say_why_not_the_agent(env: Mapping[str, str], phase: str) -> None:
     """A client that could not hand this run to the agent says why (agent_client); it is
     logged like every other line of the run. Only a log line: nothing else reads it."""
-    from nodecheck.entry.agent_client import UNAVAILABLE_ENV
+    from nodecheck.entry.agent_client import DEFAULT_SOCKET, UNAVAILABLE_ENV
     from nodecheck.log import get_logger
 
     why = env.get(UNAVAILABLE_ENV)
     if why:
-        socket = env.get("NODECHECK_AGENT_SOCKET") or "/run/nodecheck/agent.sock"
+        socket = env.get("NODECHECK_AGENT_SOCKET") or DEFAULT_SOCKET
         get_logger().warning(
             "agent_unavailable", socket=socket, phase=phase, error=why, fallback="in-process"
         )
