@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,28 @@ def log_line(text: str) -> None:
         os.write(fd, f"nodecheck test: {text}\n".encode())
     finally:
         os.close(fd)
+
+
+def in_a_child(work: Callable[[], str]) -> str:
+    """What `work` returns when run in a forked child (a run, a pool member)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_fd)
+            os.write(write_fd, work().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    said = b""
+    while chunk := os.read(read_fd, 4096):
+        said += chunk
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return said.decode()
 
 
 @pytest.fixture
@@ -56,27 +79,13 @@ def test_a_forked_run_sees_the_log_up_to_its_fork_without_reading_the_device(mar
     follower = kernlog.KmsgFollower(KMSG, (mark,))
     log_line(f"{mark} before the fork")
     follower.catch_up()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the run: sees the records read so far; its catch_up reads nothing
-        code = 1
-        try:
-            os.close(read_fd)
-            log_line(f"{mark} after the fork")
-            follower.catch_up()
-            texts = [r.text for r in follower.log().records]
-            os.write(write_fd, "\n".join(texts).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    seen_by_the_run = b""
-    while chunk := os.read(read_fd, 4096):
-        seen_by_the_run += chunk
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert seen_by_the_run.decode().splitlines() == [f"nodecheck test: {mark} before the fork"]
+
+    def the_run() -> str:  # sees the records read so far; its catch_up reads nothing
+        log_line(f"{mark} after the fork")
+        follower.catch_up()
+        return "\n".join(r.text for r in follower.log().records)
+
+    assert in_a_child(the_run).splitlines() == [f"nodecheck test: {mark} before the fork"]
     follower.catch_up()  # the follower itself reads on: the next run sees the later record
     assert [r.text for r in follower.log().records] == [
         f"nodecheck test: {mark} before the fork",
@@ -112,27 +121,16 @@ def test_a_long_lived_child_follows_the_log_itself_from_its_first_read(mark, mon
     monkeypatch.setattr(kernlog, "_followed", None)
     monkeypatch.setattr(kernlog, "_adopt_on_read", False)
     kernlog.follow(KMSG, (mark,))
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the member
-        code = 1
-        try:
-            os.close(read_fd)
-            kernlog.follow_here()
-            for text in ("first", "second"):
-                log_line(f"{mark} {text}")
-                seen = [r.text for r in kernlog.read_kernel_log(KMSG, keep=(mark,)).records]
-                os.write(write_fd, ("|".join(seen) + "\n").encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    reports = b""
-    while chunk := os.read(read_fd, 4096):
-        reports += chunk
-    os.close(read_fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    first, second = reports.decode().splitlines()
+
+    def the_member() -> str:
+        kernlog.follow_here()
+        reports = []
+        for text in ("first", "second"):
+            log_line(f"{mark} {text}")
+            seen = [r.text for r in kernlog.read_kernel_log(KMSG, keep=(mark,)).records]
+            reports.append("|".join(seen))
+        return "\n".join(reports)
+
+    first, second = in_a_child(the_member).splitlines()
     assert first == f"nodecheck test: {mark} first"
     assert second == f"nodecheck test: {mark} first|nodecheck test: {mark} second"
