@@ -74,7 +74,8 @@ def decide(
         )
 
     if failures:
-        reason = format_reason(list(failures) + list(errors), phase, job_id)
+        # nodecheck's own errors are never part of the reason: it names what the node said
+        reason = format_reason(list(failures), phase, job_id)
         failed = len({r.check_id for r in failures})  # checks, not components
         if in_job_scope is not None and not any(in_job_scope(r) for r in failures):
             return verdict(

@@ -239,7 +239,8 @@ def execute(req: RunRequest) -> RunOutcome:
         if config.hysteresis and any(r.status is Status.WARN for r in results):
             results = _hysteresis(config, nodecfg, results)
         for r in results:
-            log.info("check_result", **r.as_dict())
+            # nodecheck's own ERROR is logged loudly, with its traceback (checks.boundary)
+            (log.error if r.status is Status.ERROR else log.info)("check_result", **r.as_dict())
         verdict = decide(
             results,
             req.phase,

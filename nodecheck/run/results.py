@@ -46,6 +46,9 @@ class CheckResult:
     # For FAIL/WARN: how bad and what to do. Empty means the check's declared default.
     severity: str = ""
     remedy: str = ""
+    # An ERROR of nodecheck's own (nodecheck.checks.boundary): where it was raised, for the
+    # log; never shown in a drain reason.
+    traceback: str = ""
 
     def __post_init__(self) -> None:
         # Refused here, where the check made it, not later as a NOT NULL failure while the
@@ -64,6 +67,7 @@ class CheckResult:
             "values": self.values,
             "duration_s": round(self.duration_s, 4),
             **({"severity": self.severity, "remedy": self.remedy} if self.severity else {}),
+            **({"traceback": self.traceback} if self.traceback else {}),
         }
 
 

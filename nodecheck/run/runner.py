@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Check
 from nodecheck.run import isolate, pool, progress
@@ -75,14 +76,10 @@ def _run_one(item: Planned) -> list[CheckResult]:
             if not isinstance(r, CheckResult) or r.check_id != item.check.id:
                 raise TypeError(f"check returned {r!r}, not a CheckResult of its own id")
     except BaseException as exc:  # reported as ERROR: nodecheck's fault, not the node's
-        import traceback
-
-        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
-        msg = f"internal error: {type(exc).__name__}: {exc}{at}"
+        error = boundary.internal(item.check.id, exc)
         if isinstance(exc, StateError):  # the site's state_dir, not a bug: say which and why
-            msg = f"state unusable: {exc}"
-        results = [CheckResult(item.check.id, Status.ERROR, msg[:300])]
+            error = replace(error, message=f"state unusable: {exc}"[:300])
+        results = [error]
     took = time.monotonic() - started
     return [replace(r, duration_s=took) for r in results]
 

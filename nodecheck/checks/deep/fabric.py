@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from nodecheck import hostlist
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep.gpu import GROUP, judge, select_devices
+from nodecheck.checks.deep.gpu import GROUP, select_devices
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult, Status
@@ -68,6 +68,7 @@ def deep_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
     node's HCA port (ib.port, ib.counters), cable and switch port; `ib_write_bw` between
     it and a healthy node (deep.ibperf) confirms."""
     # Loaded here, in the probe child: torch, socket and threading stay off the hooks' path.
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import dist
     from nodecheck.probes.fabric.peers import node_address
 

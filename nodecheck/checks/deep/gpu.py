@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.checks import lazy_module
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.expected import GpuSpec, lookup, table_text
 from nodecheck.checks.registry import Option, check
@@ -27,11 +26,12 @@ from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active.device import Device
 
 # Every hook imports this module to register the deep checks; the judgement (and the
-# statistics module under it) is needed only where a deep check runs: the probe child.
-judge = lazy_module("nodecheck.checks.deep.judge")
+# statistics module under it) is imported by the check functions, in the probe process's
+# own thread, where a deep check runs.
 
 GROUP = "deep"
 MIB = 1024**2
@@ -63,6 +63,7 @@ class Selected:
 
 def select_devices(ctx: CheckContext, check_id: str) -> Selected:
     """torch, the devices, minus any GPU that runs someone's compute processes."""
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import device as active
 
     try:
@@ -98,6 +99,8 @@ def select_devices(ctx: CheckContext, check_id: str) -> Selected:
 
 def reference(ctx: CheckContext, dev: Device, figure: str, min_fraction: float) -> judge.Reference:
     """The datasheet figure `figure` of dev's model (or the `expected` option), if any."""
+    from nodecheck.checks.deep import judge
+
     override = float(ctx.options.get("expected", 0) or 0)
     spec: GpuSpec | None = lookup(dev.name)
     median_fraction = float(ctx.options.get("median_fraction", 0.8))
@@ -154,6 +157,7 @@ def deep_gemm(ctx: CheckContext) -> Iterator[CheckResult]:
     datasheet figure is throttling (power, clocks, thermals), has a degraded tensor-core
     path, or sits on a board that starves it. Fix: `nvidia-smi -q -d PERFORMANCE` for
     throttle reasons, check cooling and power capping; a GPU that stays slow is an RMA."""
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import gemm
 
     chosen = select_devices(ctx, "deep.gemm")
@@ -206,6 +210,7 @@ def deep_membw(ctx: CheckContext) -> Iterator[CheckResult]:
     GB/s (read plus write). Low bandwidth with no ECC error is HBM running at reduced
     clocks, memory throttling, or remapped/degraded stacks. Fix: check clocks and
     `nvidia-smi -q -d ROW_REMAPPER`; reset the GPU; a GPU that stays slow is an RMA."""
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import membw
 
     chosen = select_devices(ctx, "deep.membw")
@@ -252,6 +257,7 @@ def deep_hostdev(ctx: CheckContext) -> Iterator[CheckResult]:
     riser, a retimer, a dirty connector) or a GPU on the far NUMA node. Fix: compare with
     `nvidia-smi -q -d PCI` under load (gpu.pcie sees the idle link), reseat the card or
     riser, check BIOS PCIe settings."""
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import hostdev
 
     chosen = select_devices(ctx, "deep.hostdev")
@@ -308,6 +314,7 @@ def deep_p2p(ctx: CheckContext) -> Iterator[CheckResult]:
     bandwidth; a slow pair is a bad NVLink or NVSwitch port, and the GPU common to all slow
     pairs is the culprit. Without direct peer access the copy goes through the host and
     is judged against the median only. Needs two GPUs: SKIP with fewer."""
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import p2p
 
     chosen = select_devices(ctx, "deep.p2p")

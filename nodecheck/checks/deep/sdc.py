@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep.gpu import DEVICE, GROUP, judge, select_devices
+from nodecheck.checks.deep.gpu import DEVICE, GROUP, select_devices
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult
@@ -40,6 +40,7 @@ def deep_sdc(ctx: CheckContext) -> Iterator[CheckResult]:
     equal. A GPU that disagrees, or whose repeats differ, returns wrong numbers without any
     error: silent data corruption, which ECC and XIDs do not show. Fix: take it out of
     service; rerun to confirm, then RMA the GPU."""
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import sdc
 
     chosen = select_devices(ctx, CID)

@@ -171,7 +171,7 @@ def deep_ibperf(ctx: CheckContext) -> Iterator[CheckResult]:
     port ACTIVE at full rate is a PCIe link trained down, an HCA on the wrong NUMA node, or
     a throttling adapter. Fix: compare `lspci -vv` LnkSta with LnkCap, check the HCA's
     firmware and temperature; between nodes, deep.fabric names the slow one."""
-    from nodecheck.checks.deep.gpu import judge
+    from nodecheck.checks.deep import judge
     from nodecheck.probes.active import tools
     from nodecheck.probes.fabric import sysfs
 

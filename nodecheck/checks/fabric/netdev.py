@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.fabric.common import _fail_or_error, sysfs
 from nodecheck.checks.registry import Option, check
@@ -35,8 +36,9 @@ def net_link(ctx: CheckContext) -> Iterator[CheckResult]:
     if not devices:
         yield CheckResult("net.link", Status.SKIP, "no netdevs configured")
         return
-    for name in devices:
-        yield _judge_netdev(ctx, name)
+    yield from boundary.per_component(
+        "net.link", devices, str, lambda name: [_judge_netdev(ctx, name)]
+    )
 
 
 def _judge_netdev(ctx: CheckContext, name: str) -> CheckResult:

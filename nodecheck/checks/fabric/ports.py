@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.fabric.common import (
     LINK_LAYERS,
@@ -67,24 +68,31 @@ def ib_port(ctx: CheckContext) -> Iterator[CheckResult]:
             msg = f"option ports: {', '.join(bad)} not of the form device/port (mlx5_0/1)"
             yield CheckResult("ib.port", Status.ERROR, msg)
             return
-        for name in wanted:
+
+        def expected(name: str) -> list[CheckResult]:
             dev, port = _port_name(name)  # type: ignore[misc]
-            yield _judge_port(root, dev, port, expected_rates, link_layer, strict=True)
+            return [_judge_port(root, dev, port, expected_rates, link_layer, strict=True)]
+
+        yield from boundary.per_component("ib.port", wanted, str, expected)
         return
 
     present = _present_ports(root)
-    results = []
     matching = 0
-    for dev, port in present:
+
+    def found(where: tuple[str, int]) -> list[CheckResult]:
+        nonlocal matching
+        dev, port = where
         info = sysfs.read_ib_port(root, dev, port)
         if info is None:
-            continue
+            return []
         layer = info.link_layer if isinstance(info.link_layer, str) else None
         if link_layer and layer is not None and layer != link_layer:
-            continue
+            return []
         matching += 1
         strict = opts["count"] > 0
-        results.append(_judge_port(root, dev, port, expected_rates, link_layer, strict, info))
+        return [_judge_port(root, dev, port, expected_rates, link_layer, strict, info)]
+
+    results = list(boundary.per_component("ib.port", present, lambda w: f"{w[0]}/{w[1]}", found))
     kind = f"{link_layer} " if link_layer else ""
     if opts["count"] > 0 and matching < opts["count"]:
         names = ", ".join(f"{d}/{p}" for d, p in present) or "none"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option
 from nodecheck.probes import nvml
@@ -154,16 +155,16 @@ def _per_gpu(
         else:
             yield _result(cid, Status.SKIP, "no GPUs visible")
         return
-    results: list[CheckResult] = []
-    for gpu in snap.gpus:
+
+    def judged(gpu: Gpu) -> Iterable[CheckResult]:
         if "handle" in gpu.errors:
-            results.append(_error_result(cid, gpu.errors["handle"], "GPU", gpu))
-            continue
+            return [_error_result(cid, gpu.errors["handle"], "GPU", gpu)]
         missing = next(((k, w) for k, w in (needs or {}).items() if k in gpu.errors), None)
         if missing is not None:
-            results.append(_error_result(cid, gpu.errors[missing[0]], missing[1], gpu))
-            continue
-        results.extend(judge(gpu))
+            return [_error_result(cid, gpu.errors[missing[0]], missing[1], gpu)]
+        return judge(gpu)
+
+    results = list(boundary.per_component(cid, snap.gpus, lambda gpu: gpu.component, judged))
     yield from _collapse(cid, results, summary)
 
 

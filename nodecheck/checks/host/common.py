@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from nodecheck.checks import lazy_module
-
-bounded = lazy_module("nodecheck.run.bounded")  # threads for calls that may hang; child only
-# psutil (and the socket module it loads) only where a host check runs: the probe child.
-host = lazy_module("nodecheck.probes.host")
+# The checks import nodecheck.probes.host (psutil, and the socket module it loads) and
+# nodecheck.run.bounded inside their functions: in the probe process, on its own thread,
+# before any bounded call starts threads. Never lazily on first attribute access: a module
+# that a second thread reaches while the first still executes it is half-made (Python
+# 3.11's importlib LazyLoader is not thread-safe), and that would be our bug reported as
+# the disk's failure (tests/unit/test_boundary.py).
 
 GIB = 1024**3
 # mem, disk, mounts and services share one probe child (one fork instead of four): their

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.host.common import GROUP, bounded, host
+from nodecheck.checks.host.common import GROUP
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult, Status
@@ -29,6 +30,9 @@ from nodecheck.run.results import CheckResult, Status
 def host_mounts(ctx: CheckContext) -> Iterator[CheckResult]:
     """A missing /home or /scratch, or a hung NFS/Lustre client, kills every job that lands.
     Fix: remount (`mount -a`), check the storage network / client, then resume."""
+    from nodecheck.probes import host
+    from nodecheck.run import bounded
+
     required: list[str] = ctx.options["required"]
     if not required:
         yield CheckResult("host.mounts", Status.SKIP, "no mounts configured")
@@ -56,9 +60,8 @@ def host_mounts(ctx: CheckContext) -> Iterator[CheckResult]:
         if not got.finished:
             msg = f"not responding within {ctx.options['probe_timeout_s']}s (hung mount?)"
             yield CheckResult("host.mounts", Status.FAIL, msg, component=target)
-        elif got.error is not None:
-            msg = f"stat failed: {getattr(got.error, 'strerror', None) or got.error}"
-            yield CheckResult("host.mounts", Status.FAIL, msg, component=target)
+        elif got.error is not None:  # the kernel's errno FAILs; our own bug is an ERROR
+            yield boundary.failure_or_internal("host.mounts", target, got.error, "stat failed")
         else:
             fstype = mounts[target].fstype
             yield CheckResult("host.mounts", Status.PASS, f"{fstype} mounted", component=target)

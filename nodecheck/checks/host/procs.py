@@ -8,7 +8,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.host.common import host
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.results import CheckResult, Status
 
@@ -58,6 +57,8 @@ def _claims_job(proc: Process, ctx: CheckContext) -> bool:
     """Without cgroups: a process of the job's own user whose environment names this job on
     this node and cluster (several slurmd, or clusters, may share a host). Only that user
     (or root) can write that environment, so nobody can pin it on another user's job."""
+    from nodecheck.probes import host
+
     env = host.slurm_environ(ctx.proc_path(), proc.pid)
     conf = os.environ.get("SLURM_CONF")
     return (
@@ -72,6 +73,8 @@ def find_leftovers(ctx: CheckContext, run_root: int, by_cgroup: bool) -> list[Pr
     cgroups: the processes in the job's cgroup, which only slurmstepd can put there.
     Without (proctrack/linuxproc): the job user's processes that carry the job's id. With
     match = "user": any process of the job's (non-root) user as well."""
+    from nodecheck.probes import host
+
     procs = host.processes(ctx.proc_path(), with_cgroup=by_cgroup)
     starts = [os.getpid()] + ([ctx.hook_pid] if ctx.hook_pid else [])
     ours = _our_tree(procs, starts, run_root)

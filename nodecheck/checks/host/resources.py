@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.host.common import GIB, GROUP, bounded, host
+from nodecheck.checks.host.common import GIB, GROUP
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.results import CheckResult, Status
 
@@ -27,6 +28,8 @@ def host_mem(ctx: CheckContext) -> Iterator[CheckResult]:
     """MemTotal shrinks when a DIMM fails or is mapped out; MemAvailable low at job start
     means a previous job left memory pinned (leaked shm, hugepages, page cache that won't go).
     Fix: check `dmesg`/BMC for DIMM errors, or reboot to release leaked memory."""
+    from nodecheck.probes import host
+
     mem = host.memory(ctx.proc_path())
     total, avail = mem.total / GIB, mem.available / GIB
     values = {"total_gib": round(total, 2), "available_gib": round(avail, 2)}
@@ -62,6 +65,9 @@ def host_mem(ctx: CheckContext) -> Iterator[CheckResult]:
 def host_disk(ctx: CheckContext) -> Iterator[CheckResult]:
     """A full /tmp or /dev/shm makes jobs die at start in confusing ways (NCCL shm, compiler
     caches). Fix: clean leftovers of earlier jobs (tmpwatch, per-job tmpfs) or grow the disk."""
+    from nodecheck.probes import host
+    from nodecheck.run import bounded
+
     wanted: dict[str, float] = ctx.options["min_free_gib"]
     if not wanted:
         yield CheckResult("host.disk", Status.SKIP, "no paths configured")
@@ -75,9 +81,8 @@ def host_disk(ctx: CheckContext) -> Iterator[CheckResult]:
         if not got.finished:
             yield CheckResult("host.disk", Status.FAIL, "statvfs hung", component=path)
             continue
-        if got.error is not None:
-            msg = f"cannot stat: {getattr(got.error, 'strerror', None) or got.error}"
-            yield CheckResult("host.disk", Status.FAIL, msg, component=path)
+        if got.error is not None:  # the kernel's errno FAILs; our own bug is an ERROR
+            yield boundary.failure_or_internal("host.disk", path, got.error, "cannot stat")
             continue
         space = got.value
         free, inodes_pct = space.free / GIB, space.inodes_free_percent

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.host.common import GROUP, host
+from nodecheck.checks.host.common import GROUP
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.results import CheckResult, Status
 
@@ -22,6 +22,8 @@ from nodecheck.run.results import CheckResult, Status
 def host_services(ctx: CheckContext) -> Iterator[CheckResult]:
     """Without munged no Slurm RPC authenticates; without nvidia-fabricmanager an NVSwitch
     system's GPUs cannot talk. Fix: restart the daemon and find why it died (journal, core)."""
+    from nodecheck.probes import host
+
     required: list[str] = ctx.options["required"]
     if not required:
         yield CheckResult("host.services", Status.SKIP, "no services configured")

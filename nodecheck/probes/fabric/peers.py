@@ -82,6 +82,9 @@ def resolve_all(hosts: Iterable[str], timeout_s: float) -> dict[str, tuple[int, 
 
     got = call_all_with_deadline({h: (lambda h=h: lookup(h)) for h in slow}, timeout_s)
     for host, outcome in got.items():
+        if outcome.error is not None and not isinstance(outcome.error, OSError):
+            # our bug, not a name that does not resolve: the check reports it as an ERROR
+            raise outcome.error
         out[host] = outcome.value if outcome.finished and outcome.error is None else None
     return out
 
