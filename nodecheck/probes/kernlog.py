@@ -39,6 +39,10 @@ class LogRecord:
 
     pos: int  # kmsg sequence number, µs since boot (dmesg), or µs since the epoch
     text: str
+    # Which record of the log it is (the kmsg sequence number; a saved log's record index):
+    # records kept apart by `keep` are next to each other in the log only when their
+    # ordinals are, which wall-clock positions (equal within a second) cannot tell.
+    ordinal: int
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,11 @@ def read_kernel_log(path: Path, keep: tuple[str, ...] | None = None) -> KernelLo
     lines = b"".join(chunks).decode(errors="replace").splitlines()
     parsed = parse_lines(lines, datetime.fromtimestamp(info.st_mtime), keep)
     return KernelLog(
-        records=tuple(LogRecord(r.pos, r.text) for r in parsed.records if r.text is not None),
+        records=tuple(
+            LogRecord(r.pos, r.text, index)
+            for index, r in enumerate(parsed.records)
+            if r.text is not None
+        ),
         kind=parsed.kind,
         positions=tuple(r.pos for r in parsed.records),
         lines=sum(1 for line in lines if line.strip()),
@@ -123,7 +131,7 @@ def _read_kmsg_device(fd: int, keep: tuple[str, ...] | None) -> KernelLog:
             overrun = 0
         if keep is None or (wanted is not None and wanted.search(data, semicolon)):
             message = data[semicolon + 1 :].split(b"\n", 1)[0].decode(errors="replace")
-            records.append(LogRecord(seq, join_continuations(message)))
+            records.append(LogRecord(seq, join_continuations(message), seq))
     lost_before += [sys.maxsize] * overrun
     return KernelLog(tuple(records), "kmsg", tuple(positions), tuple(lost_before))
 

@@ -9,7 +9,7 @@ are listed; the "Unused" ones are absent and judged like any unknown code.
 Each code has the catalogue's mnemonic, description and two resolution buckets: the
 immediate action (what gets the node back into service) and the investigatory one. The
 immediate bucket decides the verdict (`IMMEDIATE_VERDICTS`); two buckets need the message
-itself: Xid 154 carries the recovery action in its text, and the NVLink5 Xids 144-150
+itself: Xid 154 carries the recovery action's code in its text, and the NVLink5 Xids 144-150
 say `Fatal` or `Nonfatal` (the catalogue's decode table resolves every Fatal sub-code to
 RESET_GPU and the Nonfatal ones to IGNORE or a correlation with Xid 154).
 """
@@ -144,17 +144,23 @@ IMMEDIATE_VERDICTS: dict[str, tuple[str, str]] = {
     "IGNORE": ("info", ""),
     "WORKFLOW_XID_45": ("info", ""),  # follows the Xid that caused it
 }
-# The GPU's recovery action (Xid 154's text, NVML's NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
-# named by nvml/model.py's RECOVERY_ACTIONS) -> (status, remedy).
-RECOVERY_ACTION_VERDICTS: dict[str, tuple[str, str]] = {
-    "none": ("info", ""),
-    "drain p2p": ("warn", ""),
-    "drain and reset": ("fail", "reset-gpu"),
-    "gpu reset required": ("fail", "reset-gpu"),
-    "node reboot required": ("fail", "reboot"),
-    "recover imex domain": ("warn", ""),  # the IMEX daemon's domain, not this node's GPU
-    "bus reset": ("fail", "reset-gpu"),
-    "system reboot": ("fail", "reboot"),
+# The GPU's recovery action by its code (nvmlDeviceGpuRecoveryAction_t: the value of NVML's
+# NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, and the `to 0x2` of Xid 154) -> (status, remedy).
+# The code, not the name: driver branches print different names for one code (0x1 "GPU
+# Reset Required" / "PF FLR", 0x2 "Node Reboot Required" / "OS Reboot"). A code not here
+# WARNs: an action nodecheck cannot name is worth a look, not yet a drain.
+RECOVERY_ACTION_VERDICTS: dict[int, tuple[str, str]] = {
+    0: ("info", ""),  # NONE
+    1: ("fail", "reset-gpu"),  # GPU_RESET
+    2: ("fail", "reboot"),  # NODE_REBOOT
+    3: ("warn", ""),  # DRAIN_P2P: stop peer traffic; the action is then queried again
+    4: ("fail", "reset-gpu"),  # DRAIN_AND_RESET: reduced capacity until a reset
+    # 5 differs between headers: GPU_RESET_BUS in the R580-era nvml.h, RECOVER_IMEX_DOMAIN
+    # (the multi-node NVLink domain) from R595 on. Either way something must be reset
+    # before the GPU is trusted again, so the safe reading drains for a reset.
+    5: ("fail", "reset-gpu"),
+    6: ("fail", "reset-gpu"),  # BUS_RESET (R595 on; unnamed before)
+    7: ("fail", "reboot"),  # SYSTEM_REBOOT (R595 on)
 }
 
 
@@ -189,9 +195,11 @@ def judge(
         return XidVerdict("warn", "", name)
     bucket = entry.immediate
     if bucket == "XID_154":
-        action = event.recovery_action
-        status, remedy = RECOVERY_ACTION_VERDICTS.get(action.lower(), ("warn", ""))
-        return XidVerdict(status, remedy, f"{name}: {action or 'action not given'}")
+        code = event.recovery_code
+        if code is None:
+            return XidVerdict("warn", "", f"{name}: action not given")
+        status, remedy = RECOVERY_ACTION_VERDICTS.get(code, ("warn", ""))
+        return XidVerdict(status, remedy, f"{name}: 0x{code:x} ({event.recovery_action})")
     if bucket == "WORKFLOW_NVLINK5_ERR":
         if event.fatal is None:
             return XidVerdict("warn", "", f"{name}: Fatal/Nonfatal not given")

@@ -16,8 +16,11 @@ from nodecheck.run.results import CheckResult, severity_rank
 MAX_REASON = 250
 MAX_COMPONENT = 48
 # Keep reasons to plain printable ASCII; quotes and shell metacharacters are harmless
-# with argument lists, but they make reasons hard to grep and to paste into a shell.
-_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:;/+=%@#()<>*~^!?-]")
+# with argument lists, but they make reasons hard to grep and to paste into a shell. A quote
+# in a tool's or driver's words still reads as one: `"` and backquote become `'`, the one
+# quote kept (no reader of reasons treats it specially); anything else outside the set: `?`.
+_QUOTES = str.maketrans({'"': "'", "`": "'"})
+_UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:;/+=%@#()<>*~^!?'-]")
 _SPACES = re.compile(r"\s+")
 _PARSE = re.compile(
     r"^nodecheck: (?P<check>[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*) (?P<component>\S+): "
@@ -26,7 +29,7 @@ _PARSE = re.compile(
 
 
 def clean(text: str) -> str:
-    text = _SPACES.sub(" ", text)
+    text = _SPACES.sub(" ", text).translate(_QUOTES)
     return _UNSAFE.sub("?", text).strip()
 
 

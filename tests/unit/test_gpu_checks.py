@@ -787,7 +787,16 @@ def test_remap_reports_the_recovery_action_the_driver_asks_for():
 
 @pytest.mark.parametrize(
     ("code", "status", "remedy"),
-    [(1, Status.FAIL, "reset-gpu"), (4, Status.FAIL, "reset-gpu"), (3, Status.WARN, "")],
+    [
+        (1, Status.FAIL, "reset-gpu"),
+        (4, Status.FAIL, "reset-gpu"),
+        (3, Status.WARN, ""),
+        # 5 is GPU_RESET_BUS in the R580-era nvml.h, RECOVER_IMEX_DOMAIN from R595 on
+        (5, Status.FAIL, "reset-gpu"),
+        (6, Status.FAIL, "reset-gpu"),
+        (7, Status.FAIL, "reboot"),
+        (9, Status.WARN, ""),
+    ],
 )
 def test_remap_recovery_actions_reset_and_drain(tmp_path, code, status, remedy):
     path = _edit(tmp_path, "h100-recovery-reboot.json", 2, recovery_action=code)

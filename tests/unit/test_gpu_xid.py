@@ -3,6 +3,8 @@ per boot, moved only by hook runs), GPUs named by NVML index."""
 
 import os
 import shutil
+import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from helpers import NVML_FIXTURES, make_ctx, options_of
 
 from nodecheck.checks.gpu import xid as gpu_xid
 from nodecheck.checks.registry import all_checks
+from nodecheck.probes import kernlog
 from nodecheck.probes.kernlog import read_kernel_log
 from nodecheck.probes.xid_lines import XID_MARKS
 from nodecheck.run.results import Status
@@ -277,3 +280,100 @@ def test_xid_cursor_survives_in_state(node):
     with open_state(state) as st:
         cursor = st.get_json(gpu_xid.XID_STATE_KEY)
     assert cursor == {"boot_id": BOOT.strip(), "source": str(log), "kind": "kmsg", "pos": 3109}
+
+
+FALLEN = ("gpu3", "Xid 79: GPU has fallen off the bus (no Xid line)", "reboot")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "syslog-fallen-off-split.txt",
+        "dmesg-fallen-off-split.txt",
+        "journal-short-fallen-off-split.txt",
+        "kmsg-fallen-off-split.txt",
+    ],
+)
+def test_fallen_off_the_bus_printed_one_record_per_line_fails(node, name):
+    """The probe-time message on 0000:5d:00 (the fourth GPU by bus order) as rsyslog wrote it
+    to kern.log, one record per line, and those records in the other formats."""
+    _, log, _ = node
+    shutil.copy(REAL / name, log)
+    fails = [r for r in run(node) if r.status is Status.FAIL]
+    assert [(r.component, r.message, r.remedy) for r in fails] == [FALLEN]
+    assert [r.status for r in run(node)] == [Status.PASS]
+
+
+def test_the_agents_follower_rebuilds_a_message_split_across_two_catch_ups(node, monkeypatch):
+    """The agent follows /dev/kmsg (kernlog.follow) and a run takes the log as read so far:
+    the pieces of one message can fall on both sides of a catch-up. A socket that returns
+    one record per read stands for the device (the real one is not written to here: a
+    later gpu.xid run on this machine would read the lines as a GPU fault)."""
+    _, log, _ = node
+    lines = (REAL / "kmsg-fallen-off-split.txt").read_text().splitlines()
+    device, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    device.setblocking(False)
+    real_open, real_ischr = os.open, stat.S_ISCHR
+    monkeypatch.setattr(
+        kernlog.os,
+        "open",
+        lambda path, *a, **k: os.dup(device.fileno()) if path == log else real_open(path, *a, **k),
+    )
+    monkeypatch.setattr(
+        kernlog.stat, "S_ISCHR", lambda mode: stat.S_ISSOCK(mode) or real_ischr(mode)
+    )
+    monkeypatch.setattr(kernlog, "_oldest_position", lambda path: None)
+    monkeypatch.setattr(kernlog, "_adopt_on_read", False)
+    monkeypatch.setattr(kernlog, "_followed", None)
+    for line in lines[:4]:  # ... up to `NVRM: (PCI ID: 10de:2330) installed in this system has`
+        writer.send(f"{line}\n".encode())
+    kernlog.follow(log, XID_MARKS)
+    follower = kernlog._followed
+    assert follower is not None
+    try:
+        assert [r.status for r in run(node)] == [Status.PASS]
+        for line in lines[4:]:
+            writer.send(f"{line}\n".encode())
+        fails = [r for r in run(node) if r.status is Status.FAIL]
+        assert [(r.component, r.message, r.remedy) for r in fails] == [FALLEN]
+        assert [r.status for r in run(node)] == [Status.PASS]
+    finally:
+        os.close(follower._fd)
+        device.close()
+        writer.close()
+
+
+def test_sxid_follow_up_lines_are_not_events_of_their_own(node):
+    """Lambda's published `dmesg | grep SXid`: four non-fatal SXid 22013, each followed by
+    its `Severity 0 Engine instance` and `Data {...}` lines. Only recorded, never a WARN."""
+    _, log, _ = node
+    shutil.copy(REAL / "dmesg-sxid-22013-followups.txt", log)
+    [result] = run(node)
+    assert result.status is Status.PASS
+    assert result.message == "no Xid needing action since boot (4 recorded: Xid 22013)"
+
+
+def test_sxid_follow_ups_read_after_their_sxid_line_are_not_new(node):
+    """A run between an SXid line and its follow-ups: the next run sees only follow-ups."""
+    _, log, _ = node
+    lines = (REAL / "dmesg-sxid-22013-followups.txt").read_text().splitlines(keepends=True)
+    log.write_text(lines[0])
+    assert [r.status for r in run(node)] == [Status.PASS]
+    log.write_text("".join(lines))
+    [result] = run(node)
+    assert result.status is Status.PASS
+    assert result.message == "no Xid needing action since last run (3 recorded: Xid 22013)"
+
+
+def test_interleaved_fatal_sxids_count_one_event_per_error(node):
+    """Three NVSwitches reporting SXid 20034 (link down) at once after an Xid 79: one event
+    per error line, the Severity 1 line whose error line is not in the log being one too."""
+    _, log, _ = node
+    shutil.copy(REAL / "dmesg-sxid-20034-interleaved.txt", log)
+    results = run(node)
+    assert {(r.status, r.component, r.values["count"], r.remedy) for r in results} == {
+        (Status.FAIL, "nvswitch0", 2, "reboot"),
+        (Status.FAIL, "nvswitch1", 1, "reboot"),
+        (Status.FAIL, "nvswitch2", 2, "reboot"),
+        (Status.FAIL, "pci0000:91:00", 2, "reboot"),
+    }

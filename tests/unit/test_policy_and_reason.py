@@ -61,11 +61,23 @@ def test_reason_is_one_safe_bounded_line(hostile):
     reason = format_reason([result], "prolog", "812")
     assert len(reason) <= MAX_REASON
     assert "\n" not in reason and "\r" not in reason and "\x00" not in reason
-    assert not set(reason) & set("\"'`$|&\\\x1b")
+    assert not set(reason) & set('"`$|&\\\x1b')
     assert reason.startswith("nodecheck: ib.port ")
     assert reason.endswith("[prolog job 812]")
     parsed = parse_reason(reason)
     assert parsed is not None and parsed.check_id == "ib.port"
+
+
+def test_quotes_stay_readable_in_the_reason():
+    """A quote in a tool's or driver's words reads as a quote, not `?`: every kind becomes
+    `'`, and the reason still reads back."""
+    said = "mount \"/scratch\" said 'Stale file handle' (`stat` timed out)"
+    result = CheckResult("host.mounts", Status.FAIL, said, component="/scratch")
+    reason = format_reason([result], "epilog", "77")
+    message = "mount '/scratch' said 'Stale file handle' ('stat' timed out)"
+    assert reason == f"nodecheck: host.mounts /scratch: {message} [epilog job 77]"
+    parsed = parse_reason(reason)
+    assert parsed is not None and (parsed.component, parsed.message) == ("/scratch", message)
 
 
 def test_reason_round_trips():

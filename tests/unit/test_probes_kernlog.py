@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.probes.kernlog import LogRecord, read_kernel_log
 from nodecheck.probes.kernlog_formats import join_continuations, parse_line, parse_lines
-from nodecheck.probes.xid_lines import GpuEvent, parse_event
+from nodecheck.probes.xid_lines import XID_MARKS, GpuEvent, collect, parse_event
 
 REAL = Path(__file__).parents[1] / "fixtures" / "real" / "kernlog"
 REFERENCE = datetime(2026, 6, 30, 12, 0, 0)
@@ -130,3 +131,48 @@ def test_keep_drops_other_texts_but_keeps_positions() -> None:
     log = parse_lines(lines, REFERENCE, keep="NVRM: Xid")
     assert len(log.records) == len(lines)
     assert sum(r.text is not None for r in log.records) == 5
+
+
+# The probe-time "fallen off the bus" message where each of its lines is a record of its own:
+# rsyslog's kern.log as published, and the same records in the other formats.
+SPLIT = [
+    ("syslog-fallen-off-split.txt", "syslog"),
+    ("dmesg-fallen-off-split.txt", "dmesg"),
+    ("journal-short-fallen-off-split.txt", "syslog"),
+    ("kmsg-fallen-off-split.txt", "kmsg"),
+]
+
+
+@pytest.mark.parametrize(("name", "kind"), SPLIT)
+def test_fallen_off_the_bus_in_one_record_per_line(name: str, kind: str) -> None:
+    """The driver prints `NVRM: The NVIDIA GPU 0000:5d:00.0` / `NVRM: (PCI ID: 10de:2330)
+    installed in this system has` / `NVRM: fallen off the bus and is not responding to
+    commands.`; the reader keeps the lines needed to rebuild it (gpu.xid reads with
+    keep=XID_MARKS) and the GPU's address comes from the first."""
+    log = read_kernel_log(REAL / name, keep=XID_MARKS)
+    assert log.kind == kind
+    found, odd = collect(log.records)
+    assert odd == []
+    assert [(e.source, e.code, e.pci) for e in found] == [("fallen-off-bus", 79, "0000:5d:00")]
+    last_piece = [r.pos for r in log.records if "fallen off the bus" in r.text]
+    assert found[0].pos == last_piece[-1]  # a cursor between the pieces still sees it
+
+
+def test_pieces_with_another_record_between_them_are_not_joined() -> None:
+    """Only consecutive records are one message: the probe's own next line, moved between
+    the second and third piece, breaks it (the third piece alone is reported, not lost)."""
+    lines = (REAL / "syslog-fallen-off-split.txt").read_text().splitlines()
+    lines.insert(4, lines.pop(5))  # `nvidia: probe of 0000:5d:00.0 failed ...`
+    parsed = parse_lines(lines, REFERENCE, keep=XID_MARKS)
+    kept = [LogRecord(r.pos, r.text, i) for i, r in enumerate(parsed.records) if r.text]
+    found, odd = collect(kept)
+    assert found == []
+    assert [text.split("] ", 1)[1] for _, text in odd] == [
+        "NVRM: fallen off the bus and is not responding to commands."
+    ]
+
+
+def test_each_piece_alone_is_no_event() -> None:
+    lines = (REAL / "kmsg-fallen-off-split.txt").read_text().splitlines()
+    for line in lines[2:4]:  # the first two pieces carry no "fallen off the bus"
+        assert parse_event(1, line.split(";", 1)[1]) is None

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.probes.kernlog import LogRecord
 from nodecheck.probes.xid_catalogue import CATALOGUE, judge
-from nodecheck.probes.xid_lines import GpuEvent, parse_event
+from nodecheck.probes.xid_lines import GpuEvent, SxidDetail, collect, parse_event
 
 LINES = Path(__file__).parents[1] / "fixtures" / "real" / "xid" / "driver-lines.tsv"
+REAL_KERNLOG = Path(__file__).parents[1] / "fixtures" / "real" / "kernlog"
 
 
 def rows() -> list[list[str]]:
@@ -25,13 +27,20 @@ def opt(value: str) -> str | None:
 def test_every_published_driver_line(row: list[str]) -> None:
     source, code, pci, gi, ci, fatal, unit, recovery, message = row
     event = parse_event(7, message)
+    if source == "sxid-detail":  # a follow-up line: part of the SXid above it, no event
+        assert isinstance(event, SxidDetail)
+        assert (event.code, event.pci) == (int(code), pci)
+        assert event.fatal == ({"fatal": True, "nonfatal": False}.get(fatal))
+        return
     assert isinstance(event, GpuEvent)
     assert (event.source, event.code, event.pci) == (source, int(code), pci)
     assert event.gpu_instance == (int(gi) if opt(gi) else None)
     assert event.compute_instance == (int(ci) if opt(ci) else None)
     assert event.fatal == ({"fatal": True, "nonfatal": False}.get(fatal))
     assert event.unit == (opt(unit) or "")
-    assert event.recovery_action == (opt(recovery) or "")
+    action_code, _, action = (opt(recovery) or "").partition(" ")
+    assert event.recovery_code == (int(action_code, 16) if action_code else None)
+    assert event.recovery_action == action
 
 
 @pytest.mark.parametrize(
@@ -70,19 +79,45 @@ def test_application_and_ignorable_codes_do_not_drain(code: int) -> None:
     assert judge(event(code)).status == "info"
 
 
+def recovery_rows() -> list[list[str]]:
+    return [row for row in rows() if row[1] == "154"]
+
+
+@pytest.mark.parametrize("row", recovery_rows(), ids=lambda row: row[7])
+def test_xid_154_is_judged_by_the_code_of_its_action_not_the_name(row: list[str]) -> None:
+    """Driver branches print one code under several names: 0x1 is "GPU Reset Required"
+    (R575/R580) and "PF FLR" (R595 and later), 0x2 "Node Reboot Required" and "OS Reboot"."""
+    expected = {1: ("fail", "reset-gpu"), 2: ("fail", "reboot"), 4: ("fail", "reset-gpu")}
+    found = parse_event(1, row[-1])
+    assert isinstance(found, GpuEvent) and found.recovery_code is not None
+    verdict = judge(found)
+    assert (verdict.status, verdict.remedy) == expected[found.recovery_code]
+    assert f"0x{found.recovery_code:x} ({found.recovery_action})" in verdict.why
+
+
 @pytest.mark.parametrize(
-    ("action", "expected"),
+    ("code", "expected"),
     [
-        ("Node Reboot Required", ("fail", "reboot")),
-        ("GPU Reset Required", ("fail", "reset-gpu")),
-        ("Drain and Reset", ("fail", "reset-gpu")),
-        ("Drain P2P", ("warn", "")),
-        ("None", ("info", "")),
+        (0, ("info", "")),
+        (1, ("fail", "reset-gpu")),
+        (2, ("fail", "reboot")),
+        (3, ("warn", "")),
+        (4, ("fail", "reset-gpu")),
+        # 5: GPU_RESET_BUS in the R580-era nvml.h, RECOVER_IMEX_DOMAIN from R595 on: both
+        # leave the GPU unusable until something is reset, so the safe reading drains.
+        (5, ("fail", "reset-gpu")),
+        (6, ("fail", "reset-gpu")),
+        (7, ("fail", "reboot")),
+        (9, ("warn", "")),
     ],
 )
-def test_xid_154_follows_its_recovery_action(action: str, expected: tuple[str, str]) -> None:
-    verdict = judge(event(154, recovery_action=action))
+def test_xid_154_recovery_codes(code: int, expected: tuple[str, str]) -> None:
+    verdict = judge(event(154, recovery_action="whatever the branch calls it", recovery_code=code))
     assert (verdict.status, verdict.remedy) == expected
+
+
+def test_xid_154_without_an_action_code_warns() -> None:
+    assert judge(event(154)).status == "warn"
 
 
 @pytest.mark.parametrize("code", range(144, 151))
@@ -109,3 +144,45 @@ def test_codes_outside_the_catalogue_warn() -> None:
     assert 9 not in CATALOGUE  # "Unused" in the catalogue
     assert judge(event(9)).status == "warn"
     assert judge(event(999)).status == "warn"
+
+
+def records(*texts: str) -> list[LogRecord]:
+    return [LogRecord(pos, text, pos) for pos, text in enumerate(texts, 100)]
+
+
+def test_sxid_follow_up_lines_belong_to_the_sxid_above_them() -> None:
+    """NVIDIA's NVSwitch driver prints each error as its line, then `Severity N Engine
+    instance ...` and `Data {...}` lines with the same SXid (Lambda's published dmesg)."""
+    lines = (REAL_KERNLOG / "dmesg-sxid-22013-followups.txt").read_text().splitlines()
+    found, odd = collect(records(*[line.split("] ", 1)[1] for line in lines]))
+    assert odd == []
+    assert [(e.source, e.code, e.switch, e.fatal) for e in found] == [("sxid", 22013, 3, False)] * 4
+    assert [e.text for e in found] == [
+        f"Link {link} Minion Link DLREQ interrupt" for link in (55, 54, 51, 50)
+    ]
+    assert [e.pos for e in found] == [100, 103, 106, 109]
+
+
+def test_interleaved_switches_keep_their_own_follow_ups() -> None:
+    """Three NVSwitches reporting at once (leptonai/gpud's SXid notes): each follow-up goes
+    to its own switch's SXid; a Severity 1 line whose first line is not in the log still
+    says a fatal SXid happened."""
+    lines = (REAL_KERNLOG / "dmesg-sxid-20034-interleaved.txt").read_text().splitlines()
+    found, odd = collect(records(*[line.split("] ", 1)[1] for line in lines]))
+    assert odd == []
+    sxids = [(e.switch, e.fatal, e.text) for e in found if e.source == "sxid"]
+    assert sxids == [
+        (1, True, "Link 48 LTSSM Fault Up"),
+        (0, True, "Link 63 LTSSM Fault Up"),
+        (2, True, "Severity 1 Engine instance 60 Sub-engine instance 00"),
+        (2, True, "Link 37 LTSSM Fault Up"),
+        (0, True, "Link 62 LTSSM Fault Up"),
+    ]
+    assert all(judge(e).status == "fail" for e in found)
+
+
+def test_a_data_line_alone_is_no_event() -> None:
+    """Its SXid line is not in the log (read from the middle, or overwritten): nothing."""
+    lines = (REAL_KERNLOG / "dmesg-sxid-20034-interleaved.txt").read_text().splitlines()
+    [data] = [line.split("] ", 1)[1] for line in lines if ", Data {" in line]
+    assert collect(records(data)) == ([], [])

@@ -174,7 +174,7 @@ def _recovery_result(cid: str, gpu: Gpu) -> CheckResult | None:
     if code is None or code == 0:
         return None
     name = RECOVERY_ACTIONS.get(code, f"recovery action {code}")
-    status, remedy = RECOVERY_ACTION_VERDICTS.get(name.lower(), ("warn", ""))
+    status, remedy = RECOVERY_ACTION_VERDICTS.get(code, ("warn", ""))
     if status == "info":
         return None
     msg = f"driver asks for recovery: {name}"

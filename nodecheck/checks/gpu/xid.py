@@ -113,7 +113,7 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
     cid = "gpu.xid"
     from nodecheck.probes.kernlog import read_kernel_log
     from nodecheck.probes.xid_catalogue import judge
-    from nodecheck.probes.xid_lines import XID_MARKS, parse_event
+    from nodecheck.probes.xid_lines import XID_MARKS, collect
     from nodecheck.store.transaction import locked_update
 
     path = Path(ctx.options["kmsg"])
@@ -133,14 +133,10 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
         end = max(log.positions, default=after)
         if ctx.keeps_state:
             state.put_json(XID_STATE_KEY, {**where, "pos": max(end, after)})
-    events, unparsed = [], []
-    for record in log.records:
-        if record.pos > after:
-            parsed = parse_event(record.pos, record.text)
-            if isinstance(parsed, str):
-                unparsed.append(parsed)
-            elif parsed is not None:
-                events.append(parsed)
+    # The records just before the cursor are read too: a message printed over several
+    # records, or an SXid and its follow-up lines, may straddle it.
+    events, odd = collect(log.records, after)
+    unparsed = [text for _, text in odd]
     if why := _unreadable(path, log, unparsed):
         yield _result(cid, Status.ERROR, why[:200])
     overrides = {key: set(ctx.options[key]) for key in ("critical", "warn", "ignore")}

@@ -153,16 +153,19 @@ class FabricInfo:
     healthSummary: int | None = None
 
 
-# nvmlGpuRecoveryAction_t (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION), named as the driver names
-# them in Xid 154 ("... to 0x2 (Node Reboot Required)") for 0-4; nvidia-smi -q shows 1 and 4
-# as "Reset Required: Yes" and "Drain and Reset Recommended: Yes".
+# nvmlDeviceGpuRecoveryAction_t (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION), for messages: 0-4 as
+# R575/R580 drivers name them in Xid 154 ("... to 0x2 (Node Reboot Required)"; later branches
+# print "PF FLR" for 1, "OS Reboot" for 2); nvidia-smi -q shows 1 and 4 as "Reset Required:
+# Yes" and "Drain and Reset Recommended: Yes". 5 is GPU_RESET_BUS in the R580-era nvml.h and
+# RECOVER_IMEX_DOMAIN from R595 on (6 and 7 are R595's). Judged by code:
+# xid_catalogue.RECOVERY_ACTION_VERDICTS.
 RECOVERY_ACTIONS: dict[int, str] = {
     0: "None",
     1: "GPU Reset Required",
     2: "Node Reboot Required",
     3: "Drain P2P",
     4: "Drain and Reset",
-    5: "Recover IMEX Domain",
+    5: "Bus Reset or Recover IMEX Domain",
     6: "Bus Reset",
     7: "System Reboot",
 }
