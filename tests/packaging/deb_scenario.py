@@ -2,7 +2,13 @@
 NODECHECK_ROOT_OVERLAY=1 (so the cached root stays clean): installs the .deb with dpkg, as a
 site would, then lets the root's own Slurm (slurmctld + 2 x slurmd, tools/testcluster.py)
 run the package's prolog at /usr/lib/nodecheck/prolog, and runs its HealthCheckProgram
-/usr/lib/nodecheck/health as slurmd would.
+/usr/lib/nodecheck/health as slurmd would. Then the agent, as its unit starts it, serves
+slurmd's prolog and epilog, and the package goes through upgrade, removal and purge.
+
+systemd does not run in the root (PID 1 is in-root.sh's shell, no /run/systemd/system), as in
+a chroot or an image build: the maintainer scripts must install cleanly there, enabling the
+agent's unit (deb-systemd-helper's symlink) without starting anything. What they would ask a
+running systemd is seen, at the end, through the root's /usr/sbin/policy-rc.d.
 
 It only gathers facts, as JSON in /out/facts.json; tests/packaging/test_deb.py judges them
 (so a failed step still brings back everything seen up to it). Standard library only: the
@@ -13,8 +19,10 @@ Usage: python3 deb_scenario.py /src/dist/nodecheck_VERSION_ARCH.deb
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -27,6 +35,13 @@ sys.path.insert(0, "/src/tools")
 from testcluster import TestCluster  # tools/ is not a package: found by path
 
 OUT = Path("/out/facts.json")
+UNIT = "nodecheck-agent.service"
+UNIT_FILE = f"/lib/systemd/system/{UNIT}"
+# What `systemctl enable` (and deb-systemd-helper enable) makes for WantedBy=multi-user.target.
+WANTS = f"/etc/systemd/system/multi-user.target.wants/{UNIT}"
+# deb-systemd-helper's record of what it enabled (purge removes what is listed there).
+DSH_STATE = f"/var/lib/systemd/deb-systemd-helper-enabled/{UNIT}.dsh-also"
+SOCKET = "/run/nodecheck/agent.sock"  # the entrypoints' default (docs/agent.md)
 CLUSTER_DIR = Path("/tmp/deb-cluster")  # in-root.sh's teardown stops clusters under /tmp
 LOG_FILE = Path("/var/log/nodecheck/nodecheck.log")  # the package's default log_file
 MISSING_MOUNT = "/nodecheck-deb-test-missing-mount"
@@ -86,6 +101,36 @@ def path_facts(path: str) -> dict[str, Any]:
     }
 
 
+def link_facts(path: str) -> dict[str, Any]:
+    """A symlink as it is, dangling or not."""
+    return {
+        "is_symlink": os.path.islink(path),
+        "link": os.readlink(path) if os.path.islink(path) else None,
+        "exists": os.path.lexists(path),
+    }
+
+
+def agent_processes() -> list[str]:
+    """Command lines of running `nodecheck agent` processes."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"nodecheck" in argv and b"agent" in argv:
+            found.append(" ".join(a.decode(errors="replace") for a in argv if a))
+    return found
+
+
+def systemd_facts() -> dict[str, Any]:
+    """How the maintainer scripts tell whether systemd runs, and what PID 1 is."""
+    return {
+        "run_systemd_system": os.path.isdir("/run/systemd/system"),
+        "pid1": Path("/proc/1/comm").read_text().strip(),
+    }
+
+
 def log_events(job: int) -> list[dict[str, Any]]:
     if not LOG_FILE.exists():
         return []
@@ -100,9 +145,17 @@ def log_events(job: int) -> list[dict[str, Any]]:
 
 def gather(deb: str, facts: dict[str, Any]) -> None:
     facts["python_before"] = run(["/usr/bin/python3", "-I", "-c", "import nodecheck"])
+    facts["systemd"] = systemd_facts()
     facts["dpkg_install"] = run(["dpkg", "-i", deb])
     if facts["dpkg_install"]["rc"] != 0:
         return
+    # postinst enabled the unit (no systemd needed for that) and started nothing.
+    facts["after_install"] = {
+        "wants": link_facts(WANTS),
+        "dsh_state": os.path.exists(DSH_STATE),
+        "socket": os.path.exists(SOCKET),
+        "agents": agent_processes(),
+    }
     facts["dpkg_status"] = run(["dpkg-query", "-W", "-f=${Status} ${Version}", "nodecheck"])
     conffiles = run(["dpkg-query", "-W", "-f=${Conffiles}", "nodecheck"])["out"]
     facts["conffiles"] = [line.split()[0] for line in conffiles.splitlines() if line.strip()]
@@ -178,22 +231,57 @@ def gather(deb: str, facts: dict[str, Any]) -> None:
             "stderr": health.stderr[-3000:],
             "node": cluster.node_state("n2"),
         }
-        facts["agent"] = served_by_the_agent()
+        facts["agent"] = served_by_the_agent(cluster)
     facts["state_dirs"] = {node: path_facts(f"/var/lib/nodecheck/{node}") for node in ("n1", "n2")}
+    facts["lifecycle"] = lifecycle(deb)
 
 
-def served_by_the_agent() -> dict[str, Any]:
-    """The package's agent (`nodecheck agent`, as its unit starts it) serves a health run
-    handed over by the package's compiled client."""
+def unit_service(path: str) -> dict[str, str]:
+    """The [Service] settings of a unit file (the last of a repeated key wins)."""
+    settings: dict[str, str] = {}
+    section = ""
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            settings[key.strip()] = value.strip()
+    return settings
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def served_by_the_agent(cluster: TestCluster) -> dict[str, Any]:
+    """The agent as the package's unit starts it (its ExecStart, in the RuntimeDirectory
+    systemd would make; no systemd here) serves the prolog and epilog that slurmd runs, and
+    a HealthCheckProgram run, all through the package's compiled client at the default
+    socket. Then it is stopped as systemd stops it (SIGTERM to the main process)."""
     clients = sorted(
         Path("/opt/nodecheck/venv/lib").glob("python3*/site-packages/nodecheck/entry/agent-client")
     )
-    found: dict[str, Any] = {"client": path_facts(str(clients[0])) if clients else None}
-    sock, log = "/run/nodecheck/agent.sock", Path("/tmp/nodecheck-agent.log")
+    service = unit_service(UNIT_FILE)
+    found: dict[str, Any] = {
+        "client": path_facts(str(clients[0])) if clients else None,
+        "service": service,
+    }
+    argv = shlex.split(service["ExecStart"])
+    if argv[0][:1] in ("-", "@", "+", "!", ":"):
+        raise RuntimeError(f"ExecStart prefix the scenario does not handle: {argv[0]}")
+    for name in service.get("RuntimeDirectory", "").split():
+        runtime = Path("/run") / name
+        runtime.mkdir()
+        runtime.chmod(int(service.get("RuntimeDirectoryMode", "0755"), 8))
+    log = Path("/tmp/nodecheck-agent.log")
     with log.open("w") as err:
         agent = subprocess.Popen(
-            ["/usr/sbin/nodecheck", "agent", "--socket", sock],
+            argv,
             env=CLEAN_ENV,
+            cwd="/",
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -201,22 +289,83 @@ def served_by_the_agent() -> dict[str, Any]:
     try:
         deadline = time.monotonic() + 60
         while "agent_ready" not in log.read_text() and time.monotonic() < deadline:
+            if agent.poll() is not None:
+                break
             time.sleep(0.1)
-        run = subprocess.run(
+        found["socket"] = path_facts(SOCKET)
+        found["socket_dir"] = path_facts(os.path.dirname(SOCKET))
+        job = cluster.sbatch("-w", "n1", "--wrap", "true")
+        cluster.wait_for(
+            lambda: any(e.get("phase") == "epilog" for e in log_events(job)),
+            60,
+            message=f"the epilog's log lines of job {job} (agent)",
+        )
+        found["job"] = job
+        found["job_state"] = cluster.job_state(job)
+        found["events"] = log_events(job)
+        # HealthCheckProgram as slurmd runs it: no environment but the node name.
+        health = subprocess.run(
             ["/usr/lib/nodecheck/health"],
-            env={"SLURMD_NODENAME": "n2", "NODECHECK_AGENT_SOCKET": sock},
+            env={"SLURMD_NODENAME": "n2"},
             cwd="/",
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
         )
-        found.update(rc=run.returncode, stderr=run.stderr[-3000:])
+        found["health"] = {"rc": health.returncode, "stderr": health.stderr[-3000:]}
     finally:
-        agent.terminate()
-        agent.wait(60)
-    found["log"] = log.read_text()[-3000:]
+        agent.terminate()  # KillMode=mixed: SIGTERM to the main process
+        found["stopped_rc"] = agent.wait(60)
+    found["socket_after_stop"] = os.path.exists(SOCKET)
+    found["log"] = json_lines(log.read_text())
     return found
+
+
+def lifecycle(deb: str) -> dict[str, Any]:
+    """Upgrade, removal and purge. First without systemd (an admin's disable survives an
+    upgrade; purge forgets the unit), then as if systemd ran: /run/systemd/system is there
+    (the maintainer scripts' test for a running systemd) and the root's policy-rc.d, which
+    deb-systemd-invoke asks before every start, stop or restart, records the request and
+    answers 101 (do not run it: there is no systemd to do it)."""
+    steps: dict[str, Any] = {}
+
+    def step(name: str, argv: list[str], asked: Path | None = None) -> None:
+        if asked:
+            asked.write_text("")
+        steps[name] = run(argv)
+        steps[name]["wants"] = link_facts(WANTS)
+        steps[name]["dsh_state"] = os.path.exists(DSH_STATE)
+        steps[name]["unit_file"] = os.path.exists(UNIT_FILE)
+        if asked:
+            steps[name]["asked"] = asked.read_text().splitlines()
+
+    steps["systemd"] = systemd_facts()
+    # The admin opts out as `systemctl disable nodecheck-agent` does: the symlink goes.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(WANTS)
+    step("upgrade_after_disable", ["dpkg", "-i", deb])
+    step("purge", ["dpkg", "-P", "nodecheck"])
+
+    policy = Path("/usr/sbin/policy-rc.d")
+    saved = policy.read_bytes() if policy.exists() else None
+    asked = Path("/tmp/policy-rc.d.asked")
+    Path("/run/systemd/system").mkdir(parents=True)
+    policy.write_text(f'#!/bin/sh\necho "$*" >> {asked}\nexit 101\n')
+    policy.chmod(0o755)
+    try:
+        steps["with_systemd"] = systemd_facts()
+        step("install_with_systemd", ["dpkg", "-i", deb], asked)
+        step("upgrade_with_systemd", ["dpkg", "-i", deb], asked)
+        step("remove_with_systemd", ["dpkg", "-r", "nodecheck"], asked)
+        step("purge_with_systemd", ["dpkg", "-P", "nodecheck"], asked)
+    finally:
+        Path("/run/systemd/system").rmdir()
+        if saved is None:
+            policy.unlink()
+        else:
+            policy.write_bytes(saved)
+    return steps
 
 
 def main() -> int:

@@ -5,6 +5,9 @@
 (tools/slurm-roots/build-root.sh) and passes them in NODECHECK_DEB and NODECHECK_DEB_ROOT;
 without them (plain `make test`) this module is skipped. The scenario itself runs inside
 the root (deb_scenario.py) under an overlay, so every run starts from the clean root.
+systemd does not run there: the install enables the agent's unit and starts nothing; the
+agent is then started as its unit says and serves slurmd's hooks; what the maintainer
+scripts would ask a running systemd is read from policy-rc.d (docs/packaging.md).
 """
 
 from __future__ import annotations
@@ -130,9 +133,88 @@ def test_the_package_health_program_resumes_its_own_drain_once_fixed(facts):
     assert [e["result"] for e in resume] == ["resumed"], health["stderr"]
 
 
-def test_the_package_agent_serves_a_run_through_the_compiled_client(facts):
+UNIT = "nodecheck-agent.service"
+
+
+def test_install_without_systemd_enables_the_agent_and_starts_nothing(facts):
+    # The root is a chroot as far as the maintainer scripts can tell: no running systemd.
+    assert facts["systemd"] == {"run_systemd_system": False, "pid1": "bash"}, facts["systemd"]
+    out = facts["dpkg_install"]["out"]
+    assert "systemctl" not in out and "policy-rc.d" not in out, out
+    after = facts["after_install"]
+    # postinst's deb-systemd-helper enabled the unit (works without systemd) ...
+    assert after["wants"] == {
+        "is_symlink": True,
+        "link": f"/lib/systemd/system/{UNIT}",
+        "exists": True,
+    }, after
+    assert after["dsh_state"], "deb-systemd-helper keeps no record: purge would not disable it"
+    # ... and started nothing: no systemd to start it.
+    assert not after["socket"] and after["agents"] == [], after
+
+
+def test_the_agent_its_unit_starts_serves_slurmds_prolog_and_epilog(facts):
     agent = facts["agent"]
+    service = agent["service"]
+    # The unit runs the package's venv and listens where the entrypoints look by themselves
+    # (no --socket): /run/nodecheck, its RuntimeDirectory, root only.
+    assert service["ExecStart"] == "/opt/nodecheck/venv/bin/python3 -I -m nodecheck agent"
+    assert (service["RuntimeDirectory"], service["RuntimeDirectoryMode"]) == ("nodecheck", "0700")
+    assert service["Restart"] == "always"  # it exits by itself after an upgrade on disk
+    assert agent["socket_dir"]["mode"] == "0o700" and agent["socket"]["mode"] == "0o600", agent
     assert agent["client"] and agent["client"]["executable"], agent
-    assert agent["rc"] == 0, agent
-    assert '"agent_unavailable"' not in agent["stderr"], agent["stderr"]
-    assert '"agent_run"' in agent["log"] and '"phase": "health"' in agent["log"], agent["log"]
+    log = agent["log"]
+    assert [e["event"] for e in log if e["event"] != "agent_run"] == [
+        "agent_ready",
+        "agent_stopped",
+    ], log
+    # slurmd's prolog and epilog of the job, and HealthCheckProgram, went through the agent.
+    served = {(e["phase"], e["job"]) for e in log if e["event"] == "agent_run"}
+    assert served == {("prolog", agent["job"]), ("epilog", agent["job"]), ("health", None)}, log
+    events = agent["events"]
+    assert not [e for e in events if e["event"] == "agent_unavailable"], events
+    verdicts = {e["phase"]: e["status"] for e in events if e["event"] == "verdict"}
+    assert verdicts == {"prolog": "PASS", "epilog": "PASS"}, events
+    assert agent["health"]["rc"] == 0, agent["health"]["stderr"]
+    assert '"agent_unavailable"' not in agent["health"]["stderr"], agent["health"]["stderr"]
+    # Stopped as systemd stops it: the socket goes with it, new runs go in-process.
+    assert agent["stopped_rc"] == 0 and not agent["socket_after_stop"], agent
+
+
+def test_an_admins_disable_survives_an_upgrade_and_purge_forgets_the_unit(facts):
+    life = facts["lifecycle"]
+    assert facts["after_install"]["wants"]["is_symlink"]  # enabled by the package first
+    # `systemctl disable nodecheck-agent` (here: its symlink removed), then an upgrade.
+    upgrade = life["upgrade_after_disable"]
+    assert upgrade["rc"] == 0, upgrade["out"]
+    assert not upgrade["wants"]["exists"], upgrade
+    purge = life["purge"]
+    assert purge["rc"] == 0, purge["out"]
+    assert not purge["wants"]["exists"] and not purge["dsh_state"], purge
+    assert not purge["unit_file"], purge
+
+
+def test_with_systemd_the_scripts_start_restart_stop_and_disable_the_agent(facts):
+    """What the maintainer scripts ask a running systemd, through policy-rc.d (which said
+    no: there is none in the root)."""
+    life = facts["lifecycle"]
+    assert life["with_systemd"]["run_systemd_system"], life["with_systemd"]
+    steps = ["install", "upgrade", "remove", "purge"]
+    for step in steps:
+        assert life[f"{step}_with_systemd"]["rc"] == 0, life[f"{step}_with_systemd"]["out"]
+    asked = {step: life[f"{step}_with_systemd"]["asked"] for step in steps}
+    # Started on install; restarted on upgrade so that the new code serves (not stopped
+    # before the unpack: it serves until then); stopped on removal; nothing more on purge.
+    assert asked == {
+        "install": [f"{UNIT} start"],
+        "upgrade": [f"{UNIT} restart"],
+        "remove": [f"{UNIT} stop"],
+        "purge": [],
+    }, asked
+    # After a purge the package enables it again (it forgot the earlier disable);
+    # removal keeps the enablement, as it keeps the conffiles; purge disables it.
+    assert life["install_with_systemd"]["wants"]["is_symlink"], life["install_with_systemd"]
+    removed = life["remove_with_systemd"]
+    assert removed["wants"]["is_symlink"] and not removed["unit_file"], removed
+    purged = life["purge_with_systemd"]
+    assert not purged["wants"]["exists"] and not purged["dsh_state"], purged

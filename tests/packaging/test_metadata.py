@@ -1,12 +1,20 @@
 """The packaging files agree with each other (no root, no build): one version, one venv path,
-one log path, and slurm.conf.example names paths the package really installs."""
+one log path, and slurm.conf.example names paths the package really installs; the maintainer
+scripts enable, start, restart and stop the agent's unit."""
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import shutil
+import subprocess
+import tarfile
 import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN = REPO / "debian"
@@ -89,3 +97,78 @@ def test_slurm_conf_example_names_the_package_paths():
         assert settings[key] in links, (key, settings[key])
     # It must not replace a site's own scheduler settings.
     assert "SchedulerParameters" not in settings
+
+
+AGENT_UNIT = "nodecheck-agent.service"
+SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+
+
+def scripts_from_debhelper(tmp_path: Path) -> dict[str, str]:
+    """The maintainer scripts debhelper writes from debian/ (what `make deb` puts in the .deb,
+    less dh-virtualenv's part): debian/rules' own dh_installsystemd call, then
+    dh_installdeb, in a copy of debian/ (symlinks resolved, as the build sees them)."""
+    for tool in ("make", "dh_installsystemd", "dh_installdeb"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed (debhelper: make install)")
+    shutil.copytree(DEBIAN, tmp_path / "debian", symlinks=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DH_", "DEB_"))}
+    for argv in (
+        ["make", "-s", "-f", "debian/rules", "override_dh_installsystemd"],
+        ["dh_installdeb", "-pnodecheck"],
+    ):
+        done = subprocess.run(
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+    built = tmp_path / "debian" / "nodecheck" / "DEBIAN"
+    return {name: (built / name).read_text() for name in SCRIPTS if (built / name).exists()}
+
+
+def scripts_from_deb(deb: str) -> dict[str, str]:
+    """The maintainer scripts of a built .deb (`make test-deb` passes it in NODECHECK_DEB)."""
+    ctrl = subprocess.run(["dpkg-deb", "--ctrl-tarfile", deb], capture_output=True, check=True)
+    scripts = {}
+    with tarfile.open(fileobj=io.BytesIO(ctrl.stdout)) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if name in SCRIPTS and member.isfile():
+                scripts[name] = tar.extractfile(member).read().decode()
+    return scripts
+
+
+def unit_actions(script: str, unit: str) -> set[tuple[str, str]]:
+    """(tool, action) of every deb-systemd-helper / deb-systemd-invoke call on `unit`;
+    debhelper's `deb-systemd-invoke $_dh_action` counts once per value it assigns."""
+    actions = set()
+    call = re.compile(rf"(deb-systemd-helper|deb-systemd-invoke)\s+(?:--\S+\s+)*(\S+)\s+'{unit}'")
+    for tool, action in call.findall(script):
+        tool = tool.removeprefix("deb-systemd-")
+        if action == "$_dh_action":
+            actions |= {(tool, a) for a in re.findall(r"_dh_action=(\w+)", script)}
+        else:
+            actions.add((tool, action))
+    return actions
+
+
+@pytest.fixture(params=["debhelper", "deb"])
+def maintainer_scripts(request, tmp_path) -> dict[str, str]:
+    if request.param == "deb":
+        deb = os.environ.get("NODECHECK_DEB", "")
+        if not deb:
+            pytest.skip("NODECHECK_DEB not set (make test-deb)")
+        return scripts_from_deb(deb)
+    return scripts_from_debhelper(tmp_path)
+
+
+def test_maintainer_scripts_enable_start_restart_and_stop_the_agent(maintainer_scripts):
+    """The agent is the standard deployment: installing the package enables and starts it,
+    an upgrade restarts it on the new code, removal stops it, purge disables it."""
+    act = {name: unit_actions(maintainer_scripts.get(name, ""), AGENT_UNIT) for name in SCRIPTS}
+    postinst = maintainer_scripts["postinst"]
+    assert {("helper", "enable"), ("invoke", "start"), ("invoke", "restart")} <= act["postinst"]
+    # The --no-enable form re-enables only a unit the admin had enabled ("debian-installed").
+    assert f"deb-systemd-helper debian-installed '{AGENT_UNIT}'" not in postinst
+    # It keeps serving while dpkg unpacks an upgrade (no stop in preinst): postinst restarts it.
+    assert ("invoke", "stop") not in act["preinst"]
+    assert ("invoke", "stop") in act["prerm"]
+    assert ("helper", "purge") in act["postrm"]
