@@ -30,6 +30,7 @@
 #include <sys/time.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define REQUEST_MAGIC "nodecheck-agent/1"
@@ -44,12 +45,17 @@ extern char **environ;
 
 static const char *phase;
 static const char *python;
+static struct timespec started; /* CLOCK_MONOTONIC: the in-process run reads the same clock */
 
 /* Become the in-process run, telling it why the agent could not serve (never returns). */
 static void run_here(const char *why)
 {
     char *argv[] = {(char *)python, "-I", "-m", "nodecheck", "hook", (char *)phase, NULL};
+    char when[64];
     setenv("NODECHECK_AGENT_UNAVAILABLE", why, 1);
+    /* Its budget is what is left of ours (entry/hook.hook_started), not a new one. */
+    snprintf(when, sizeof when, "%lld.%09ld", (long long)started.tv_sec, started.tv_nsec);
+    setenv("NODECHECK_HOOK_STARTED", when, 1);
     execv(python, argv);
     /* Not even the in-process run can start: say so where slurmd keeps it, and let the
      * job start (nodecheck's own failure, judged as on_internal_error's default, pass). */
@@ -174,6 +180,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: agent-client --socket PATH --python /PYTHON prolog|epilog|health\n");
         return 2;
     }
+    clock_gettime(CLOCK_MONOTONIC, &started);
     const char *path = argv[2];
     python = argv[4];
     phase = argv[5];

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from _socket import (
     AF_UNIX,
     SCM_RIGHTS,
@@ -41,6 +42,9 @@ STARTED_TIMEOUT_S = 3.0
 MAX_REPLY = 4096
 # How a client that falls back tells the in-process run why (nodecheck.entry.hook logs it).
 UNAVAILABLE_ENV = "NODECHECK_AGENT_UNAVAILABLE"
+# ... and when the hook started (entry/hook.STARTED_ENV; not imported: this client loads
+# nothing of nodecheck).
+STARTED_ENV = "NODECHECK_HOOK_STARTED"
 
 
 class AgentUnavailable(Exception):
@@ -137,11 +141,13 @@ def parse_reply(reply: str) -> int:
     raise AgentUnavailable("the agent's worker ended without an exit code")
 
 
-def run_here(phase: str, why: str) -> None:
-    """Become the in-process run, telling it why the agent could not serve (does not
-    return)."""
+def run_here(phase: str, why: str, started: float) -> None:
+    """Become the in-process run, telling it why the agent could not serve and when this
+    hook started (its budget is what is left of ours: entry/hook.hook_started); does not
+    return."""
     python = sys.executable or "/usr/bin/python3"
     os.environ[UNAVAILABLE_ENV] = why
+    os.environ[STARTED_ENV] = repr(started)
     os.execv(python, [python, "-I", "-m", "nodecheck", "hook", phase])  # noqa: S606 (argv list)
 
 
@@ -150,10 +156,11 @@ def main(argv: list[str]) -> int:
         print("usage: agent_client.py --socket PATH prolog|epilog|health", file=sys.stderr)
         return 2
     path, phase = argv[1], argv[2]
+    started = time.monotonic()  # CLOCK_MONOTONIC: the in-process run reads the same clock
     try:
         return run_in_agent(path, phase)
     except AgentUnavailable as exc:
-        run_here(phase, str(exc))
+        run_here(phase, str(exc), started)
     return 2  # not reached
 
 

@@ -37,9 +37,27 @@ def run_hook(args: HookArgs, hook_pid: int | None = None) -> int:
     filesystem that stops answering during the run cannot hold slurmd."""
     from nodecheck.run.keeper import keep
 
-    started = time.monotonic()  # the run's budget counts from here, its first look included
+    # The run's budget counts from here, its first look included; a client that handed the
+    # run to the agent first and fell back counts from its own start (hook_started).
+    started = hook_started(os.environ, time.monotonic())
     pid = hook_pid or os.getpid()
     return keep(lambda: _run(args, pid, started), started + DEFAULT_BUDGET_S)
+
+
+# CLOCK_MONOTONIC (system-wide) when the agent's client started: a client whose agent
+# could not serve, or died mid-run, becomes the in-process run with what is left of the
+# budget Slurm gave the hook, not a new one (entry/agent_client.py, agent_client.c).
+STARTED_ENV = "NODECHECK_HOOK_STARTED"
+
+
+def hook_started(env: Mapping[str, str], now: float) -> float:
+    """The start of this hook's budget: `now`, or the client's start when it says one that
+    is sane (not in the future, not older than the longest budget)."""
+    try:
+        said = float(env.get(STARTED_ENV, ""))
+    except ValueError:
+        return now
+    return said if now - DEFAULT_BUDGET_S * 3 <= said <= now else now
 
 
 def _run(args: HookArgs, hook_pid: int, started: float) -> int:
@@ -80,7 +98,7 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     problem = "; ".join(filter(None, (look.log_dir_problem, problem)))
     if problem:
         get_logger().warning("log_file_unusable", problem=problem)
-    _say_why_not_the_agent(env, args.phase)
+    _say_why_not_the_agent(env, args.phase, started)
     try:
         out = execute(
             RunRequest(
@@ -106,9 +124,11 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     return out.verdict.exit_code
 
 
-def _say_why_not_the_agent(env: Mapping[str, str], phase: str) -> None:
+def _say_why_not_the_agent(env: Mapping[str, str], phase: str, started: float) -> None:
     """A client that could not hand this run to the agent says why (agent_client); it is
-    logged like every other line of the run. Only a log line: nothing else reads it."""
+    logged like every other line of the run, with how much of the hook's budget the try
+    took (`spent_s`: the run goes on with the rest). Only a log line: nothing else reads
+    it."""
     from nodecheck.entry.agent_client import DEFAULT_SOCKET, UNAVAILABLE_ENV
     from nodecheck.log import get_logger
 
@@ -116,7 +136,12 @@ def _say_why_not_the_agent(env: Mapping[str, str], phase: str) -> None:
     if why:
         socket = env.get("NODECHECK_AGENT_SOCKET") or DEFAULT_SOCKET
         get_logger().warning(
-            "agent_unavailable", socket=socket, phase=phase, error=why, fallback="in-process"
+            "agent_unavailable",
+            socket=socket,
+            phase=phase,
+            error=why,
+            fallback="in-process",
+            spent_s=round(time.monotonic() - started, 3),
         )
 
 

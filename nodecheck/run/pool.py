@@ -15,6 +15,11 @@ What isolates a probe stays as it was:
 - the run SIGKILLs a member that hangs past a check's timeout, as it would its own child,
   and the agent forks a replacement (`settle`); a member that dies takes only its group's
   results with it;
+- a member that ever hung is never lent again, dead or not: one asleep in the kernel (a
+  stat on a hung mount, state D) outlives its SIGKILL until the kernel lets it go, and lent
+  to the next run it would hang that run too (a healthy node drained for another node's
+  mount). The run names the members it killed in its lease (`retire`) before it gives the
+  pool back, and the agent replaces them before it lends the pool again;
 - each request carries a pipe of the run's own for the results (SCM_RIGHTS on a
   SOCK_SEQPACKET pair, one message per request), so nothing a member wrote for an earlier
   run, one that was killed halfway, can reach a later one;
@@ -56,6 +61,8 @@ class Member:
 # descriptor whose closing gives them back.
 _lent: dict[str, Member] = {}
 _lease: list[int] = []
+_hung: list[int] = []  # the lent members this run killed for hanging: never lent again
+_lender: list[int] = []  # the agent's pid, as the run saw it when the pool was lent
 
 
 def use(members: Iterable[Member], lease: int | None) -> None:
@@ -64,13 +71,33 @@ def use(members: Iterable[Member], lease: int | None) -> None:
     _lent.clear()
     _lent.update((member.group, member) for member in members)
     _lease[:] = [] if lease is None else [lease]
+    _hung.clear()
+    _lender[:] = [os.getppid()] if _lent else []
+
+
+def agent_gone() -> bool:
+    """Whether the agent that lent this run its pool has died (killed mid-run: its members
+    died with it, and this worker was handed to another parent)."""
+    return bool(_lender) and os.getppid() != _lender[0]
+
+
+def retire(pid: int) -> None:
+    """This run killed the lent member `pid` for hanging: the agent must not lend it again."""
+    if any(member.pid == pid for member in _lent.values()):
+        _hung.append(pid)
 
 
 def give_back() -> None:
-    """The run is over: the agent may lend the members to the next one."""
+    """The run is over: the agent may lend the members to the next one, less those it
+    killed for hanging (named in the lease before it closes)."""
     while _lease:
+        fd = _lease.pop()
         with contextlib.suppress(OSError):
-            os.close(_lease.pop())
+            if _hung:
+                os.write(fd, "".join(f"{pid}\n" for pid in _hung).encode())
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _hung.clear()
 
 
 def lent() -> dict[str, Member]:
@@ -110,6 +137,10 @@ class ProbePool:
     def __init__(self, groups: Iterable[str]) -> None:
         self.members: dict[str, Member] = {}
         self._lease: int | None = None  # read end: at EOF once the borrower gave them back
+        self._said = b""  # what the borrower wrote in the lease: the members it killed
+        # Members retired for hanging that had not ended when they were replaced, with
+        # their group: the agent's status and log name them until they are reaped.
+        self.stuck: dict[int, str] = {}
         for group in sorted(set(groups)):
             self._spawn(group)
 
@@ -136,16 +167,48 @@ class ProbePool:
         """The members for the next run, and the lease its worker holds while it uses them
         (closing it, or exiting, gives them back); none while another run has them."""
         if self._lease is not None:
-            ready, _, _ = select.select([self._lease], [], [], 0)
-            if not ready:
+            if not self._given_back():
                 return [], None
             os.close(self._lease)
+            self._lease = None
+            said, self._said = self._said, b""
+            for word in said.split():
+                if word.isdigit():
+                    self._retire(int(word))
         self._lease, lease = isolate.pipe()
         return list(self.members.values()), lease
+
+    def _given_back(self) -> bool:
+        """Whether the borrower closed its lease; what it wrote there is kept."""
+        assert self._lease is not None
+        while select.select([self._lease], [], [], 0)[0]:
+            chunk = os.read(self._lease, 4096)
+            if not chunk:
+                return True
+            self._said += chunk
+        return False
+
+    def _retire(self, pid: int) -> None:
+        """A member a run killed for hanging: replaced now, whether it has ended or not
+        (one asleep in the kernel ends only when the kernel lets it go; `settle` then reaps
+        it)."""
+        for group, member in list(self.members.items()):
+            if member.pid == pid:
+                os.close(member.control)
+                del self.members[group]
+                self._spawn(group)
+                if _alive(pid):
+                    self.stuck[pid] = group
+                from nodecheck.log import get_logger
+
+                get_logger().warning(
+                    "agent_probe_retired", group=group, pid=pid, still_alive=pid in self.stuck
+                )
 
     def settle(self, pid: int) -> None:
         """A child of the agent has ended: a member that died (killed by a run for hanging,
         or crashed) is replaced."""
+        self.stuck.pop(pid, None)
         for group, member in list(self.members.items()):
             if member.pid == pid:
                 os.close(member.control)
@@ -169,6 +232,15 @@ class ProbePool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(member.pid, signal.SIGKILL)
         self.members.clear()
+
+
+def _alive(pid: int) -> bool:
+    """Whether our child `pid` has not ended yet (a zombie has ended: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def serve(control: socket.socket) -> None:

@@ -218,7 +218,12 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: bool) -> None:
+def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: bool) -> list[Planned]:
+    """Close `child`'s books: the results it gave, a FAIL for the check that hung, SKIP for
+    those its hang kept from running, ERROR for those of a probe process that died. The
+    checks of a lent pool member that went away (the agent was killed: its members die
+    with it) are returned instead, for the run to fork them itself: losing the agent is no
+    reason to let a job start on a node nothing looked at."""
     child.done = True
     if timed_out:
         _read_available(child, results)  # the last note or result may have just arrived
@@ -226,12 +231,16 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
     ended = ""
     if timed_out:
         _kill(child.pid)  # a pool's member too: the agent reaps it and forks another
-        if not child.pooled:
+        if child.pooled:
+            pool.retire(child.pid)  # even if it outlives the kill, asleep in the kernel
+        else:
             _reap(child.pid)
     elif child.ended:
         # Every result is in: its exit is not waited for (run_checks collects it at the end),
         # and a pool's member waits for the next run.
         child.exited = child.pooled or _reap(child.pid, patience_s=0.0) != "still exiting"
+    elif child.pooled and pool.agent_gone():
+        return [item for item in child.planned if item.check.id not in results]
     elif child.pooled:
         ended = "the agent's probe process is gone"  # the agent reaps it and forks another
     else:
@@ -261,6 +270,7 @@ def _finish(child: _Child, results: dict[str, list[CheckResult]], timed_out: boo
             msg = f"not run: an earlier probe in its group ({hung}) hung"
             values = {"not_run": True, "hung_check": hung}
             results[cid] = [CheckResult(cid, Status.SKIP, msg, values=values, duration_s=waited)]
+    return []
 
 
 def run_checks(
@@ -301,9 +311,32 @@ def run_checks(
                 child = key.data
                 if not _read_available(child, results) or child.ended:
                     selector.unregister(child.fd)
-                    _finish(child, results, timed_out=False)
+                    orphaned = _finish(child, results, timed_out=False)
+                    if orphaned:  # a lent member gone: the rest of its group forked here
+                        limit = _group_memory_limit(orphaned, memory_limit_mb)
+                        again = _refork(orphaned, run_deadline, limit, results)
+                        if again is not None:
+                            children.append(again)
+                            selector.register(again.fd, selectors.EVENT_READ, again)
     _collect_the_ended(children)
     return [r for item in planned for r in results[item.check.id]]
+
+
+def _refork(
+    orphaned: list[Planned],
+    run_deadline: float,
+    memory_limit_mb: int,
+    results: dict[str, list[CheckResult]],
+) -> _Child | None:
+    """The checks a vanished pool member left, in a child of this run; when even that
+    cannot start, nodecheck's ERROR for each (never the node's FAIL)."""
+    try:
+        return _fork_group(orphaned, run_deadline, memory_limit_mb)
+    except OSError as exc:
+        msg = f"internal error: the agent's probe process is gone and no other starts: {exc}"
+        for item in orphaned:
+            results[item.check.id] = [CheckResult(item.check.id, Status.ERROR, msg[:300])]
+        return None
 
 
 def _collect_the_ended(children: list[_Child]) -> None:

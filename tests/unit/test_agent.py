@@ -259,7 +259,7 @@ def client(request, tmp_path):
             probe = (  # imports first, then the user
                 f"import os, sys; sys.path.insert(0, {str(CLIENT_SOURCE.parent)!r}); "
                 f"import agent_client as c; {drop}"
-                "c.run_here = lambda phase, why: (print('FALLBACK', why, file=sys.stderr), "
+                "c.run_here = lambda phase, why, *_: (print('FALLBACK', why, file=sys.stderr), "
                 "sys.exit(99)); "
                 f"sys.exit(c.main(['--socket', {str(sock)!r}, {phase!r}]))"
             )
@@ -559,3 +559,68 @@ def test_a_warm_worker_and_its_probe_children_import_nothing(tmp_path):
     assert xid and xid[0]["status"] == "PASS", xid
     if os.access("/dev/kmsg", os.R_OK):  # followed by warm_up, never opened by the run
         assert opened(seen) == []
+
+
+def _prolog_stuck_in_the_agent(tmp_path: Path, sock: Path, agent_log: Path):
+    """A prolog whose GPU probe hangs (a replayed NVML call that never returns), handed to
+    the agent on `sock`; returns the client, its scontrol recorder's log and the worker."""
+    replay = REPO / "tests" / "fixtures" / "nvml" / "h100-hang-remap.json"
+    scontrol = tmp_path / "scontrol"
+    calls = tmp_path / "scontrol-calls"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 1\n')
+    scontrol.chmod(0o755)
+    cfg = write_config(tmp_path, f'budget_s = 15\nnvml = "replay:{replay}"\n', str(scontrol))
+    environ = {
+        "SLURMD_NODENAME": "n1",
+        "SLURM_JOB_ID": "35",
+        "NODECHECK_CONFIG": str(cfg),
+        "NODECHECK_PYTHON": sys.executable,
+        "NODECHECK_AGENT_SOCKET": str(sock),
+    }
+    client = subprocess.Popen(
+        [str(PROLOG)], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 20
+    while not named(agent_log.read_text(), "agent_run"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [run] = named(agent_log.read_text(), "agent_run")
+    assert run["probe_pool"], run  # the run was lent the pool: its gpu probe is the agent's
+    time.sleep(1.0)  # the gpu member is inside the hung call
+    return client, calls, run["worker"]
+
+
+def test_an_agent_killed_mid_prolog_lets_no_job_start_on_an_unlooked_at_node(tmp_path):
+    """kill -9 of the agent mid-prolog takes its probe processes with it. The worker used
+    to report that as nodecheck's ERROR and exit 0: the job started on a GPU whose probe
+    hangs. Now the worker runs the orphaned checks itself within the run's budget."""
+    sock, log = tmp_path / "run" / "agent.sock", tmp_path / "agent.log"
+    agent = Agent(sock, log, [sys.executable, "-I", "-m", "nodecheck", "agent"])
+    client, calls, worker = _prolog_stuck_in_the_agent(tmp_path, sock, log)
+    agent.proc.kill()
+    agent.proc.wait(5)
+    _out, err = client.communicate(timeout=60)
+    [verdict] = named(err, "verdict")
+    assert (client.returncode, verdict["status"]) == (1, "FAIL"), err[-3000:]
+    assert verdict["reason"].startswith("nodecheck: gpu.")
+    assert "probe hung" in verdict["reason"]
+    assert calls.exists()  # Slurm was asked (to drain: here scontrol fails)
+    assert not named(err, "agent_unavailable")  # the worker lived on and finished the run
+    assert not alive(worker)
+
+
+def test_a_client_whose_worker_dies_too_goes_on_with_what_is_left_of_the_budget(tmp_path):
+    """Agent and worker killed at once: the client runs the prolog in-process, counting the
+    budget from its own start (NODECHECK_HOOK_STARTED), not from a new one."""
+    sock, log = tmp_path / "run" / "agent.sock", tmp_path / "agent.log"
+    agent = Agent(sock, log, [sys.executable, "-I", "-m", "nodecheck", "agent"])
+    client, _, worker = _prolog_stuck_in_the_agent(tmp_path, sock, log)
+    os.kill(worker, signal.SIGKILL)
+    agent.proc.kill()
+    agent.proc.wait(5)
+    _out, err = client.communicate(timeout=60)
+    [unavailable] = named(err, "agent_unavailable")
+    assert unavailable["error"] == "the agent's worker ended without an exit code"
+    assert unavailable["spent_s"] >= 1.0  # the time the agent had: counted, not given again
+    [verdict] = named(err, "verdict")
+    assert (client.returncode, verdict["status"]) == (1, "FAIL"), err[-3000:]

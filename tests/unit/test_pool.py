@@ -16,10 +16,11 @@ import pytest
 from helpers import dies, hangs, make_check, make_ctx, raises
 
 from nodecheck.probes import nvml
-from nodecheck.run import pool, runner
+from nodecheck.run import pool, progress, runner
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 from nodecheck.store import state
+from tests.fixtures.fuse_hang import hung_mount
 
 REPLAY = Path(__file__).parents[1] / "fixtures" / "nvml" / "h100-healthy.json"
 
@@ -46,7 +47,14 @@ def what_the_run_set(ctx):
     yield CheckResult("p.context", Status.PASS, "seen", values=values)
 
 
+def stats_a_path(ctx):
+    progress.note(f"stat {ctx.options['path']}")
+    os.stat(ctx.options["path"])
+    yield CheckResult("p.stat", Status.PASS, "answered")
+
+
 CHECKS = {
+    "p.stat": stats_a_path,
     "p.pass": passing,
     "p.hang": hangs,
     "p.raise": raises,
@@ -56,8 +64,9 @@ CHECKS = {
 }
 
 
-def plan(check_id: str, timeout: float = 5.0) -> Planned:
-    return Planned(make_check(check_id, CHECKS[check_id], timeout_s=timeout), make_ctx(), timeout)
+def plan(check_id: str, timeout: float = 5.0, **options) -> Planned:
+    check = make_check(check_id, CHECKS[check_id], timeout_s=timeout)
+    return Planned(check, make_ctx(options=options), timeout)
 
 
 @pytest.fixture
@@ -196,3 +205,29 @@ def test_a_pool_lent_elsewhere_is_not_lent_again_until_given_back():
         members.close()
         for member in members.members.values():
             os.waitpid(member.pid, 0)
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_member_stuck_in_the_kernel_is_never_lent_again(probes, tmp_path):
+    """A member that hung on a dead mount sleeps in the kernel (state D) through its
+    SIGKILL: lent to the next run, it would hang that run too and drain a healthy node. The
+    run names it in its lease; the agent replaces it before lending the pool again."""
+    old = probes.members["p.stat"].pid
+    with hung_mount(tmp_path / "mnt") as mnt:
+        [r] = run_checks([plan("p.stat", timeout=0.5, path=str(mnt / "x"))], budget_s=5)
+        assert r.status is Status.FAIL and r.message.endswith(f"in stat {mnt / 'x'}")
+        time.sleep(0.2)
+        assert _state(old) == "D"  # killed, and still there
+        pool.give_back()
+        lent, lease = probes.lend()
+        assert old not in {member.pid for member in lent}
+        assert probes.stuck == {old: "p.stat"}
+        pool.use(lent, lease)
+        [r] = run_checks([plan("p.stat", timeout=2, path=str(tmp_path))], budget_s=5)
+        assert r.status is Status.PASS  # the group's new member serves
+    os.waitpid(old, 0)  # the mount went: the kernel let it go
+    probes.settle(old)
+    assert probes.stuck == {}
