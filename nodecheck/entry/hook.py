@@ -98,7 +98,7 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     problem = "; ".join(filter(None, (look.log_dir_problem, problem)))
     if problem:
         get_logger().warning("log_file_unusable", problem=problem)
-    _say_why_not_the_agent(env, args.phase, started)
+    _say_why_not_the_agent(env, args.phase, started, node, JobInfo.from_env(env).job_id)
     try:
         out = execute(
             RunRequest(
@@ -124,7 +124,9 @@ def _run(args: HookArgs, hook_pid: int, started: float) -> int:
     return out.verdict.exit_code
 
 
-def _say_why_not_the_agent(env: Mapping[str, str], phase: str, started: float) -> None:
+def _say_why_not_the_agent(
+    env: Mapping[str, str], phase: str, started: float, node: str | None, job: str | None
+) -> None:
     """A client that could not hand this run to the agent says why (agent_client); it is
     logged like every other line of the run, with how much of the hook's budget the try
     took (`spent_s`: the run goes on with the rest). Only a log line: nothing else reads
@@ -138,6 +140,8 @@ def _say_why_not_the_agent(env: Mapping[str, str], phase: str, started: float) -
         get_logger().warning(
             "agent_unavailable",
             socket=socket,
+            node=node,
+            job=int(job) if job else None,
             phase=phase,
             error=why,
             fallback="in-process",

@@ -621,6 +621,7 @@ def test_a_client_whose_worker_dies_too_goes_on_with_what_is_left_of_the_budget(
     _out, err = client.communicate(timeout=60)
     [unavailable] = named(err, "agent_unavailable")
     assert unavailable["error"] == "the agent's worker ended without an exit code"
+    assert (unavailable["node"], unavailable["job"]) == ("n1", 35)
     assert unavailable["spent_s"] >= 1.0  # the time the agent had: counted, not given again
     [verdict] = named(err, "verdict")
     assert (client.returncode, verdict["status"]) == (1, "FAIL"), err[-3000:]
