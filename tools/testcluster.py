@@ -1083,6 +1083,16 @@ def _cli(argv: Sequence[str] | None = None) -> int:
                 "--nodecheck-config", type=Path, help="copy this file to STATE_DIR/nodecheck.toml"
             )
             p.add_argument(
+                "--reboot-program",
+                action="store_true",
+                help="RebootProgram= a script that restarts the node's slurmd (`slurmd -b`)",
+            )
+            p.add_argument(
+                "--accounting",
+                action="store_true",
+                help="slurmdbd with a private MariaDB (tools/testcluster_accounting.py)",
+            )
+            p.add_argument(
                 "--cgroup-conf-line",
                 action="append",
                 help="line for STATE_DIR/cgroup.conf (repeatable)",
@@ -1096,6 +1106,16 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "up":
+        if args.health_program and not args.nodecheck_config:
+            # HealthCheckProgram gets no environment: the wrapper points nodecheck at
+            # STATE_DIR/nodecheck.toml, which only --nodecheck-config writes. Without it
+            # every health run would end at "no config" and change nothing, silently.
+            print(
+                "testcluster: --health-program needs --nodecheck-config (the health "
+                "wrapper runs nodecheck with STATE_DIR/nodecheck.toml)",
+                file=sys.stderr,
+            )
+            return 2
         cluster = TestCluster(
             args.state_dir,
             nodes=args.nodes,
@@ -1115,6 +1135,8 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             munge_sbin=args.munge_sbin,
             port_base=args.port_base,
             cpus_per_node=args.cpus_per_node,
+            reboot_program=args.reboot_program,
+            accounting=args.accounting,
             start_timeout=args.timeout,
         )
         t0 = time.monotonic()

@@ -153,3 +153,26 @@ def test_ports_taken_between_the_look_and_the_bind_are_given_up(
         assert cluster.node_states() == {"n1": "idle"}
     finally:
         squatter.close()
+
+
+def test_up_refuses_a_health_program_without_a_nodecheck_config(tmp_path, capsys):
+    """It used to start a cluster whose health runs found no config and did nothing."""
+    code = testcluster._cli(
+        ["up", "--state-dir", str(tmp_path / "c"), "--health-program", "/bin/true"]
+    )
+    assert code == 2
+    assert "--health-program needs --nodecheck-config" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # nothing started
+
+
+def test_up_takes_the_reboot_program_and_accounting_flags(monkeypatch, tmp_path):
+    seen = {}
+
+    def start(self):
+        seen.update(reboot=self.reboot_program, accounting=self.accounting)
+        raise testcluster.ClusterError("not started in this test")
+
+    monkeypatch.setattr(testcluster.TestCluster, "start", start)
+    argv = ["up", "--state-dir", str(tmp_path / "c"), "--reboot-program", "--accounting"]
+    assert testcluster._cli(argv) == 1
+    assert seen == {"reboot": True, "accounting": True}
