@@ -1,4 +1,4 @@
-.PHONY: install client test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm test-slurm-releases wheel deb test-deb
+.PHONY: install client test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm test-slurm-releases wheel deb test-deb test-nvml-matrix test-gpu
 
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
@@ -30,6 +30,29 @@ test-unit:
 
 test-integration:
 	NODECHECK_REQUIRE_SLURM=1 $(VPY) -m pytest -q tests/integration
+
+# The GPU acceptance run, on a GPU node (docs/deep.md, "make test-gpu"): tests/gpu, the NVML
+# binding suite against the real driver, `nodecheck run --tier deep --json` on every GPU; the
+# NVML snapshot, the figures and the GPU model, driver and CUDA versions are written under
+# tests/fixtures/real/gpu-runs/<model>-<driver>/ to commit. Within 8 minutes on 8 GPUs.
+# Without a GPU it exits 77 at once and says "no GPU".
+test-gpu:
+	$(VPY) tools/test-gpu.py $(TEST_GPU_ARGS)
+
+# The NVML binding suite (tests/unit/test_nvml_bindings.py: the real pynvml over a stand-in
+# libnvidia-ml) once per nvidia-ml-py release of a supported driver branch, pyproject's range
+# from its floor to its newest: each installed alone (no deps) into its own --target dir under
+# build/, reused on later runs, first on sys.path (docs/gpu.md, "nvidia-ml-py releases").
+NVML_MATRIX ?= 12.550.89 12.570.172 12.575.51 13.580.126 13.615.71
+NVML_MATRIX_DIR ?= $(CURDIR)/build/nvml-matrix
+test-nvml-matrix:
+	@set -e; for v in $(NVML_MATRIX); do \
+	  d=$(NVML_MATRIX_DIR)/$$v; \
+	  test -f $$d/pynvml.py || $(VPY) -m pip install -q --no-deps --target $$d nvidia-ml-py==$$v; \
+	  echo "== nvidia-ml-py $$v"; \
+	  NODECHECK_EXPECT_NVML_PY=$$v PYTHONPATH=$$d $(VPY) -m pytest -q -p no:cacheprovider \
+	    tests/unit/test_nvml_bindings.py; \
+	done
 
 lint:
 	$(VPY) -m ruff check .

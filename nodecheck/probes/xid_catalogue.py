@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from nodecheck.probes import recovery_action
 from nodecheck.probes.xid_lines import GpuEvent
 
 CATALOGUE_SOURCE = "https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html"
@@ -144,24 +145,6 @@ IMMEDIATE_VERDICTS: dict[str, tuple[str, str]] = {
     "IGNORE": ("info", ""),
     "WORKFLOW_XID_45": ("info", ""),  # follows the Xid that caused it
 }
-# The GPU's recovery action by its code (nvmlDeviceGpuRecoveryAction_t: the value of NVML's
-# NVML_FI_DEV_GET_GPU_RECOVERY_ACTION, and the `to 0x2` of Xid 154) -> (status, remedy).
-# The code, not the name: driver branches print different names for one code (0x1 "GPU
-# Reset Required" / "PF FLR", 0x2 "Node Reboot Required" / "OS Reboot"). A code not here
-# WARNs: an action nodecheck cannot name is worth a look, not yet a drain.
-RECOVERY_ACTION_VERDICTS: dict[int, tuple[str, str]] = {
-    0: ("info", ""),  # NONE
-    1: ("fail", "reset-gpu"),  # GPU_RESET
-    2: ("fail", "reboot"),  # NODE_REBOOT
-    3: ("warn", ""),  # DRAIN_P2P: stop peer traffic; the action is then queried again
-    4: ("fail", "reset-gpu"),  # DRAIN_AND_RESET: reduced capacity until a reset
-    # 5 differs between headers: GPU_RESET_BUS in the R580-era nvml.h, RECOVER_IMEX_DOMAIN
-    # (the multi-node NVLink domain) from R595 on. Either way something must be reset
-    # before the GPU is trusted again, so the safe reading drains for a reset.
-    5: ("fail", "reset-gpu"),
-    6: ("fail", "reset-gpu"),  # BUS_RESET (R595 on; unnamed before)
-    7: ("fail", "reboot"),  # SYSTEM_REBOOT (R595 on)
-}
 
 
 @dataclass(frozen=True)
@@ -178,9 +161,13 @@ def judge(
     fail: Collection[int] = (),
     warn: Collection[int] = (),
     ignore: Collection[int] = (),
+    branch: int | None = None,
 ) -> XidVerdict:
     """The verdict on one event: a site's override first (`fail`/`warn`/`ignore` list the
-    Xid numbers), then the catalogue. SXids are judged by their own Fatal/Non-fatal word."""
+    Xid numbers), then the catalogue. SXids are judged by their own Fatal/Non-fatal word.
+    `branch` is the driver branch that printed the event (570 for 570.86.15; None when
+    unknown): Xid 154's recovery action code means different things in different branches
+    (probes/recovery_action.py)."""
     if event.source == "sxid":
         if event.fatal:
             return XidVerdict("fail", "reboot", "fatal NVSwitch SXid: reset the fabric")
@@ -198,8 +185,9 @@ def judge(
         code = event.recovery_code
         if code is None:
             return XidVerdict("warn", "", f"{name}: action not given")
-        status, remedy = RECOVERY_ACTION_VERDICTS.get(code, ("warn", ""))
-        return XidVerdict(status, remedy, f"{name}: 0x{code:x} ({event.recovery_action})")
+        action = recovery_action.judge(code, branch)
+        printed = f" printed as {event.recovery_action!r}" if event.recovery_action else ""
+        return XidVerdict(action.status, action.remedy, f"{name}: {action.why}{printed}")
     if bucket == "WORKFLOW_NVLINK5_ERR":
         if event.fatal is None:
             return XidVerdict("warn", "", f"{name}: Fatal/Nonfatal not given")

@@ -22,19 +22,29 @@ PORT = 29617
 MIB = 1024**2
 
 
+@pytest.fixture(autouse=True)
+def run_secret(monkeypatch):
+    """The per-run secret a validation job gives every node (srun passes the environment)."""
+    monkeypatch.setenv("NODECHECK_FABRIC_SECRET", "netns-test-run")
+
+
 def run_all(
-    net: Lab, hosts: list[str], nodelist: str = "h[1-4]", join_timeout_s: float = 60
+    net: Lab,
+    hosts: list[str],
+    nodelist: str = "h[1-4]",
+    join_timeout_s: float = 60,
+    **extra: object,
 ) -> dict[str, dict]:
     """deep.fabric on `hosts` at once (the job being `nodelist`); each host's one result."""
     options = {
         "device": "cpu", "address_template": "10.201.0.{num}", "interface": "ib0",
         "port": PORT, "join_timeout_s": join_timeout_s, "collective_mib": 16384 / MIB,
-        "pair_mib": 256 * 1024 / MIB, "repeats": 3, "slow_fraction": 0.1,
+        "pair_mib": 256 * 1024 / MIB, "repeats": 3, "slow_fraction": 0.1, **extra,
     }  # fmt: skip
     # slow_fraction 0.1, not the default 0.5: these hosts share two CPU cores with everything
     # else, and a healthy veth pair was measured 5x below another under load (CI tries);
     # the 10 Mbit tbf host is about 700x below, so it is still named and no loaded pair is.
-    timeout = join_timeout_s + 60
+    timeout = join_timeout_s + 120
     got = net.run_script(
         hosts,
         SCRIPT,
@@ -78,3 +88,25 @@ def test_a_host_that_never_joins_makes_the_test_incomplete_not_a_drain(lab):
     for host, result in got.items():
         assert result["status"] == "WARN", (host, result)
         assert "fabric test incomplete" in result["message"]
+
+
+def test_a_host_with_another_runs_secret_is_not_let_in(lab, tmp_path):
+    """All three start together, but h3 holds another secret (another run's, or an
+    intruder's): h1 and h2 never count it as joined, and h3 never meets them."""
+    net = lab(3)
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text("not-this-run")
+    options = {"device": "cpu", "address_template": "10.201.0.{num}", "interface": "ib0",
+               "port": PORT, "join_timeout_s": 6, "collective_mib": 16384 / MIB,
+               "pair_mib": 256 * 1024 / MIB, "repeats": 3}  # fmt: skip
+
+    def arg_for(host: str) -> str:
+        extra = {"secret_file": str(wrong)} if host == "h3" else {}
+        return json.dumps({"node": host, "nodelist": "h[1-3]", "options": {**options, **extra}})
+
+    got = {h: o["results"][0] for h, o in net.run_script(["h1", "h2", "h3"], SCRIPT, arg_for,
+                                                         120).items()}  # fmt: skip
+    for host in ("h1", "h2"):
+        assert got[host]["status"] == "WARN", got[host]
+        assert "h3 did not join" in got[host]["message"]
+    assert got["h3"]["status"] == "WARN" and "incomplete" in got["h3"]["message"]

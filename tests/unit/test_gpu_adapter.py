@@ -289,6 +289,8 @@ class FakeNvml(types.SimpleNamespace):
         name = model.NVLINK_COUNTERS[counter]
         if name in item.errors:
             self._raise(item.errors[name])
+        if name not in item.counters or not self.legacy_counters:
+            self._raise(NvmlError(3))  # Blackwell: no legacy counter at all
         return item.counters[name]
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, h):
@@ -341,18 +343,39 @@ class FakeNvml(types.SimpleNamespace):
             for p in self._field(h, "graphics_processes")
         ]
 
+    # Answer the NVML_FI_DEV_NVLINK_LINK_COUNT field (91) with the fixture's link count.
+    answers_link_count = False
+    legacy_counters = True  # False: nvmlDeviceGetNvLinkErrorCounter NOT_SUPPORTED (Blackwell)
+
     def nvmlDeviceGetFieldValues(self, h, field_ids):
-        """Real NVML fails one field in its own nvmlReturn, not the whole call."""
+        """Real NVML fails one field in its own nvmlReturn, not the whole call. Fields: the
+        recovery action, the NVLink count, and the per-link NVLink counters (scopeId = link)
+        of model.NVLINK_COUNTER_SPECS, answered from each link's counters."""
         values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
         gpu = self._gpu(h)
-        for slot, field_id in zip(values, field_ids, strict=True):
-            assert field_id == pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION
-            slot.fieldId = field_id
-            if "recovery_action" in gpu.errors:
-                slot.nvmlReturn = gpu.errors["recovery_action"].code
+        by_field = {spec.field: spec.name for spec in model.NVLINK_COUNTER_SPECS if spec.field}
+        for slot, request in zip(values, field_ids, strict=True):
+            field_id, scope = request if isinstance(request, tuple) else (request, 0)
+            slot.fieldId, slot.scopeId = field_id, scope
+            slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+            if field_id == model.FI_GPU_RECOVERY_ACTION:
+                if "recovery_action" in gpu.errors:
+                    slot.nvmlReturn = gpu.errors["recovery_action"].code
+                else:
+                    slot.value.uiVal = gpu.recovery_action
+            elif field_id == model.FI_NVLINK_LINK_COUNT and self.answers_link_count:
+                slot.value.uiVal = len(gpu.nvlinks)
+            elif field_id in by_field:
+                link = next((x for x in gpu.nvlinks if x.link == scope), None)
+                name = by_field[field_id]
+                if link is None or name not in link.counters:
+                    err = link.errors.get(name) if link else None
+                    slot.nvmlReturn = err.code if err else pynvml.NVML_ERROR_NOT_SUPPORTED
+                else:
+                    slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                    slot.value.ullVal = link.counters[name]
             else:
-                slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
-                slot.value.uiVal = gpu.recovery_action
+                slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
         return values
 
     def nvmlDeviceGetMemoryInfo(self, h):
@@ -467,3 +490,79 @@ def test_real_collector_prefers_newer_temperature_call(monkeypatch):
     fake = NewDriverNvml(snap)
     got = _collect_with(monkeypatch, fake)
     assert got.gpus[7].temperature_c == 88 and "temperatureV" in fake.calls
+
+
+# --- pynvml releases and drivers of other branches ------------------------------------
+
+
+class OldBindingsNvml(FakeNvml):
+    """pynvml 12.550 to 12.575: the v2 fabric struct is named c_nvmlGpuFabricInfoV_t (no
+    _v2_t, no _v3_t), and before 12.570 NVML_FI_DEV_GET_GPU_RECOVERY_ACTION has no name."""
+
+    c_nvmlGpuFabricInfoV_t = pynvml.c_nvmlGpuFabricInfo_v2_t
+    c_nvmlGpuFabricInfo_v2_t = None
+    c_nvmlGpuFabricInfo_v3_t = None
+    NVML_FI_DEV_GET_GPU_RECOVERY_ACTION = None
+
+
+def test_older_bindings_keep_fabric_health_and_the_recovery_action(monkeypatch):
+    snap = Snapshot.load(NVML_FIXTURES / "h100-recovery-reboot.json")
+    data = snap.to_dict()
+    data["gpus"][1]["fabric"]["healthMask"] = 0x11  # DEGRADED_BW_TRUE | ROUTE_UNHEALTHY_TRUE
+    snap = Snapshot.from_dict(data)
+    got = _collect_with(monkeypatch, OldBindingsNvml(snap, fabric_v3=False))
+    assert got.gpus[1].fabric.healthMask == 0x11  # not dropped by the unversioned fallback
+    assert got.gpus[2].recovery_action == 2  # asked by field number, not by pynvml's name
+
+
+def test_the_nvlink_count_field_bounds_the_links_asked(monkeypatch):
+    snap = Snapshot.load(NVML_FIXTURES / "h100-healthy.json")
+    fake = FakeNvml(snap)
+    fake.answers_link_count = True
+    notes: list[str] = []
+    progress.set_sink(notes.append)
+    try:
+        got = _collect_with(monkeypatch, fake)
+    finally:
+        progress.set_sink(None)
+    assert _comparable(got) == _comparable(snap)
+    assert "nvmlDeviceGetNvLinkState gpu0 link17" in notes
+    assert "nvmlDeviceGetNvLinkState gpu0 link18" not in notes  # 36 without the count
+
+
+def test_blackwell_counters_come_from_the_per_link_fields(monkeypatch):
+    """No legacy counter (NOT_SUPPORTED, as on Blackwell): one field-values call per link
+    reads the counters NVML has there; the ones it has not keep their error."""
+    data = Snapshot.load(NVML_FIXTURES / "h100-healthy.json").to_dict()
+    not_supported = {"code": 3}
+    for link in data["gpus"][0]["nvlinks"]:
+        link["counters"] = {"link_recovery_failed": 0, "symbol_errors": 12, "replay": 4}
+        link["errors"] = {
+            name: not_supported
+            for name in model.NVLINK_COUNTER_BY_NAME
+            if name not in link["counters"]
+        }
+    snap = Snapshot.from_dict(data)
+    fake = FakeNvml(snap)
+    fake.legacy_counters = False
+    got = _collect_with(monkeypatch, fake)
+    assert got.gpus[0].nvlinks == snap.gpus[0].nvlinks
+    assert got.gpus[0].nvlinks[3].counters["replay"] == 4  # NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY
+
+
+@pytest.mark.parametrize("path", ALL_FIXTURES, ids=lambda p: p.stem)
+def test_generated_fixtures_say_they_were_generated(path):
+    """make_fixtures.py models its nodes: its files must not pass for recordings (those come
+    from tools/record-nvml-snapshot.py, source "recorded"), and must be what it writes now."""
+    import importlib.util
+
+    data = json.loads(path.read_text())
+    assert data["source"].startswith("generated by tests/fixtures/nvml/make_fixtures.py")
+    assert data["comment"].startswith("generated from ")
+    spec = importlib.util.spec_from_file_location(
+        "make_fixtures", NVML_FIXTURES / "make_fixtures.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = module.build()[path.stem]
+    assert data["comment"].endswith(built["comment"]) and data["source"] == built["source"]

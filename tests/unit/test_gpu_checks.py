@@ -324,6 +324,10 @@ def test_pcie_expected_width_and_gen(tmp_path):
 
 
 def test_nvlink_down(state_dir):
+    """Without expected_active a link is down when it was active at the last run (a first
+    reading cannot tell a failed link from an unwired one: tests/unit/test_gpu_nvlink.py)."""
+    run("gpu.nvlink", "h100-healthy.json", state_dir=state_dir)  # the last hook run
+    nvml.clear_cache()
     results = run("gpu.nvlink", "h100-nvlink-down.json", state_dir=state_dir)
     assert problems(results) == [(Status.FAIL, "gpu4", "NVLink 7 down (17/18 active)")]
     results = run("gpu.nvlink", "h100-nvlink-down.json", state_dir=state_dir, expected_active=18)
@@ -450,8 +454,8 @@ def test_nvlink_state_held_by_someone_else_is_an_error_not_a_hang(tmp_path, stat
 def test_nvlink_state_trouble_still_reports_links(tmp_path):
     bad = tmp_path / "file-not-dir"
     bad.write_text("x")
-    results = run("gpu.nvlink", "h100-nvlink-down.json", state_dir=bad)
-    assert (Status.FAIL, "gpu4", "NVLink 7 down (17/18 active)") in problems(results)
+    results = run("gpu.nvlink", "h100-nvlink-down.json", state_dir=bad, expected_active=18)
+    assert (Status.FAIL, "gpu4", "17 NVLinks active (expected 18); down: 7") in problems(results)
     assert any(r.status is Status.ERROR and "state unavailable" in r.message for r in results)
 
 
@@ -559,6 +563,20 @@ def test_fabric_not_started():
         Status.FAIL,
         "gpu0",
         "fabric registration not started (is nvidia-fabricmanager running?)",
+    )
+
+
+def test_fabric_health_mask_without_a_summary_warns(tmp_path):
+    """The v2 struct (drivers before R580; pynvml up to 12.575 has no other) carries only
+    healthMask: DEGRADED_BW true (1 at bit 0) and ROUTE_UNHEALTHY true (1 at bit 4)."""
+    fabric = {"state": 3, "status": 0, "healthMask": 0x11, "healthSummary": None}
+    path = _edit(tmp_path, "h100-healthy.json", 3, fabric=fabric)
+    assert problems(run("gpu.fabric", path)) == [
+        (Status.WARN, "gpu3", "fabric health: bandwidth degraded, route unhealthy")
+    ]
+    healthy = {**fabric, "healthMask": 0xAA}  # every flag false
+    assert (
+        problems(run("gpu.fabric", _edit(tmp_path, "h100-healthy.json", 3, fabric=healthy))) == []
     )
 
 
@@ -785,23 +803,35 @@ def test_remap_reports_the_recovery_action_the_driver_asks_for():
     assert results[0].remedy == "reboot" and results[0].values["recovery_action"] == 2
 
 
+# The recovery action code under each driver branch (probes/recovery_action.py): the snapshot's
+# driver version picks the table; 5 is a bus reset in R580 and the IMEX domain from R595.
 @pytest.mark.parametrize(
-    ("code", "status", "remedy"),
+    ("driver", "code", "status", "remedy", "message"),
     [
-        (1, Status.FAIL, "reset-gpu"),
-        (4, Status.FAIL, "reset-gpu"),
-        (3, Status.WARN, ""),
-        # 5 is GPU_RESET_BUS in the R580-era nvml.h, RECOVER_IMEX_DOMAIN from R595 on
-        (5, Status.FAIL, "reset-gpu"),
-        (6, Status.FAIL, "reset-gpu"),
-        (7, Status.FAIL, "reboot"),
-        (9, Status.WARN, ""),
+        ("575.57.08", 1, Status.FAIL, "reset-gpu", "GPU Reset Required"),
+        ("575.57.08", 4, Status.FAIL, "reset-gpu", "Drain and Reset"),
+        ("575.57.08", 3, Status.WARN, "", "Drain P2P"),
+        ("575.57.08", 5, Status.WARN, "", "not defined for this driver branch"),
+        ("580.95.05", 5, Status.FAIL, "reset-gpu", "GPU Bus Reset Required"),
+        ("580.95.05", 6, Status.WARN, "", "not defined for this driver branch"),
+        ("590.48.01", 5, Status.WARN, "", "not defined for this driver branch"),
+        ("595.71.05", 5, Status.WARN, "", "Recover IMEX Domain"),
+        ("615.20.01", 5, Status.WARN, "", "Recover IMEX Domain"),
+        ("615.20.01", 6, Status.FAIL, "reset-gpu", "Bus Reset Required"),
+        ("615.20.01", 7, Status.FAIL, "reboot", "System Reboot Required"),
+        ("615.20.01", 9, Status.WARN, "", "not defined for this driver branch"),
+        (None, 5, Status.FAIL, "reset-gpu", "Bus Reset or Recover IMEX Domain"),
     ],
 )
-def test_remap_recovery_actions_reset_and_drain(tmp_path, code, status, remedy):
+def test_remap_recovery_action_by_driver_branch(tmp_path, driver, code, status, remedy, message):
     path = _edit(tmp_path, "h100-recovery-reboot.json", 2, recovery_action=code)
+    data = json.loads(Path(path.removeprefix("replay:")).read_text())
+    data["driver_version"] = driver
+    Path(path.removeprefix("replay:")).write_text(json.dumps(data))
     [bad] = [r for r in run("gpu.remap", path) if r.status is not Status.PASS]
     assert (bad.status, bad.component, bad.remedy or "") == (status, "gpu2", remedy)
+    assert bad.message.startswith(f"driver asks for recovery: {message}")
+    assert bad.values["driver_branch"] == (int(driver[:3]) if driver else None)
 
 
 def test_remap_pending_and_recovery_action_both_reported(tmp_path):
@@ -818,5 +848,5 @@ def test_remap_pending_and_recovery_action_both_reported(tmp_path):
 
 
 def test_remap_without_the_recovery_field_judges_rows_only():
-    """Drivers before R570 answer NOT_SUPPORTED for the field: no result of its own."""
+    """Drivers before R565 answer NOT_SUPPORTED for the field: no result of its own."""
     assert problems(run("gpu.remap", "h100-healthy.json")) == []

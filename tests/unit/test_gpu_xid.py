@@ -377,3 +377,51 @@ def test_interleaved_fatal_sxids_count_one_event_per_error(node):
         (Status.FAIL, "nvswitch2", 2, "reboot"),
         (Status.FAIL, "pci0000:91:00", 2, "reboot"),
     }
+
+
+# --- Xid 154 by the loaded driver's branch ---------------------------------------------
+
+# /proc/driver/nvidia/version of the loaded module as quoted in public repositories' tests
+# (the open module's lines of 580.95.05 and 595.71.05; the branch is all that is read).
+MODULE_VERSIONS = {
+    580: "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build\n",
+    595: "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  595.71.05  Release Build  "
+    "(dvs-builder@host)  Fri Apr 24 06:42:30 UTC 2026\nGCC version:  gcc version 13.3.0\n",
+}
+# The real Xid 154 record of kmsg-h100-xid79.txt with the new action's code set to 0x5.
+XID_154_CODE_5 = (
+    "4,3109,90210004011,-;NVRM: Xid (PCI:0000:9a:00): 154, pid='<unknown>', name=<unknown>, "
+    "GPU recovery action changed from 0x0 (None) to 0x5 ({name})\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("branch", "name", "status", "remedy"),
+    [
+        (580, "GPU Reset Bus", Status.FAIL, "reset-gpu"),  # R580: NVML_..._GPU_RESET_BUS
+        (595, "Recover IMEX Domain", Status.WARN, ""),  # R595 on: the IMEX domain
+        (None, "?", Status.FAIL, "reset-gpu"),  # no module version: the safe reading
+    ],
+)
+def test_xid_154_code_is_read_by_the_loaded_driver_branch(node, branch, name, status, remedy):
+    proc, log, _ = node
+    if branch:
+        (proc / "driver" / "nvidia" / "version").write_text(MODULE_VERSIONS[branch])
+    log.write_text(XID_154_CODE_5.format(name=name))
+    [result] = run(node)
+    assert (result.status, result.component, result.remedy or "") == (status, "gpu4", remedy)
+    where = f"driver R{branch}" if branch else "driver branch unknown"
+    assert where in result.values["why"]
+
+
+def test_module_version_lines_of_both_kernel_modules():
+    from nodecheck.probes.recovery_action import driver_branch, module_version
+
+    assert module_version(MODULE_VERSIONS[595]) == "595.71.05"
+    assert driver_branch(module_version(MODULE_VERSIONS[580])) == 580
+    proprietary = (
+        "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.216.03  Thu Apr  3 01:14:19 UTC 2025\n"
+    )
+    assert module_version(proprietary) == "535.216.03"
+    jetson = "NVRM version: NVIDIA UNIX Kernel Module for aarch64  34.1.1  Release Build\n"
+    assert driver_branch(module_version(jetson)) is None  # not a desktop/datacenter branch

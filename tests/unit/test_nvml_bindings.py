@@ -8,9 +8,18 @@ GeForce RTX 4090 (tests/fixtures/real/nvidia-smi/, sources in SOURCES.md), the w
 driver does (milliwatts, bytes, enum codes, NVML_ERROR_NOT_SUPPORTED where nvidia-smi
 prints N/A, the two-call size protocol of the process lists).
 
+NVLink is answered from the same H100 SXM's published `nvidia-smi nvlink -s` and
+`nvidia-smi nvlink -e` (tests/unit/smi_nvlink.py reads them): the link count, each link's
+state and its error counters, through the legacy call or, as on Blackwell where the legacy
+counters are gone, through the per-link field values.
+
 The checks then judge those snapshots: what a node with that GPU would get. With a real
 GPU (`gpu` marker), the same comparison runs against the real library and the machine's
 own `nvidia-smi -q`.
+
+`make test-nvml-matrix` runs this module once per supported nvidia-ml-py release (the
+oldest first on sys.path): the stand-in exports what the real libnvidia-ml exports, and each
+release's wrappers must reach it.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any
 
 import pynvml
 import pytest
+import smi_nvlink
 from helpers import make_ctx, options_of
 
 from nodecheck.checks.registry import all_checks
@@ -35,7 +45,14 @@ from nodecheck.run.results import Status
 
 SMI = Path(__file__).parents[1] / "fixtures" / "real" / "nvidia-smi"
 MIB = 1024**2
-SUCCESS, NOT_SUPPORTED, INSUFFICIENT_SIZE = 0, 3, 7
+SUCCESS, INVALID_ARGUMENT, NOT_SUPPORTED, INSUFFICIENT_SIZE = 0, 2, 3, 7
+# Which published NVLink outputs go with which `nvidia-smi -q` (GPU 0 of each).
+NVLINK_DUMPS = {"h100-sxm-565.txt": ("h100-sxm-nvlink-s.txt", "h100-sxm-nvlink-e.txt")}
+# nvmlNvLinkErrorCounter_t -> `nvidia-smi nvlink -e` counter; field id (scope: link) -> same.
+LEGACY_COUNTERS = dict(enumerate(("replay", "recovery", "crc_flit", "crc_data", "ecc_data")))
+NVLINK_FIELDS = {161: "replay", 162: "recovery", 163: "crc_flit"}
+FI_NVLINK_LINK_COUNT, FI_GPU_RECOVERY_ACTION = 91, 230  # field ids (nvml.h): not every
+# supported pynvml release names the second one, the driver knows it all the same
 # nvidia-smi's "Clocks Event Reasons" lines -> the bit NVML reports.
 REASON_LINES = {
     "Idle": "gpu_idle",
@@ -51,6 +68,7 @@ REASON_LINES = {
 COMPUTE_MODES = {"Default": 0, "Exclusive_Thread": 1, "Prohibited": 2, "Exclusive_Process": 3}
 FABRIC_STATES = {"Not Supported": 0, "Not Started": 1, "In Progress": 2, "Completed": 3}
 RECOVERY = {"None": 0, "Reset Required": 1, "Node Reboot Required": 2, "Drain P2P": 3}
+HEALTH_MASK_NOT_REPORTED = 0
 
 
 # --- nvidia-smi -q as data -------------------------------------------------------------
@@ -113,6 +131,12 @@ def _out(ref: Any) -> Any:
     return getattr(ref, "_obj", ref)
 
 
+def _int(arg: Any) -> int:
+    """An integer argument: pynvml passes some as ctypes objects, some as plain ints, and
+    not the same way in every release."""
+    return int(getattr(arg, "value", arg))
+
+
 def _number(value: str | None) -> float | None:
     return None if value is None else float(value.split()[0].rstrip("x"))
 
@@ -122,8 +146,16 @@ class SmiLibrary:
     point pynvml looks up; a symbol that is not here is NVML_ERROR_FUNCTION_NOT_FOUND,
     as with a real older library."""
 
-    def __init__(self, header: dict[str, str], gpus: list[SmiGpu]) -> None:
+    def __init__(
+        self,
+        header: dict[str, str],
+        gpus: list[SmiGpu],
+        nvlinks: dict[int, smi_nvlink.SmiLinks] | None = None,
+    ) -> None:
         self.header, self.gpus = header, gpus
+        self.nvlinks = nvlinks or {}
+        self.legacy_nvlink_counters = True  # False: as on Blackwell (NVML change log v565)
+        self.nvlink_fields = True  # False: the per-link error fields refused too
 
     # system
     def nvmlInitWithFlags(self, flags: int) -> int:
@@ -146,7 +178,7 @@ class SmiLibrary:
         return SUCCESS
 
     def nvmlDeviceGetHandleByIndex_v2(self, index: Any, ref: Any) -> int:
-        i = index.value
+        i = _int(index)
         if i >= len(self.gpus):
             return 2  # NVML_ERROR_INVALID_ARGUMENT
         pointer = ctypes.c_void_p(i + 1)  # a handle is opaque: the index, off by one
@@ -239,8 +271,38 @@ class SmiLibrary:
     def nvmlDeviceGetMaxPcieLinkWidth(self, h: Any, ref: Any) -> int:
         return self._link(h, ref, "Link Width", "Max")
 
+    def _links(self, h: Any) -> smi_nvlink.SmiLinks | None:
+        return self.nvlinks.get(ctypes.cast(h, ctypes.c_void_p).value - 1)
+
     def nvmlDeviceGetNvLinkState(self, h: Any, link: Any, ref: Any) -> int:
-        return NOT_SUPPORTED  # `nvidia-smi -q` does not show NVLinks: nothing to answer from
+        links = self._links(h)
+        if links is None:
+            return NOT_SUPPORTED  # no published NVLink output for this GPU: none to answer
+        if _int(link) not in links.active:
+            return INVALID_ARGUMENT  # a link number the part does not have
+        _out(ref).value = int(links.active[_int(link)])  # NVML_FEATURE_ENABLED / DISABLED
+        return SUCCESS
+
+    def nvmlDeviceGetNvLinkErrorCounter(self, h: Any, link: Any, counter: Any, ref: Any) -> int:
+        links = self._links(h)
+        counters = links.counters.get(_int(link)) or {} if links else {}
+        value = counters.get(LEGACY_COUNTERS[_int(counter)])
+        if value is None or not self.legacy_nvlink_counters:
+            return NOT_SUPPORTED  # nvidia-smi prints no such counter: the driver has none
+        _out(ref).value = value
+        return SUCCESS
+
+    def _field(self, h: Any, field_id: int, scope: int) -> int | None:
+        """A field's value, or None for NVML_ERROR_NOT_SUPPORTED in that field."""
+        links = self._links(h)
+        if field_id == FI_GPU_RECOVERY_ACTION:
+            action = self._gpu(h).get("GPU Recovery Action")
+            return None if action is None else RECOVERY[action]  # R565 on
+        if field_id == FI_NVLINK_LINK_COUNT:
+            return None if links is None else len(links.active)
+        if field_id in NVLINK_FIELDS and links is not None and self.nvlink_fields:
+            return (links.counters.get(scope) or {}).get(NVLINK_FIELDS[field_id])
+        return None
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, h: Any, ref: Any) -> int:
         gpu, mask = self._gpu(h), 0
@@ -249,6 +311,11 @@ class SmiLibrary:
                 mask |= CLOCK_EVENT_REASONS[REASON_LINES[key.rsplit("/", 1)[1]]]
         _out(ref).value = mask
         return SUCCESS
+
+    def nvmlDeviceGetTemperature(self, h: Any, sensor: Any, ref: Any) -> int:
+        # deprecated but exported by every driver; pynvml before 12.570 has only this one
+        assert _int(sensor) == pynvml.NVML_TEMPERATURE_GPU
+        return self._scalar(h, ref, _number(self._gpu(h).get("Temperature/GPU Current Temp")))
 
     def nvmlDeviceGetTemperatureV(self, h: Any, ref: Any) -> int:
         reading = _out(ref)
@@ -277,14 +344,25 @@ class SmiLibrary:
         mode = self._gpu(h).get("Compute Mode")
         return self._scalar(h, ref, None if mode is None else COMPUTE_MODES[mode])
 
-    def nvmlDeviceGetGpuFabricInfoV(self, h: Any, ref: Any) -> int:
+    def _fabric(self, h: Any, info: Any) -> int:
         state = self._gpu(h).get("Fabric/State")
         if state is None:
             return NOT_SUPPORTED
-        info = _out(ref)
         info.state = FABRIC_STATES[state]
         info.status = 0 if self._gpu(h).get("Fabric/Status") == "Success" else 999
         return SUCCESS
+
+    def nvmlDeviceGetGpuFabricInfoV(self, h: Any, ref: Any) -> int:
+        info = _out(ref)
+        assert info.version >> 24 in (2, 3), info.version  # nvmlGpuFabricInfo_v2 or _v3
+        # nvidia-smi shows no fabric health for these GPUs: every flag NOT_SUPPORTED (0). The
+        # snapshot has 0, not None, only when the adapter used a struct with the member.
+        info.healthMask = HEALTH_MASK_NOT_REPORTED
+        return self._fabric(h, info)
+
+    def nvmlDeviceGetGpuFabricInfo(self, h: Any, ref: Any) -> int:
+        # the unversioned struct (no healthMask): every driver still exports it
+        return self._fabric(h, _out(ref))
 
     def _processes(self, h: Any, count: Any, array: Any, kinds: str) -> int:
         procs = [p for p in self._gpu(h).processes if set(p[1].split("+")) & set(kinds)]
@@ -313,15 +391,19 @@ class SmiLibrary:
 
     def nvmlDeviceGetFieldValues(self, h: Any, count: Any, ref: Any) -> int:
         values = _out(ref)
-        for i in range(count.value):
+        for i in range(_int(count)):
             slot = values[i]
-            action = self._gpu(h).get("GPU Recovery Action")
-            if slot.fieldId != pynvml.NVML_FI_DEV_GET_GPU_RECOVERY_ACTION or action is None:
-                slot.nvmlReturn = NOT_SUPPORTED  # drivers before R570 do not know the field
+            value = self._field(h, slot.fieldId, slot.scopeId)
+            if value is None:
+                slot.nvmlReturn = NOT_SUPPORTED  # in the field: the call itself succeeds
                 continue
             slot.nvmlReturn = SUCCESS
-            slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
-            slot.value.uiVal = RECOVERY[action]
+            if slot.fieldId in NVLINK_FIELDS:
+                slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                slot.value.ullVal = value
+            else:
+                slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT
+                slot.value.uiVal = value
         return SUCCESS
 
 
@@ -330,9 +412,14 @@ def library(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Install a library under the real pynvml module (its function-pointer cache emptied
     before and after, so no stand-in outlives the test)."""
 
-    def install(name: str) -> Snapshot:
+    def install(name: str, **behaviour: bool) -> Snapshot:
         header, gpus = parse_smi((SMI / name).read_text())
-        monkeypatch.setattr(pynvml, "nvmlLib", SmiLibrary(header, gpus))
+        dumps = NVLINK_DUMPS.get(name)
+        nvlinks = smi_nvlink.load(*(SMI / dump for dump in dumps)) if dumps else None
+        lib = SmiLibrary(header, gpus, nvlinks)
+        for key, value in behaviour.items():
+            setattr(lib, key, value)
+        monkeypatch.setattr(pynvml, "nvmlLib", lib)
         pynvml._nvmlGetFunctionPointer_cache.clear()
         return real.collect()
 
@@ -397,8 +484,45 @@ def test_h100_values_in_nvml_units(library):
     assert gpu.fabric.state == pynvml.NVML_GPU_FABRIC_STATE_COMPLETED
     assert gpu.recovery_action == 0  # "GPU Recovery Action : None" (driver 565)
     assert gpu.remapped_rows.isPending is False and gpu.mig_mode_current is False
-    # no NVLink data in nvidia-smi -q: every link NOT_SUPPORTED, kept as an error
-    assert gpu.nvlinks == () and gpu.errors["nvlink"].not_supported
+    assert gpu.fabric.healthMask == 0  # read from the versioned struct, not dropped
+
+
+def test_h100_nvlinks_from_its_published_nvlink_status_and_errors(library):
+    gpu = library("h100-sxm-565.txt").gpus[0]
+    # `nvidia-smi nvlink -s`: Link 0..17 at 26.562 GB/s; `-e`: replay, recovery, CRC 0 each
+    assert [(link.link, link.active) for link in gpu.nvlinks] == [(n, True) for n in range(18)]
+    assert {link.link: dict(link.counters) for link in gpu.nvlinks} == {
+        n: {"replay": 0, "recovery": 0, "crc_flit": 0} for n in range(18)
+    }
+    # nvidia-smi prints no data-CRC or ECC count: the driver answers NOT_SUPPORTED
+    assert set(gpu.nvlinks[0].errors) == {"crc_data", "ecc_data"}
+    assert "nvlink" not in gpu.errors
+
+
+def test_blackwell_without_legacy_counters_reads_the_per_link_fields(library):
+    """Blackwell has no nvmlDeviceGetNvLinkErrorCounter (NVML change log, v560-v565): the
+    counts come through nvmlDeviceGetFieldValues with the link as scopeId, through the real
+    pynvml wrapper's (fieldId, scopeId) form."""
+    gpu = library("h100-sxm-565.txt", legacy_nvlink_counters=False).gpus[0]
+    assert {link.link: dict(link.counters) for link in gpu.nvlinks} == {
+        n: {"replay": 0, "recovery": 0, "crc_flit": 0} for n in range(18)
+    }
+    # what neither source had keeps its error, the NVLink5 counters included
+    assert gpu.nvlinks[5].errors["link_recovery_failed"].name == "NVML_ERROR_NOT_SUPPORTED"
+    assert "replay" not in gpu.nvlinks[5].errors
+
+
+def test_no_readable_nvlink_counter_is_a_warning_not_a_pass(library, tmp_path):
+    snap = library("h100-sxm-565.txt", legacy_nvlink_counters=False, nvlink_fields=False)
+    assert all(not link.counters for link in snap.gpus[0].nvlinks)
+    assert _judge("gpu.nvlink", snap, tmp_path) == [
+        (
+            Status.WARN,
+            "gpu0",
+            "18 NVLinks active; no NVLink error counter readable (NVML_ERROR_NOT_SUPPORTED)",
+        )
+    ]
+    assert _judge("gpu.nvlink", library("h100-sxm-565.txt"), tmp_path) == []
 
 
 def test_driver_without_the_recovery_field_is_an_error_kept_as_data(library):
@@ -461,7 +585,8 @@ def test_checks_on_real_gpus(library, tmp_path):
     assert (status, component) == (Status.FAIL, "gpu0") and message.startswith("ECC disabled")
     for name in ("h100-sxm-565.txt", "a100-sxm4-40gb-535.txt"):
         snap = library(name)
-        for check_id in ("gpu.ecc", "gpu.remap", "gpu.pcie", "gpu.idle", "gpu.clocks"):
+        checks = ("gpu.ecc", "gpu.remap", "gpu.pcie", "gpu.idle", "gpu.clocks")
+        for check_id in (*checks, "gpu.nvlink") if name.startswith("h100") else checks:
             extra = {"settle_s": 0} if check_id == "gpu.idle" else {}
             assert _judge(check_id, snap, tmp_path, **extra) == [], (name, check_id)
 
@@ -486,3 +611,16 @@ def test_real_nvml_matches_this_machines_nvidia_smi():
             assert abs(want.pop(key) - got.pop(key)) <= slack, key
         want.pop("pids"), got.pop("pids")
         assert got == want
+
+
+def test_the_bindings_under_test_are_the_release_asked_for():
+    """`make test-nvml-matrix` puts one release first on sys.path: make sure it is the one
+    imported, not the virtualenv's."""
+    import importlib.metadata
+    import os
+
+    wanted = os.environ.get("NODECHECK_EXPECT_NVML_PY")
+    if not wanted:
+        pytest.skip("not run by make test-nvml-matrix")
+    assert importlib.metadata.version("nvidia-ml-py") == wanted
+    assert Path(pynvml.__file__).parent.name == wanted

@@ -92,28 +92,69 @@ def test_xid_154_is_judged_by_the_code_of_its_action_not_the_name(row: list[str]
     assert isinstance(found, GpuEvent) and found.recovery_code is not None
     verdict = judge(found)
     assert (verdict.status, verdict.remedy) == expected[found.recovery_code]
-    assert f"0x{found.recovery_code:x} ({found.recovery_action})" in verdict.why
+    assert f"0x{found.recovery_code:x} (" in verdict.why
+    assert f"printed as {found.recovery_action!r}" in verdict.why
+
+
+# Xid 154's code under each driver branch's nvml.h (probes/recovery_action.py cites them):
+# 5 is GPU_RESET_BUS in R580, undefined in R590, RECOVER_IMEX_DOMAIN from R595; 6 BUS_RESET
+# and 7 SYSTEM_REBOOT from R615. None: the branch is unknown, 5 read the safe way (a reset).
+BRANCH_VERDICTS = {
+    # code: {branch: (status, remedy)}
+    0: dict.fromkeys((None, 575, 580, 590, 595, 615), ("info", "")),
+    1: dict.fromkeys((None, 575, 580, 590, 595, 615), ("fail", "reset-gpu")),
+    2: dict.fromkeys((None, 575, 580, 590, 595, 615), ("fail", "reboot")),
+    3: dict.fromkeys((None, 575, 580, 590, 595, 615), ("warn", "")),
+    4: dict.fromkeys((None, 575, 580, 590, 595, 615), ("fail", "reset-gpu")),
+    5: {
+        None: ("fail", "reset-gpu"),
+        575: ("warn", ""),  # not defined before R580
+        580: ("fail", "reset-gpu"),  # GPU_RESET_BUS
+        590: ("warn", ""),  # not in R590's header
+        595: ("warn", ""),  # RECOVER_IMEX_DOMAIN: the domain, not this GPU
+        615: ("warn", ""),
+    },
+    6: {
+        None: ("fail", "reset-gpu"),
+        575: ("warn", ""),
+        580: ("warn", ""),
+        590: ("warn", ""),
+        595: ("warn", ""),
+        615: ("fail", "reset-gpu"),  # BUS_RESET
+    },
+    7: {
+        None: ("fail", "reboot"),
+        575: ("warn", ""),
+        580: ("warn", ""),
+        590: ("warn", ""),
+        595: ("warn", ""),
+        615: ("fail", "reboot"),  # SYSTEM_REBOOT
+    },
+    9: dict.fromkeys((None, 575, 580, 590, 595, 615), ("warn", "")),
+}
 
 
 @pytest.mark.parametrize(
-    ("code", "expected"),
+    ("code", "branch", "expected"),
     [
-        (0, ("info", "")),
-        (1, ("fail", "reset-gpu")),
-        (2, ("fail", "reboot")),
-        (3, ("warn", "")),
-        (4, ("fail", "reset-gpu")),
-        # 5: GPU_RESET_BUS in the R580-era nvml.h, RECOVER_IMEX_DOMAIN from R595 on: both
-        # leave the GPU unusable until something is reset, so the safe reading drains.
-        (5, ("fail", "reset-gpu")),
-        (6, ("fail", "reset-gpu")),
-        (7, ("fail", "reboot")),
-        (9, ("warn", "")),
+        (code, branch, expected)
+        for code, by_branch in BRANCH_VERDICTS.items()
+        for branch, expected in by_branch.items()
     ],
 )
-def test_xid_154_recovery_codes(code: int, expected: tuple[str, str]) -> None:
-    verdict = judge(event(154, recovery_action="whatever the branch calls it", recovery_code=code))
+def test_xid_154_recovery_codes_by_driver_branch(
+    code: int, branch: int | None, expected: tuple[str, str]
+) -> None:
+    found = event(154, recovery_action="whatever the branch calls it", recovery_code=code)
+    verdict = judge(found, branch=branch)
     assert (verdict.status, verdict.remedy) == expected
+    assert (f"driver R{branch}" if branch else "driver branch unknown") in verdict.why
+
+
+def test_newer_branches_read_as_the_newest_table_and_older_ones_as_the_oldest() -> None:
+    found = event(154, recovery_code=7)
+    assert judge(found, branch=640).status == "fail"  # SYSTEM_REBOOT is still 7
+    assert judge(event(154, recovery_code=4), branch=550).remedy == "reset-gpu"
 
 
 def test_xid_154_without_an_action_code_warns() -> None:

@@ -48,6 +48,10 @@ class GpuSpec:
     nvlink_gbps: float  # all NVLinks of one GPU, both directions; 0 = none
     source: str
     note: str = ""
+    # One NVLink, both directions: NVLink 3 (A100) and 4 (H100/H200) carry 25 GB/s each way
+    # per link, NVLink 5 (B200) 50. A pair joined by n links (nvidia-smi topo -m: NV<n>)
+    # should reach n times this; on NVSwitch systems every pair gets all of a GPU's links.
+    nvlink_link_gbps: float = 50.0
 
 
 SPECS: tuple[GpuSpec, ...] = (
@@ -155,6 +159,7 @@ SPECS: tuple[GpuSpec, ...] = (
         nvlink_gbps=1800,
         source=B200_DATASHEET,
         note="the GPU supports PCIe Gen6; HGX B200 hosts run the link at Gen5",
+        nvlink_link_gbps=100.0,
     ),
 )
 
@@ -170,13 +175,13 @@ def table_text() -> str:
     """The table as plain text, for `nodecheck explain` and docs/deep.md."""
     rows = [
         f"{'model':<15} {'bf16':>6} {'fp16':>6} {'tf32':>6} {'HBM GB/s':>8} "
-        f"{'PCIe':>4} {'host GB/s':>9} {'NVLink GB/s':>11}"
+        f"{'PCIe':>4} {'host GB/s':>9} {'NVLink GB/s':>11} {'per link':>8}"
     ]
     for spec in SPECS:
         rows.append(
             f"{spec.model:<15} {spec.tflops['bf16']:>6g} {spec.tflops['fp16']:>6g} "
             f"{spec.tflops['tf32']:>6g} {spec.hbm_gbps:>8g} {'gen' + str(spec.pcie_gen):>4} "
-            f"{spec.host_gbps:>9g} {spec.nvlink_gbps:>11g}"
+            f"{spec.host_gbps:>9g} {spec.nvlink_gbps:>11g} {spec.nvlink_link_gbps:>8g}"
         )
     sources = [f"{spec.model}: {spec.source}" for spec in SPECS]
     return "\n".join([*rows, "TFLOP/s dense; sources:", *(f"  - {source}" for source in sources)])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nodecheck.run.results import CheckResult, Status
@@ -120,6 +120,66 @@ def refused(check_id: str, component: str, pids: list[int]) -> CheckResult:
     shown = ", ".join(map(str, pids[:5])) + (f" (+{len(pids) - 5} more)" if len(pids) > 5 else "")
     msg = f"not measured: in use by {len(pids)} compute process(es) of others (pids {shown})"
     return CheckResult(check_id, Status.SKIP, msg, component, {"refused": True, "pids": pids})
+
+
+# --- sustained load: what the GPU holds for seconds, and what NVML said throttled it ------
+# A hardware slowdown while loaded (HW slowdown, HW thermal, power brake) is the board or
+# its cooling failing: FAIL. A software thermal slowdown, or a rate that fell by more than
+# `max_drop` over the phase, is a GPU running hot or a capped board: WARN, with the figures.
+# SW power capping under full load is a GPU at its power limit, as designed: reported only.
+
+HW_THROTTLE = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+SW_THROTTLE = ("sw_thermal_slowdown",)
+
+
+@dataclass(frozen=True)
+class Held:
+    """One device's sustained phase: its window rates, the settled rate (what is judged),
+    how far it fell, and the clock-event reasons NVML reported while it was loaded."""
+
+    component: str
+    windows: Sequence[float]
+    settled: float
+    drop: float
+    throttle: Sequence[str] = ()
+
+
+def judge_sustained(
+    check_id: str,
+    metric: str,
+    unit: str,
+    held: Sequence[Held],
+    ref: Reference,
+    *,
+    max_drop: float,
+    seconds: float,
+) -> list[CheckResult]:
+    """The settled rate judged as any figure (datasheet share, or the node's median), then
+    throttling under load: HW reasons FAIL, SW thermal or a drop beyond max_drop WARN."""
+    figures = [
+        Figure(h.component, h.settled, values={
+            "windows": [significant(w) for w in h.windows], "drop": round(h.drop, 3),
+            "throttle": list(h.throttle), "seconds": round(seconds, 1),
+        })
+        for h in held
+    ]  # fmt: skip
+    out = []
+    for result, h in zip(judge(check_id, f"sustained {metric}", unit, figures, ref), held,
+                         strict=True):  # fmt: skip
+        hardware = [r for r in h.throttle if r in HW_THROTTLE]
+        software = [r for r in h.throttle if r in SW_THROTTLE]
+        message, status = result.message + f" over {seconds:.0f} s", result.status
+        if hardware:
+            status = max(status, Status.FAIL)
+            message += f"; clocks throttled under load: {', '.join(hardware)}"
+        elif status is Status.PASS and (software or (h.drop > max_drop and h.component != "cpu")):
+            # A CPU's rate falls whenever another process takes its cores (a shared node, a
+            # busy CI machine): that is no throttling, so only a GPU's drop WARNs.
+            status = Status.WARN
+            why = software or [f"rate fell {h.drop:.0%} (more than {max_drop:.0%})"]
+            message += f"; {', '.join(why)}"
+        out.append(replace(result, status=status, message=message[:300]))
+    return out
 
 
 # --- deep.sdc: digests ------------------------------------------------------------------

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep.gpu import GROUP
+from nodecheck.checks.deep.common import GROUP
 from nodecheck.checks.registry import Option, check
 from nodecheck.run.progress import note
 from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:  # the probes are loaded in the probe child, where the checks run
     from nodecheck.probes.active.tools import ToolRun
-    from nodecheck.probes.fabric.sysfs import IbPort
+    from nodecheck.probes.fabric.sysfs import IbPort, Rate
 
 _STATUS = {"PASS": Status.PASS, "FAIL": Status.FAIL, "WARN": Status.WARN, "SKIP": Status.SKIP}
 
@@ -127,9 +127,17 @@ def deep_nccl(ctx: CheckContext) -> Iterator[CheckResult]:
         yield CheckResult("deep.nccl", Status.ERROR, msg)
         return
     values = {"avg_busbw_gbps": result.avg_busbw, "wrong": result.wrong,
-              "out_of_bounds": result.out_of_bounds, "sizes": len(result.rows)}  # fmt: skip
+              "out_of_bounds": result.out_of_bounds, "sizes": len(result.rows),
+              "ranks": result.ranks}  # fmt: skip
     floor = float(ctx.options["min_busbw_gbps"])
-    if result.wrong or result.out_of_bounds:
+    if result.ranks == 1 or result.avg_busbw <= 0:
+        # busbw = algbw * 2(n-1)/n (all-reduce) or (n-1)/n: 0 with one rank. A build without
+        # MPI started by mpirun/srun runs one single-rank test per process, each "passing".
+        why = ("ran with 1 rank: no link between GPUs was measured (bus bandwidth is 0 by "
+               "definition; use -g <GPUs> or an MPI build launched with one rank per GPU)"
+               if result.ranks == 1 else "measured no bus bandwidth (avg 0)")  # fmt: skip
+        yield CheckResult("deep.nccl", Status.ERROR, f"nccl-tests {why}", values=values)
+    elif result.wrong or result.out_of_bounds:
         msg = f"data errors: {result.wrong} wrong, {result.out_of_bounds} out of bounds"
         yield CheckResult("deep.nccl", Status.FAIL, msg, values=values)
     elif floor and result.avg_busbw < floor:
@@ -223,6 +231,23 @@ def _tool_failed(component: str, what: str, ran: ToolRun) -> CheckResult:
     return CheckResult("deep.ibperf", Status.ERROR, msg, component, values)
 
 
+# Data per lane after line encoding, by the speed name sysfs shows. The kernel's rate
+# (drivers/infiniband/core/sysfs.c, rate_show) is the signalling rate for SDR/DDR/QDR
+# (2.5/5/10 Gb/s per lane, 8b/10b: 80% is data), about the data rate for FDR (14 per lane,
+# 64b/66b of 14.0625) and the data rate itself from FDR10 on (10, 25, 50, 100, 200).
+_LANE_DATA_GBPS = {"": 2.0, "SDR": 2.0, "DDR": 4.0, "QDR": 8.0, "FDR10": 10.0,
+                   "FDR": 14.0625 * 64 / 66, "EDR": 25.0, "HDR": 50.0, "NDR": 100.0,
+                   "XDR": 200.0}  # fmt: skip
+
+
+def data_rate_gbps(rate: Rate, link_layer: str = "InfiniBand") -> float:
+    """What the port carries in data (Gb/s), which is what perftest measures. RoCE ports
+    print Ethernet speeds under IB names (40GbE shows as "4X QDR"): already data."""
+    if link_layer != "InfiniBand" or rate.speed not in _LANE_DATA_GBPS:
+        return rate.gbps
+    return _LANE_DATA_GBPS[rate.speed] * rate.width
+
+
 def _judge_bw(ctx: CheckContext, port: IbPort | None, component: str, ran: ToolRun) -> CheckResult:
     from nodecheck.probes.active import tools
     from nodecheck.probes.fabric.sysfs import Rate
@@ -239,9 +264,11 @@ def _judge_bw(ctx: CheckContext, port: IbPort | None, component: str, ran: ToolR
     if floor > 0:
         basis = f"the configured {floor:g}"
     elif rate is not None:
-        floor = rate.gbps * float(ctx.options["min_fraction"])
-        basis = f"{ctx.options['min_fraction']:g} of the port's {rate}"
-        values["port_rate_gbps"] = rate.gbps
+        layer = port.link_layer if port is not None and isinstance(port.link_layer, str) else ""
+        data = data_rate_gbps(rate, layer or "InfiniBand")
+        floor = data * float(ctx.options["min_fraction"])
+        basis = f"{ctx.options['min_fraction']:g} of the {data:g} Gb/s of data of {rate}"
+        values.update(port_rate_gbps=rate.gbps, data_rate_gbps=round(data, 2))
     else:
         msg = f"ib_write_bw {row.average_gbps:g} Gb/s (port rate unknown: not judged)"
         return CheckResult("deep.ibperf", Status.PASS, msg, component, values)

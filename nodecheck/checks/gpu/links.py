@@ -20,6 +20,7 @@ from nodecheck.checks.gpu.common import (
     _per_gpu,
     _result,
     _snapshot,
+    nvml_model,
 )
 
 
@@ -80,16 +81,15 @@ def gpu_pcie(ctx: CheckContext) -> Iterator[CheckResult]:
 # --- gpu.nvlink -----------------------------------------------------------------------
 
 NVLINK_STATE_KEY = "gpu.nvlink.counters"
-NVLINK_STATE_VERSION = 2  # {"v": 2, "gpus": {uuid: {"t", "boot", "links": {link: counters}}}}
+# {"v": 2, "gpus": {uuid: {"t", "boot", "links": {link: counters}, "seen": [links]}}}: "links"
+# are the active links' counters of the last reading, "seen" every link ever active (older
+# entries lack it: their "links" stand in).
+NVLINK_STATE_VERSION = 2
 # Waiting for the state lock ends well inside the gpu group's shared deadline.
 NVLINK_STATE_BUSY_MS = 2000
-DEFAULT_NVLINK_RISE = {
-    "replay": 100,
-    "recovery": 0,
-    "crc_flit": 100,
-    "crc_data": 0,
-    "ecc_data": 100,
-}
+# Every counter the collector reads, with its default allowed rise (nvml/model.py's table).
+DEFAULT_NVLINK_RISE = {spec.name: spec.max_rise for spec in nvml_model.NVLINK_COUNTER_SPECS}
+REPORT_ONLY = {spec.name for spec in nvml_model.NVLINK_COUNTER_SPECS if spec.report_only}
 
 
 @check(
@@ -101,14 +101,25 @@ DEFAULT_NVLINK_RISE = {
     timeout_s=TIMEOUT_S,
     options={
         "expected_active": Option(
-            int, None, "active links each GPU must have, e.g. 18 on H100 SXM (unset: all)"
+            int,
+            None,
+            "active links each GPU must have, e.g. 18 on H100 SXM (unset: every link that was "
+            "active at the last run)",
         ),
         "max_increase": Option(
             dict,
             DEFAULT_NVLINK_RISE,
-            "per counter (replay, recovery, crc_flit, crc_data, ecc_data): rise allowed "
-            "between two runs on one link",
+            "per counter (replay, recovery, crc_flit, crc_data, ecc_data; on Blackwell "
+            "rx_errors, local_link_integrity, link_recovery_failed, link_recovery, "
+            "effective_errors, symbol_errors): rise allowed between two runs on one link",
             item=int,
+        ),
+        "report_only": Option(
+            list,
+            sorted(REPORT_ONLY),
+            "counters whose rise only WARNs (the NVLink5 ones until a site has seen them on "
+            "its own Blackwell parts); [] makes every counter FAIL",
+            item=str,
         ),
         "max_window_s": Option(
             (int, float), 86400, "a reading older than this is only a new baseline"
@@ -122,15 +133,20 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     on NVSwitch systems check nvidia-fabricmanager; a link that keeps failing is hardware
     (baseboard, GPU). Counter readings are kept in the state dir between hook runs (per
     GPU UUID, with the boot id and time): a reading from before a reboot or older than
-    `max_window_s` is only a new baseline; a manual run compares without storing."""
+    `max_window_s` is only a new baseline; a manual run compares without storing. Without
+    `expected_active`, a link is down when it was active at the last stored reading: NVML
+    reports unwired links of bridged PCIe parts (an H100 PCIe pair: 12 of 18) as inactive,
+    and says "Link is supported: false" of wired ones too, so it cannot tell them apart."""
     cid = "gpu.nvlink"
     opts = ctx.options
     limits = {**DEFAULT_NVLINK_RISE, **opts["max_increase"]}
-    unknown = set(limits) - set(DEFAULT_NVLINK_RISE)
+    report_only = set(opts["report_only"])
+    unknown = (set(limits) | report_only) - set(DEFAULT_NVLINK_RISE)
     if unknown:
-        raise ValueError(f"max_increase: unknown counters {sorted(unknown)}")
+        raise ValueError(f"max_increase/report_only: unknown counters {sorted(unknown)}")
     snap = _snapshot(ctx)
     readings: dict[str, dict[str, dict[str, int]]] = {}
+    seen: dict[str, list[int]] = {}  # per GPU UUID: every link ever seen active
     previous: dict[str, Any] = {}
     boot, now = _boot_id(ctx), time.time()
 
@@ -150,13 +166,25 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _error_result(cid, broken[0].errors["state"], f"NVLink {broken[0].link}", gpu)
             return
         active = [link.link for link in gpu.nvlinks if link.active]
-        down = [link.link for link in gpu.nvlinks if not link.active]
-        values: dict[str, Any] = {"active": len(active), "links": len(gpu.nvlinks), "down": down}
+        inactive = [link.link for link in gpu.nvlinks if not link.active]
+        entry = previous.get(gpu.uuid or "") or {}
+        # Sticky: a link that went down stays expected at the next runs (until it is back,
+        # or the board, a new UUID, is swapped), so a drain for it is not resumed unrepaired.
+        was_active = {int(link) for link in entry.get("seen", entry.get("links") or {})}
+        expected = opts["expected_active"]
+        # Without a count to meet, only a link seen active before can be "down".
+        down = inactive if expected is not None else [n for n in inactive if n in was_active]
+        values: dict[str, Any] = {
+            "active": len(active),
+            "links": len(gpu.nvlinks),
+            "down": down,
+            "inactive": inactive,
+        }
         if gpu.uuid:
             readings[gpu.uuid] = {
                 str(link.link): dict(link.counters) for link in gpu.nvlinks if link.active
             }
-        expected = opts["expected_active"]
+            seen[gpu.uuid] = sorted(was_active | set(active))
         if expected is not None and len(active) < expected:
             where = f"; down: {_list(down)}" if down else ""
             msg = f"{len(active)} NVLinks active (expected {expected}){where}"
@@ -164,21 +192,32 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
             return
         if expected is None and down:
             msg = f"NVLink {_list(down)} down ({len(active)}/{len(gpu.nvlinks)} active)"
-            yield _result(cid, Status.FAIL, msg, gpu, **values)
+            yield _result(cid, Status.FAIL, msg, gpu, **values, was_active=sorted(was_active))
             return
-        before, why = _nvlink_window(previous.get(gpu.uuid or ""), boot, now, opts["max_window_s"])
+        if active and not any(link.counters for link in gpu.nvlinks if link.active):
+            # Nothing to compare (Blackwell without NVLink5 fields, a driver refusing them):
+            # a PASS would claim the links were watched.
+            first = next(iter(next(x for x in gpu.nvlinks if x.active).errors.values()), None)
+            why = f" ({first.name})" if first else ""
+            msg = f"{len(active)} NVLinks active; no NVLink error counter readable{why}"
+            yield _result(cid, Status.WARN, msg, gpu, sev="medium", act="admin", **values)
+            return
+        before, why = _nvlink_window(entry or None, boot, now, opts["max_window_s"])
         rises = _nvlink_rises(before, readings.get(gpu.uuid or "", {}))
-        over = [(link, c, d) for link, c, d in rises if d > limits[c]]
+        over = [(link, c, d) for link, c, d in rises if d > limits.get(c, 0)]
         values["rises"] = [f"link{link} {c} +{d}" for link, c, d in rises]
         if why:
             values["baseline"] = why
         if over:
-            link, counter, delta = max(over, key=lambda item: item[2] - limits[item[1]])
+            link, counter, delta = max(over, key=lambda item: item[2] - limits.get(item[1], 0))
             more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
             msg = f"NVLink {link} {counter} errors +{delta} since last run{more}"
-            yield _result(cid, Status.FAIL, msg, gpu, sev="medium", act="admin", **values)
+            level = Status.FAIL if any(c not in report_only for _, c, _ in over) else Status.WARN
+            yield _result(cid, level, msg, gpu, sev="medium", act="admin", **values)
         else:
-            yield _result(cid, Status.PASS, f"{len(active)} NVLinks active", gpu, **values)
+            unjudged = [n for n in inactive if n not in down]
+            note = f" ({len(unjudged)} inactive, never seen active)" if unjudged else ""
+            yield _result(cid, Status.PASS, f"{len(active)} NVLinks active{note}", gpu, **values)
 
     if not (snap.available and snap.gpus):
         yield from _per_gpu(ctx, cid, judge, snap=snap)
@@ -193,7 +232,7 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
             results = list(_per_gpu(ctx, cid, judge, snap=snap))
             if ctx.keeps_state:
                 entries = {
-                    uuid: {"t": now, "boot": boot, "links": links}
+                    uuid: {"t": now, "boot": boot, "links": links, "seen": seen[uuid]}
                     for uuid, links in readings.items()
                 }
                 gpus = {**previous, **entries}
@@ -201,6 +240,7 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     except Exception as exc:  # state trouble must not hide a down link
         previous.clear()
         readings.clear()
+        seen.clear()
         yield from _per_gpu(ctx, cid, judge, snap=snap)
         msg = f"NVLink counters not compared: state unavailable: {type(exc).__name__}: {exc}"
         yield _result(cid, Status.ERROR, msg[:240])

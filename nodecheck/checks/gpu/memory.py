@@ -18,6 +18,7 @@ from nodecheck.checks.gpu.common import (
     _error_result,
     _per_gpu,
     _result,
+    _snapshot,
 )
 
 
@@ -104,12 +105,16 @@ def gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
     the next GPU reset: until then the bad row is still in use. A remap failure means the
     bank is out of spare rows. Fix: pending -> drain, reset the GPU (or reboot), resume;
     failure -> RMA. Older parts retire pages instead (pending -> reset; many -> RMA)."""
+    from nodecheck.probes.recovery_action import driver_branch
+
     cid = "gpu.remap"
     max_pages = ctx.options["max_retired_pages"]
+    # The recovery action's codes mean what the running driver's branch says they mean.
+    branch = driver_branch(_snapshot(ctx).driver_version)
 
     def judge(gpu: Gpu) -> Iterator[CheckResult]:
         results = list(judge_memory(gpu))
-        if (recovery := _recovery_result(cid, gpu)) is not None:
+        if (recovery := _recovery_result(cid, gpu, branch)) is not None:
             results = [r for r in results if r.status is not Status.PASS] + [recovery]
         yield from results
 
@@ -163,23 +168,23 @@ def gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
     yield from _per_gpu(ctx, cid, judge)
 
 
-def _recovery_result(cid: str, gpu: Gpu) -> CheckResult | None:
+def _recovery_result(cid: str, gpu: Gpu, branch: int | None) -> CheckResult | None:
     """The recovery action the driver asks for this GPU (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION,
-    R570 and later; `nvidia-smi -q` shows it as "Reset Required" / "Drain and Reset
-    Recommended"): None when there is none or the driver cannot say."""
-    from nodecheck.probes.nvml.model import RECOVERY_ACTIONS
-    from nodecheck.probes.xid_catalogue import RECOVERY_ACTION_VERDICTS
+    R565 and later; `nvidia-smi -q` shows it as "Reset Required" / "Drain and Reset
+    Recommended"), read by the driver's branch (None: unknown, the safe reading). None when
+    there is none or the driver cannot say."""
+    from nodecheck.probes import recovery_action
 
     code = gpu.recovery_action
     if code is None or code == 0:
         return None
-    name = RECOVERY_ACTIONS.get(code, f"recovery action {code}")
-    status, remedy = RECOVERY_ACTION_VERDICTS.get(code, ("warn", ""))
-    if status == "info":
+    verdict = recovery_action.judge(code, branch)
+    if verdict.status == "info":
         return None
-    msg = f"driver asks for recovery: {name}"
-    level = Status.FAIL if status == "fail" else Status.WARN
-    return _result(cid, level, msg, gpu, act=remedy, recovery_action=code)
+    msg = f"driver asks for recovery: {verdict.label}"
+    level = Status.FAIL if verdict.status == "fail" else Status.WARN
+    values = {"recovery_action": code, "driver_branch": branch}
+    return _result(cid, level, msg, gpu, act=verdict.remedy, **values)
 
 
 # --- gpu.pcie -------------------------------------------------------------------------

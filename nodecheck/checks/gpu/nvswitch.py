@@ -77,10 +77,29 @@ def gpu_fabric(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.FAIL, "fabric unhealthy", gpu, **values)
         elif fabric.healthSummary == 3:
             yield _result(cid, Status.WARN, "fabric at limited capacity", gpu, **values)
+        elif fabric.healthSummary is None and (flags := _health_flags(fabric.healthMask)):
+            # Only the v2 struct (drivers before R580, or pynvml up to 12.575): no summary,
+            # the mask's flags alone. Reported, not drained: a signal new to these parts.
+            msg = f"fabric health: {', '.join(flags)}"
+            yield _result(cid, Status.WARN, msg, gpu, **values)
         else:
             yield _result(cid, Status.PASS, "fabric registration completed", gpu, **values)
 
     yield from _per_gpu(ctx, cid, judge)
+
+
+# NVML_GPU_FABRIC_HEALTH_MASK_* (nvml.h; pynvml 12.570 on): 2-bit fields at these shifts,
+# each 0 (not supported), 1 (true) or 2 (false). What a true flag means, for the message.
+_HEALTH_FLAGS = (
+    (0, "bandwidth degraded"),  # DEGRADED_BW
+    (2, "route recovery in progress"),  # ROUTE_RECOVERY
+    (4, "route unhealthy"),  # ROUTE_UNHEALTHY
+    (6, "access timeout recovery in progress"),  # ACCESS_TIMEOUT_RECOVERY
+)
+
+
+def _health_flags(mask: int | None) -> list[str]:
+    return [name for shift, name in _HEALTH_FLAGS if mask and (mask >> shift) & 0x3 == 1]
 
 
 # --- gpu.idle (epilog) ----------------------------------------------------------------

@@ -64,6 +64,25 @@ def _boot_id(ctx: CheckContext) -> str:
         return ""
 
 
+def driver_branch(ctx: CheckContext) -> int | None:
+    """The branch of the loaded NVIDIA kernel module (570 for 570.86.15), from
+    /proc/driver/nvidia/version; None when it cannot be read.
+
+    Xid 154's recovery action code means different things in different branches, and this is
+    the module that printed the Xids: the cursor starts again at every boot, and the module
+    cannot be swapped under running GPU users. Not NVML's version: gpu.xid must answer when
+    NVML hangs. Not the "NVRM: loading ... Kernel Module X" line of the kernel log: on a node up
+    for months the ring buffer has long dropped it."""
+    from nodecheck.probes.recovery_action import driver_branch as branch_of
+    from nodecheck.probes.recovery_action import module_version
+
+    try:
+        text = ctx.proc_path("driver", "nvidia", "version").read_text(errors="replace")
+    except OSError:
+        return None
+    return branch_of(module_version(text))
+
+
 def _component(event: GpuEvent, indices: dict[tuple[int, int, int], int]) -> str:
     if event.source == "sxid":
         return f"nvswitch{event.switch}"
@@ -141,9 +160,12 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
         yield _result(cid, Status.ERROR, why[:200])
     overrides = {key: set(ctx.options[key]) for key in ("critical", "warn", "ignore")}
     indices = gpu_indices(ctx)
+    branch = driver_branch(ctx) if any(event.code == 154 for event in events) else None
     by_component: dict[str, list[tuple[GpuEvent, XidVerdict]]] = {}
     for event in events:
-        verdict = judge(event, overrides["critical"], overrides["warn"], overrides["ignore"])
+        verdict = judge(
+            event, overrides["critical"], overrides["warn"], overrides["ignore"], branch
+        )
         by_component.setdefault(_component(event, indices), []).append((event, verdict))
     recorded: list[int] = []
     for component, found in sorted(by_component.items()):

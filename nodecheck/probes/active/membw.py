@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+from nodecheck.probes.active import sustain
 from nodecheck.probes.active.device import GB, Device, measuring, time_per_call
 
 
@@ -29,3 +30,27 @@ def measure(torch: ModuleType, device: Device, nbytes: int, repeats: int) -> Mem
         seconds = time_per_call(torch, device, lambda: dst.copy_(src), repeats)
         moved = 2 * count * 4
         return MemFigure(moved / seconds / GB, count * 4, seconds)
+
+
+def sustained(
+    torch: ModuleType,
+    devices: tuple[Device, ...],
+    nbytes: int,
+    seconds: float,
+    under_load: sustain.UnderLoad | None = None,
+) -> list[sustain.Sustained]:
+    """The same copy on every device at once for `seconds`; GB/s per window."""
+    with measuring(torch):
+        count = max(1, nbytes // 4)
+        steps: dict[Device, sustain.Step] = {}
+        for device in devices:
+            src = torch.ones(count, dtype=torch.float32, device=device.torch_name)
+            dst = torch.empty_like(src)
+
+            def step(src=src, dst=dst) -> float:  # bound per device
+                dst.copy_(src)
+                return 2 * count * 4 / GB
+
+            steps[device] = step
+        window = min(1.0, max(seconds / 4, 0.05))
+        return sustain.run(torch, steps, seconds, window, under_load)

@@ -6,12 +6,14 @@ output formats (fixtures in tests/fixtures/real/deep/ name where each came from)
 
 - perftest `ib_write_bw` / `ib_*_bw`: a table under
   ` #bytes     #iterations    BW peak[Gb/sec]    BW average[Gb/sec]   MsgRate[Mpps]`
-  (`[MB/sec]` without --report_gbits);
+  (`[MB/sec]` without --report_gbits; perftest 1.x printed no MsgRate column);
 - perftest `ib_write_lat` / `ib_*_lat`: ` #bytes #iterations    t_min[usec] ... 99.9%
   percentile[usec]`, rows possibly interleaved with warnings ("Conflicting CPU frequency");
 - nccl-tests `*_perf`: rows of size/count/type/redop/root then out-of-place and in-place
   time/algbw/busbw/#wrong, then `# Out of bounds values : N OK|FAILED` and
-  `# Avg bus bandwidth    : X`;
+  `# Avg bus bandwidth    : X`; numbers as `%g` prints them (`1.04858e+06` wrong elements),
+  lines possibly prefixed by `mpirun --tag-output` (`[1,0]<stdout>:`) or `srun --label`
+  (` 0: `);
 - `dcgmi diag -r N -j`: DCGM 3.x JSON ("DCGM GPU Diagnostic", results keyed "gpu_ids" or
   "gpu_id") and DCGM 4.x JSON ("DCGM Diagnostic", results keyed "entity_group" and
   "entity_id"), possibly after a line of text; `null` entries in test lists are skipped.
@@ -30,7 +32,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+# nccl-tests prints with %g and %e past their column widths: "1.04858e+06", "2.1e+08".
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
+# What launchers put before every line of a rank's output: `mpirun --tag-output`
+# ("[1,0]<stdout>:") and `srun --label` (" 0: ").
+_LAUNCHER_TAG = re.compile(r"^(?:\[\d+,\d+\]<std(?:out|err)>:|\s*\d+: )")
+
+
+def untagged(line: str) -> str:
+    """The line as the tool printed it, without a launcher's per-rank prefix."""
+    return _LAUNCHER_TAG.sub("", line, count=1)
 
 
 @dataclass(frozen=True)
@@ -112,9 +123,10 @@ def run_pair(
 # --- perftest -------------------------------------------------------------------------
 
 _BW_HEADER = re.compile(r"#bytes\s+#iterations\s+BW peak\[(Gb|MB)/sec\]")
-# Newer perftest adds a "BW min" column after the message rate (kept out: not judged).
+# perftest 1.x has no MsgRate column; newer perftest adds a "BW min" column after the
+# message rate (kept out: not judged).
 _BW_ROW = re.compile(
-    rf"^\s*(\d+)\s+(\d+)\s+({_NUMBER})\s+({_NUMBER})\s+({_NUMBER})(?:\s+{_NUMBER})?\s*$"
+    rf"^\s*(\d+)\s+(\d+)\s+({_NUMBER})\s+({_NUMBER})(?:\s+({_NUMBER}))?(?:\s+{_NUMBER})?\s*$"
 )
 _LAT_HEADER = re.compile(r"#bytes\s+#iterations\s+t_min\[usec\]")
 _LAT_ROW = re.compile(rf"^\s*(\d+)\s+(\d+)((?:\s+{_NUMBER}){{3,7}})\s*$")
@@ -129,7 +141,7 @@ class BwRow:
     iterations: int
     peak_gbps: float
     average_gbps: float
-    msg_rate_mpps: float
+    msg_rate_mpps: float | None  # None: a perftest that prints no MsgRate
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,7 @@ class LatRow:
 def parse_perftest_bw(text: str) -> list[BwRow]:
     rows: list[BwRow] = []
     scale = None
-    for line in text.splitlines():
+    for line in map(untagged, text.splitlines()):
         header = _BW_HEADER.search(line)
         if header:
             # perftest's MB/sec is 2^20 bytes per second (its MB is a MiB).
@@ -154,7 +166,7 @@ def parse_perftest_bw(text: str) -> list[BwRow]:
         if match:
             size, iters, peak, avg, rate = match.groups()
             rows.append(BwRow(int(size), int(iters), float(peak) * scale, float(avg) * scale,
-                              float(rate)))  # fmt: skip
+                              float(rate) if rate is not None else None))  # fmt: skip
     return rows
 
 
@@ -181,6 +193,7 @@ _NCCL_ROW = re.compile(
 )
 _NCCL_AVG = re.compile(rf"^#\s*Avg bus bandwidth\s*:\s*({_NUMBER})")
 _NCCL_OOB = re.compile(r"^#\s*Out of bounds values\s*:\s*(\d+)\s+(OK|FAILED)")
+_NCCL_RANK = re.compile(r"^#\s*Rank\s+\d+\s")
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,7 @@ class NcclResult:
     rows: tuple[NcclRow, ...]
     avg_busbw: float | None
     out_of_bounds: int | None
+    ranks: int = 0  # "#  Rank N ..." lines of the device list (0: none printed)
 
     @property
     def wrong(self) -> int:
@@ -209,23 +223,29 @@ class NcclResult:
 
 
 def _count(text: str) -> int:
-    return int(text) if text.isdigit() else -1
+    """A #wrong cell: a count as %g prints it ("0", "1.04858e+06"); -1 for "N/A"."""
+    try:
+        return round(float(text))
+    except ValueError:
+        return -1
 
 
 def parse_nccl_tests(text: str) -> NcclResult:
-    rows, avg, oob = [], None, None
-    for line in text.splitlines():
+    rows, avg, oob, ranks = [], None, None, 0
+    for line in map(untagged, text.splitlines()):
         if line.lstrip().startswith("#"):
             if found := _NCCL_AVG.match(line.strip()):
                 avg = float(found.group(1))
             elif found := _NCCL_OOB.match(line.strip()):
                 oob = int(found.group(1))
+            elif _NCCL_RANK.match(line.strip()):
+                ranks += 1
             continue
         if found := _NCCL_ROW.match(line):
             g = found.groups()
             rows.append(NcclRow(int(g[0]), g[2], g[3], float(g[7]), float(g[11]),
                                 max(_count(g[8]), _count(g[12]))))  # fmt: skip
-    return NcclResult(tuple(rows), avg, oob)
+    return NcclResult(tuple(rows), avg, oob, ranks)
 
 
 # --- dcgmi diag -----------------------------------------------------------------------

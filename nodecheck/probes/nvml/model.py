@@ -87,8 +87,60 @@ FABRIC_HEALTH = {0: "not supported", 1: "healthy", 2: "unhealthy", 3: "limited c
 # nvmlComputeMode_t
 COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
 
-# nvmlNvLinkErrorCounter_t, in order: NVML_NVLINK_ERROR_DL_REPLAY .. DL_ECC_DATA
+# nvmlNvLinkErrorCounter_t, in order: NVML_NVLINK_ERROR_DL_REPLAY .. DL_ECC_DATA: what
+# nvmlDeviceGetNvLinkErrorCounter reads (none of it on Blackwell: NVML change log, "Changes
+# between v560 and v565", removed it there).
 NVLINK_COUNTERS = ("replay", "recovery", "crc_flit", "crc_data", "ecc_data")
+
+# nvmlDeviceGetFieldValues field ids (nvml.h; ABI numbers, the same in every release, so they
+# are used even where an older pynvml lacks the name).
+FI_NVLINK_LINK_COUNT = 91  # NVML_FI_DEV_NVLINK_LINK_COUNT: "Number of NVLinks present"
+FI_GPU_RECOVERY_ACTION = 230  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (R565 on)
+# nvml.h's NVML_NVLINK_MAX_LINKS is 18 up to R580 and 36 from R590 (NVML change log, "Changes
+# between v580 and v590", "for more NvLinks in Rubin"); pynvml follows its release. The
+# collector asks up to the newest header's number whatever pynvml says, so a snapshot does not
+# depend on the bindings' release; links a part does not have answer INVALID_ARGUMENT.
+NVLINK_MAX_LINKS = 36
+
+
+@dataclass(frozen=True)
+class NvLinkCounter:
+    """One NVLink error counter gpu.nvlink compares between runs, and where NVML keeps it.
+
+    `legacy` is its nvmlNvLinkErrorCounter_t (nvmlDeviceGetNvLinkErrorCounter), `field` the
+    per-link field id (nvmlDeviceGetFieldValues, scopeId = the link) read where the legacy
+    call is not supported. `max_rise` is gpu.nvlink's default allowed rise between two runs;
+    `report_only` counters WARN instead of FAIL (new to a platform nodecheck has not been
+    tested on: an untested signal must not drain a rack)."""
+
+    name: str
+    legacy: int | None
+    field: int | None
+    max_rise: int
+    report_only: bool = False
+
+
+# Hopper and older: the five legacy counters (161-163 replaced the per-lane fields on Hopper:
+# change log v520-v525). Blackwell: the NVLink5 counters 201-222 (change log v565-v570;
+# DCGM_FI_DEV_NVLINK_COUNT_* read them on GB200, NVIDIA/dcgm-exporter issue #581). The change
+# log says 161-163 are not supported on Blackwell either, yet `nvidia-smi nvlink -e` prints
+# replay/recovery/CRC counts on a GB300 (NVIDIA/srt-slurm pull request #307): they are asked
+# too, and whatever answers is compared. Adding a counter is one row here.
+NVLINK_COUNTER_SPECS: tuple[NvLinkCounter, ...] = (
+    NvLinkCounter("replay", 0, 161, 100),  # NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY
+    NvLinkCounter("recovery", 1, 162, 0),  # NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY
+    NvLinkCounter("crc_flit", 2, 163, 100),  # NVML_FI_DEV_NVLINK_ERROR_DL_CRC
+    NvLinkCounter("crc_data", 3, None, 0),
+    NvLinkCounter("ecc_data", 4, None, 100),
+    # NVLink5 (Blackwell): NVML_FI_DEV_NVLINK_COUNT_*
+    NvLinkCounter("rx_errors", None, 208, 100, report_only=True),  # RCV_ERRORS
+    NvLinkCounter("local_link_integrity", None, 211, 0, report_only=True),
+    NvLinkCounter("link_recovery_failed", None, 214, 0, report_only=True),
+    NvLinkCounter("link_recovery", None, 215, 0, report_only=True),  # LINK_RECOVERY_EVENTS
+    NvLinkCounter("effective_errors", None, 219, 100, report_only=True),  # after FEC
+    NvLinkCounter("symbol_errors", None, 221, 1_000_000, report_only=True),  # FEC corrects
+)
+NVLINK_COUNTER_BY_NAME = {spec.name: spec for spec in NVLINK_COUNTER_SPECS}
 
 
 @dataclass(frozen=True)
@@ -135,11 +187,12 @@ class RemappedRows:
 
 @dataclass(frozen=True)
 class NvLink:
-    """One NVLink: nvmlDeviceGetNvLinkState and nvmlDeviceGetNvLinkErrorCounter."""
+    """One NVLink: nvmlDeviceGetNvLinkState and its error counters (the legacy call or the
+    per-link field values); a counter no source could read has its last error."""
 
     link: int
     active: bool | None
-    counters: Mapping[str, int] = field(default_factory=dict)  # NVLINK_COUNTERS names
+    counters: Mapping[str, int] = field(default_factory=dict)  # NVLINK_COUNTER_SPECS names
     errors: Mapping[str, NvmlError] = field(default_factory=dict)  # "state" or a counter
 
 
@@ -151,24 +204,6 @@ class FabricInfo:
     status: int
     healthMask: int | None = None
     healthSummary: int | None = None
-
-
-# nvmlDeviceGpuRecoveryAction_t (NVML_FI_DEV_GET_GPU_RECOVERY_ACTION), for messages: 0-4 as
-# R575/R580 drivers name them in Xid 154 ("... to 0x2 (Node Reboot Required)"; later branches
-# print "PF FLR" for 1, "OS Reboot" for 2); nvidia-smi -q shows 1 and 4 as "Reset Required:
-# Yes" and "Drain and Reset Recommended: Yes". 5 is GPU_RESET_BUS in the R580-era nvml.h and
-# RECOVER_IMEX_DOMAIN from R595 on (6 and 7 are R595's). Judged by code:
-# xid_catalogue.RECOVERY_ACTION_VERDICTS.
-RECOVERY_ACTIONS: dict[int, str] = {
-    0: "None",
-    1: "GPU Reset Required",
-    2: "Node Reboot Required",
-    3: "Drain P2P",
-    4: "Drain and Reset",
-    5: "Bus Reset or Recover IMEX Domain",
-    6: "Bus Reset",
-    7: "System Reboot",
-}
 
 
 @dataclass(frozen=True)
@@ -227,7 +262,9 @@ class Gpu:
     processes: tuple[ProcessInfo, ...] | None = None
     graphics_processes: tuple[ProcessInfo, ...] | None = None
     memory: MemoryInfo | None = None
-    recovery_action: int | None = None  # RECOVERY_ACTIONS
+    # nvmlDeviceGpuRecoveryAction_t; its meaning depends on the driver branch:
+    # nodecheck/probes/recovery_action.py
+    recovery_action: int | None = None
     # Field name (or call group: "handle", "ecc_mode", "mig_mode", "nvlink") -> NVML error.
     errors: Mapping[str, NvmlError] = field(default_factory=dict)
 

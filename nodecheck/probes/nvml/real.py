@@ -13,15 +13,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from nodecheck.probes.nvml import fields, nvlink
 from nodecheck.probes.nvml.model import (
     ARGUMENT_VERSION_MISMATCH,
+    FI_GPU_RECOVERY_ACTION,
     FUNCTION_NOT_FOUND,
-    NOT_SUPPORTED,
-    NVLINK_COUNTERS,
     FabricInfo,
     Gpu,
     MemoryInfo,
-    NvLink,
     NvmlError,
     ProcessInfo,
     RemappedRows,
@@ -30,10 +29,11 @@ from nodecheck.probes.nvml.model import (
 from nodecheck.run.progress import note
 
 _MISSING = object()
-# nvmlValueType_t -> the member of the nvmlValue_t union that holds it (nvml.h).
-_VALUE_MEMBERS = dict(enumerate(("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")))
-# Link numbers NVML answers with one of these are not there on this part.
-_NO_SUCH_LINK = (NOT_SUPPORTED, 2)  # NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_INVALID_ARGUMENT
+# The versioned fabric-info structs, newest first, by every name a pynvml release gives them:
+# 13.580 on name c_nvmlGpuFabricInfo_v3_t and _v2_t; 12.550 to 12.575 have only the v2 struct,
+# named c_nvmlGpuFabricInfoV_t (13.x keeps that name as an alias of _v2_t). Without the last
+# name an older pynvml fell back to the unversioned call and lost healthMask.
+_FABRIC_STRUCTS = ("c_nvmlGpuFabricInfo_v3_t", "c_nvmlGpuFabricInfo_v2_t", "c_nvmlGpuFabricInfoV_t")
 
 
 def _text(value: Any) -> str:
@@ -171,7 +171,7 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
     get("pcie_width_current", "nvmlDeviceGetCurrPcieLinkWidth")
     get("pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth")
 
-    values["nvlinks"], nvlink_error = _collect_nvlinks(call, nv, handle, where)
+    values["nvlinks"], nvlink_error = nvlink.collect(call, handle, where)
     if nvlink_error is not None:
         errors["nvlink"] = nvlink_error
 
@@ -205,7 +205,7 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
         "nvmlDeviceGetMemoryInfo",
         conv=lambda m: MemoryInfo(total=int(m.total), free=int(m.free), used=int(m.used)),
     )
-    action, err = _recovery_action(call, nv, handle, where)
+    action, err = _recovery_action(call, handle, where)
     if err is not None:
         errors["recovery_action"] = err
     else:
@@ -217,70 +217,26 @@ def _processes(procs: Iterable[Any]) -> tuple[ProcessInfo, ...]:
     return tuple(ProcessInfo(pid=int(p.pid), usedGpuMemory=p.usedGpuMemory) for p in procs)
 
 
-def _recovery_action(
-    call: _Caller, nv: Any, handle: Any, where: str
-) -> tuple[int | None, NvmlError | None]:
+def _recovery_action(call: _Caller, handle: Any, where: str) -> tuple[int | None, NvmlError | None]:
     """NVML_FI_DEV_GET_GPU_RECOVERY_ACTION through nvmlDeviceGetFieldValues: the call can
-    succeed while the field itself fails (its own nvmlReturn), e.g. on drivers before R575."""
-    field_id = getattr(nv, "NVML_FI_DEV_GET_GPU_RECOVERY_ACTION", None)
-    if field_id is None:
-        return None, NvmlError(FUNCTION_NOT_FOUND)
-    values, err = call("nvmlDeviceGetFieldValues", handle, [field_id], where=where)
+    succeed while the field itself fails (its own nvmlReturn), e.g. on drivers before R565.
+    Asked by number: pynvml releases before 12.570 lack the name, not the driver."""
+    answers, err = fields.read(call, handle, [FI_GPU_RECOVERY_ACTION], where)
     if err is not None:
         return None, err
-    field = values[0]
-    if int(field.nvmlReturn) != 0:
-        return None, NvmlError(int(field.nvmlReturn))
-    return int(getattr(field.value, _VALUE_MEMBERS.get(int(field.valueType), "uiVal"))), None
-
-
-def _collect_nvlinks(
-    call: _Caller, nv: Any, handle: Any, where: str
-) -> tuple[tuple[NvLink, ...], NvmlError | None]:
-    """Every link NVML knows on this GPU; (), error when there are none or the GPU is gone."""
-    links: list[NvLink] = []
-    first_error: NvmlError | None = None
-    for link in range(int(getattr(nv, "NVML_NVLINK_MAX_LINKS", 18))):
-        state, err = call("nvmlDeviceGetNvLinkState", handle, link, where=f"{where} link{link}")
-        if err is not None:
-            first_error = first_error or err
-            if err.gpu_lost:
-                break
-            if err.code in _NO_SUCH_LINK or err.code == FUNCTION_NOT_FOUND:
-                continue
-            links.append(NvLink(link=link, active=None, errors={"state": err}))
-            continue
-        counters: dict[str, int] = {}
-        counter_errors: dict[str, NvmlError] = {}
-        if state:
-            for number, counter in enumerate(NVLINK_COUNTERS):
-                value, err = call(
-                    "nvmlDeviceGetNvLinkErrorCounter",
-                    handle,
-                    link,
-                    number,
-                    where=f"{where} link{link} {counter}",
-                )
-                if err is not None:
-                    counter_errors[counter] = err
-                else:
-                    counters[counter] = int(value)
-        links.append(
-            NvLink(link=link, active=bool(state), counters=counters, errors=counter_errors)
-        )
-    if links:
-        return tuple(links), None
-    return (), first_error or NvmlError(NOT_SUPPORTED)
+    return answers[0]
 
 
 def _collect_fabric(
     call: _Caller, nv: Any, handle: Any, where: str
 ) -> tuple[FabricInfo | None, NvmlError | None]:
     """GPU fabric registration (NVSwitch systems): newest struct the driver accepts."""
-    for struct_name in ("c_nvmlGpuFabricInfo_v3_t", "c_nvmlGpuFabricInfo_v2_t"):
+    tried: list[Any] = []
+    for struct_name in _FABRIC_STRUCTS:
         struct_type = getattr(nv, struct_name, None)
-        if struct_type is None:
+        if struct_type is None or struct_type in tried:
             continue
+        tried.append(struct_type)
         info = struct_type()
         _, err = call("nvmlDeviceGetGpuFabricInfoV", handle, ctypes.byref(info), where=where)
         if err is None:

@@ -31,7 +31,7 @@ NVML = Path(__file__).resolve().parents[2] / "fixtures" / "nvml"
 H100 = "NVIDIA H100 80GB HBM3"
 H100_BUSES = ["18", "2A", "3A", "5D", "9A", "AB", "BA", "DB"]  # as in the replay fixtures
 
-SMALL = {"cpu_size": 32, "cpu_mib": 2, "repeats": 1, "size": 32, "mib": 2}
+SMALL = {"cpu_size": 32, "cpu_mib": 2, "repeats": 1, "size": 32, "mib": 2, "cpu_sustain_s": 0.2}
 
 
 def ctx_for(check_id: str, nvml: str = "real", **options: Any) -> CheckContext:
@@ -109,12 +109,14 @@ def test_a_gpu_nvml_does_not_list_is_not_measured(torch_sees, fresh_nvml_cache):
 
 
 def test_the_gemm_check_refuses_a_busy_node_without_touching_a_gpu(torch_sees, fresh_nvml_cache):
-    """Every GPU busy: the check yields only refusals, and never reaches the measurement
-    (which would fail here: there is no CUDA)."""
+    """Every GPU busy: the check yields the refusal and an ERROR that it measured nothing
+    (never a pass for validate), and never reaches the measurement (which would fail here:
+    there is no CUDA)."""
     torch_sees(cuda_devices(["18"]))
     ctx = ctx_for("deep.gemm", nvml=f"replay:{NVML / 'h100-leftover-process.json'}")
-    [result] = run(deep_gemm, ctx)
-    assert result.status is Status.SKIP and result.component == "gpu0"
+    refused, nothing = run(deep_gemm, ctx)
+    assert refused.status is Status.SKIP and refused.component == "gpu0"
+    assert nothing.status is Status.ERROR and "measured no GPU" in nothing.message
 
 
 # --- the torch checks on the CPU ------------------------------------------------------
@@ -137,8 +139,9 @@ def test_gemm_check_below_the_expected_figure_fails_naming_it():
 
 def test_membw_and_hostdev_checks_report_bandwidth_on_the_cpu():
     [membw] = run(deep_membw, ctx_for("deep.membw"))
-    assert membw.status is Status.PASS and membw.values["measured"] > 0
-    assert membw.values["bytes"] == SMALL["cpu_mib"] * 1024**2
+    assert membw.status is Status.PASS and membw.values["memory copy"]["measured"] > 0
+    assert membw.values["memory copy"]["bytes"] == SMALL["cpu_mib"] * 1024**2
+    assert membw.values["sustained memory copy"]["windows"]
     [hostdev] = run(deep_hostdev, ctx_for("deep.hostdev"))
     assert hostdev.status is Status.PASS
     assert hostdev.values["host->device"]["measured"] > 0

@@ -70,8 +70,8 @@ def test_sdc_catches_a_device_whose_result_has_one_flipped_bit(cpu):
     """The fault is injected at the boundary: device cpu2's matmul returns the real product
     with one bit of one element flipped, as a marginal multiplier would."""
 
-    def flaky(torch_mod, dev, left, right):
-        product = sdc.matmul_on(torch_mod, dev, left, right)
+    def flaky(torch_mod, dev, left, right, precision):
+        product = sdc.matmul_on(torch_mod, dev, left, right, precision)
         if dev.index == 2:
             bits = product.view(torch_mod.int32)
             bits[7, 3] ^= 1 << 4
@@ -84,3 +84,47 @@ def test_sdc_catches_a_device_whose_result_has_one_flipped_bit(cpu):
     )
     failed = [(r.component, r.message) for r in results if r.status.name == "FAIL"]
     assert failed == [("cpu2", f"GEMM result differs from the other 3 {cpu.name} device(s)")]
+
+
+# --- issue 25, item 4: deep.sdc covers the tensor-core paths, deterministically -------
+
+
+def test_sdc_check_digests_every_training_precision():
+    """fp32 alone misses a fault in a tensor-core datapath: tf32, bf16 and fp16 each get
+    their own comparison, merged into the device's one result."""
+    from helpers import make_ctx
+
+    from nodecheck.checks.deep.sdc import deep_sdc
+    from nodecheck.checks.registry import all_checks
+
+    options = {n: o.default for n, o in all_checks()["deep.sdc"].options.items()}
+    options.update(cpu_size=32, repeats=2)
+    [result] = list(deep_sdc(make_ctx(phase="manual", options=options)))
+    assert result.status.name == "PASS", result
+    assert set(result.values) == {"fp32", "tf32", "bf16", "fp16"}
+    # bf16/fp16 are other numbers; tf32 is plain float32 on the CPU (TF32 is a GPU mode).
+    for precision in ("bf16", "fp16"):
+        assert result.values[precision]["digests"][0] != result.values["fp32"]["digests"][0]
+
+
+def test_sdc_computes_with_deterministic_algorithms_and_a_fixed_cublas_workspace(cpu):
+    """The comment always said so; now each product runs with torch's deterministic
+    algorithms on and cuBLAS's workspace fixed (CUBLAS_WORKSPACE_CONFIG, set before CUDA
+    starts), TF32 math only in the tf32 pass; and the settings are restored."""
+    import os
+
+    seen = []
+
+    def recording(torch_mod, dev, left, right, precision):
+        seen.append((precision, torch_mod.are_deterministic_algorithms_enabled(),
+                     torch_mod.backends.cuda.matmul.allow_tf32, str(left.dtype)))  # fmt: skip
+        return sdc.matmul_on(torch_mod, dev, left, right, precision)
+
+    before = torch.are_deterministic_algorithms_enabled()
+    sdc.measure(torch, [cpu], 16, 1, compute=recording,
+                precisions=["fp32", "tf32", "bf16", "fp16"])  # fmt: skip
+    assert seen == [("fp32", True, False, "torch.float32"), ("tf32", True, True, "torch.float32"),
+                    ("bf16", True, False, "torch.bfloat16"),
+                    ("fp16", True, False, "torch.float16")]  # fmt: skip
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
