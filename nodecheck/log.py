@@ -25,6 +25,7 @@ as a number.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import logging
@@ -179,17 +180,61 @@ class _OnceBroken:
 
 
 class _LogFile(_OnceBroken, logging.handlers.WatchedFileHandler):
-    """`log_file`, root-only readable (0640), its directory created; reopened when
-    logrotate renames it (no copytruncate needed)."""
+    """`log_file`, root-only readable (0640), its directory created 0750 (as the Debian
+    package makes /var/log/nodecheck); reopened when logrotate renames it (no copytruncate
+    needed)."""
 
     def __init__(self, path: str) -> None:
         self.describe = {"event": "log_file_write_failed", "fields": {"file": path}}
-        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
         super().__init__(path, encoding="utf-8")
 
     def _open(self) -> Any:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        return os.fdopen(fd, "a", encoding="utf-8")
+        return os.fdopen(open_private_append(self.baseFilename), "a", encoding="utf-8")
+
+
+def open_private_append(path: str) -> int:
+    """Open (or create, 0640) a file root appends to, refusing what someone else put in its
+    place: whoever can write its directory (a log directory made 0755 by hand, then opened
+    up) could plant a symlink to /etc/passwd or a hard link to /etc/shadow there, and every
+    line would go into it. O_NOFOLLOW refuses a symlink as the last component; fstat then
+    refuses anything but a regular file of our own with one link. O_NONBLOCK: a FIFO
+    planted there must not hold the run (refused a moment later)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            why = f"{path} is a symbolic link: refused (never followed)"
+            raise OSError(exc.errno, why) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        problem = foreign_file(st, private=False)
+        if problem:
+            raise OSError(errno.EPERM, f"{path}: refused: {problem}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def foreign_file(st: os.stat_result, private: bool = True) -> str | None:
+    """Why a file root writes to (or trusts) is not its own: not a regular file, owned by
+    another user, with a second hard link elsewhere, or (`private`: a file whose content
+    root trusts, as the state) writable by group or others."""
+    # A device (/dev/null, /dev/full) only root can make: a site's choice, never a plant.
+    device = not private and stat.S_ISCHR(st.st_mode) and st.st_uid == 0
+    if not (stat.S_ISREG(st.st_mode) or device):
+        return "not a regular file"
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}, not root"
+    if private and st.st_mode & 0o022:
+        return f"writable by group or others (mode {st.st_mode & 0o777:o})"
+    if st.st_nlink > 1 and not device:
+        return f"{st.st_nlink} hard links to it"
+    return None
 
 
 class _Syslog(_OnceBroken, logging.handlers.SysLogHandler):

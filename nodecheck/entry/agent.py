@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import select
 import signal
@@ -28,11 +29,13 @@ import time
 from pathlib import Path
 
 from nodecheck.entry.agent_client import DEFAULT_SOCKET, REQUEST_MAGIC, peer_credentials
+from nodecheck.entry.agent_status import STATUS_PHASE
 from nodecheck.entry.hook import HookArgs
 from nodecheck.log import get_logger
 from nodecheck.probes import kernlog
 from nodecheck.run import pool
 from nodecheck.run.codes import HOOK_PHASES
+from nodecheck.selftest.agent_side import SELFTEST_PHASE, Timer
 
 MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB
 REQUEST_TIMEOUT_S = 5.0  # a client that connects and sends nothing does not hold a worker
@@ -163,7 +166,7 @@ def parse_request(data: bytes) -> tuple[str, dict[str, str]]:
         raise BadRequest("not a nodecheck-agent/1 request")
     raw_phase, _, raw_env = rest.partition(b"\0")
     phase = raw_phase.decode(errors="replace")
-    if phase not in HOOK_PHASES:
+    if phase not in HOOK_PHASES and phase not in (SELFTEST_PHASE, STATUS_PHASE):
         raise BadRequest(f"unknown phase {phase!r}")
     env = {}
     for entry in raw_env.split(b"\0") if raw_env else []:
@@ -195,6 +198,11 @@ def _refuse(conn: socket.socket, text: str) -> None:
         received = 0
         while received <= MAX_REQUEST and (chunk := conn.recv(65536)):
             received += len(chunk)
+
+
+# What `nodecheck agent --status` is told (entry/agent_status.py): the agent's view, set
+# before each fork, so that the worker serving a status request has it as it was then.
+_view: dict[str, object] = {}
 
 
 def run_worker(conn: socket.socket) -> int:
@@ -229,7 +237,15 @@ def run_worker(conn: socket.socket) -> int:
     os.environ.update(env)
     client_pid, _uid = peer_credentials(conn)
     _die_with_the_client(conn)
-    code = run_hook(HookArgs(phase), hook_pid=client_pid)
+    if phase == STATUS_PHASE:  # `nodecheck agent --status`: the agent's view at the fork
+        print(json.dumps({"event": "agent_status", **_view}), flush=True)
+        code = 0
+    elif phase == SELFTEST_PHASE:  # the canaries, through this worker and the probe pool
+        from nodecheck.selftest.agent_side import serve_request
+
+        code = serve_request()
+    else:
+        code = run_hook(HookArgs(phase), hook_pid=client_pid)
     pool.give_back()  # before the client hears: the next job start may have the probes
     sys.stdout.flush()
     sys.stderr.flush()
@@ -283,9 +299,9 @@ def _listen(path: str) -> socket.socket:
     return server
 
 
-def _reap(workers: set[int], probes: pool.ProbePool) -> None:
-    """Collect the children that have ended: workers, and probe-pool members, which are
-    replaced (a run killed one that hung)."""
+def _reap(workers: set[int], probes: pool.ProbePool, timer: Timer | None = None) -> None:
+    """Collect the children that have ended: workers, the selftest, and probe-pool members,
+    which are replaced (a run killed one that hung)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -295,7 +311,8 @@ def _reap(workers: set[int], probes: pool.ProbePool) -> None:
         if pid == 0:
             return
         workers.discard(pid)
-        probes.settle(pid)
+        if timer is None or not timer.settle(pid):
+            probes.settle(pid)
 
 
 def _wait_for(workers: set[int], probes: pool.ProbePool, timeout_s: float) -> None:
@@ -329,8 +346,9 @@ def _remove_socket(path: str, inode: int) -> None:
             os.unlink(path)
 
 
-def serve(path: str) -> int:
+def serve(path: str, selftest_every: float = 0.0, selftest_delay: float = 0.0) -> int:
     log = get_logger()
+    up_since = time.monotonic()
     missing = warm_up()
     loaded = code_files(PACKAGE, dependency_files())
     stamp = code_stamp(loaded)
@@ -352,6 +370,12 @@ def serve(path: str) -> int:
     gc.collect()
     gc.freeze()
     probes = pool.ProbePool(fast_groups())
+    timer = Timer(path, selftest_every, selftest_delay)
+
+    def selftest_child() -> None:  # holds nothing of the agent's: no socket, no pool
+        server.close()
+        _keep_only(probes, [], None)
+
     log.info(
         "agent_ready",
         socket=path,
@@ -362,11 +386,13 @@ def serve(path: str) -> int:
     served = 0
     try:
         while not stopping:
+            if (selftest := timer.poll(selftest_child)) is not None:
+                log.info("agent_selftest", pid=selftest, every_s=selftest_every)
             server.settimeout(1.0)
             try:
                 conn, _ = server.accept()
             except TimeoutError:
-                _reap(workers, probes)
+                _reap(workers, probes, timer)
                 continue
             except OSError:
                 if stopping:
@@ -385,6 +411,17 @@ def serve(path: str) -> int:
                 sys.stderr.flush()
                 kernlog.catch_up()  # the run sees the kernel log up to this moment
                 lent, lease = probes.lend()
+                _view.update(
+                    pid=os.getpid(),
+                    socket=path,
+                    uptime_s=round(time.monotonic() - up_since, 1),
+                    served=served,
+                    workers=len(workers),
+                    probe_pool={m.group: m.pid for m in probes.members.values()},
+                    pool_lent=not lent and bool(probes.members),
+                    stuck=[{"pid": p, "group": g} for p, g in sorted(probes.stuck.items())],
+                    not_loaded=missing,
+                )
                 pid = os.fork()
                 if pid == 0:
                     code = 70
@@ -398,17 +435,21 @@ def serve(path: str) -> int:
                     os.close(lease)
                 workers.add(pid)
                 served += 1
-            _reap(workers, probes)
+            _reap(workers, probes, timer)
     finally:
         # Socket first: from now on the entrypoints run in-process. Then let the runs in
         # progress finish (each is bounded by its own budget).
         _remove_socket(path, inode)
         server.close()
+        timer.stop()  # its results are worth nothing against a prompt stop
         _wait_for(workers, probes, STOP_WAIT_S)
         probes.close()
         log.info("agent_stopped", served=served, unfinished=len(workers))
     return 0
 
 
-def main(path: str | None) -> int:
-    return serve(path or os.environ.get("NODECHECK_AGENT_SOCKET") or DEFAULT_SOCKET)
+def main(path: str | None, selftest_every: float = 86400.0, selftest_delay: float = 60.0) -> int:
+    """`selftest_every`: the agent's own selftest (nodecheck.selftest.agent_side), the first
+    `selftest_delay` after the start; 0: never."""
+    where = path or os.environ.get("NODECHECK_AGENT_SOCKET") or DEFAULT_SOCKET
+    return serve(where, selftest_every, selftest_delay)

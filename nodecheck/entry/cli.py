@@ -1,4 +1,4 @@
-"""Command line: `nodecheck run|hook|list|explain|resume|report|agent`.
+"""Command line: `nodecheck run|hook|list|explain|resume|report|validate|agent|selftest`.
 
 `hook PHASE` is what the prolog/epilog/health entrypoints call (see nodecheck.entry.hook).
 `run` is the same pipeline for a human: a table, no action.
@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # Light on purpose: `nodecheck hook` forks its run before the rest of nodecheck is loaded
 # (nodecheck.run.codes says why); each command imports what it needs.
@@ -120,6 +120,47 @@ def _parser() -> argparse.ArgumentParser:
         "--socket",
         help="Unix socket (default: $NODECHECK_AGENT_SOCKET, else /run/nodecheck/agent.sock)",
     )
+    agent.add_argument(
+        "--selftest-every",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="run `nodecheck selftest` this often, the first time --selftest-delay after the "
+        "start (default: daily; 0: never)",
+    )
+    agent.add_argument(
+        "--selftest-delay", type=float, default=60.0, metavar="SECONDS", help=argparse.SUPPRESS
+    )
+    agent.add_argument(
+        "--status",
+        action="store_true",
+        help="ask the running agent what it holds (probe pool, stuck probes) and exit: "
+        "0 fine, 1 probes stuck in the kernel, 3 no agent",
+    )
+    agent.add_argument("--json", action="store_true", help="with --status: machine-readable")
+
+    # Here, not in nodecheck.selftest: building this parser is on every hook's path.
+    selftest = command(
+        "selftest",
+        "feed every enabled check a known-bad and a known-good canary through the hooks' run "
+        "path, in-process and through the agent; changes nothing (docs/selftest.md)",
+    )
+    selftest.add_argument("--json", action="store_true", help="machine-readable output")
+    selftest.add_argument(
+        "--check",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only checks matching this id or glob; repeatable (no metrics written then)",
+    )
+    selftest.add_argument(
+        "--via",
+        choices=("auto", "inprocess", "agent", "both"),
+        default="auto",
+        help="auto (default): in-process, and through the agent when its socket exists",
+    )
+    selftest.add_argument("--socket", help="the agent's socket (default: as `agent`)")
+    selftest.add_argument("--timeout", type=float, default=120.0, help="seconds, in all")
 
     report = command(
         "report", "nodes drained by nodecheck, cluster-wide (from Slurm; admin drains left out)"
@@ -176,15 +217,25 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "hook":
         return run_hook(HookArgs(args.phase, args.config, args.dry_run, args.verbose))
+    if args.command == "agent" and args.status:
+        from nodecheck.entry.agent_client import DEFAULT_SOCKET
+        from nodecheck.entry.agent_status import main as status_main
+
+        where = args.socket or os.environ.get("NODECHECK_AGENT_SOCKET") or DEFAULT_SOCKET
+        return status_main(where, args.json)
     if args.command == "agent":  # a service: its log is its stderr (the journal)
         from nodecheck.entry.agent import main as agent_main
 
         setup_logging(None, to_stderr=True, verbose=args.verbose)
-        return agent_main(args.socket)
+        return agent_main(args.socket, args.selftest_every, args.selftest_delay)
     # A person at a terminal: log lines only with -v, rendered for reading.
     setup_logging(None, to_stderr=args.verbose, verbose=args.verbose, console=True)
     if args.command == "run":
         return _run(args)
+    if args.command == "selftest":
+        from nodecheck.selftest.command import selftest_command
+
+        return selftest_command(args)
     if args.command in ("list", "explain"):
         from nodecheck.entry import catalogue
 
@@ -194,7 +245,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return history_command(args.config, args.history, args.days, args.json)
     if args.command == "report":
-        return _report(args)
+        from nodecheck.entry.report import report
+
+        return report(args)
     if args.command in ("validate", "validate-job"):
         from nodecheck.quarantine.command import validate_command, validate_job_command
 
@@ -273,6 +326,7 @@ def _resume(args: argparse.Namespace) -> int:
     from nodecheck.run.pipeline import RunRequest, execute, node_name
     from nodecheck.slurm import SlurmError, set_call_deadline
     from nodecheck.slurm.act import backend_for, resume_if_ours
+    from nodecheck.store import history
 
     node = node_name(args.node, os.environ)
     try:
@@ -291,199 +345,13 @@ def _resume(args: argparse.Namespace) -> int:
             print(f"not resuming {node}: checks still fail (use --force to resume anyway)")
             return EXIT_FAIL
     set_call_deadline(time.monotonic() + config.budget_s)  # a dead controller: not forever
+    # The reason nodecheck set, where this host keeps the node's state (on the node itself,
+    # or a shared state_dir); elsewhere only a reason that is whole nodecheck's counts.
+    kept = history.read_only_history(config.state_dir_for(node), history.drain_reason)
     try:
-        result = resume_if_ours(backend_for(config, os.environ), node)
+        result = resume_if_ours(backend_for(config, os.environ), node, kept)
     except SlurmError as exc:
         print(f"nodecheck: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
     print(f"{node}: {result}")
     return EXIT_FAIL if result.startswith("refused") else EXIT_OK
-
-
-def _report(args: argparse.Namespace) -> int:
-    """Every node Slurm shows drained with a `nodecheck:` reason: check, component, since
-    when, and how often it was drained within flap_window_s (from the node's history when
-    this host has it, else from a "flapping (drained Nx ...)" reason, else unknown)."""
-    import re
-    import time
-
-    from nodecheck.checks.registry import all_checks
-    from nodecheck.run.config import ConfigError, load_config
-    from nodecheck.run.reason import parse_reason
-    from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import backend_for
-    from nodecheck.store import history
-
-    try:
-        config = load_config(args.config, os.environ, all_checks())
-        nodes = backend_for(config, os.environ).list_nodes()
-    except (ConfigError, SlurmError) as exc:
-        print(f"nodecheck: {exc}", file=sys.stderr)
-        return EXIT_INTERNAL
-    window = float(config.flap_window_s)
-    since = time.time() - window
-    rows = []
-    for info in sorted(nodes, key=lambda n: n.name):
-        if not info.drained_by_nodecheck:
-            continue
-        parsed = parse_reason(info.reason)
-        flapping = bool(parsed and history.is_flapping_message(parsed.message))
-        drains = history.read_only_history(
-            config.state_dir_for(info.name), lambda h: h.events_since("drain", since)
-        )
-        source = "history" if drains is not None else None
-        if drains is None and parsed and flapping:
-            found = re.match(r"flapping \(drained (\d+)x", parsed.message)
-            drains, source = (int(found[1]), "reason") if found else (None, None)
-        rows.append(
-            {
-                "node": info.name,
-                "state": "+".join(info.states),
-                "check": parsed.check_id if parsed else None,
-                "component": parsed.component if parsed else None,
-                "message": parsed.message if parsed else None,
-                "severity": (parsed.severity or None) if parsed else None,
-                "remedy": (parsed.remedy or None) if parsed else None,
-                "phase": parsed.phase if parsed else None,
-                "job": (parsed.job_id or None) if parsed else None,
-                "since": info.reason_time or None,
-                "by": info.reason_user or None,
-                "flapping": flapping,
-                "drains_in_window": drains,
-                "drains_source": source,
-                "window": history.human_window(window),
-                "reason": info.reason,
-            }
-        )
-    breakers, held = _breaker_report(config, nodes)
-    held_back = _held_back(config, nodes)
-    if args.json:
-        doc = {
-            "count": len(rows),
-            "nodes": rows,
-            "breaker": breakers,
-            "held_back": held_back,
-            "held_by_slurm": held,
-        }
-        print(json.dumps(doc, indent=2))
-        return EXIT_OK
-    _print_breaker_report(breakers, held)
-    _print_held_back(held_back)
-    if not rows:
-        print("no nodes drained by nodecheck")
-        return EXIT_OK
-    head = (
-        "NODE",
-        "STATE",
-        "CHECK",
-        "COMPONENT",
-        "SINCE",
-        f"DRAINS/{history.human_window(window)}",
-        "SEVERITY",
-        "ACTION",
-    )
-    from nodecheck.entry.tables import show, table
-
-    cells = [
-        (
-            r["node"],
-            r["state"],
-            r["check"] or "?",
-            r["component"] or "?",
-            r["since"] or "?",
-            "?" if r["drains_in_window"] is None else str(r["drains_in_window"]),
-            r["severity"] or "?",
-            r["remedy"] or "?",
-            r["reason"],
-        )
-        for r in rows
-    ]
-    show([table((*head, "REASON"), cells)])
-    from nodecheck.hostlist import collect
-
-    print(f"{len(rows)} node(s) drained by nodecheck: {collect(r['node'] for r in rows)}")
-    return EXIT_OK
-
-
-# Slurm's own reason when a prolog/epilog exits non-zero without setting one: what a node
-# shows when nodecheck's circuit breaker left the drain to Slurm.
-_SLURM_HOOK_FAILURE = ("Prolog error", "Epilog error", "prolog failed", "epilog failed")
-
-
-def _breaker_report(config: Any, nodes: list[Any]) -> tuple[list[dict], list[dict]]:
-    """Per partition: nodecheck's drains against the breaker limit; and the nodes Slurm
-    drained for a failed prolog/epilog, which is where a tripped breaker leaves them."""
-    from nodecheck.run.breaker import partition_status
-    from nodecheck.slurm.act import breaker_limits
-
-    breakers = [
-        {
-            "partition": b.partition,
-            "open": b.open,
-            "drained": b.drained,
-            "total": b.total,
-            "why": b.why,
-        }
-        for b in partition_status(nodes, breaker_limits(config))
-    ]
-    held = [
-        {
-            "node": n.name,
-            "reason": n.reason,
-            "since": n.reason_time or None,
-            "partitions": list(n.partitions),
-        }
-        for n in sorted(nodes, key=lambda n: n.name)
-        if n.drained and n.reason.startswith(_SLURM_HOOK_FAILURE)
-    ]
-    return breakers, held
-
-
-def _held_back(config: Any, nodes: list[Any]) -> list[dict]:
-    """Nodes the circuit breaker keeps from a drain: failing, running jobs, since when (from
-    each node's history where this host has it)."""
-    import time
-
-    from nodecheck.run.plan import HeldBack
-    from nodecheck.store import history
-
-    out = []
-    for info in sorted(nodes, key=lambda n: n.name):
-        stored = history.read_only_history(
-            config.state_dir_for(info.name), lambda h: h.store.get_json(history.BREAKER_HOLD)
-        )
-        held = HeldBack.from_json(stored)
-        if held is None:
-            continue
-        since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(held.since))
-        out.append({"node": info.name, "since": since, "reason": held.reason, "why": held.why})
-    return out
-
-
-def _print_held_back(held_back: list[dict]) -> None:
-    if not held_back:
-        return
-    print(
-        f"{len(held_back)} node(s) held back by the circuit breaker (failing, not drained, "
-        "jobs still run; drained oldest first once the breaker closes):"
-    )
-    for h in held_back:
-        print(f"  {h['node']}  since {h['since']}  {h['reason']}")
-
-
-def _print_breaker_report(breakers: list[dict], held: list[dict]) -> None:
-    for b in breakers:
-        if b["open"]:
-            print(
-                f"CIRCUIT BREAKER OPEN in partition {b['partition']}: {b['why']}; "
-                "nodecheck stops draining there (breaker_open_action decides whether jobs run)"
-            )
-    if held:
-        print(
-            f"{len(held)} node(s) drained by Slurm after a failed prolog/epilog "
-            "(nodecheck did not drain them: breaker open, or nodecheck could not reach "
-            "the controller); a human decides:"
-        )
-        for h in held:
-            print(f"  {h['node']}  since {h['since'] or '?'}  {h['reason']}")
-        print()

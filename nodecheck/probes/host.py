@@ -119,10 +119,14 @@ class Process:
 
     pid: int
     ppid: int
-    uid: int
+    uid: int  # the real uid
     name: str  # the kernel's comm: at most 15 characters
     zombie: bool
     job: JobCgroup | None
+    # The effective and saved uids: a setuid program a user started keeps the user's real
+    # uid but runs as root, and may be named anything its caller liked (host.services).
+    euid: int = -1
+    suid: int = -1
 
 
 # Not "name": for a 15-character comm psutil reads the command line too, and reading another
@@ -157,6 +161,8 @@ def processes(proc_root: Path, with_cgroup: bool = True) -> dict[int, Process]:
                 name=_comm(proc_root, info["pid"]),
                 zombie=info["status"] == psutil.STATUS_ZOMBIE,
                 job=job,
+                euid=info["uids"].effective,
+                suid=info["uids"].saved,
             )
     return out
 

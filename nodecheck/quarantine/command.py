@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from nodecheck.log import get_logger
 from nodecheck.quarantine import DEFAULT_WHY
@@ -24,6 +27,7 @@ def parse_share(text: str) -> float:
 def validate_command(args: argparse.Namespace) -> int:
     """Exit 0 when every node passed, 1 when any failed or was skipped, 2 on an error."""
     from nodecheck.checks.registry import all_checks
+    from nodecheck.quarantine.claim import ValidateBusy
     from nodecheck.quarantine.loop import expand_nodes, validate_nodes
     from nodecheck.quarantine.select import pick_idle, pick_pending
     from nodecheck.run.config import ConfigError, load_config
@@ -57,10 +61,11 @@ def validate_command(args: argparse.Namespace) -> int:
             why = "periodic validation of an idle node"
         elif args.pending and why == DEFAULT_WHY:
             why = "drained by nodecheck; validation decides its return"
-        runs = validate_nodes(
-            config, args.config, backend, jobs, nodes, args.level, why, timeout_s=args.timeout
-        )
-    except (ConfigError, SlurmError, ValueError) as exc:
+        with _stops_cleanly():
+            runs = validate_nodes(
+                config, args.config, backend, jobs, nodes, args.level, why, timeout_s=args.timeout
+            )
+    except (ConfigError, SlurmError, ValueError, ValidateBusy, OSError) as exc:
         print(f"nodecheck validate: {exc}", file=sys.stderr)
         return 2
     width = max(len(r.node) for r in runs)
@@ -70,6 +75,27 @@ def validate_command(args: argparse.Namespace) -> int:
     passed = sum(r.result.startswith("passed") for r in runs)
     print(f"{len(runs)} node(s): {passed} passed, {len(runs) - passed} not returned")
     return 0 if passed == len(runs) else 1
+
+
+@contextmanager
+def _stops_cleanly() -> Iterator[None]:
+    """SIGTERM and SIGHUP (systemd, cron's end, a closed terminal) stop a validate run the
+    way Ctrl-C does, so that it leaves the reservation and its jobs as it found them; a
+    second signal during that clean-up is ignored (it takes seconds, not minutes)."""
+
+    def stop(signum: int, _frame: object) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {
+        sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def last_validations(config: Config, slurm_conf: str | None, nodes: list) -> dict[str, float]:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nodecheck.log import get_logger
+from nodecheck.log import get_logger, setup_logging
 from nodecheck.quarantine.ladder import Decision, Step, ValidationHistory, decide_after_validation
 from nodecheck.run.config import Config, load_config
 from nodecheck.run.pipeline import RunRequest, execute, node_name
@@ -26,12 +26,20 @@ EXIT_INTERNAL = 2
 EXIT_REBOOT = 3
 EXIT_REPLACE = 4
 EXIT_HELD_BACK = 5  # failed, but the circuit breaker forbids another drain now
+EXIT_NOT_VALIDATED = 6  # nodecheck could not validate the node (e.g. no PyTorch): no drain
 EXIT_FOR_STEP = {
     Step.RETURN: EXIT_PASSED,
     Step.DRAIN: EXIT_DRAINED,
     Step.REBOOT: EXIT_REBOOT,
     Step.REPLACE: EXIT_REPLACE,
+    Step.NOT_VALIDATED: EXIT_NOT_VALIDATED,
 }
+# What a site does about a validation that could not run: said in the log, the job's
+# AdminComment (which `nodecheck validate` prints) and the node's history (report --history).
+NOT_VALIDATED_FIX = (
+    "install what it names (the deep checks need PyTorch: the nodecheck[active] extra) or "
+    "take those checks out of validate_quick_checks / validate_full_checks"
+)
 ALERT_KEY = "validate.alert"  # kv: the alert this node has firing, to resolve on a pass
 
 
@@ -59,9 +67,15 @@ def validation_history(h: history.History) -> ValidationHistory:
 
 
 def run_validation_job(level: str, config_path: str | None, env: Mapping[str, str]) -> JobOutcome:
-    log = get_logger()
     node = node_name(None, env)
     config = load_config(config_path, env, _registry())
+    # The job's own output goes to /dev/null: its lines go where the node's hooks log.
+    problem = setup_logging(
+        config.values["log_file"] or None, to_stderr=True, targets=config.values["log_target"]
+    )
+    log = get_logger()
+    if problem:
+        log.warning("log_file_unusable", problem=problem)
     state_dir = config.state_dir_for(node)
     job_id = env.get("SLURM_JOB_ID") if (env.get("SLURM_JOB_ID") or "").isdigit() else None
     # gather
@@ -83,11 +97,13 @@ def run_validation_job(level: str, config_path: str | None, env: Mapping[str, st
     taken = _act(config, node, decision, state_dir)
     code = EXIT_HELD_BACK if taken.startswith("held back") else EXIT_FOR_STEP[decision.step]
     # record
-    kind = "validate_pass" if decision.step is Step.RETURN else "validate_fail"
+    kind = {Step.RETURN: "validate_pass", Step.NOT_VALIDATED: "validate_error"}.get(
+        decision.step, "validate_fail"
+    )
 
     def record(h: history.History) -> None:
         with h.write():
-            h.add_event(kind, decision.reason or f"validation passed (level {level})", time.time())
+            h.add_event(kind, _event_text(decision, level), time.time())
             if decision.step is Step.REBOOT and taken == "reboot requested":
                 h.add_event("reboot", decision.reason or "", time.time())
 
@@ -101,6 +117,12 @@ def run_validation_job(level: str, config_path: str | None, env: Mapping[str, st
         failures_since_pass=past.failures_since_pass,
     )
     return JobOutcome(node, decision, taken, code)
+
+
+def _event_text(decision: Decision, level: str) -> str:
+    if decision.step is Step.NOT_VALIDATED:
+        return f"{decision.summary} (level {level}); {NOT_VALIDATED_FIX}"
+    return decision.reason or f"validation passed (level {level})"
 
 
 def _registry() -> Mapping:
@@ -120,6 +142,12 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
     if decision.step is Step.RETURN:
         _resolve_alert(config, node, state_dir)
         return "none"
+    if decision.step is Step.NOT_VALIDATED:
+        # Our problem, not the node's: nothing is drained; the loop leaves the node as it
+        # found it. Said loudly, with what to do, where an admin looks.
+        log.error("validation_not_possible", node=node, why=decision.summary, fix=NOT_VALIDATED_FIX)
+        _note_on_job(config, f"{decision.summary}; {NOT_VALIDATED_FIX}")
+        return "none (not validated)"
     assert decision.reason is not None
     held = _breaker_holds(config, node)
     if held:
@@ -139,6 +167,23 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
     if decision.alert:
         _fire_alert(config, node, decision, state_dir)
     return taken
+
+
+def _note_on_job(config: Config, text: str) -> None:
+    """Tell the loop why, in this job's AdminComment (best effort: the exit code says the
+    rest)."""
+    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm.jobs import SlurmJobs
+    from nodecheck.slurm.scontrol import ScontrolBackend
+
+    job = os.environ.get("SLURM_JOB_ID", "")
+    if not job.isdigit():
+        return
+    cli = ScontrolBackend(config.scontrol, config.slurm_conf or None)
+    try:
+        SlurmJobs(cli).note_on_job(int(job), " ".join(text.split())[:1000])
+    except SlurmError as exc:
+        get_logger().warning("validation_note_not_set", error=str(exc))
 
 
 def _breaker_holds(config: Config, node: str) -> str | None:

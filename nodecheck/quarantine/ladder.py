@@ -5,6 +5,10 @@ the first failure since the node last passed takes the first step, the next fail
 next one, and the last step repeats. "drain" waits for a human's repair; "reboot" asks
 Slurm to reboot the node and validate it again; "replace" holds it drained for a
 replacement and alerts. A pass ends the episode and resolves any alert.
+
+Only a FAIL (what the node said) is a failure here. A check nodecheck could not run (an
+ERROR: PyTorch missing where the deep tier needs it, a bug) proves nothing about the node:
+the validation is "not validated", no rung is climbed and nothing is drained.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ class Step(enum.Enum):
     DRAIN = "drain"  # failed: drained with the deep check's figure, for a repair
     REBOOT = "reboot"  # failed again after a repair: reboot through Slurm, validate again
     REPLACE = "replace"  # still failing after the reboot: held for replacement, alert
+    # nodecheck could not validate the node (a check's ERROR: a missing extra such as
+    # PyTorch, a tool, a bug; or no check measured anything): its problem, not the node's.
+    # No drain, no rung climbed; the loop leaves the node as it found it and says why.
+    NOT_VALIDATED = "not validated"
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,11 @@ def decide_after_validation(
     ladder: tuple[str, ...],
     job_id: str | None,
 ) -> Decision:
-    failures = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
+    failures = [r for r in results if r.status is Status.FAIL]
     if not failures:
+        unvalidated = _not_validated(results)
+        if unvalidated:
+            return Decision(Step.NOT_VALIDATED, None, False, f"not validated: {unvalidated}")
         return Decision(Step.RETURN, None, False, "validation passed")
     if not ladder:
         ladder = ("drain",)
@@ -67,3 +78,16 @@ def decide_after_validation(
     n = past.failures_since_pass + 1
     summary = f"validation failed ({n} since the last pass): {step.value}"
     return Decision(step, reason, step is Step.REPLACE, summary)
+
+
+def _not_validated(results: list[CheckResult]) -> str:
+    """Why these results prove nothing about the node ("" when they do): a check nodecheck
+    could not run (ERROR: only what the node said may drain it, never our own failure).
+    A SKIP (nothing to check there, a tool not installed) is no verdict either way, as in
+    every phase."""
+    errors = [r for r in results if r.status is Status.ERROR]
+    if not errors:
+        return ""
+    first = errors[0]
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{first.check_id} {first.component}: {first.message}{more}"

@@ -1,15 +1,22 @@
 """`nodecheck validate NODELIST`: quarantine nodes, validate them as Slurm jobs, and return
 or keep them out.
 
-1. Put the nodes into the maintenance reservation nodecheck owns (user jobs cannot land
-   there), then resume those nodecheck drained, so they are schedulable only inside it.
-2. Submit one validation job per node (`nodecheck validate-job`; its name and comment say
-   what it validates and why, so accounting keeps it).
-3. Wait for each job. A node whose job asked for a reboot is validated again once it is
-   back. A job whose prolog failed was requeued held by Slurm: it is cancelled, and the
-   prolog's own drain stands.
-4. Every node leaves the reservation: a passing node is back in service; a failing one is
-   drained by its job with the deep check's figure (or rebooting, or held for replacement).
+1. Claim (under the validate lock, quarantine/claim.py): leave alone every node another
+   validate run is validating, cancel validation jobs that hold a node for nobody (held by
+   Slurm after a failed launch; left by a run that died), put the rest into the maintenance
+   reservation nodecheck owns (user jobs cannot land there) and submit one validation job
+   per node, held. A node another run claimed in the same moment goes to the lower job id.
+2. Follow each node (quarantine/follow.py decides, pure): once no job holds the node any
+   more (a prolog failure slurmctld has not yet processed would otherwise drain it again as
+   "Prolog error" right after the resume), resume it if nodecheck drained it, and release
+   its job. A job whose prolog failed ends (--no-requeue) or, if Slurm held it anyway, is
+   cancelled: the prolog's own drain stands. A job that asked for a reboot is followed by
+   a new one once the node is back.
+3. Leave, always, even on a timeout, an error or SIGTERM/SIGINT (`finally`): cancel this
+   run's unfinished jobs; put back as found every node that was not validated (drained with
+   the reason it had, or in service); take out of the reservation the nodes this run put
+   there or that finished; delete the reservation once it is empty. A node that failed
+   while the breaker forbids a drain, or is rebooting, stays in it: out of users' reach.
 An admin's drain is never touched: such a node is skipped, and says so.
 """
 
@@ -18,44 +25,35 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodecheck.quarantine.job import (
-    EXIT_DRAINED,
-    EXIT_HELD_BACK,
-    EXIT_PASSED,
-    EXIT_REBOOT,
-    EXIT_REPLACE,
+from nodecheck.log import get_logger
+from nodecheck.quarantine.claim import (
+    RunId,
+    ValidateBusy,
+    alive_here,
+    comment_for,
+    sort_claims,
+    validate_lock,
+)
+from nodecheck.quarantine.follow import (
+    Leave,
+    Move,
+    Next,
+    NodeValidation,
+    Phase,
+    as_found,
+    next_step,
+    wants_node,
 )
 from nodecheck.run.config import Config
-from nodecheck.slurm import NodeInfo, SlurmBackend, SlurmError
-from nodecheck.slurm.jobs import JobState, SlurmJobs
+from nodecheck.run.ownership import drain_owner
+from nodecheck.slurm import SlurmBackend, SlurmError
+from nodecheck.slurm.job_json import JobRecord
+from nodecheck.slurm.jobs import SlurmJobs
 
 JOB_NAME = "nodecheck-validate"
-RESULT_FOR_EXIT = {
-    EXIT_PASSED: "passed: back in service",
-    EXIT_DRAINED: "failed: drained",
-    EXIT_REPLACE: "failed: held for replacement",
-    EXIT_HELD_BACK: "failed: not drained, the circuit breaker is open; kept in the reservation",
-}
-
-
-@dataclass
-class NodeValidation:
-    """One node's way through the loop (mutable while the loop runs)."""
-
-    node: str
-    jobs: list[int] = field(default_factory=list)
-    result: str = "pending"
-    reboots: int = 0
-    done: bool = False
-    held_back: bool = False
-
-    @property
-    def keep_reserved(self) -> bool:
-        """Still validating, or failed without a drain: either way not for user jobs."""
-        return not self.done or self.held_back
+__all__ = ["JOB_NAME", "NodeValidation", "expand_nodes", "validate_nodes", "validation_script"]
 
 
 def expand_nodes(cli_run: Callable[[list[str]], str], scontrol: str, nodelist: str) -> list[str]:
@@ -70,6 +68,53 @@ def validation_script(config: Config) -> str:
     return config.values["validate_command"] or str(Path(sys.executable).parent / "nodecheck")
 
 
+class _Run:
+    """One validate run: its settings, its Slurm handles and its nodes."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None,
+        backend: SlurmBackend,
+        jobs: SlurmJobs,
+        level: str,
+        why: str,
+    ) -> None:
+        self.config, self.config_path = config, config_path
+        self.backend, self.jobs = backend, jobs
+        self.level, self.why = level, why
+        self.reservation = str(config.values["validate_reservation"])
+        self.lock = str(config.values["validate_lock_file"])
+        self.me = RunId.this_process()
+        self.runs: dict[str, NodeValidation] = {}
+        self.log = get_logger()
+
+    def submit(self, node: str) -> int:
+        args = ["validate-job", "--level", self.level]
+        if self.config_path:
+            args = ["--config", self.config_path, *args]
+        limit_min = max(1, int(float(self.config.values["validate_timeout_s"]) // 60))
+        comment = comment_for(node, self.level, self.why, self.me)
+        job = self.jobs.submit(
+            node, self.reservation, JOB_NAME, comment, validation_script(self.config), args,
+            limit_min,
+        )  # fmt: skip
+        self.runs[node].jobs.append(job)
+        return job
+
+    def cancel_stale(self, stale: tuple[int, ...]) -> None:
+        for job in stale:
+            try:
+                self.jobs.cancel(job)
+            except SlurmError as exc:
+                self.log.warning("validation_job_not_cancelled", job=job, error=str(exc))
+                continue
+            self.log.warning(
+                "validation_job_cancelled", job=job,
+                why="held by Slurm after a failed launch, or left by a validate run that died",
+            )  # fmt: skip
+
+
 def validate_nodes(
     config: Config,
     config_path: str | None,
@@ -82,104 +127,195 @@ def validate_nodes(
     timeout_s: float | None = None,
 ) -> list[NodeValidation]:
     timeout_s = float(config.values["validate_timeout_s"]) if timeout_s is None else timeout_s
-    reservation = config.values["validate_reservation"]
+    run = _Run(config, config_path, backend, jobs, level, why)
     known = {n.name: n for n in backend.list_nodes()}
-    runs: dict[str, NodeValidation] = {}
     for node in nodes:
-        run = runs[node] = NodeValidation(node)
+        state = run.runs[node] = NodeValidation(node, found=known.get(node))
         info = known.get(node)
         if info is None:
-            run.result, run.done = "skipped: unknown to Slurm", True
-        elif info.drained and not info.drained_by_nodecheck:
-            run.result, run.done = f"skipped: drained by someone else ({info.reason})", True
-    chosen = [r.node for r in runs.values() if not r.done]
-    if not chosen:
-        return list(runs.values())
-    # Reserve first, resume second: a resumed node is never open to user jobs.
-    jobs.reserve(reservation, chosen)
-    for node in chosen:
-        if _needs_resume(known[node]):
-            backend.resume(node)
-        runs[node].jobs.append(_submit(config, config_path, jobs, reservation, node, level, why))
-    deadline = time.monotonic() + timeout_s
-    while not all(r.done for r in runs.values()) and time.monotonic() < deadline:
-        time.sleep(poll_s)
-        for run in runs.values():
-            if not run.done:
-                _follow(config, config_path, backend, jobs, reservation, run, level, why)
-    for run in runs.values():
-        if not run.done:
-            run.result = "timed out: still in the reservation"
-    # Finished nodes leave the reservation; ones still validating (or failed but held back
-    # by the breaker) stay quarantined in it, and so do all of them if this command dies
-    # half-way: quarantined is the safe side. Other runs' nodes are left as they are.
-    jobs.release(
-        reservation, [r.node for r in runs.values() if r.node in chosen and not r.keep_reserved]
-    )
-    return list(runs.values())
-
-
-def _needs_resume(info: NodeInfo) -> bool:
-    return info.drained_by_nodecheck or "DOWN" in info.states
-
-
-def _submit(
-    config: Config,
-    config_path: str | None,
-    jobs: SlurmJobs,
-    reservation: str,
-    node: str,
-    level: str,
-    why: str,
-) -> int:
-    args = ["validate-job", "--level", level]
-    if config_path:
-        args = ["--config", config_path, *args]
-    limit_min = max(1, int(float(config.values["validate_timeout_s"]) // 60))
-    comment = f"nodecheck validate {node} level={level}: {why}"[:250]
-    return jobs.submit(
-        node, reservation, JOB_NAME, comment, validation_script(config), args, limit_min
-    )
-
-
-def _follow(
-    config: Config,
-    config_path: str | None,
-    backend: SlurmBackend,
-    jobs: SlurmJobs,
-    reservation: str,
-    run: NodeValidation,
-    level: str,
-    why: str,
-) -> None:
-    """One look at a node's current job; updates `run`."""
+            state.result, state.phase = "skipped: unknown to Slurm", Phase.SKIPPED
+        elif info.drained and not drain_owner(info, None).ours:
+            state.result, state.phase = (
+                f"skipped: {drain_owner(info, None).why} ({info.reason})",
+                Phase.SKIPPED,
+            )
+    ending = "timed out"
     try:
-        state: JobState = jobs.job_state(run.jobs[-1])
-    except SlurmError:
+        _claim(run, [n for n, r in run.runs.items() if not r.done])
+        deadline = time.monotonic() + timeout_s
+        while not all(r.done for r in run.runs.values()) and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            _look(run)
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM/SIGHUP made one (quarantine/command.py)
+        ending = "interrupted"
+    finally:
+        _leave(run, ending)
+    return list(run.runs.values())
+
+
+def _claim(run: _Run, chosen: list[str]) -> None:
+    """Take the nodes no other run has: into the reservation, each with its held job."""
+    if not chosen:
+        return
+    with validate_lock(run.lock):
+        claims = sort_claims(run.jobs.jobs_named(JOB_NAME), chosen, run.me, alive_here)
+        run.cancel_stale(claims.stale)
+        for node, why in claims.taken.items():
+            run.runs[node].result, run.runs[node].phase = f"skipped: {why}", Phase.SKIPPED
+        chosen = [n for n in chosen if n not in claims.taken]
+        if not chosen:
+            return
+        before = set(run.jobs.reservation_nodes(run.reservation))
+        run.jobs.reserve(run.reservation, chosen)
+        for node in chosen:  # first for all: a failed submit must not strand the others
+            run.runs[node].added = node not in before
+            run.runs[node].result = "waiting for Slurm to settle the node"
+        for node in chosen:
+            run.submit(node)
+    # A run on another host may have claimed a node in the same moment: the lower job id
+    # (slurmctld's own order) keeps it, and both runs read the same answer.
+    mine = [r.jobs[-1] for r in run.runs.values() if r.phase is Phase.SETTLING and r.jobs]
+    lost = sort_claims(run.jobs.jobs_named(JOB_NAME), chosen, run.me, alive_here, mine).taken
+    for node, why in lost.items():
+        state = run.runs[node]
+        _cancel(run, state.jobs[-1])
+        state.result, state.phase, state.added = f"skipped: {why}", Phase.SKIPPED, False
+
+
+def _look(run: _Run) -> None:
+    """gather (one squeue for every job, a node's record only where the step needs it) ->
+    decide (follow.next_step, pure) -> act, for each node still on its way."""
+    try:
+        records = {j.job_id: j for j in run.jobs.jobs_named(JOB_NAME)}
+    except SlurmError as exc:
+        run.log.warning("validation_look_failed", error=str(exc))
         return  # the controller blinked: look again next time
-    if state.held_after_launch_failure:
-        jobs.cancel(state.job_id)
-        info = backend.node_info(run.node)
-        run.result, run.done = f"failed in the prolog: {info.reason or 'drained'}", True
+    for state in run.runs.values():
+        if state.done:
+            continue
+        job = records.get(state.jobs[-1]) if state.jobs else None
+        try:
+            info = run.backend.node_info(state.node) if wants_node(state, job) else None
+            _act(run, state, job, next_step(state, job, info))
+        except SlurmError as exc:
+            run.log.warning("validation_step_failed", node=state.node, error=str(exc))
+
+
+def _act(run: _Run, state: NodeValidation, job: JobRecord | None, step: Next) -> None:
+    if step.move is Move.WAIT:
         return
-    if state.finished and state.exit_code == EXIT_REBOOT and run.reboots == 0:
-        run.result, run.reboots = "rebooting", 1
+    if step.move is Move.START:
+        if step.resume:
+            _still_reserved(run, state.node)
+            run.backend.resume(state.node)
+            state.resumed = True
+        run.jobs.release_job(state.jobs[-1])
+        state.phase, state.result = Phase.VALIDATING, "validating"
+    elif step.move is Move.FINISH:
+        if step.cancel and job is not None:
+            _cancel(run, job.job_id)
+        state.phase, state.result, state.leave = Phase.DONE, step.result, step.leave
+    elif step.move is Move.REBOOTING:
+        state.phase, state.result, state.reboots = Phase.REBOOTING, step.result, state.reboots + 1
+    elif step.move is Move.RESUBMIT:
+        run.submit(state.node)
+        state.phase, state.result = Phase.SETTLING, step.result
+
+
+def _still_reserved(run: _Run, node: str) -> None:
+    """Never resume a node outside the reservation: a run on a host that does not share the
+    lock may have rewritten its node list without this one (22.05 has no `Nodes+=`)."""
+    if node in run.jobs.reservation_nodes(run.reservation):
         return
-    if run.result == "rebooting":
-        info = backend.node_info(run.node)
-        if any(s.startswith("REBOOT") for s in info.states) or "DOWN" in info.states:
-            return  # not back yet
-        run.result = "validating again after the reboot"
-        run.jobs.append(_submit(config, config_path, jobs, reservation, run.node, level, why))
+    run.log.warning("validation_node_reserved_again", node=node, reservation=run.reservation)
+    with validate_lock(run.lock):
+        run.jobs.reserve(run.reservation, [node])
+
+
+def _cancel(run: _Run, job: int) -> None:
+    try:
+        run.jobs.cancel(job)
+    except SlurmError as exc:
+        run.log.warning("validation_job_not_cancelled", job=job, error=str(exc))
+
+
+def _leave(run: _Run, ending: str) -> None:
+    """Leave the reservation and its jobs as they were found (see the module docstring).
+    Every step on its own: one that fails must not keep the others from running."""
+    states = [s for s in run.runs.values() if s.phase is not Phase.SKIPPED]
+    for state in states:
+        if state.done:
+            continue
+        if state.phase is Phase.REBOOTING:
+            state.leave, state.result = (
+                Leave.RESERVED,
+                f"{ending} while rebooting: kept in the reservation",
+            )
+        else:
+            state.leave, state.result = Leave.AS_FOUND, f"{ending}: validation cancelled"
+        state.phase = Phase.DONE
+    ours = {job for s in states for job in s.jobs}
+    try:
+        unfinished = [
+            j.job_id for j in run.jobs.jobs_named(JOB_NAME) if j.active and j.job_id in ours
+        ]
+    except SlurmError as exc:
+        run.log.error("validation_jobs_unknown", error=str(exc))
+        unfinished = sorted(ours)  # scancel of a finished job only fails
+    for job in unfinished:
+        _cancel(run, job)
+    if unfinished:
+        _wait_gone(run, set(unfinished))
+    for state in states:
+        if state.leave is Leave.AS_FOUND:
+            _put_back(run, state)
+    out = [
+        s.node for s in states
+        if s.leave is Leave.OUT or (s.leave is Leave.AS_FOUND and s.added)
+    ]  # fmt: skip
+    if not out:
         return
-    if state.finished:
-        code = state.exit_code
-        run.result = RESULT_FOR_EXIT.get(code, f"job {state.state} (exit {code})")
-        run.held_back = code == EXIT_HELD_BACK
-        if code != EXIT_PASSED:
-            try:
-                reason = backend.node_info(run.node).reason
-            except SlurmError:
-                reason = ""
-            run.result += f" ({reason})" if reason else ""
-        run.done = True
+    try:
+        with validate_lock(run.lock):
+            kept = run.jobs.release(run.reservation, out)
+    except (SlurmError, ValidateBusy, OSError) as exc:
+        kept = f"reservation {run.reservation} not changed: {exc}"
+        run.log.error("reservation_not_released", nodes=out, error=str(exc))
+    if kept:
+        for state in states:
+            if state.node in out:
+                state.result += f" ({kept})"
+
+
+def _wait_gone(run: _Run, jobs: set[int], most_s: float = 20.0) -> None:
+    """A cancelled job ends through its epilog (COMPLETING): wait for that, so that the
+    run ends with no job of its own left and the reservation is not "in use" by one."""
+    deadline = time.monotonic() + most_s
+    while time.monotonic() < deadline:
+        try:
+            if not [j for j in run.jobs.jobs_named(JOB_NAME) if j.active and j.job_id in jobs]:
+                return
+        except SlurmError:
+            pass
+        time.sleep(0.5)
+    run.log.warning("validation_jobs_still_ending", jobs=sorted(jobs))
+
+
+def _put_back(run: _Run, state: NodeValidation) -> None:
+    """A node this run resumed goes back to how it was found: drained with the very reason
+    it had (nodecheck's, exactly: still nodecheck's to return later), or down."""
+    found = state.found
+    if not state.result.startswith("skipped"):
+        state.result += f"; {as_found(found)}"
+    if not state.resumed or found is None:
+        return
+    try:
+        if found.drained:
+            run.backend.drain(state.node, found.reason)
+        elif "DOWN" in found.states:
+            run.jobs.set_down(state.node, found.reason or "nodecheck validate: left as found")
+    except SlurmError as exc:
+        # It stays in the reservation then: out of users' reach, if not as found.
+        state.added, state.leave = False, Leave.RESERVED
+        state.result += f" (could not be put back: {exc}; kept in the reservation)"
+        run.log.error("validation_node_not_restored", node=state.node, error=str(exc))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from nodecheck.run.ownership import drain_owner
 from nodecheck.run.reason import parse_reason
 from nodecheck.slurm import NodeInfo
 from nodecheck.store.history import is_flapping_message
@@ -61,7 +62,9 @@ def pick_idle(
 def pick_pending(nodes: Iterable[NodeInfo]) -> list[str]:
     chosen = []
     for info in nodes:
-        if not info.drained_by_nodecheck:
+        # The controller's view, no state of the nodes': only a reason that is whole
+        # nodecheck's grammar (run/ownership.py); an admin's edit of one is the admin's.
+        if not drain_owner(info, None).ours:
             continue
         parsed = parse_reason(info.reason)
         if parsed is not None and (

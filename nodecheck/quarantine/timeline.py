@@ -24,6 +24,7 @@ WHAT = {
     "breaker_open": "breaker held back a drain",
     "validate_pass": "validation passed",
     "validate_fail": "validation failed",
+    "validate_error": "validation not possible",
     "reboot": "reboot requested",
 }
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from nodecheck.run.ownership import drain_owner
 from nodecheck.run.reason import parse_reason
 from nodecheck.slurm import NodeInfo
 
@@ -49,6 +50,13 @@ class BreakerState:
     recent: int = 0  # nodecheck drains within the window, cluster-wide
 
 
+def _ours(n: NodeInfo) -> bool:
+    """The breaker judges other nodes from the controller's view: no state of theirs, so
+    a drain counts as nodecheck's only when its reason is whole nodecheck's grammar (an
+    admin's edit of one is the admin's drain, and does not hold back a real fault)."""
+    return drain_owner(n, None).ours
+
+
 def reason_epoch(when: str) -> float | None:
     """Slurm prints reason times as local ISO time; pyslurm gives epoch seconds."""
     if not when:
@@ -69,7 +77,7 @@ def evaluate(
     if not limits.enabled:
         return BreakerState(False, "breaker disabled")
     now = time.time() if now is None else now
-    ours = [n for n in nodes if n.drained_by_nodecheck and n.name != node]
+    ours = [n for n in nodes if _ours(n) and n.name != node]
     if limits.max_drains > 0:
         since = now - limits.window_min * 60
         recent = sum(1 for n in ours if (reason_epoch(n.reason_time) or 0) >= since)
@@ -101,7 +109,7 @@ def partition_status(nodes: Iterable[NodeInfo], limits: BreakerLimits) -> list[B
     out = []
     for part in parts:
         members = [n for n in nodes if part in n.partitions]
-        drained = sum(1 for n in members if n.drained_by_nodecheck)
+        drained = sum(1 for n in members if _ours(n))
         allowed = max(limits.floor, math.floor(limits.max_share * len(members)))
         full = limits.max_share > 0 and drained >= allowed
         why = f"{drained}/{len(members)} drained by nodecheck, breaker opens above {allowed}"
@@ -130,7 +138,7 @@ def backs_off(
     """
     nodes = list(nodes)
     now = time.time() if now is None else now
-    ours = sorted((n for n in nodes if n.drained_by_nodecheck), key=_key)
+    ours = sorted((n for n in nodes if _ours(n)), key=_key)
     names = [n.name for n in ours]
     if node not in names:
         return BreakerState(False, "not drained by nodecheck")

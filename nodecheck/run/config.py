@@ -47,6 +47,9 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # One name or a list.
     "log_target": ((str, list), ["stderr", "file"]),
     "state_dir": (str, "/var/lib/nodecheck"),
+    # Where a run keeps what it could not write to state_dir (read-only, full) until it
+    # can (nodecheck/store/unsaved.py): root-only, best on a tmpfs apart from state_dir.
+    "state_fallback_dir": (str, "/run/nodecheck/unsaved"),
     "slurm_backend": (str, "auto"),
     "scontrol": (str, "/usr/bin/scontrol"),
     "slurm_conf": (str, ""),
@@ -104,6 +107,10 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "validate_full_checks": (list, ["deep.*", "gpu.*", "ib.*", "host.*"]),
     "validate_timeout_s": ((int, float), 7200),
     "validate_command": (str, ""),
+    # validate runs serialise their changes to the reservation on this lock (flock); give
+    # every host that runs `nodecheck validate` the same file (a shared filesystem) or run
+    # it from one host.
+    "validate_lock_file": (str, "/run/lock/nodecheck-validate.lock"),
     "escalation": (list, ["drain", "reboot", "replace"]),
     "alert_url": (str, ""),
 }
@@ -367,6 +374,9 @@ def _check_quarantine_settings(out: Mapping[str, Any], where: str) -> None:
     command = out.get("validate_command", "")
     if command and not command.startswith("/"):
         raise ConfigError(f"{where}: validate_command must be an absolute path")
+    lock = out.get("validate_lock_file", "/run/lock/nodecheck-validate.lock")
+    if not lock.startswith("/") or lock.endswith("/"):
+        raise ConfigError(f"{where}: validate_lock_file must be an absolute file path")
 
 
 def _parse_node_class(raw: Any, where: str, registry: Mapping[str, Check]) -> NodeClass:

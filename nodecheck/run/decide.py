@@ -14,8 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from nodecheck.run import clock
+from nodecheck.run.clock import Stamp
 from nodecheck.run.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, HOOK_PHASES
-from nodecheck.run.plan import HistoryWindow, Marker, PendingFailure, Plan, Situation, Step
+from nodecheck.run.ownership import drain_owner
+from nodecheck.run.plan import (
+    HistoryWindow,
+    Marker,
+    PendingFailure,
+    Plan,
+    Situation,
+    SlurmView,
+    Step,
+)
 from nodecheck.run.reason import (
     flapping_prefix,
     flapping_reason,
@@ -185,7 +196,7 @@ def needs_history(verdict: Verdict, phase: str) -> bool:
 
 
 def needs_slurm(
-    verdict: Verdict, phase: str, window: HistoryWindow, settings: PlanSettings, now: float
+    verdict: Verdict, phase: str, window: HistoryWindow, settings: PlanSettings, now: Stamp | float
 ) -> bool:
     """Does the plan depend on what the controller says? Only then is it asked."""
     if verdict.action is Action.DRAIN:
@@ -227,36 +238,84 @@ def plan(verdict: Verdict, situation: Situation, settings: PlanSettings) -> Plan
     return Plan(Step.NOTHING, "none", verdict.exit_code)
 
 
-def pending_is_live(pending: PendingFailure | None, now: float) -> bool:
-    """A recorded failure whose Slurm drain may still come (and be adopted)."""
-    return pending is not None and now <= pending.at + ADOPT_WINDOW_S
+def pending_is_live(pending: PendingFailure | None, now: Stamp | float) -> bool:
+    """A recorded failure whose Slurm drain may still come (and be adopted): no older than
+    ADOPT_WINDOW_S by the node's boot clock (nodecheck.run.clock), whatever its wall clock
+    did since."""
+    if pending is None:
+        return False
+    at = now if isinstance(now, Stamp) else Stamp(now)
+    return clock.elapsed_s(pending.stamp, at) <= ADOPT_WINDOW_S
 
 
-def _adoptable(info: NodeInfo, pending: PendingFailure | None, now: float) -> bool:
-    """Slurm's own "Prolog error"/"Epilog error" drain that followed nodecheck's recorded
-    failure on this node (the controller did not answer when nodecheck tried to drain)."""
-    if pending is None or not info.drained:
+def _adoption_candidate(info: NodeInfo | None, pending: PendingFailure | None) -> bool:
+    """Slurm drained the node for a failed hook of the phase nodecheck recorded a failure
+    in: whether it is that failure's drain is for the times to say (_adoptable)."""
+    if info is None or pending is None or not info.drained:
         return False
     expected = SLURM_HOOK_FAILURE.get(pending.phase)
-    if expected is None or not info.reason.startswith(expected):
+    return expected is not None and info.reason.startswith(expected)
+
+
+def _adoptable(info: NodeInfo, pending: PendingFailure | None, situation: Situation) -> bool:
+    """Slurm's own "Prolog error"/"Epilog error" drain that followed nodecheck's recorded
+    failure on this node (the controller did not answer when nodecheck tried to drain).
+
+    Each time is compared on its own clock: the failure's age on the node's boot clock,
+    the drain's age on Slurm's (its reason time against slurmctld's now). The node's wall
+    clock is in neither: 60 s ahead of the controller's, it made the drain look older than
+    the failure it followed."""
+    if pending is None or not _adoption_candidate(info, pending):
         return False
     from nodecheck.run.breaker import reason_epoch
 
     when = reason_epoch(info.reason_time)
     if when is None:
         return False
-    return pending.at - ADOPT_SLACK_S <= when <= min(now, pending.at + ADOPT_WINDOW_S) + 1
+    failure_age = clock.elapsed_s(pending.stamp, situation.stamp)
+    if failure_age > ADOPT_WINDOW_S:
+        return False
+    controller_now = situation.slurm.controller_now if situation.slurm is not None else None
+    if controller_now is None:  # Slurm's clock unknown (a backend that cannot say it)
+        now = situation.now
+        return pending.at - ADOPT_SLACK_S <= when <= min(now, pending.at + ADOPT_WINDOW_S) + 1
+    drain_age = clock.controller_elapsed_s(when, controller_now)
+    # The drain came after the failure (no older than it) and not from Slurm's future.
+    return -ADOPT_SLACK_S <= drain_age <= failure_age + ADOPT_SLACK_S
+
+
+def needs_controller_time(
+    verdict: Verdict, window: HistoryWindow, view: SlurmView, settings: PlanSettings
+) -> bool:
+    """Does the plan compare a time of Slurm's, so that slurmctld's own clock must be read
+    (one more call where the backend has not seen it already)? Only for an adoption, and
+    for the breaker's rate window when other nodes carry nodecheck's drains to count."""
+    info = view.node
+    if _adoption_candidate(info, window.pending):
+        return True
+    if verdict.action is not Action.DRAIN or settings.breaker_max_drains <= 0:
+        return False
+    return any(
+        n.drained_by_nodecheck and n.reason_time and (info is None or n.name != info.name)
+        for n in view.nodes
+    )
+
+
+def slurm_now(situation: Situation) -> float:
+    """The time Slurm's reason times are measured against: slurmctld's clock when it was
+    read, else (a backend that cannot tell it) the node's."""
+    view = situation.slurm
+    if view is not None and view.controller_now is not None:
+        return view.controller_now
+    return situation.now
 
 
 def _owns(info: NodeInfo, marker: Marker | None) -> bool:
-    """Ours means the exact reason nodecheck set. With no marker (a sibling run on this node
-    drained a moment ago, or the state was lost), a reason of our format counts as ours for
-    not draining twice; resuming always needs the marker."""
-    if not info.drained:
-        return False
-    if marker is None:
-        return info.drained_by_nodecheck
-    return info.reason == marker.reason
+    """Ours means the exact reason nodecheck set (run/ownership.py). With no marker (a
+    sibling run on this node drained a moment ago, or the state was lost), a reason that is
+    whole nodecheck's grammar counts as ours for not draining twice; resuming always needs
+    the marker."""
+    return drain_owner(info, marker.reason if marker else None).ours
 
 
 def _plan_drain(verdict: Verdict, situation: Situation, settings: PlanSettings) -> Plan:
@@ -269,7 +328,7 @@ def _plan_drain(verdict: Verdict, situation: Situation, settings: PlanSettings) 
         return Plan(Step.FAILED, "drain failed", verdict.exit_code, verdict.reason, why)
     info = view.node
     ours = _owns(info, window.marker)
-    adopt = not ours and _adoptable(info, window.pending, situation.now)
+    adopt = not ours and _adoptable(info, window.pending, situation)
     if info.drained and not ours and not adopt:
         return Plan(Step.ADMIN_KEPT, "admin drain kept", verdict.exit_code, why=info.reason)
     reason = verdict.reason
@@ -278,7 +337,8 @@ def _plan_drain(verdict: Verdict, situation: Situation, settings: PlanSettings) 
     if settings.breaker_enabled and not ours and not adopt:
         from nodecheck.run.breaker import evaluate
 
-        tripped = evaluate(view.nodes, situation.node, breaker_limits(settings), situation.now)
+        limits = breaker_limits(settings)
+        tripped = evaluate(view.nodes, situation.node, limits, slurm_now(situation))
         if tripped.open:
             return breaker_held(verdict.reason, tripped, situation, settings)
     new_episode = not info.drained or adopt
@@ -342,7 +402,7 @@ def _plan_clear(situation: Situation, settings: PlanSettings) -> Plan:
     info = view.node if view is not None else None
     if marker is None:
         pending = window.pending
-        if info is not None and pending is not None and _adoptable(info, pending, situation.now):
+        if info is not None and pending is not None and _adoptable(info, pending, situation):
             # The failure has passed since, but the drain is nodecheck's: give it its real
             # reason, and the usual resume-after-passes brings it back.
             return Plan(
@@ -365,7 +425,7 @@ def _plan_clear(situation: Situation, settings: PlanSettings) -> Plan:
     if info is None:
         why = view.error if view is not None else "controller state not read"
         return Plan(Step.FAILED, "clear failed", EXIT_OK, marker.reason, why)
-    ours = info.drained and info.reason == marker.reason
+    ours = _owns(info, marker)
     if hold is not None and ours:
         return Plan(Step.HOLD, f"held: {hold}", EXIT_OK, marker.reason, hold)
     if not info.drained:

@@ -123,7 +123,9 @@ def _look_at_each(
     def look(name: str, path: Path) -> None:
         with contextlib.suppress(OSError):  # any answer counts: the filesystem answered
             path.stat()
-        answers.give(name)
+        # The state directory answered; whose it is decides whether it can be trusted
+        # (store.state.foreign_state), asked here where a hang costs the run nothing.
+        answers.give(name, state.foreign_state(path) if name == "state" else None)
 
     threads = [_start(lambda item=item: look(*item)) for item in looks]
     for thread in threads:
@@ -148,7 +150,7 @@ def _found(
     )
     # Without a config there is no knowing where the state is: the run keeps none.
     state_dir = config.state_dir_for(node) if node is not None and not read.error else None
-    state_problem = None if "state" in answers else hung
+    state_problem = answers["state"][1] if "state" in answers else hung
     if state_dir is not None:
         state.remember_responsive(state_dir, state_problem)
     log_dir = Path(config.log_file).parent if config.log_file else None

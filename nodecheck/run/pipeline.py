@@ -31,7 +31,7 @@ from nodecheck.checks.registry import (
 )
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
-from nodecheck.run import keeper
+from nodecheck.run import clock, keeper
 from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
 from nodecheck.run.config_file import ConfigRead
 from nodecheck.run.decide import (
@@ -272,18 +272,21 @@ def execute(req: RunRequest) -> RunOutcome:
 
 
 def _state_dir_fault(state_dir: Path, timeout_s: float) -> list[CheckResult]:
-    """A FAIL naming the state directory when it hangs: the node's filesystem is broken,
-    and the checks that could not keep their state must not take the blame."""
+    """A FAIL naming the state directory when it hangs (the node's filesystem is broken,
+    and the checks that could not keep their state must not take the blame) or when it is
+    not root's own (store.state.foreign_state: someone else could forge the drains and
+    resumes it decides; it is refused, and an admin looks at who could write it)."""
     problem = state.check_responsive(state_dir, min(state.RESPONSIVE_TIMEOUT_S, timeout_s))
     if problem is None:
         return []
+    hung = problem.startswith("no answer")
     return [
         CheckResult(
             STATE_CHECK_ID,
             Status.FAIL,
             problem,
             component=str(state_dir),
-            values={"hung": True},
+            values={"hung": True} if hung else {"refused": True},
             severity="critical",
             remedy="admin",
         )
@@ -314,7 +317,7 @@ def _record(
 
     keeper.report("step", f"recording the run in {config.state_dir_for(out.node)}")
     rec = history.RunRecord(
-        at=time.time(),
+        at=clock.now().wall,  # the node's clock, read where tests can drive it (run/clock.py)
         phase=out.phase,
         job=out.job.job_id,
         status=out.verdict.status.name,
@@ -375,6 +378,7 @@ def _unhealthy_path(
         settings,
         deadline,
         backend,
+        Path(config.state_fallback_dir),
     )
     planned = plan(verdict, situation, settings)
     acted = Acted(planned.action)

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nodecheck.run.clock import Stamp
+
 if TYPE_CHECKING:  # the healthy path never imports nodecheck.slurm
     from nodecheck.run.breaker import BreakerState
     from nodecheck.slurm import NodeInfo
@@ -26,17 +28,23 @@ class Marker:
     at: float
     flapping: bool = False
     checks: tuple[str, ...] = ()  # every failing check of the drain, not only the leading one
+    # The last history row before the drain: the passes that count towards its resume are
+    # the rows after it, whatever the node's clock said when each was written (a clock
+    # stepped back after the drain made every later pass look older than the drain).
+    after_run: int | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Marker | None:
         if not isinstance(data, dict) or not isinstance(data.get("reason"), str):
             return None
         checks = data.get("checks") or ()
+        after = data.get("after_run")
         return cls(
             str(data["reason"]),
             float(data.get("at", 0) or 0),
             bool(data.get("flapping")),
             tuple(str(c) for c in checks) if isinstance(checks, list) else (),
+            after if isinstance(after, int) and not isinstance(after, bool) else None,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -45,6 +53,7 @@ class Marker:
             "at": self.at,
             "flapping": self.flapping,
             "checks": list(self.checks),
+            "after_run": self.after_run,
         }
 
 
@@ -77,21 +86,39 @@ class PendingFailure:
     at: float
     phase: str
     job: str | None = None
+    # Where `at` lies on the node's boot clock: how long ago the failure was is measured
+    # there (nodecheck.run.clock), not on the wall clock, which may be stepped meanwhile.
+    boot_id: str = ""
+    since_boot: float = -1.0
+
+    @property
+    def stamp(self) -> Stamp:
+        return Stamp(self.at, self.boot_id, self.since_boot)
 
     @classmethod
     def from_json(cls, data: Any) -> PendingFailure | None:
         if not isinstance(data, dict) or not isinstance(data.get("reason"), str):
             return None
         job = data.get("job")
+        at = float(data.get("at", 0) or 0)
+        stamp = Stamp.from_json(at, data)
         return cls(
             str(data["reason"]),
-            float(data.get("at", 0) or 0),
+            at,
             str(data.get("phase", "")),
             None if job is None else str(job),
+            stamp.boot_id,
+            stamp.since_boot,
         )
 
     def as_json(self) -> dict[str, Any]:
-        return {"reason": self.reason, "at": self.at, "phase": self.phase, "job": self.job}
+        return {
+            "reason": self.reason,
+            "at": self.at,
+            "phase": self.phase,
+            "job": self.job,
+            **self.stamp.as_json(),
+        }
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,9 @@ class SlurmView:
     node: NodeInfo | None = None
     nodes: tuple[NodeInfo, ...] = ()
     error: str = ""
+    # slurmctld's clock at the read (epoch seconds), what Slurm's reason times are compared
+    # with; None when it was not asked (not needed) or could not be told.
+    controller_now: float | None = None
 
 
 @dataclass(frozen=True)
@@ -125,9 +155,14 @@ class Situation:
     node: str
     phase: str
     job_id: str | None
-    now: float
+    now: float  # the node's wall clock: what records carry as their time, for people
     history: HistoryWindow = field(default_factory=HistoryWindow)
     slurm: SlurmView | None = None  # None: not read (the plan needs no controller state)
+    clock: Stamp | None = None  # the node's clocks at `now` (None: the wall clock only)
+
+    @property
+    def stamp(self) -> Stamp:
+        return self.clock if self.clock is not None else Stamp(self.now)
 
 
 class Step(enum.Enum):

@@ -77,26 +77,27 @@ def use(members: Iterable[Member], lease: int | None) -> None:
 
 def agent_gone() -> bool:
     """Whether the agent that lent this run its pool has died (killed mid-run: its members
-    died with it, and this worker was handed to another parent)."""
-    return bool(_lender) and os.getppid() != _lender[0]
+    died with it). Asked in the run's own process, a child of the worker the agent forked."""
+    return bool(_lender) and not _alive(_lender[0])
 
 
 def retire(pid: int) -> None:
-    """This run killed the lent member `pid` for hanging: the agent must not lend it again."""
-    if any(member.pid == pid for member in _lent.values()):
+    """This run killed the lent member `pid` for hanging: the agent must not lend it again.
+    Said in the lease at once: the run happens in a child of the worker (run/keeper.py),
+    which holds the lease too, and the agent reads it before lending the pool again."""
+    if any(member.pid == pid for member in _lent.values()) and pid not in _hung:
         _hung.append(pid)
+        for fd in _lease:
+            with contextlib.suppress(OSError):
+                os.write(fd, f"{pid}\n".encode())
 
 
 def give_back() -> None:
-    """The run is over: the agent may lend the members to the next one, less those it
-    killed for hanging (named in the lease before it closes)."""
+    """The run is over: the agent may lend the members to the next one (less those named
+    in the lease as killed for hanging)."""
     while _lease:
-        fd = _lease.pop()
         with contextlib.suppress(OSError):
-            if _hung:
-                os.write(fd, "".join(f"{pid}\n" for pid in _hung).encode())
-        with contextlib.suppress(OSError):
-            os.close(fd)
+            os.close(_lease.pop())
     _hung.clear()
 
 
@@ -105,8 +106,9 @@ def lent() -> dict[str, Member]:
 
 
 def lent_fds() -> tuple[int, ...]:
-    """The descriptors a run's own child must keep to use the lent members."""
-    return tuple(member.control for member in _lent.values())
+    """The descriptors a run's own child must keep to use the lent members, and the lease
+    to name those it killed for hanging in."""
+    return tuple(member.control for member in _lent.values()) + tuple(_lease)
 
 
 def ask(member: Member, planned: list[Any], memory_limit_mb: int, context: dict[str, Any]) -> int:

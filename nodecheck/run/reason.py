@@ -100,6 +100,31 @@ def parse_reason(reason: str) -> ParsedReason | None:
     )
 
 
+def is_nodecheck_reason(reason: str) -> bool:
+    """Is `reason`, whole, one that format_reason (or the flapping / held-back rewrites of
+    one) writes? Strict where parse_reason is lenient: every part must be what nodecheck
+    writes, in its character set and with its bracketed context last, so that anything an
+    admin appended ("... [prolog job 4 sev=high act=admin] -- RMA 44 KEEP DRAINED") or put
+    in brackets makes it not nodecheck's. Words an admin typed inside the message in
+    nodecheck's own character set cannot be told apart here: only the exact reason kept in
+    the node's state (run/ownership.py) tells those."""
+    if len(reason) > MAX_REASON:
+        return False
+    parsed = parse_reason(reason)
+    if parsed is None or not parsed.context or not _CONTEXT.match(parsed.context):
+        return False
+    if clean(parsed.message) != parsed.message or not parsed.message:
+        return False
+    if clean(parsed.component) != parsed.component or len(parsed.component) > MAX_COMPONENT:
+        return False
+    more = f" (+{parsed.more} more)" if parsed.more else ""
+    rebuilt = (
+        f"{REASON_PREFIX} {parsed.check_id} {parsed.component}: {parsed.message}{more}"
+        f" [{parsed.context}]"
+    )
+    return rebuilt == reason
+
+
 def with_held_since(reason: str, since: float) -> str:
     """The reason of a drain the circuit breaker had held back, with `held=<epoch>` in its
     context: the wave back-off ranks such drains by that time, so the oldest failure drains

@@ -78,7 +78,7 @@ def _run_one(item: Planned) -> list[CheckResult]:
     except BaseException as exc:  # reported as ERROR: nodecheck's fault, not the node's
         error = boundary.internal(item.check.id, exc)
         if isinstance(exc, StateError):  # the site's state_dir, not a bug: say which and why
-            error = replace(error, message=f"state unusable: {exc}"[:300])
+            error = replace(error, message=f"state unusable: {exc}"[:300], traceback="")
         results = [error]
     took = time.monotonic() - started
     return [replace(r, duration_s=took) for r in results]

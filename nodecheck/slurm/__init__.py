@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nodecheck import REASON_PREFIX
-
 
 class SlurmError(RuntimeError):
     """The controller could not be reached or refused the request."""
@@ -58,7 +56,11 @@ class NodeInfo:
 
     @property
     def drained_by_nodecheck(self) -> bool:
-        return self.drained and self.reason.startswith(REASON_PREFIX)
+        """Nodecheck's drain as the controller's view alone shows it (no node state to
+        compare): run/ownership.py decides, for every caller."""
+        from nodecheck.run.ownership import drain_owner
+
+        return drain_owner(self, None).ours
 
 
 class SlurmBackend(Protocol):

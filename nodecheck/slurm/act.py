@@ -55,13 +55,18 @@ def with_retries(what: str, deadline: float, call: Callable[[], T]) -> T:
     raise SlurmError(f"{what} failed after {attempt} attempt(s) within the budget: {last}")
 
 
-def resume_if_ours(backend: SlurmBackend, node: str) -> str:
-    """`nodecheck resume` (an admin's command): resume a node whose reason is of our format."""
+def resume_if_ours(backend: SlurmBackend, node: str, kept: str | None) -> str:
+    """`nodecheck resume` (an admin's command): resume a node whose drain is nodecheck's.
+    `kept`: the reason the node's state says nodecheck set (None: no such state here), for
+    the one ownership rule (run/ownership.py); a refusal says why."""
+    from nodecheck.run.ownership import drain_owner
+
     info = backend.node_info(node)
+    owner = drain_owner(info, kept)
     if not info.drained:
         return "not drained"
-    if not info.drained_by_nodecheck:
-        return "refused: drained by someone else"
+    if not owner.ours:
+        return f"refused: {owner.why}; reason: {info.reason}"
     backend.resume(node)
     return "resumed"
 
@@ -109,8 +114,16 @@ def _drain(
     # drains ranked past the limit back off (resume), leaving the node to the breaker hold.
     time.sleep(min(0.5, max(0.0, deadline - time.monotonic()) / 4))
     after = with_retries("list_nodes", deadline, slurm.list_nodes)
-    crowded = breaker.backs_off(after, node, limits)
+    crowded = breaker.backs_off(after, node, limits, _drained_at(after, node))
     if not crowded.open:
         return Acted(plan.action)
     with_retries("resume", deadline, lambda: slurm.resume(node))
     return Acted("breaker open", backed_off=crowded)
+
+
+def _drained_at(nodes: list, node: str) -> float | None:
+    """Slurm's clock at this node's drain a moment ago (its reason time, stamped by
+    slurmctld): the back-off's window is measured on Slurm's clock, as the reason times it
+    counts are, never on the node's (None: not found, and the node's clock it is)."""
+    mine = next((n for n in nodes if n.name == node), None)
+    return breaker.reason_epoch(mine.reason_time) if mine is not None else None

@@ -2,59 +2,22 @@
 
 Only the quarantine loop comes here (an admin's `nodecheck validate`, or cron): never a
 hook. Argument lists only; node names are checked before they reach a command line, and
-every other word is nodecheck's own text.
+every other word is nodecheck's own text. Jobs are read from `squeue --json`, by Slurm's
+codes (slurm/job_json.py); never from the prose `scontrol show job` prints as a reason.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
+from nodecheck.log import get_logger
 from nodecheck.slurm import SlurmError
+from nodecheck.slurm.job_json import JobRecord, parse_squeue_json
 from nodecheck.slurm.scontrol import ScontrolBackend, checked_node_name, checked_reason
 
-# A job's or reservation's `scontrol show` record is "Key=Value Key=Value ..." with -o.
+# A reservation's `scontrol show -o reservation` record is "Key=Value Key=Value ...".
 _FIELD = re.compile(r"(\w+)=(\S*)")
-
-
-@dataclass(frozen=True)
-class JobState:
-    """What Slurm says about one job: its state, exit code and why it waits."""
-
-    job_id: int
-    state: str  # PENDING RUNNING COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL ...
-    exit_code: int | None  # the batch script's exit status once it ended
-    reason: str = ""
-    node: str = ""
-
-    @property
-    def finished(self) -> bool:
-        return self.state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED")
-
-    @property
-    def held_after_launch_failure(self) -> bool:
-        """A prolog failure requeues a batch job and holds it: it will never run by itself."""
-        return self.state == "PENDING" and "launch failed" in self.reason.lower()
-
-
-def parse_show_job(text: str) -> JobState:
-    fields = dict(_FIELD.findall(text))
-    if "JobId" not in fields:
-        raise SlurmError(f"unexpected `scontrol show job` output: {text[:200]!r}")
-    exit_code = None
-    status = fields.get("ExitCode", "")
-    if ":" in status:
-        code, signal = status.split(":", 1)
-        if code.isdigit() and signal.isdigit():
-            exit_code = int(code) if int(signal) == 0 else 128 + int(signal)
-    return JobState(
-        job_id=int(fields["JobId"]),
-        state=fields.get("JobState", "UNKNOWN"),
-        exit_code=exit_code,
-        reason=fields.get("Reason", ""),
-        node=fields.get("NodeList", ""),
-    )
 
 
 def parse_reservation_nodes(text: str) -> list[str]:
@@ -65,13 +28,15 @@ def parse_reservation_nodes(text: str) -> list[str]:
 
 
 class SlurmJobs:
-    """sbatch, scancel and reservations next to the scontrol backend (same paths, env)."""
+    """sbatch, scancel, squeue and reservations next to the scontrol backend (same paths,
+    same environment)."""
 
     def __init__(self, cli: ScontrolBackend) -> None:
         self.cli = cli
         bindir = Path(cli.scontrol).parent
         self.sbatch = str(bindir / "sbatch")
         self.scancel = str(bindir / "scancel")
+        self.squeue = str(bindir / "squeue")
 
     # -- the reservation ------------------------------------------------------------------
 
@@ -97,25 +62,33 @@ class SlurmJobs:
     def reserve(self, name: str, nodes: list[str]) -> None:
         """Add `nodes` to the reservation, creating it if needed. MAINT keeps it out of
         utilisation figures; IGNORE_JOBS lets it cover a node still running a job;
-        Users=root keeps every user job off these nodes."""
+        Users=root keeps every user job off these nodes. Read, then write (22.05 has no
+        `Nodes+=`): callers hold the validate lock (quarantine/claim.py) around it."""
         current = self.reservation_nodes(name)
         if current:
             self.set_nodes(name, sorted({*current, *nodes}))
             return
         node_list = ",".join(checked_node_name(n) for n in nodes)
-        self.cli._run(
-            [
-                self.cli.scontrol,
-                "create",
-                "reservation",
-                f"ReservationName={name}",
-                "Users=root",
-                f"Nodes={node_list}",
-                "StartTime=now",
-                "Duration=UNLIMITED",
-                "Flags=MAINT,IGNORE_JOBS",
-            ]
-        )
+        try:
+            self.cli._run(
+                [
+                    self.cli.scontrol,
+                    "create",
+                    "reservation",
+                    f"ReservationName={name}",
+                    "Users=root",
+                    f"Nodes={node_list}",
+                    "StartTime=now",
+                    "Duration=UNLIMITED",
+                    "Flags=MAINT,IGNORE_JOBS",
+                ]
+            )
+        except SlurmError:
+            # Made a moment ago by a run on another host: add to it instead.
+            current = self.reservation_nodes(name)
+            if not current:
+                raise
+            self.set_nodes(name, sorted({*current, *nodes}))
 
     def set_nodes(self, name: str, nodes: list[str]) -> None:
         node_list = ",".join(checked_node_name(n) for n in nodes)
@@ -123,13 +96,25 @@ class SlurmJobs:
             [self.cli.scontrol, "update", f"ReservationName={name}", f"Nodes={node_list}"]
         )
 
-    def release(self, name: str, nodes: list[str]) -> None:
-        """Take `nodes` out of the reservation; delete it once it holds no node."""
-        keep = [n for n in self.reservation_nodes(name) if n not in nodes]
+    def release(self, name: str, nodes: list[str]) -> str:
+        """Take `nodes` out of the reservation; delete it once it holds no other node.
+        Returns "" or what stood in the way: a reservation that a job still uses (one not
+        of this run's: Slurm refuses "Requested reservation is in use") keeps its last
+        node, and the caller says so instead of failing the whole run."""
+        current = self.reservation_nodes(name)
+        keep = [n for n in current if n not in nodes]
         if keep:
-            self.set_nodes(name, keep)
-        elif self.reservation_exists(name):
+            if len(keep) != len(current):
+                self.set_nodes(name, keep)
+            return ""
+        if not self.reservation_exists(name):
+            return ""
+        try:
             self.cli._run([self.cli.scontrol, "delete", f"ReservationName={name}"])
+        except SlurmError as exc:
+            get_logger().error("reservation_not_deleted", reservation=name, error=str(exc))
+            return f"reservation {name} kept: {exc}"
+        return ""
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -143,12 +128,17 @@ class SlurmJobs:
         script_args: list[str],
         time_limit_min: int,
     ) -> int:
-        """One batch job on exactly `node` inside the reservation; returns its id. The script
-        is an executable (its #! line says how it runs): no shell, no --wrap."""
+        """One batch job on exactly `node` inside the reservation, held (it starts only
+        once the loop has settled and resumed the node: `release_job`); returns its id.
+        --no-requeue: a job whose prolog fails ends (CANCELLED) instead of being requeued
+        and held, where it would keep the reservation "in use". The script is an executable
+        (its #! line says how it runs): no shell, no --wrap."""
         out = self.cli._run(
             [
                 self.sbatch,
                 "--parsable",
+                "--hold",
+                "--no-requeue",
                 f"--reservation={reservation}",
                 f"--nodelist={checked_node_name(node)}",
                 "--nodes=1",
@@ -167,11 +157,37 @@ class SlurmJobs:
             raise SlurmError(f"sbatch printed no job id: {out[:200]!r}")
         return int(job)
 
-    def job_state(self, job_id: int) -> JobState:
-        return parse_show_job(self.cli._run([self.cli.scontrol, "show", "-o", "job", str(job_id)]))
+    def jobs_named(self, job_name: str) -> list[JobRecord]:
+        """Every job of this name slurmctld still holds, finished ones included. One
+        `squeue --json` for all of them (22.05 ignores the filters with --json and returns
+        every job; later releases apply them: --states=all keeps the finished ones)."""
+        text = self.cli._run([self.squeue, "--json", "--states=all", f"--name={job_name}"])
+        return [j for j in parse_squeue_json(text) if j.name == job_name]
+
+    def release_job(self, job_id: int) -> None:
+        self.cli._run([self.cli.scontrol, "release", str(job_id)])
 
     def cancel(self, job_id: int) -> None:
         self.cli._run([self.scancel, str(job_id)])
+
+    def note_on_job(self, job_id: int, text: str) -> None:
+        """Set the job's AdminComment (root only; kept by accounting): how a validation job
+        tells the loop that submitted it why it could not validate its node."""
+        self.cli._run(
+            [self.cli.scontrol, "update", f"JobId={job_id}", f"AdminComment={checked_reason(text)}"]
+        )
+
+    def set_down(self, node: str, reason: str) -> None:
+        """Put a node back DOWN, as the loop found it, with its reason."""
+        self.cli._run(
+            [
+                self.cli.scontrol,
+                "update",
+                f"NodeName={checked_node_name(node)}",
+                "State=DOWN",
+                f'Reason="{checked_reason(reason)}"',
+            ]
+        )
 
     def reboot(self, node: str, reason: str) -> None:
         """Reboot through Slurm as soon as the node is idle (its RebootProgram). It comes

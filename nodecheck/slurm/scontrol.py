@@ -110,6 +110,37 @@ def parse_show_node(text: str) -> list[NodeInfo]:
     return nodes
 
 
+_CONFIG_TIME = re.compile(r"^Configuration data as of (?P<time>\S+)", re.MULTILINE)
+
+
+def parse_config_time(text: str) -> float:
+    """slurmctld's time in `scontrol show config` (local time, as reason times are printed,
+    so both read the same way whatever the zone)."""
+    from nodecheck.run.breaker import reason_epoch
+
+    found = _CONFIG_TIME.search(text)
+    when = reason_epoch(found["time"]) if found else None
+    if when is None:
+        raise SlurmError("scontrol show config: no 'Configuration data as of' time")
+    return when
+
+
+def json_controller_time(text: str) -> float | None:
+    """The reply's own time ("last_update", slurmctld's clock when it answered)."""
+    import json
+
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    stamp = document.get("last_update") if isinstance(document, dict) else None
+    if isinstance(stamp, dict):
+        stamp = stamp.get("number") if stamp.get("set") and not stamp.get("infinite") else None
+    if isinstance(stamp, int) and not isinstance(stamp, bool) and stamp > 0:
+        return float(stamp)
+    return None
+
+
 class ScontrolBackend:
     name = "scontrol"
 
@@ -127,6 +158,8 @@ class ScontrolBackend:
         self.timeout_s = timeout_s
         # None until the first read asks scontrol (auto); then "json" or "text" for good.
         self.output: str | None = None if output == "auto" else output
+        # slurmctld's clock at the last JSON read (its "last_update"), for controller_time.
+        self._controller_time: float | None = None
 
     def _run(self, args: list[str]) -> str:
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
@@ -159,8 +192,21 @@ class ScontrolBackend:
 
     def _show_node(self, node: str | None) -> list[NodeInfo]:
         if self._output() == "json":
-            return parse_node_json(self._run(show_node_args(self.scontrol, node, json=True)))
+            text = self._run(show_node_args(self.scontrol, node, json=True))
+            nodes = parse_node_json(text)
+            self._controller_time = json_controller_time(text)
+            return nodes
         return parse_show_node(self._run(show_node_args(self.scontrol, node)))
+
+    def controller_time(self) -> float:
+        """slurmctld's clock now, in epoch seconds: what Slurm's reason times are measured
+        against (never the node's clock). The JSON node reply it read a moment ago carries
+        it (slurmctld stamps every reply with its time); the text form does not, and then
+        `scontrol show config` is asked: its "Configuration data as of" line is the time
+        slurmctld answered."""
+        if self._controller_time is not None:
+            return self._controller_time
+        return parse_config_time(self._run([self.scontrol, "show", "config"]))
 
     def node_info(self, node: str) -> NodeInfo:
         found = [n for n in self._show_node(node) if n.name == node]

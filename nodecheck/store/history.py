@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from nodecheck.run.clock import Stamp
 from nodecheck.run.plan import HeldBack, HistoryWindow, Marker, PendingFailure
 
 # The reason helpers moved to nodecheck/run/reason.py (decide needs them and stays pure);
@@ -44,6 +45,7 @@ from nodecheck.store.state import (
     STATE_FILE,
     StateError,
     StateStore,
+    foreign_state,
     is_corruption,
     open_state,
     set_aside,
@@ -75,7 +77,9 @@ CREATE TABLE IF NOT EXISTS lifecycle (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
     kind TEXT NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    boot_id TEXT,
+    since_boot REAL
 );
 CREATE INDEX IF NOT EXISTS lifecycle_kind_at ON lifecycle(kind, at);
 """
@@ -91,11 +95,14 @@ EVENT_COUNTERS = {
     "breaker_open": "breaker_trips",
     "validate_pass": "validations_passed",
     "validate_fail": "validations_failed",
+    # a validation nodecheck could not carry out (e.g. no PyTorch): no drain, said loudly
+    "validate_error": "validations_not_possible",
     "reboot": "reboots",
 }
 DRAIN_MARKER = "drain"  # kv: set while nodecheck holds a drain of this node (plan.Marker)
 BREAKER_HOLD = "breaker_hold"  # kv: the breaker held this failing node back (plan.HeldBack)
 PENDING_FAILURE = "pending_failure"  # kv: a failure Slurm will drain for (plan.PendingFailure)
+UNSAVED_APPLIED = "unsaved_applied"  # kv: id of the last unsaved file applied (store/unsaved.py)
 
 
 @dataclass(frozen=True)
@@ -200,10 +207,15 @@ class History:
             (now - max(retention.max_age_s, retention.lifecycle_age_s),),
         )
 
-    def add_event(self, kind: str, reason: str, at: float) -> None:
-        """kind: drain (a new drain episode), resume, flap_hold."""
+    def add_event(self, kind: str, reason: str, at: float, stamp: Stamp | None = None) -> None:
+        """kind: drain (a new drain episode), resume, flap_hold. `stamp`: where `at` lies on
+        the node's boot clock, so that windows over events survive clock steps."""
+        boot, since = (stamp.boot_id or None, stamp.since_boot) if stamp else (None, None)
+        if since is not None and since < 0:
+            boot, since = None, None
         self.conn.execute(
-            "INSERT INTO lifecycle(at, kind, reason) VALUES (?,?,?)", (at, kind, reason)
+            "INSERT INTO lifecycle(at, kind, reason, boot_id, since_boot) VALUES (?,?,?,?,?)",
+            (at, kind, reason, boot, since),
         )
         counters = self.store.get_json(COUNTERS) or {}
         key = EVENT_COUNTERS[kind]
@@ -215,6 +227,29 @@ class History:
     def events_since(self, kind: str, since: float) -> int:
         row = self.conn.execute(
             "SELECT count(*) FROM lifecycle WHERE kind = ? AND at >= ?", (kind, since)
+        ).fetchone()
+        return int(row[0])
+
+    def events_within(self, kind: str, window_s: float, now: Stamp) -> int:
+        """Events of `kind` no older than `window_s` before `now`, by the clock that can say
+        (run/clock.py): this boot's events by the boot clock, whatever the wall clock did;
+        earlier boots' by the wall clock, and only while this boot is younger than the
+        window (they are at least that old)."""
+        if not now.boot_id or now.since_boot < 0:
+            return self.events_since(kind, now.wall - window_s)
+        row = self.conn.execute(
+            "SELECT count(*) FROM lifecycle WHERE kind = ? AND ("
+            " (boot_id = ? AND since_boot >= ?)"
+            " OR ((boot_id IS NULL OR boot_id != ?) AND at >= ? AND ? <= ?))",
+            (
+                kind,
+                now.boot_id,
+                now.since_boot - window_s,
+                now.boot_id,
+                now.wall - window_s,
+                now.since_boot,
+                window_s,
+            ),
         ).fetchone()
         return int(row[0])
 
@@ -241,15 +276,25 @@ class History:
         """Health-phase passes (PASS or WARN) since `since`, counted back from the latest
         run and stopping at the first FAIL in any phase. Other runs (internal errors,
         prolog/epilog passes) neither count nor break the streak."""
-        passes = 0
-        for phase, status in self.conn.execute(
-            "SELECT phase, status FROM runs WHERE at >= ? ORDER BY id DESC", (since,)
-        ):
-            if status == "FAIL":
-                break
-            if phase == "health" and status in PASSING:
-                passes += 1
-        return passes
+        return _streak(
+            self.conn.execute(
+                "SELECT phase, status FROM runs WHERE at >= ? ORDER BY id DESC", (since,)
+            )
+        )
+
+    def health_passes_after(self, run_id: int) -> int:
+        """As health_passes_since, over the rows written after row `run_id`: the order the
+        rows were written in, which no step of the node's clock changes."""
+        return _streak(
+            self.conn.execute(
+                "SELECT phase, status FROM runs WHERE id > ? ORDER BY id DESC", (run_id,)
+            )
+        )
+
+    def last_run_id(self) -> int:
+        """The id of the latest history row (0: none yet). Ids only grow (AUTOINCREMENT)."""
+        row = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'runs'").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -285,17 +330,39 @@ class History:
         return self.store.get_json(LAST) or {}
 
 
-def window(h: History, now: float, flap_window_s: float) -> HistoryWindow:
+def window(h: History, now: Stamp | float, flap_window_s: float) -> HistoryWindow:
     """What decide needs from the history, read in one go (nodecheck/run/gather.py)."""
+    stamp = now if isinstance(now, Stamp) else Stamp(now)
     marker = Marker.from_json(h.store.get_json(DRAIN_MARKER))
     return HistoryWindow(
         marker=marker,
         held_back=HeldBack.from_json(h.store.get_json(BREAKER_HOLD)),
         pending=PendingFailure.from_json(h.store.get_json(PENDING_FAILURE)),
-        drains_in_window=h.events_since("drain", now - flap_window_s),
-        passes_since_drain=h.health_passes_since(marker.at) if marker else 0,
+        drains_in_window=h.events_within("drain", flap_window_s, stamp),
+        passes_since_drain=_passes_since(h, marker),
         validated=h.last_event_at("validate_pass") is not None,
     )
+
+
+def _passes_since(h: History, marker: Marker | None) -> int:
+    """The health passes towards resuming the marker's drain: the rows written after it.
+    A marker from before row ids were kept counts by time, as it always did."""
+    if marker is None:
+        return 0
+    if marker.after_run is not None:
+        return h.health_passes_after(marker.after_run)
+    return h.health_passes_since(marker.at)
+
+
+def _streak(rows: Iterable[tuple[str, str]]) -> int:
+    """Health passes, newest first, up to the first FAIL of any phase."""
+    passes = 0
+    for phase, status in rows:
+        if status == "FAIL":
+            break
+        if phase == "health" and status in PASSING:
+            passes += 1
+    return passes
 
 
 def _ensure_schema(conn: sqlite3.Connection) -> None:
@@ -309,6 +376,11 @@ def _ensure_schema(conn: sqlite3.Connection) -> None:
         conn.executescript(SCHEMA)
     for table in _TABLES:
         conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()  # noqa: S608 (fixed names)
+    # A file from before events carried their boot clock: add the columns (NULL: unknown).
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(lifecycle)")}
+    for column, kind in (("boot_id", "TEXT"), ("since_boot", "REAL")):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE lifecycle ADD COLUMN {column} {kind}")
 
 
 def with_history(state_dir: Path, work: Callable[[History], T]) -> T:
@@ -332,7 +404,7 @@ def read_only_history(state_dir: Path, work: Callable[[History], T]) -> T | None
     """For `nodecheck report`: read a node's history if this host has it; never create or
     repair anything. None when there is none (or it cannot be read)."""
     db = state_dir / STATE_FILE
-    if not db.is_file():
+    if not db.is_file() or foreign_state(state_dir):  # someone else's word is not read
         return None
     try:
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0)
@@ -405,6 +477,7 @@ def record_run(
             )
             held = HeldBack.from_json(h.store.get_json(BREAKER_HOLD))
             data += metrics.render_breaker_hold(node, held.since if held else None)
+            data += metrics.render_state_unsaved(node, None)  # this write went through
             try:
                 metrics.write_textfile(metrics_file, data)
             except OSError as exc:

@@ -38,6 +38,21 @@ Metric names:
   nodecheck_disabled{node}                            1 while the killswitch is on
   nodecheck_breaker_held{node}                        1 while the breaker holds the node back
   nodecheck_breaker_held_since_timestamp_seconds{node}
+  nodecheck_state_unsaved{node}                       1 while state a run owed could not be
+                                                      written (read-only or full state_dir)
+                                                      and waits aside (store/unsaved.py)
+  nodecheck_state_unsaved_since_timestamp_seconds{node}
+  nodecheck_selftest_ok{node,check}                   1 when the check caught its bad canaries
+                                                      and passed its good one at the last
+                                                      selftest (docs/selftest.md), 0 else
+  nodecheck_selftest_last_run_timestamp_seconds{node} when the last selftest ran
+  nodecheck_selftest_duration_seconds{node}
+  nodecheck_selftest_checks{node,verdict}             checks per selftest verdict
+
+The selftest series are written by `nodecheck selftest` (and the agent's daily run) to a
+side file, `<metrics_file>.selftest` (not read by the collector: it only reads *.prom), and
+every rewrite of the metrics file appends that file's series: a hook's rewrite keeps the
+last selftest's word, and a selftest never touches the history the rest comes from.
 """
 
 from __future__ import annotations
@@ -219,9 +234,12 @@ def render(
     return generate_latest(registry)
 
 
-def write_textfile(path: Path, data: bytes) -> None:
+def write_textfile(path: Path, data: bytes, selftest: bool = True) -> None:
     """Atomically replace `path`: temp file in the same directory, 0644, rename (no fsync:
-    the next run rewrites it anyway)."""
+    the next run rewrites it anyway). With `selftest`, the last selftest's series (its
+    side file) are appended."""
+    if selftest:
+        data = without_selftest(data) + _selftest_series(path)
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -274,3 +292,165 @@ def render_breaker_hold(node: str, held_since: float | None) -> bytes:
     held.labels(node).set(1.0 if held_since is not None else 0.0)
     since.labels(node).set(held_since or 0.0)
     return generate_latest(registry)
+
+
+SELFTEST_PREFIX = "nodecheck_selftest_"
+_MAX_SELFTEST_BYTES = 1 << 20
+
+
+def selftest_file(path: Path) -> Path:
+    """Where the last selftest's series wait for the next rewrite of `path`."""
+    return path.with_name(path.name + ".selftest")
+
+
+def _selftest_series(path: Path) -> bytes:
+    """The side file's series; nothing when there is none (or it cannot be read: the rest of
+    the file is worth more than them)."""
+    data = _read_own(selftest_file(path))
+    return data if data.endswith(b"\n") else b""
+
+
+def _read_own(path: Path) -> bytes:
+    """A file nodecheck wrote, read as root: the metrics directory may be one a user can
+    write to, and a symlink, FIFO or file planted there must not be read into the
+    world-readable metrics file. Only a regular file of this uid that others cannot
+    write, opened without following a link; else nothing (and a log line)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    except OSError as exc:  # ELOOP: a symbolic link
+        _refused(path, exc.strerror or str(exc))
+        return b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            _refused(path, f"not a regular file of uid {os.geteuid()} that only it may write")
+            return b""
+        if st.st_nlink > 1:  # a hard link planted to a root-only file (protected_hardlinks=0)
+            _refused(path, f"{st.st_nlink} hard links to it")
+            return b""
+        if st.st_size > _MAX_SELFTEST_BYTES:
+            _refused(path, f"{st.st_size} bytes, more than a metrics file has")
+            return b""
+        return os.read(fd, _MAX_SELFTEST_BYTES)
+    except OSError as exc:
+        _refused(path, exc.strerror or str(exc))
+        return b""
+    finally:
+        os.close(fd)
+
+
+def _refused(path: Path, why: str) -> None:
+    from nodecheck.log import get_logger
+
+    get_logger().warning("metrics_side_file_refused", file=str(path), why=why)
+
+
+def without_selftest(data: bytes) -> bytes:
+    """The exposition text without the selftest's families (HELP, TYPE and samples)."""
+    kept = []
+    for line in data.splitlines(keepends=True):
+        words = line.split(None, 3)
+        name = words[2] if line.startswith(b"#") and len(words) > 2 else line
+        if not name.startswith(SELFTEST_PREFIX.encode()):
+            kept.append(line)
+    return b"".join(kept)
+
+
+def render_selftest(
+    node: str, ok: Mapping[str, bool], verdicts: Mapping[str, int], at: float, duration_s: float
+) -> bytes:
+    """The selftest's series: per check ok (1/0), when it ran, how long, verdict counts."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    passed = Gauge(
+        "nodecheck_selftest_ok",
+        "1 when the check caught its bad canaries and passed its good one at the last "
+        "selftest, 0 when it missed, fired on the good one or errored.",
+        ["node", "check"],
+        registry=registry,
+    )
+    for check, good in sorted(ok.items()):
+        passed.labels(node, check).set(1.0 if good else 0.0)
+    Gauge(
+        "nodecheck_selftest_last_run_timestamp_seconds",
+        "Unix time the last selftest started.",
+        ["node"],
+        registry=registry,
+    ).labels(node).set(at)
+    Gauge(
+        "nodecheck_selftest_duration_seconds",
+        "Duration of the last selftest.",
+        ["node"],
+        registry=registry,
+    ).labels(node).set(duration_s)
+    counted = Gauge(
+        "nodecheck_selftest_checks",
+        "Checks per verdict at the last selftest (ok, missed-bad, fired-on-good, error, "
+        "no-canary).",
+        ["node", "verdict"],
+        registry=registry,
+    )
+    for verdict, count in sorted(verdicts.items()):
+        counted.labels(node, verdict).set(float(count))
+    return generate_latest(registry)
+
+
+def write_selftest(path: Path, data: bytes) -> None:
+    """The selftest's series into the side file, then into the metrics file itself (its
+    other series as the last run wrote them)."""
+    write_textfile(selftest_file(path), data, selftest=False)
+    write_textfile(path, _read_own(path))
+
+
+def render_state_unsaved(node: str, since: float | None) -> bytes:
+    """nodecheck_state_unsaved{node} (1 while state a run owed, e.g. the record of its
+    drain, could not be written to the state directory and waits aside:
+    nodecheck/store/unsaved.py) and nodecheck_state_unsaved_since_timestamp_seconds{node}
+    (0 when nothing waits). Alert on the first: nodecheck cannot resume such a drain by
+    itself until the state directory is writable again."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry(auto_describe=False)
+    Gauge(
+        "nodecheck_state_unsaved",
+        "1 while state a run owed could not be written to the state directory (read-only "
+        "or full) and waits aside; see the state_not_saved log line.",
+        ["node"],
+        registry=registry,
+    ).labels(node).set(1.0 if since is not None else 0.0)
+    Gauge(
+        "nodecheck_state_unsaved_since_timestamp_seconds",
+        "Unix time state first could not be written; 0 when nothing waits.",
+        ["node"],
+        registry=registry,
+    ).labels(node).set(since or 0.0)
+    return generate_latest(registry)
+
+
+def rewrite_state_unsaved(config: Any, node: str, since: float) -> None:
+    """The run could not write its state: the metrics file still says what the state
+    shows (read only), and that something waits unsaved since `since`."""
+    from nodecheck.store import history
+
+    path = config.metrics_file_for(node)
+    if path is None or not available():
+        return
+    snapshot = history.read_only_history(
+        config.state_dir_for(node),
+        lambda h: (
+            h.last(),
+            h.counters(),
+            history.drain_reason(h),
+            h.store.get_json(history.BREAKER_HOLD),
+        ),
+    )
+    last, counters, reason, held = snapshot or ({}, {}, None, None)
+    data = render(node, last, counters, reason, node_flags(config, node))
+    held_since = held.get("since") if isinstance(held, dict) else None
+    data += render_breaker_hold(node, float(held_since) if held_since else None)
+    write_textfile(path, data + render_state_unsaved(node, since))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -60,8 +61,51 @@ def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -
     except OSError as exc:
         return f"cannot check it: {exc}"
     why = None if answered else f"no answer within {timeout_s:.1f}s (hung filesystem?)"
+    if why is None:  # it answers: a stat of it now returns at once
+        why = foreign_state(state_dir)
     _responsive[state_dir] = why
     return why
+
+
+# The files in the state directory whose content decides drains and resumes (the drain
+# marker lives in the database; SQLite trusts its WAL and shared-memory files as much).
+STATE_FILES = (STATE_FILE, f"{STATE_FILE}-wal", f"{STATE_FILE}-shm")
+
+
+def foreign_state(state_dir: Path) -> str | None:
+    """Why `state_dir` is not root's own, None when it is (or does not exist yet: it will be
+    made 0700). Whoever can write the directory or its files can plant a drain marker
+    claiming an admin's drain as nodecheck's, and health would resume it: the directory
+    and its files must belong to root (or the user nodecheck runs as) and be writable by
+    no one else. A symlink as the directory is followed only if root made it."""
+    from nodecheck.log import foreign_file
+
+    try:
+        link = state_dir.lstat()
+        st = state_dir.stat() if stat.S_ISLNK(link.st_mode) else link
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot look at it: {exc.strerror or exc}"
+    looked = (("symlink", link), ("directory", st)) if link is not st else (("directory", st),)
+    for what, info in looked:
+        if info.st_uid not in (0, os.geteuid()):
+            return f"state {what} owned by uid {info.st_uid}, not root: refused"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory: refused"
+    if st.st_mode & 0o022:
+        return f"state directory writable by group/others (mode {st.st_mode & 0o777:o}): refused"
+    for name in STATE_FILES:
+        try:
+            file_st = (state_dir / name).lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            return f"cannot look at {name}: {exc.strerror or exc}"
+        problem = foreign_file(file_st)
+        if problem:
+            return f"{name} {problem}: refused"
+    return None
 
 
 def remember_responsive(state_dir: Path, problem: str | None) -> None:
@@ -92,6 +136,9 @@ def ensure_private_dir(path: Path) -> None:
         raise StateError(f"{path}: state directory unusable: {exc.strerror or exc}") from exc
     if st.st_mode & 0o022:
         raise StateError(f"{path}: state directory is writable by group/others")
+    problem = foreign_state(path)
+    if problem:
+        raise StateError(f"{path}: {problem}")
 
 
 class StateStore:

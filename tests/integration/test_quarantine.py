@@ -285,7 +285,10 @@ def test_idle_mode_takes_a_share_of_the_partition_oldest_first_and_pending_takes
     # --pending: only the nodes nodecheck drained, not an admin's.
     cluster.run(["scancel", str(busy)], check=False)
     cluster.scontrol(
-        "update", "NodeName=n1", "State=DRAIN", "Reason=nodecheck: gpu.ecc gpu3: 2 DBE"
+        "update",
+        "NodeName=n1",
+        "State=DRAIN",
+        "Reason=nodecheck: gpu.ecc gpu3: 2 DBE [prolog job 7 sev=critical act=reset-gpu]",
     )
     cluster.scontrol("update", "NodeName=n2", "State=DRAIN", "Reason=admin: RMA 44")
     pending = validate(cluster, "--pending")

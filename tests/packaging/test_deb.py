@@ -141,6 +141,8 @@ def test_install_without_systemd_enables_the_agent_and_starts_nothing(facts):
     assert facts["systemd"] == {"run_systemd_system": False, "pid1": "bash"}, facts["systemd"]
     out = facts["dpkg_install"]["out"]
     assert "systemctl" not in out and "policy-rc.d" not in out, out
+    # postinst ran the selftest on the installed node: every enabled check caught its canary.
+    assert "selftest OK:" in out and "selftest found checks" not in out, out
     after = facts["after_install"]
     # postinst's deb-systemd-helper enabled the unit (works without systemd) ...
     assert after["wants"] == {

@@ -625,3 +625,42 @@ def test_a_client_whose_worker_dies_too_goes_on_with_what_is_left_of_the_budget(
     assert unavailable["spent_s"] >= 1.0  # the time the agent had: counted, not given again
     [verdict] = named(err, "verdict")
     assert (client.returncode, verdict["status"]) == (1, "FAIL"), err[-3000:]
+
+
+def _status(sock: Path) -> tuple[int, dict]:
+    out = subprocess.run(
+        [sys.executable, "-I", "-m", "nodecheck", "agent", "--status", "--json",
+         "--socket", str(sock)],
+        capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    return out.returncode, (json.loads(out.stdout) if out.stdout.startswith("{") else {})
+
+
+def test_a_probe_stuck_in_the_kernel_never_serves_another_run(agent, tmp_path):
+    """A run whose probes read a procfs that hangs in the kernel (a FUSE mount that never
+    answers, as a dead NFS server does): its probe members are killed and stay in state D.
+    The next run, on a healthy config, must not be lent them (it was drained "probe hung"
+    for another run's mount); `agent --status` names them until the kernel lets them go."""
+    from tests.fixtures.fuse_hang import hung_mount
+
+    (tmp_path / "hung").mkdir()
+    (tmp_path / "fine").mkdir()
+    fine = write_config(tmp_path / "fine", '[checks."host.mounts"]\nrequired = ["/"]\n')
+    code, view = _status(agent.sock)
+    assert (code, view["stuck"]) == (0, []) and "host" in view["probe_pool"], view
+    with hung_mount(tmp_path / "mnt") as mnt:
+        hung = write_config(tmp_path / "hung", f'procfs_root = "{mnt}"\nbudget_s = 8\n')
+        out = hook(PROLOG, hung, agent.sock, SLURMD_NODENAME="n1")
+        [verdict] = named(out.stderr, "verdict")
+        assert verdict["status"] == "FAIL" and "probe hung" in verdict["reason"], out.stderr
+        code, view = _status(agent.sock)
+        assert code == 1 and "host" in {s["group"] for s in view["stuck"]}, (verdict, view)
+        assert not {s["pid"] for s in view["stuck"]} & set(view["probe_pool"].values())
+        out = hook(PROLOG, fine, agent.sock, SLURMD_NODENAME="n1")
+        [verdict] = named(out.stderr, "verdict")
+        assert (out.returncode, verdict["status"]) == (0, "PASS"), out.stderr[-3000:]
+    deadline = time.monotonic() + 15
+    while (found := _status(agent.sock))[0] != 0:  # the mount went: the stuck ones ended
+        assert time.monotonic() < deadline, found
+        time.sleep(0.2)
+    assert "agent_probe_retired" in agent.text()

@@ -216,3 +216,15 @@ def test_entrypoint_scripts_hand_over_the_phase(tmp_path, recorder):
         verdict = verdict_in(out.stderr)
         assert verdict["phase"] == phase
     assert os.access(REPO / "prolog/nodecheck-prolog", os.X_OK)
+
+
+def test_help_names_every_command():
+    """`nodecheck --help`'s first line lists the commands an admin looks for (validate was
+    left out); the internal ones (hook, validate-job) are listed below it with their help."""
+    from nodecheck.entry import cli
+
+    parser = cli._parser()
+    [commands] = [a for a in parser._actions if a.dest == "command"]
+    first = parser.description or ""
+    missing = [c for c in commands.choices if c not in first and c != "validate-job"]
+    assert missing == [], first

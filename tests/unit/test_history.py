@@ -25,7 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 FAIL = CheckResult("host.mounts", Status.FAIL, "not mounted", "/scratch")
 PASS = CheckResult("host.mounts", Status.PASS, "mounted", "/scratch")
 # Counters of the quarantine loop's events, untouched by the hooks.
-NO_VALIDATIONS = {"validations_passed": 0, "validations_failed": 0, "reboots": 0}
+NO_VALIDATIONS = {
+    "validations_passed": 0,
+    "validations_failed": 0,
+    "validations_not_possible": 0,
+    "reboots": 0,
+}
 
 
 def rec(status="PASS", phase="prolog", results=(), at=None, action="none"):

@@ -82,6 +82,7 @@ def test_log_file_is_root_only_and_reopened_after_logrotate(tmp_path, capsys):
     assert setup_logging(str(path), to_stderr=False) is None
     get_logger().info("before_rotate")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750  # as the .deb makes it
     path.rename(tmp_path / "log" / "nodecheck.log.1")  # what logrotate does (no copytruncate)
     get_logger().info("after_rotate")
     assert [e["event"] for e in lines(path.read_text())] == ["after_rotate"]

@@ -1,5 +1,6 @@
 """The quarantine loop's pure parts: the escalation ladder, reading Slurm's job records
-(real `scontrol show -o job` output), the alert body Alertmanager's API v2 takes."""
+(real `squeue --json` output), which run owns a node, how a node moves on, the alert body
+Alertmanager's API v2 takes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from nodecheck.notify.alertmanager import Alert, payload
 from nodecheck.quarantine.ladder import Step, ValidationHistory, decide_after_validation
 from nodecheck.run.reason import parse_reason
 from nodecheck.run.results import CheckResult, Status
-from nodecheck.slurm.jobs import parse_reservation_nodes, parse_show_job
+from nodecheck.slurm.jobs import parse_reservation_nodes
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm"
 SLOW = CheckResult(
@@ -58,20 +59,45 @@ def test_ladder(results, failures, rebooted, ladder, step):
     assert parsed.remedy == want_act
 
 
-def test_an_internal_error_in_validation_is_not_a_pass():
-    broken = CheckResult("deep.sdc", Status.ERROR, "torch missing", "node")
-    got = decide_after_validation([broken], ValidationHistory(0, False), LADDER, None)
-    assert got.step is Step.DRAIN
+def test_an_internal_error_in_validation_is_neither_a_pass_nor_a_drain():
+    """nodecheck's own failure (the .deb without PyTorch) says nothing about the node: it is
+    "not validated", never a rung of the ladder (issue 24: a healthy node was drained with
+    "deep.gemm node: PyTorch is not installed")."""
+    broken = CheckResult(
+        "deep.gemm", Status.ERROR, "PyTorch is not installed: install nodecheck[active]"
+    )
+    skipped = CheckResult("deep.dcgm", Status.SKIP, "dcgmi not installed")
+    for past in (ValidationHistory(0, False), ValidationHistory(2, True)):
+        got = decide_after_validation([broken, skipped], past, LADDER, "7")
+        assert got.step is Step.NOT_VALIDATED and got.reason is None and not got.alert
+        assert got.summary.startswith("not validated: deep.gemm node: PyTorch is not installed")
+    # A real failure beside our error still drains, with the failure alone in the reason.
+    got = decide_after_validation([broken, SLOW], ValidationHistory(0, False), LADDER, "7")
+    assert got.step is Step.DRAIN and "PyTorch" not in (got.reason or "")
+    assert (
+        decide_after_validation([PASSED, skipped], ValidationHistory(0, False), LADDER, None).step
+        is Step.RETURN
+    )
 
 
-def test_real_job_records():
-    done = parse_show_job(real("scontrol-show-job-o-failed-exit3-22.05.txt"))
-    assert done.finished and done.state == "FAILED" and done.exit_code == 3
-    assert done.node == "n1"
-    pending = parse_show_job(real("scontrol-show-job-o-pending-reserved-22.05.txt"))
-    assert not pending.finished and pending.state == "PENDING"
-    assert not pending.held_after_launch_failure
-    assert "ReqNodeNotAvail" in pending.reason
+def test_real_job_records_are_read_by_slurms_codes():
+    """`squeue --json` of Slurm 22.05.8 (tools/slurm-roots/capture-job-json.py): what the loop
+    must tell apart, from codes, not from the prose `launch_failed_requeued_held`."""
+    from nodecheck.slurm.job_json import parse_squeue_json
+
+    jobs = {
+        j.job_id: j
+        for j in parse_squeue_json((REAL / "squeue-json-validation-jobs-22.05.json").read_text())
+    }
+    held, requeued, cancelled, passed, failed, killed = (jobs[i] for i in range(1, 7))
+    assert held.active and held.held and not held.launch_failed  # our own hold, not Slurm's
+    assert held.admin_comment == "not validated: capture's words"
+    assert requeued.state == "PENDING" and requeued.reason == "JobHeldUser"
+    assert requeued.launch_failed and requeued.node == "n1"
+    assert cancelled.state == "CANCELLED" and not cancelled.active
+    assert passed.state == "COMPLETED" and passed.exit_code == 0
+    assert failed.state == "FAILED" and failed.exit_code == 3
+    assert killed.state == "FAILED" and killed.exit_code == 128 + 9
     assert parse_reservation_nodes(real("scontrol-show-reservation-o-22.05.txt")) == ["n1"]
 
 
@@ -149,5 +175,13 @@ def test_pending_takes_nodecheck_drains_that_may_come_back():
         ),
         node("g3", "IDLE", "DRAIN", reason="admin: RMA 44"),
         node("g4", "IDLE"),
+        # nodecheck's reason with an admin's words after it: the admin's drain now
+        node(
+            "g5",
+            "IDLE",
+            "DRAIN",
+            reason="nodecheck: gpu.ecc gpu3: 2 DBE [prolog job 7] -- RMA 44 KEEP DRAINED",
+        ),
+        node("g6", "IDLE", "DRAIN", reason="nodecheck: gpu.ecc gpu3: 2 DBE"),  # not our form
     ]
     assert pick_pending(nodes) == ["g1"]

@@ -1,0 +1,192 @@
+"""One node's way through a validate run, and the pure step that moves it on.
+
+The loop (loop.py) gathers, at each look, what Slurm says about the node's current
+validation job (slurm/job_json.py: its codes) and, when the step needs it, about the node;
+`next_step` decides; the loop acts and records the result on the node's `NodeValidation`.
+
+Phases: SETTLING (in the reservation, its job submitted held: waiting until no job holds
+the node any more, so that a prolog failure slurmctld has not yet processed cannot drain
+it again as "Prolog error" after the resume), VALIDATING (resumed if nodecheck had drained
+it, its job released), REBOOTING (its job asked Slurm for a reboot: validated again once
+back), DONE; SKIPPED nodes were never touched.
+
+How a node leaves (`Leave`): OUT of the reservation as it is now (passed: in service;
+failed: drained by its job or by its prolog); AS_FOUND (not validated: nodecheck could not,
+or the run timed out or was stopped: put back as it was found, drained with its reason or
+in service, and out of the reservation if this run put it there); RESERVED (kept in the
+reservation, out of users' reach: failed while the breaker forbids a drain, or rebooting).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from nodecheck.quarantine.job import (
+    EXIT_DRAINED,
+    EXIT_HELD_BACK,
+    EXIT_INTERNAL,
+    EXIT_NOT_VALIDATED,
+    EXIT_PASSED,
+    EXIT_REBOOT,
+    EXIT_REPLACE,
+)
+from nodecheck.run.ownership import drain_owner
+from nodecheck.slurm import NodeInfo
+from nodecheck.slurm.job_json import JobRecord
+
+RESULT_FOR_EXIT = {
+    EXIT_PASSED: "passed: back in service",
+    EXIT_DRAINED: "failed: drained",
+    EXIT_REPLACE: "failed: held for replacement",
+    EXIT_HELD_BACK: "failed: not drained, the circuit breaker is open; kept in the reservation",
+}
+# Flags of a node that a job still holds: a prolog failure may still be on its way to
+# slurmctld, and a resume now would be undone by Slurm's own "Prolog error" drain.
+_BUSY = {"ALLOCATED", "MIXED", "COMPLETING"}
+
+
+class Phase(enum.Enum):
+    SKIPPED = "skipped"
+    SETTLING = "settling"
+    VALIDATING = "validating"
+    REBOOTING = "rebooting"
+    DONE = "done"
+
+
+class Leave(enum.Enum):
+    OUT = "out"
+    AS_FOUND = "as found"
+    RESERVED = "reserved"
+
+
+@dataclass
+class NodeValidation:
+    """One node's way through the loop (mutable while the loop runs)."""
+
+    node: str
+    found: NodeInfo | None = None  # as the run found it, to leave it so when it must
+    jobs: list[int] = field(default_factory=list)
+    result: str = "pending"
+    phase: Phase = Phase.SETTLING
+    leave: Leave = Leave.AS_FOUND
+    added: bool = False  # this run put it into the reservation
+    resumed: bool = False  # this run resumed it (inside the reservation)
+    reboots: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.phase in (Phase.DONE, Phase.SKIPPED)
+
+    @property
+    def held_back(self) -> bool:
+        return self.phase is Phase.DONE and self.leave is Leave.RESERVED
+
+    @property
+    def keep_reserved(self) -> bool:
+        """Still validating, or failed without a drain: either way not for user jobs."""
+        return not self.done or self.held_back
+
+
+class Move(enum.Enum):
+    WAIT = "wait"
+    START = "start"  # resume if `resume`, then release the held job
+    FINISH = "finish"  # done: `result`, `leave` (cancel the job first if `cancel`)
+    REBOOTING = "rebooting"
+    RESUBMIT = "resubmit"  # back from the reboot: a new held job
+
+
+@dataclass(frozen=True)
+class Next:
+    move: Move
+    result: str = ""
+    leave: Leave = Leave.AS_FOUND
+    resume: bool = False
+    cancel: bool = False
+
+
+def settled(info: NodeInfo) -> bool:
+    """No job holds the node (not even one still in its prolog or epilog)."""
+    return not _BUSY & set(info.states)
+
+
+def wants_node(run: NodeValidation, job: JobRecord | None) -> bool:
+    """Does the next step need the node's record? (Read only then: one small RPC.)"""
+    if run.phase in (Phase.SETTLING, Phase.REBOOTING):
+        return True
+    return run.phase is Phase.VALIDATING and job is not None and not (job.active and not job.held)
+
+
+def next_step(run: NodeValidation, job: JobRecord | None, info: NodeInfo | None) -> Next:
+    if run.phase is Phase.SETTLING:
+        return _settling(info)
+    if run.phase is Phase.REBOOTING:
+        if (
+            info is None
+            or "DOWN" in info.states
+            or any(s.startswith("REBOOT") for s in info.states)
+        ):
+            return Next(Move.WAIT)  # not back yet
+        return Next(Move.RESUBMIT, "validating again after the reboot")
+    if run.phase is Phase.VALIDATING and job is not None:
+        return _validating(run, job, info)
+    return Next(Move.WAIT)
+
+
+def _settling(info: NodeInfo | None) -> Next:
+    if info is None or not settled(info):
+        return Next(Move.WAIT)
+    if info.drained and not drain_owner(info, None).ours:
+        # Drained by someone else since the run chose it: theirs; never resumed here.
+        why = f"skipped: drained by someone else meanwhile ({info.reason})"
+        return Next(Move.FINISH, why, Leave.AS_FOUND, cancel=True)
+    return Next(Move.START, resume=info.drained or "DOWN" in info.states)
+
+
+def _validating(run: NodeValidation, job: JobRecord, info: NodeInfo | None) -> Next:
+    if job.launch_failed:
+        # Requeued and held by Slurm after its prolog failed: it will never run; the
+        # prolog's own drain reason stands.
+        return Next(Move.FINISH, _prolog_failed(info), Leave.OUT, cancel=True)
+    if job.active:
+        return Next(Move.WAIT)
+    if job.state == "CANCELLED":
+        if info is not None and info.drained:
+            # Slurm ends a --no-requeue job whose prolog failed: CANCELLED, node drained.
+            return Next(Move.FINISH, _prolog_failed(info), Leave.OUT)
+        return Next(Move.FINISH, "not validated: its job was cancelled (not by this run)")
+    code = job.exit_code
+    if job.state == "COMPLETED" and code == EXIT_PASSED:
+        return Next(Move.FINISH, RESULT_FOR_EXIT[EXIT_PASSED], Leave.OUT)
+    if code == EXIT_REBOOT and run.reboots == 0:
+        return Next(Move.REBOOTING, "rebooting")
+    reason = f" ({info.reason})" if info is not None and info.reason else ""
+    if code in (EXIT_DRAINED, EXIT_REPLACE):
+        return Next(Move.FINISH, RESULT_FOR_EXIT[code] + reason, Leave.OUT)
+    if code == EXIT_HELD_BACK:
+        return Next(Move.FINISH, RESULT_FOR_EXIT[code] + reason, Leave.RESERVED)
+    if code == EXIT_REBOOT:
+        return Next(Move.FINISH, f"failed: reboot requested again{reason}", Leave.RESERVED)
+    if code in (EXIT_NOT_VALIDATED, EXIT_INTERNAL):
+        why = job.admin_comment or (
+            f"nodecheck could not validate it (validate-job exit {code}; the node's log "
+            "says why: validation_not_possible / validation_job_error)"
+        )
+        return Next(Move.FINISH, f"not validated: {why.removeprefix('not validated: ')}")
+    # Ended by Slurm (TIMEOUT, NODE_FAIL, a signal...): it proved nothing either way.
+    return Next(Move.FINISH, f"not validated: its job ended {job.state} (exit {code})")
+
+
+def _prolog_failed(info: NodeInfo | None) -> str:
+    return f"failed in the prolog: {(info.reason if info else '') or 'drained by Slurm'}"
+
+
+def as_found(found: NodeInfo | None) -> str:
+    """How a node left as found is, in words (for the result line)."""
+    if found is None:
+        return "left as found"
+    if found.drained:
+        return f"left as found (drained: {found.reason})"
+    if "DOWN" in found.states:
+        return f"left as found (down: {found.reason or 'no reason'})"
+    return "left as found (in service)"
