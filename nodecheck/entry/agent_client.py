@@ -51,6 +51,10 @@ class AgentUnavailable(Exception):
     """Nothing ran in the agent: the in-process run takes over."""
 
 
+class AgentNotRunning(AgentUnavailable):
+    """Nobody listens on the socket (no agent, or one that died and left its socket)."""
+
+
 def peer_credentials(sock: socket) -> tuple[int, int]:
     """The pid and uid of the process at the other end (SO_PEERCRED, set by the kernel).
     The agent reads its clients with this too."""
@@ -66,8 +70,17 @@ def request_bytes(phase: str, environ: dict[bytes, bytes]) -> bytes:
     return b"\0".join([REQUEST_MAGIC, phase.encode(), *entries])
 
 
-def run_in_agent(path: str, phase: str) -> int:
+def run_in_agent(
+    path: str,
+    phase: str,
+    environ: dict[bytes, bytes] | None = None,
+    fds: tuple[int, int, int] = (0, 1, 2),
+    reply_timeout_s: float | None = None,
+) -> int:
     """The worker's exit code; AgentUnavailable if the run has to happen here instead.
+    The worker runs with `environ` (ours by default) and `fds` as its stdin, stdout and
+    stderr (ours by default); after "started" it is bounded by its own deadlines, or by
+    `reply_timeout_s` when the caller cannot wait on those.
 
     Our stdout/stderr are sent only to a worker that has said "ready": descriptors queued
     at an agent that never accepts would keep slurmd's pipes open after we are gone."""
@@ -77,27 +90,31 @@ def run_in_agent(path: str, phase: str) -> int:
         try:
             sock.connect(path)
         except OSError as exc:
-            raise AgentUnavailable(f"cannot connect to {path}: {exc}") from None
+            raise AgentNotRunning(f"cannot connect to {path}: {exc}") from None
         if peer_credentials(sock)[1] != os.geteuid():
             raise AgentUnavailable(f"{path} is served by another user")
         greeting, _ = _read_line(sock)
         if greeting != b"ready":
             why = greeting.decode(errors="replace") or "the agent closed the connection"
             raise AgentUnavailable(f"agent refused the run: {why}")
-        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))  # stdin/out/err
+        sent = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)  # stdin/out/err
         try:
-            request = request_bytes(phase, dict(os.environb))
-            sock.sendmsg([request], [(SOL_SOCKET, SCM_RIGHTS, fds)])
+            request = request_bytes(phase, dict(os.environb) if environ is None else environ)
+            sock.sendmsg([request], [(SOL_SOCKET, SCM_RIGHTS, sent)])
             sock.shutdown(1)  # SHUT_WR: the request is complete
         except OSError as exc:
             raise AgentUnavailable(f"cannot send the request: {exc}") from None
         started, reply = _read_line(sock)
         reply = started + b"\n" + reply
         # From "started" on, the worker's own deadlines bound the run, as in-process.
-        sock.settimeout(None)
+        sock.settimeout(reply_timeout_s)
         while len(reply) < MAX_REPLY:
             try:
                 chunk = sock.recv(MAX_REPLY)
+            except TimeoutError:
+                raise AgentUnavailable(
+                    f"no answer from the agent's worker in {reply_timeout_s:g} s"
+                ) from None
             except OSError as exc:
                 raise AgentUnavailable(f"lost the agent: {exc}") from None
             if not chunk:

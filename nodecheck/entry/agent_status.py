@@ -22,18 +22,14 @@ EXIT_NO_AGENT = 3
 
 def ask(path: str) -> dict[str, Any]:
     """The agent's view, through its socket; AgentUnavailable when nobody serves it. The
-    worker writes on our stdout: for the time of the request, that is a pipe of ours."""
+    worker writes it on the stdout it is handed: a pipe of ours."""
     from nodecheck.entry.agent_client import AgentUnavailable, run_in_agent
 
-    read_fd, write_fd = os.pipe()
-    saved = os.dup(1)
+    read_fd, write_fd = os.pipe()  # the view is one short line: the pipe holds it
     try:
-        os.dup2(write_fd, 1)
-        os.close(write_fd)
-        code = run_in_agent(path, STATUS_PHASE)
+        code = run_in_agent(path, STATUS_PHASE, fds=(0, write_fd, 2))
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+        os.close(write_fd)
     with os.fdopen(read_fd, "rb") as reply:
         text = reply.read().decode(errors="replace")
     if code != 0:

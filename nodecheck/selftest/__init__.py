@@ -83,7 +83,7 @@ def _through_agent(
     socket_path: str | None,
     deadline: float,
 ) -> Report:
-    from nodecheck.entry.agent_client import AgentUnavailable
+    from nodecheck.entry.agent_client import AgentNotRunning, AgentUnavailable
     from nodecheck.selftest import agent_side
 
     path = agent_socket(env, socket_path)
@@ -93,7 +93,7 @@ def _through_agent(
     left = max(1.0, deadline - time.monotonic())
     try:
         doc = agent_side.run_via_agent(path, request, patterns, left)
-    except agent_side.AgentNotRunning as exc:  # no path ran: via says so
+    except AgentNotRunning as exc:  # no path ran: via says so
         return Report(plan.node, time.time(), 0.0, (), problems=(f"agent: {exc}",))
     except AgentUnavailable as exc:
         return Report(plan.node, time.time(), 0.0, ("agent",), problems=(f"agent: {exc}",))

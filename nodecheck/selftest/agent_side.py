@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -32,14 +31,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nodecheck.entry.agent_client import (
-    CONNECT_TIMEOUT_S,
-    AgentUnavailable,
-    _read_line,
-    parse_reply,
-    peer_credentials,
-    request_bytes,
-)
+from nodecheck.entry.agent_client import AgentUnavailable, run_in_agent
 
 SELFTEST_PHASE = "selftest"
 CHECKS_ENV = "NODECHECK_SELFTEST_CHECKS"
@@ -52,10 +44,6 @@ STOP_GRACE_S = 2.0
 OVERDUE_S = 60.0  # past the selftest's own time limit, before the agent kills it
 DEFAULT_TIMEOUT_S = 120.0  # a whole selftest, unless --timeout says otherwise
 MAX_REPORT = 16 << 20
-
-
-class AgentNotRunning(AgentUnavailable):
-    """Nothing answers on the socket: no agent runs (a file left by one that died)."""
 
 
 def run_via_agent(
@@ -91,39 +79,9 @@ def _request(
     }
     environ = {os.fsencode(k): os.fsencode(v) for k, v in request_env.items()}
     with tempfile.TemporaryFile() as out, open(os.devnull, "r+b") as stdin:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(CONNECT_TIMEOUT_S)
-            try:
-                sock.connect(path)
-            except OSError as exc:
-                raise AgentNotRunning(f"cannot connect to {path}: {exc}") from None
-            if peer_credentials(sock)[1] != os.geteuid():
-                raise AgentUnavailable(f"{path} is served by another user")
-            greeting, _ = _read_line(sock)
-            if greeting != b"ready":
-                why = greeting.decode(errors="replace") or "the agent closed the connection"
-                raise AgentUnavailable(f"agent refused the selftest: {why}")
-            fds = [stdin.fileno(), out.fileno(), _stderr_fd(stdin.fileno())]
-            try:
-                socket.send_fds(sock, [request_bytes(SELFTEST_PHASE, environ)], fds)
-                sock.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                raise AgentUnavailable(f"cannot send the request: {exc}") from None
-            started, reply = _read_line(sock)
-            reply = started + b"\n" + reply
-            sock.settimeout(timeout_s + 10.0)  # the worker keeps its own deadline
-            while chunk := sock.recv(4096):
-                reply += chunk
-        except TimeoutError:
-            raise AgentUnavailable(
-                f"no answer from the agent's worker in {timeout_s:g} s"
-            ) from None
-        except OSError as exc:
-            raise AgentUnavailable(f"lost the agent: {exc}") from None
-        finally:
-            sock.close()
-        code = parse_reply(reply.decode(errors="replace"))
+        fds = (stdin.fileno(), out.fileno(), _stderr_fd(stdin.fileno()))
+        # The worker keeps its own deadline; ten seconds more before we stop waiting.
+        code = run_in_agent(path, SELFTEST_PHASE, environ, fds, timeout_s + 10.0)
         out.seek(0)
         text = out.read(MAX_REPORT)
     try:
