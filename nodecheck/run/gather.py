@@ -54,7 +54,7 @@ def read_window(
     if fallback is None:
         return window
     try:
-        kept = unsaved.load(*fallback)
+        kept = unsaved.load(*fallback, state_dir=state_dir)
     except OSError as exc:
         get_logger().error("unsaved_state_refused", error=exc.strerror or str(exc))
         return window

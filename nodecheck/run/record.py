@@ -220,7 +220,7 @@ def record(
     log = get_logger()
     directory = Path(config.values.get("state_fallback_dir") or unsaved.DEFAULT_DIR)
     try:
-        earlier = unsaved.load(directory, node)
+        earlier = unsaved.load(directory, node, config.state_dir_for(node))
     except OSError as exc:
         log.error("unsaved_state_refused", error=exc.strerror or str(exc))
         earlier = None

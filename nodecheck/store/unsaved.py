@@ -95,9 +95,11 @@ def _own_dir(directory: Path) -> str | None:
     return None
 
 
-def load(directory: Path, node: str) -> Unsaved | None:
-    """The node's unsaved writes; None when there are none. OSError when a file is there
-    but is not to be trusted (someone else's, a symlink) or cannot be read."""
+def load(directory: Path, node: str, state_dir: Path | None = None) -> Unsaved | None:
+    """The node's unsaved writes; None when there are none, or (with `state_dir`) when they
+    are owed to another state directory (another config or cluster on this host uses the
+    same node name: its writes are not this state's). OSError when a file is there but is
+    not to be trusted (someone else's, a symlink) or cannot be read."""
     from nodecheck.log import foreign_file
 
     path = path_for(directory, node)
@@ -126,6 +128,8 @@ def load(directory: Path, node: str) -> Unsaved | None:
         raise OSError(errno.EINVAL, f"{path}: not what nodecheck writes: {exc}") from exc
     if doc is None or doc.node != node:
         raise OSError(errno.EINVAL, f"{path}: not what nodecheck writes")
+    if state_dir is not None and doc.state_dir != str(state_dir):
+        return None
     return doc
 
 

@@ -250,3 +250,17 @@ def test_slurmctlds_clock_is_read_from_its_own_replies():
     real = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm" / "26.05"
     reply = (real / "scontrol-json-show-node-unknown.json").read_text()
     assert json_controller_time(reply) == 1796156048
+
+
+def test_unsaved_writes_are_owed_only_to_the_state_directory_they_were_meant_for(tmp_path):
+    """Two configs (or test clusters) on one host name the same node: the default fallback
+    directory is shared, so writes kept for one state directory must never be applied to
+    the other (measured: a hung-mount test's drain marker resumed another test's node)."""
+    from nodecheck.store import unsaved
+
+    fallback = tmp_path / "unsaved"
+    write = {"kind": "drain", "reason": "nodecheck: host.mounts /x: not mounted [prolog]"}
+    unsaved.keep(fallback, "n1", tmp_path / "a", (write,), "read-only", 1.0, None)
+    assert unsaved.load(fallback, "n1", tmp_path / "a").writes == (write,)
+    assert unsaved.load(fallback, "n1", tmp_path / "b") is None
+    assert unsaved.load(fallback, "n1") is not None  # `report` lists every kept file

@@ -42,6 +42,9 @@ from typing import Any
 
 BEAT_S = 0.5
 JOIN_GRACE_S = 8.0  # rank 0 keeps the store up this long after a failed join
+# ... and at most this long after a stall, until every rank it saw alive has read the board:
+# a rank slower to look (a loaded node) would otherwise find the store gone and blame rank 0.
+STALL_GRACE_S = 15.0
 # The worker's command; tests replace it (a worker that hangs, one that aborts).
 COMMAND: tuple[str, ...] = (sys.executable, "-m", "nodecheck.probes.active.fabric_worker")
 
@@ -165,6 +168,18 @@ class Board:
     def done(self) -> None:
         self._stop.set()
 
+    def reported(self) -> None:
+        """This rank has read the board for its stall report."""
+        with contextlib.suppress(Exception):
+            self._steps.set(f"reported/{self._rv.rank}", "1")
+
+    def wait_for_reports(self, hung: list[int], timeout_s: float) -> None:
+        """On rank 0, the store's host: until every other rank not named hung has read it."""
+        alive = [r for r in range(self._rv.world) if r != self._rv.rank and r not in hung]
+        with contextlib.suppress(Exception):
+            keys = [f"reported/{r}" for r in alive]
+            self._steps.wait(keys, datetime.timedelta(seconds=timeout_s))
+
     def analyse(self) -> dict[str, Any]:
         """Whose heartbeat stopped, who is behind: the hung ranks as this rank sees them."""
         world, me = self._rv.world, self._rv.rank
@@ -227,7 +242,12 @@ def main() -> int:
 
     def stalled(reason: str) -> None:
         if reported.acquire(blocking=False):
-            _emit("stalled", reason=reason, **board.analyse())
+            found = board.analyse()
+            _emit("stalled", reason=reason, **found)
+            if rv.rank == 0:
+                board.wait_for_reports(found["hung"], STALL_GRACE_S)
+            else:
+                board.reported()
             os._exit(3)  # a collective may be stuck in C++: no clean way out
 
     timer = threading.Timer(float(request["measure_timeout_s"]), stalled, ("timeout",))
