@@ -77,7 +77,9 @@ def report(args: argparse.Namespace) -> int:
 
     from nodecheck.store import unsaved
 
-    state_unsaved = unsaved.report_rows(Path(config.state_fallback_dir), [n.name for n in nodes])
+    state_unsaved = unsaved.report_rows(
+        Path(config.state_fallback_dir), [n.name for n in nodes], config.state_dir_for
+    )
     validating = _in_validation(config, nodes)
     if args.json:
         doc = {

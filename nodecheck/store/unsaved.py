@@ -30,6 +30,7 @@ import os
 import stat
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -213,13 +214,16 @@ def over_window(
     return replace(window, marker=marker, pending=pending, held_back=held, drains_in_window=drains)
 
 
-def report_rows(directory: Path, nodes: list[str]) -> list[dict[str, Any]]:
+def report_rows(
+    directory: Path, nodes: list[str], state_dir_for: Callable[[str], Path] | None = None
+) -> list[dict[str, Any]]:
     """`nodecheck report`: the nodes this host keeps unsaved state for, with what it holds
-    (the drain it made, above all) and what an admin must do."""
+    (the drain it made, above all) and what an admin must do; with `state_dir_for`, only
+    what is owed to the state directories of this config (as the runs apply it)."""
     rows = []
     for node in sorted(nodes):
         try:
-            doc = load(directory, node)
+            doc = load(directory, node, state_dir_for(node) if state_dir_for else None)
         except OSError as exc:
             rows.append({"node": node, "problem": exc.strerror or str(exc)})
             continue
