@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nodecheck.probes.nvml.model import dumps
+from nodecheck.probes.nvml.model import NVLINK_COUNTERS, dumps
 
 FORMAT = "nodecheck-nvml-snapshot/1"
 MODEL = "NVIDIA H100 80GB HBM3"
@@ -50,7 +50,7 @@ UUIDS = [
 MIB = 1024**2
 MEM_TOTAL = 81559 * MIB
 MEM_USED_IDLE = (454 + 1) * MIB  # NVML's v1 memory info counts the reserved part as used
-COUNTERS = ("replay", "recovery", "crc_flit", "crc_data", "ecc_data")
+COUNTERS = NVLINK_COUNTERS  # the legacy per-link counters the model names
 
 
 def _gpu(index: int) -> dict[str, Any]:

@@ -14,22 +14,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodecheck.probes.fabric.counters import DEFAULT_COUNTERS
+
 STATES = {1: "DOWN", 2: "INIT", 3: "ARMED", 4: "ACTIVE"}
 PHYS_STATES = {2: "Polling", 3: "Disabled", 5: "LinkUp"}
 # The port counters mlx5 exposes under ports/N/counters (PMA PortCounters), and the
 # hw_counters ib.counters watches by default.
-IB_COUNTERS = (
-    "symbol_error",
-    "link_error_recovery",
-    "link_downed",
-    "port_rcv_errors",
-    "port_rcv_remote_physical_errors",
-    "port_xmit_discards",
-    "local_link_integrity_errors",
-    "excessive_buffer_overrun_errors",
-    "port_xmit_data",
-    "port_rcv_data",
-)
+IB_COUNTERS = (*DEFAULT_COUNTERS, "port_xmit_data", "port_rcv_data")
 HW_COUNTERS = ("out_of_buffer", "local_ack_timeout_err", "rx_icrc_encapsulated")
 NDR_4X = "400 Gb/sec (4X NDR)"
 ARPHRD_ETHER, ARPHRD_INFINIBAND = 1, 32
