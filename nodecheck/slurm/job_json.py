@@ -26,11 +26,11 @@ it in a root of that release).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from nodecheck.slurm import SlurmError
+from nodecheck.slurm.node_json import json_records
 
 # Job states in which a job may still start or is running (everything else has ended).
 ACTIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
@@ -74,17 +74,7 @@ class JobRecord:
 
 def parse_squeue_json(text: str) -> list[JobRecord]:
     """Every job of one `squeue --json` document; SlurmError when it is not one Slurm wrote."""
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise SlurmError(f"squeue --json does not parse: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("jobs"), list):
-        raise SlurmError("squeue --json has no 'jobs' list")
-    errors = [e for e in document.get("errors") or [] if isinstance(e, dict)]
-    if errors:
-        detail = "; ".join(str(e.get("description") or e.get("error") or e) for e in errors)
-        raise SlurmError(f"Slurm reported errors: {detail[:300]}")
-    return [_job(record) for record in document["jobs"] if isinstance(record, dict)]
+    return [_job(record) for record in json_records(text, "jobs", "squeue --json")]
 
 
 def _job(record: dict[str, Any]) -> JobRecord:

@@ -24,19 +24,25 @@ from typing import Any
 from nodecheck.slurm import NodeInfo, SlurmError, format_reason_time
 
 
-def parse_node_json(text: str) -> list[NodeInfo]:
-    """Every node record of one JSON document; SlurmError when it is not one Slurm wrote."""
+def json_records(text: str, key: str, what: str = "Slurm's JSON output") -> list[dict[str, Any]]:
+    """The records under `key` of one JSON document Slurm wrote (`what` names it in the
+    errors); SlurmError when it does not parse, has no such list, or reports errors."""
     try:
         document = json.loads(text)
     except ValueError as exc:
-        raise SlurmError(f"Slurm's JSON output does not parse: {exc}") from exc
-    if not isinstance(document, dict) or not isinstance(document.get("nodes"), list):
-        raise SlurmError("Slurm's JSON output has no 'nodes' list")
+        raise SlurmError(f"{what} does not parse: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get(key), list):
+        raise SlurmError(f"{what} has no '{key}' list")
     errors = [e for e in document.get("errors") or [] if isinstance(e, dict)]
     if errors:
         detail = "; ".join(str(e.get("description") or e.get("error") or e) for e in errors)
         raise SlurmError(f"Slurm reported errors: {detail[:300]}")
-    return [_node(record) for record in document["nodes"] if isinstance(record, dict)]
+    return [record for record in document[key] if isinstance(record, dict)]
+
+
+def parse_node_json(text: str) -> list[NodeInfo]:
+    """Every node record of one JSON document; SlurmError when it is not one Slurm wrote."""
+    return [_node(record) for record in json_records(text, "nodes")]
 
 
 def _node(record: dict[str, Any]) -> NodeInfo:
