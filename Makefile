@@ -1,4 +1,4 @@
-.PHONY: install client test test-unit test-integration lint format bench bench-cluster clean cluster-up cluster-down cluster-status test-pyslurm test-slurm-releases wheel deb test-deb test-nvml-matrix test-gpu
+.PHONY: deb-arm64 test-deb-arm64 install client test test-unit test-integration lint format bench bench-cluster bench-scale clean cluster-up cluster-down cluster-status test-pyslurm test-slurm-releases wheel deb test-deb test-nvml-matrix test-gpu
 
 PYTHON ?= python3
 VENV ?= $(CURDIR)/.venv
@@ -64,10 +64,16 @@ format:
 
 bench:
 	$(VPY) bench/bench.py
+	$(VPY) bench/preflight.py
 
 # Every node of a throw-away cluster fails at once: drain time and controller calls (root).
 bench-cluster:
 	$(VPY) bench/controller_load.py
+
+# A failing wave against slurmctld + slurmdbd configured with 1,000 and 10,000 nodes
+# (bench/scale.py; docs/performance.md). Root; about 15 min on a 2-core VM; not in CI.
+bench-scale:
+	$(VPY) bench/scale.py
 
 # Production artefacts (README "Deploying"), in dist/: the wheel and sdist, and the Debian
 # package (dpkg-buildpackage + dh-virtualenv; built from a copy of the tree under build/deb).
@@ -86,6 +92,17 @@ DEB_ROOT_PACKAGES ?= slurmctld slurmd slurm-client munge python3 logrotate
 test-deb:
 	deb=$$(bash tools/build-deb.sh) && \
 	root=$$(bash tools/slurm-roots/build-root.sh $(DEB_ROOT_SUITE) $(DEB_ROOT_PACKAGES)) && \
+	NODECHECK_DEB=$$deb NODECHECK_DEB_ROOT=$$root $(VPY) -m pytest -q tests/packaging
+
+# arm64 (Grace: GB200/GB300 NVL72, GH200): the same package built inside an arm64 root under
+# qemu-user, and the same scenario run in an arm64 root with its own arm64 Slurm (root only;
+# not in CI: see docs/packaging.md for what it takes and how long).
+deb-arm64:
+	bash tools/build-deb-arm64.sh
+
+test-deb-arm64:
+	deb=$$(bash tools/build-deb-arm64.sh) && \
+	root=$$(NODECHECK_ROOT_ARCH=arm64 bash tools/slurm-roots/build-root.sh $(DEB_ROOT_SUITE) $(DEB_ROOT_PACKAGES)) && \
 	NODECHECK_DEB=$$deb NODECHECK_DEB_ROOT=$$root $(VPY) -m pytest -q tests/packaging
 
 clean:

@@ -291,6 +291,7 @@ class TestCluster:
         reboot_program: bool = False,
         accounting: bool = False,
         start_timeout: float = 60.0,
+        configured_nodes: int = 0,
     ) -> None:
         if not 1 <= nodes <= 512:
             raise ValueError(f"nodes must be 1..512, got {nodes}")
@@ -319,6 +320,11 @@ class TestCluster:
         # slurmdbd with a private MariaDB (tools/testcluster_accounting.py).
         self.accounting = accounting
         self.start_timeout = start_timeout
+        # More nodes in slurm.conf than run a slurmd (n<nodes+1>..n<configured_nodes>): a
+        # large cluster's controller on one machine (bench/scale.py). 0: just `nodes`.
+        if configured_nodes and not nodes <= configured_nodes <= 100_000:
+            raise ValueError(f"configured_nodes must be {nodes}..100000, got {configured_nodes}")
+        self.configured_nodes = configured_nodes
         self.cluster_id = ""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._pids: dict[str, dict[str, Any]] = {}
@@ -420,6 +426,9 @@ class TestCluster:
             "MinJobAge": "300",
             "Waittime": "0",
             "MailProg": "/bin/true",
+            # nodecheck's circuit breaker claims its slots as reservations of this license
+            # (slurm.conf.example); conf_overrides={"Licenses": ""} leaves it out.
+            "Licenses": "nodecheck_breaker:1000",
         }
         if version < (23, 2, 0):
             # From 23.02 the "none" plugin is gone; an unset AccountingStorageType means the same.
@@ -446,6 +455,14 @@ class TestCluster:
             f"NodeName={names} NodeHostname=localhost NodeAddr=127.0.0.1 Port={ports} "
             f"CPUs={self.cpus_per_node} RealMemory={self.real_memory_mb} State=UNKNOWN"
         )
+        if self.configured_nodes > self.nodes:
+            # Never started: slurmctld's pings to port 1 are refused at once (nothing listens
+            # on a privileged port here), and the nodes stay "not responding".
+            lines.append(
+                f"NodeName=n[{self.nodes + 1}-{self.configured_nodes}] NodeHostname=localhost "
+                f"NodeAddr=127.0.0.1 Port=1 CPUs={self.cpus_per_node} "
+                f"RealMemory={self.real_memory_mb} State=UNKNOWN"
+            )
         lines.append(
             f"PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
         )
@@ -539,6 +556,7 @@ class TestCluster:
             "bin": str(self.bin),
             "munge_sbin": str(self.munge_sbin),
             "partition": self.partition,
+            "configured_nodes": self.configured_nodes,
             "pids": self._pids,
         }
         tmp = self.state_dir / (STATE_FILE + ".tmp")
@@ -561,6 +579,7 @@ class TestCluster:
             munge_sbin=state.get("munge_sbin"),
             port_base=state["port_base"],
             partition=state.get("partition", "debug"),
+            configured_nodes=state.get("configured_nodes", 0),
         )
         cluster.cluster_id = state.get("cluster_id", "")
         cluster._pids = state.get("pids", {})
@@ -784,7 +803,7 @@ class TestCluster:
 
     def wait_all_idle(self, timeout: float = 60.0) -> None:
         def all_idle() -> bool:
-            states = self.node_states()
+            states = {n: s for n, s in self.node_states().items() if n in self.node_names}
             return len(states) == self.nodes and all(s in IDLE_STATES for s in states.values())
 
         self._wait(
@@ -1035,9 +1054,14 @@ class TestCluster:
 
     def reset(self, timeout: float = 30.0) -> None:
         """Back to a clean slate between tests: cancel every job, resume every node that is
-        drained or down (whoever drained it), reconfigure and wait until all nodes are IDLE."""
+        drained or down (whoever drained it), give back nodecheck's circuit-breaker slots
+        (reservations nodecheck_breaker_*, which would otherwise count one test's drains
+        against the next for their window), reconfigure and wait until all nodes are IDLE."""
         self.run(["scancel", "--full", f"--partition={self.partition}"], check=False)
         self._wait(self._no_jobs_running, timeout, "jobs did not end")
+        shown = self.scontrol("show", "-o", "reservation", check=False).stdout
+        for found in re.finditer(r"^ReservationName=(nodecheck_breaker_\S+)", shown, re.M):
+            self.scontrol("delete", "reservation", found[1], check=False)
         states = self.node_states()
         busy = [n for n, s in states.items() if s not in IDLE_STATES]
         for node in busy:
@@ -1069,6 +1093,12 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--caller", type=int, required=True, help="pid of the calling slurmd")
         if name == "up":
             p.add_argument("--nodes", type=int, default=2)
+            p.add_argument(
+                "--configured-nodes",
+                type=int,
+                default=0,
+                help="nodes in slurm.conf, of which only --nodes run a slurmd (bench/scale.py)",
+            )
             p.add_argument("--prolog")
             p.add_argument("--epilog")
             p.add_argument("--health-program")
@@ -1138,6 +1168,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
             reboot_program=args.reboot_program,
             accounting=args.accounting,
             start_timeout=args.timeout,
+            configured_nodes=args.configured_nodes,
         )
         t0 = time.monotonic()
         try:

@@ -1,6 +1,11 @@
 """`nodecheck report`: the nodes nodecheck drained, cluster-wide, from Slurm's view: the
 circuit breaker per partition, the nodes held back, state a node could not save, and the
-nodes in the validation reservation."""
+nodes in the validation reservation.
+
+Where slurmdbd answers, from the cluster's own records (entry/cluster_view.py): slurmdbd's
+drain events and reasons, the partitions, the breaker's slots; no node's state directory is
+read for the drains. Without slurmdbd, from the node table and, for how often a node was
+drained, its history where this host can read it."""
 
 from __future__ import annotations
 
@@ -23,20 +28,21 @@ def report(args: argparse.Namespace) -> int:
     import time
 
     from nodecheck.checks.registry import all_checks
+    from nodecheck.entry.cluster_view import read_cluster
     from nodecheck.run.config import ConfigError, load_config
     from nodecheck.run.ownership import drain_owner
     from nodecheck.run.reason import parse_reason
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import backend_for
     from nodecheck.store import history
 
     try:
         config = load_config(args.config, os.environ, all_checks())
-        nodes = backend_for(config, os.environ).list_nodes()
+        window = float(config.flap_window_s)
+        view = read_cluster(config, window, time.time())
     except (ConfigError, SlurmError) as exc:
         print(f"nodecheck: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
-    window = float(config.flap_window_s)
+    nodes = view.nodes
     since = time.time() - window
     rows = []
     for info in sorted(nodes, key=lambda n: n.name):
@@ -44,10 +50,13 @@ def report(args: argparse.Namespace) -> int:
             continue
         parsed = parse_reason(info.reason)
         flapping = bool(parsed and history.is_flapping_message(parsed.message))
-        drains = history.read_only_history(
-            config.state_dir_for(info.name), lambda h: h.events_since("drain", since)
-        )
-        source = "history" if drains is not None else None
+        if view.drains_in_window is not None:  # slurmdbd's drain events, cluster-wide
+            drains, source = view.drains_in_window.get(info.name, 1), "slurmdbd"
+        else:
+            drains = history.read_only_history(
+                config.state_dir_for(info.name), lambda h: h.events_since("drain", since)
+            )
+            source = "history" if drains is not None else None
         if drains is None and parsed and flapping:
             found = re.match(r"flapping \(drained (\d+)x", parsed.message)
             drains, source = (int(found[1]), "reason") if found else (None, None)
@@ -72,6 +81,7 @@ def report(args: argparse.Namespace) -> int:
             }
         )
     breakers, held = _breaker_report(config, nodes)
+    slots = _slots_report(config, view)
     held_back = _held_back(config, nodes)
     from pathlib import Path
 
@@ -90,10 +100,13 @@ def report(args: argparse.Namespace) -> int:
             "held_by_slurm": held,
             "state_unsaved": state_unsaved,
             "in_validation": validating,
+            "breaker_slots": slots,
+            "source": view.source,
         }
         print(json.dumps(doc, indent=2))
         return EXIT_OK
     _print_breaker_report(breakers, held)
+    _print_slots(slots)
     _print_held_back(held_back)
     _print_in_validation(validating)
     for u in state_unsaved:  # store/unsaved.py: what a run could not write to its state
@@ -170,6 +183,33 @@ def _breaker_report(config: Any, nodes: list[Any]) -> tuple[list[dict], list[dic
         if n.drained and n.reason.startswith(_SLURM_HOOK_FAILURE)
     ]
     return breakers, held
+
+
+def _slots_report(config: Any, view: Any) -> dict[str, Any]:
+    """The breaker's rate slots in use (run/breaker.py): nodecheck's drains begun within
+    the window, against breaker_max_drains. Only where the slots were read (slurmdbd path)."""
+    from nodecheck.run.breaker import Held, rate_slots
+    from nodecheck.slurm.act import breaker_limits
+
+    limits = breaker_limits(config)
+    held = rate_slots(Held(c.name, c.nodes) for c in view.slots)
+    return {
+        "read": view.source == "slurmdbd",
+        "in_use": len(held),
+        "max_drains": limits.max_drains,
+        "window_min": limits.window_min,
+        "holders": sorted(h.node for h in held),
+        "open": limits.max_drains > 0 and len(held) >= limits.max_drains,
+    }
+
+
+def _print_slots(slots: dict[str, Any]) -> None:
+    if slots["open"]:
+        print(
+            f"CIRCUIT BREAKER OPEN cluster-wide: {slots['in_use']} drains by nodecheck in the "
+            f"last {slots['window_min']:g} min (limit {slots['max_drains']}); nodecheck stops "
+            "draining until the oldest slot ends"
+        )
 
 
 def _held_back(config: Any, nodes: list[Any]) -> list[dict]:

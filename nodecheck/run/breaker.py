@@ -1,16 +1,19 @@
 """Drain circuit breaker: nodecheck stops draining when too much is already drained.
 
-A bad config push or a driver update can make every node fail at once. Before each
-drain, the node looks at what Slurm says (one `list_nodes` call, on the unhealthy path
-only): if nodecheck has already drained more than `breaker_max_share` of a partition this
-node belongs to, or `breaker_max_drains` nodes within `breaker_window_min` minutes, the
-breaker is open. nodecheck then fails open (`breaker_open_action = "run"`, the default): it
-does not drain by any route, the hook exits 0 and the job runs, the failure is logged at
-error and the node is recorded as held back. A wave of failures is far more often a bad
-config push or a driver mismatch than a wave of broken hardware. Once the breaker closes,
-the health run of a held-back node that still fails drains it, oldest failure first
-(`backs_off` ranks held-back drains by when they were held). `breaker_open_action = "fail"`
-keeps the old fail-closed behaviour: the hook exits non-zero and Slurm drains the node.
+A bad config push or a driver update can make every node fail at once. If nodecheck has
+already drained more than `breaker_max_share` of a partition this node belongs to, or
+`breaker_max_drains` nodes within `breaker_window_min` minutes, the breaker is open.
+nodecheck then fails open (`breaker_open_action = "run"`, the default): it does not drain
+by any route, the hook exits 0 and the job runs, the failure is logged at error and the node
+is recorded as held back. A wave of failures is far more often a bad config push or a
+driver mismatch than a wave of broken hardware. `breaker_open_action = "fail"` keeps the
+fail-closed behaviour: the hook exits non-zero and Slurm drains the node.
+
+The hooks hold the limit exactly with slots (below; slurm/act.py claims them, slurm/claims.py
+talks to slurmctld): a node drains only once slurmctld gave it one. What each failing node
+reads is its own record and the slots, never the node table. `evaluate`, `backs_off` and
+`partition_status` judge a snapshot of nodes (pure): the report's per-partition figures and
+callers that hold such a snapshot already.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -169,3 +172,133 @@ def jitter(deadline: float, most_s: float = 2.0) -> None:
     """Spread a wave of simultaneous drains a little, within what the budget allows."""
     room = max(0.0, (deadline - time.monotonic()) / 4)
     time.sleep(random.uniform(0, min(most_s, room)))  # noqa: S311 (not for security)
+
+
+# --- Slots: the breaker's limit held exactly, by slurmctld (nodecheck/slurm/claims.py) ---
+#
+# A node drains only once it holds a slot: a reservation slurmctld creates at most once
+# under its name and ends by itself after the window. The rate limit is `max_drains`
+# numbered slots (`nodecheck_breaker_<k>`); the share limit, where it could bind, slots per
+# partition (`nodecheck_breaker_p_<partition>_<j>`). Choosing is pure (below); claiming is
+# act's one call, and a refused claim means another node won that slot: re-read, choose
+# again. Nothing is drained and then undone, so a wave cannot flap.
+
+RATE_SLOT = "nodecheck_breaker_"
+SHARE_SLOT = "nodecheck_breaker_p_"
+
+
+@dataclass(frozen=True)
+class Held:
+    """A live slot: its name and the node that holds it."""
+
+    name: str
+    node: str
+
+
+@dataclass(frozen=True)
+class SlotChoice:
+    """The slot to claim, or (slot None) the breaker open, with why."""
+
+    slot: str | None
+    state: BreakerState
+
+
+def rate_slots(held: Iterable[Held]) -> list[Held]:
+    return [h for h in held if h.name.startswith(RATE_SLOT) and h.name[len(RATE_SLOT) :].isdigit()]
+
+
+def share_prefix(partition: str) -> str:
+    return f"{SHARE_SLOT}{partition}_"
+
+
+def choose_rate_slot(
+    held: Iterable[Held],
+    limits: BreakerLimits,
+    tried: frozenset[str] = frozenset(),
+    pick: Callable[[list[str]], str] = random.choice,
+) -> SlotChoice:
+    """A free rate slot, drawn at random among the free ones (a wave's nodes then rarely
+    race for the same name; when two do, slurmctld gives it to one), or open when all
+    `max_drains` are held: that many drains began within the window. `pick` draws (tests
+    pass one that is not random)."""
+    taken = {h.name for h in rate_slots(held)} | set(tried)
+    free = [f"{RATE_SLOT}{k}" for k in range(limits.max_drains) if f"{RATE_SLOT}{k}" not in taken]
+    if free:
+        recent = limits.max_drains - len(free)
+        return SlotChoice(pick(free), BreakerState(False, "within limits", recent=recent))
+    why = (
+        f"{limits.max_drains} nodes drained by nodecheck in the last {limits.window_min:g} min "
+        f"(limit {limits.max_drains})"
+    )
+    return SlotChoice(None, BreakerState(True, why, recent=limits.max_drains))
+
+
+def share_allowed(limits: BreakerLimits, total: int) -> int:
+    return max(limits.floor, math.floor(limits.max_share * total))
+
+
+def share_count(
+    partition: str,
+    members: frozenset[str],
+    drained: Iterable[NodeInfo],
+    held: Iterable[Held],
+    node: str,
+) -> tuple[int, int]:
+    """(drains not holding a share slot, share slots held) in `partition`, this node not
+    counted: nodecheck's drains (as slurmdbd or slurmctld shows them, judged by reason
+    alone) and every slot holder in it (a slot's drain may not have reached slurmdbd yet)."""
+    held, drained = list(held), list(drained)
+    prefix = share_prefix(partition)
+    # A holder drained under someone else's reason now (an admin took the drain over, or
+    # drained it again) is the admin's: never counted. One not drained at all may be about
+    # to drain (its claim came a moment ago) and is counted until its slot ends.
+    admins = {n.name for n in drained if n.drained and not _ours(n)}
+    share_holders = {h.node for h in held if h.name.startswith(prefix)} - admins
+    others = {n.name for n in drained if _ours(n) and n.name in members}
+    others |= {h.node for h in rate_slots(held) if h.node in members} - admins
+    others -= share_holders | {node}
+    return len(others), len(share_holders - {node})
+
+
+def needs_share_slot(
+    limits: BreakerLimits, total: int, counted: tuple[int, int], held: Iterable[Held]
+) -> bool:
+    """Can the rate limit alone keep the partition within its share? Every drain takes a
+    rate slot first, so at most the free rate slots can be added to what is counted now
+    (`held` includes this node's own rate slot; `counted` leaves this node out)."""
+    if limits.max_share <= 0:
+        return False
+    if limits.max_drains <= 0:
+        return True
+    free = max(0, limits.max_drains - len(rate_slots(held)))
+    return sum(counted) + 1 + free > share_allowed(limits, total)
+
+
+def choose_share_slot(
+    partition: str,
+    total: int,
+    counted: tuple[int, int],
+    held: Iterable[Held],
+    limits: BreakerLimits,
+    tried: frozenset[str] = frozenset(),
+) -> SlotChoice:
+    """Slot j = the partition's count of nodecheck's drains now (drains + slots): nodes that
+    read the same count race for the same name, and slurmctld lets one have it. The count
+    does not change when a slot ends (its drain is counted instead), so a late reader
+    still races for the same name."""
+    drains, slots = counted
+    allowed = share_allowed(limits, total)
+    taken = {h.name for h in held} | set(tried)
+    j = drains + slots
+    # A name still held (by a node an admin resumed, say: its slot lives until Slurm ends
+    # it) is stepped over; the limit is the count's, not the name's.
+    while f"{share_prefix(partition)}{j}" in taken:
+        j += 1
+    if drains + slots >= allowed:
+        why = (
+            f"partition {partition}: {drains + slots} of {total} nodes already drained by "
+            f"nodecheck (limit {limits.max_share:.0%}, at least {limits.floor})"
+        )
+        return SlotChoice(None, BreakerState(True, why, partition, drains + slots, total))
+    state = BreakerState(False, "within limits", partition, drains + slots, total)
+    return SlotChoice(f"{share_prefix(partition)}{j}", state)

@@ -1,8 +1,8 @@
 """Gather, after the checks: what the decision needs beyond the results, read once.
 
 The history window (drain marker, flap count, passes since the drain, breaker hold, a
-pending failure) comes from the node's state in one read; this node's controller state and,
-with the breaker enabled, the breaker's snapshot (every node) from one controller read.
+pending failure) comes from the node's state in one read; this node's controller state from
+one small controller read of this node alone (the breaker claims its slot in act).
 Both only when the verdict needs them (decide.needs_history / needs_slurm): a healthy
 prolog/epilog reads neither and never imports nodecheck.slurm.
 """
@@ -74,22 +74,18 @@ def read_slurm(
     deadline: float,
     spread_wave: bool,
 ) -> SlurmView:
-    """This node's controller state; with the breaker enabled, every node (one call gives
-    both). `spread_wave`: a node not drained yet waits a little first, so that a wave of
-    simultaneous failures does not read one identical picture."""
+    """This node's controller state: one small read of this node alone, whatever the
+    cluster's size. The breaker needs no snapshot of the other nodes: act claims one of its
+    slots before the drain (run/breaker.py, slurm/claims.py). `spread_wave`: a node not
+    drained yet waits a little first, so that a wave of simultaneous failures reaches
+    slurmctld spread out."""
     from nodecheck.run import breaker
     from nodecheck.slurm import SlurmError
     from nodecheck.slurm.act import with_retries
 
     try:
-        if settings.breaker_enabled:
-            if spread_wave:
-                breaker.jitter(deadline, settings.breaker_jitter_s)
-            nodes = tuple(with_retries("list_nodes", deadline, backend.list_nodes))
-            info = next((n for n in nodes if n.name == node), None)
-            if info is None:
-                info = with_retries("node_info", deadline, lambda: backend.node_info(node))
-            return SlurmView(info, nodes)
+        if settings.breaker_enabled and spread_wave:
+            breaker.jitter(deadline, settings.breaker_jitter_s)
         info = with_retries("node_info", deadline, lambda: backend.node_info(node))
         return SlurmView(info)
     except SlurmError as exc:

@@ -75,6 +75,19 @@ class SlurmBackend(Protocol):
     def resume(self, node: str) -> None: ...
 
 
+class BreakerSlots(Protocol):
+    """What the circuit breaker asks of a backend beyond SlurmBackend (both backends have
+    it; nodecheck/slurm/claims.py): its slots (reservations) and a partition's size."""
+
+    def claims(self) -> list: ...
+
+    def claim(self, name: str, node: str, minutes: int) -> bool: ...
+
+    def release(self, name: str) -> None: ...
+
+    def partition(self, name: str) -> object: ...
+
+
 @dataclass(frozen=True)
 class BackendChoice:
     backend: SlurmBackend
@@ -101,7 +114,7 @@ def select_backend(
     if problem is None:
         versions = ", ".join(f"{k} {v}" for k, v in pyslurm_versions().items())
         try:
-            backend = PyslurmBackend(slurm_conf)
+            backend = PyslurmBackend(slurm_conf, scontrol_path)
         except SlurmError as exc:  # e.g. no slurm.conf where libslurm would look
             problem = str(exc)
         else:

@@ -2,22 +2,26 @@
 
 Only reached when the plan needs the controller, so the healthy prolog never imports this.
 Nothing here decides: the plan says drain or resume and with what reason; this module
-makes the call, retrying until the run's deadline, and reports what happened. The one
-judgement after a drain, the wave back-off (did nodes failing at the same moment push
-nodecheck past the breaker's limit?), is the breaker's pure arithmetic (`backs_off`).
+makes the call, retrying until the run's deadline, and reports what happened. Before a
+drain the breaker wants, it claims the breaker's slot (run/breaker.py chooses, slurmctld
+refuses a slot another node holds): the one step that keeps the limit exact in a wave.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from nodecheck.hostlist import expand
 from nodecheck.log import get_logger
 from nodecheck.run import breaker, decide
 from nodecheck.run.config import Config
 from nodecheck.run.plan import Acted, Plan, Step
-from nodecheck.slurm import SlurmBackend, SlurmError, select_backend, set_call_deadline
+from nodecheck.slurm import NodeInfo, SlurmBackend, SlurmError, select_backend, set_call_deadline
+from nodecheck.slurm.claims import LICENSE, Claim
 
 T = TypeVar("T")
 # Waits between attempts: short first (a busy controller answers soon), then steadier, all
@@ -85,10 +89,16 @@ def carry_out(
     """Make the plan's controller call, if it has one. `backend` is called only then."""
     try:
         if plan.step is Step.DRAIN:
-            return _drain(plan, node, backend(), limits, deadline)
+            slurm = backend()
+            try:
+                return _drain(plan, node, slurm, limits, deadline)
+            finally:
+                _log_cost(slurm)
         if plan.step is Step.RESUME:
             slurm = backend()
             with_retries("resume", deadline, lambda: slurm.resume(node))
+            if limits.max_share > 0:
+                release_share_slots(slurm, node)
             return Acted(plan.action)
     except SlurmError as exc:
         step = "drain" if plan.step is Step.DRAIN else "clear"
@@ -106,24 +116,198 @@ def _drain(
 ) -> Acted:
     assert plan.reason is not None
     reason = plan.reason
-    with_retries("drain", deadline, lambda: slurm.drain(node, reason))
-    if not plan.check_wave:
-        return Acted(plan.action)
-    # Every node checked the breaker before draining, but a wave of simultaneous failures
-    # all saw the same "within limits" picture: re-read once the wave has landed, and the
-    # drains ranked past the limit back off (resume), leaving the node to the breaker hold.
-    time.sleep(min(0.5, max(0.0, deadline - time.monotonic()) / 4))
-    after = with_retries("list_nodes", deadline, slurm.list_nodes)
-    crowded = breaker.backs_off(after, node, limits, _drained_at(after, node))
-    if not crowded.open:
-        return Acted(plan.action)
-    with_retries("resume", deadline, lambda: slurm.resume(node))
-    return Acted("breaker open", backed_off=crowded)
+    mine: list[str] = []
+    if plan.check_wave:
+        # The breaker's one exact step: a slot slurmctld lets only one node hold. No slot,
+        # no drain: nothing is drained and then undone, so a wave cannot flap.
+        taken = take_slots(slurm, node, limits, deadline)
+        if isinstance(taken, breaker.BreakerState):
+            return Acted("breaker open", backed_off=taken)
+        mine = taken
+    try:
+        with_retries("drain", deadline, lambda: slurm.drain(node, reason))
+    except SlurmError:
+        release_slots(slurm, mine)  # a slot without its drain would hold the limit for nothing
+        raise
+    return Acted(plan.action)
 
 
-def _drained_at(nodes: list, node: str) -> float | None:
-    """Slurm's clock at this node's drain a moment ago (its reason time, stamped by
-    slurmctld): the back-off's window is measured on Slurm's clock, as the reason times it
-    counts are, never on the node's (None: not found, and the node's clock it is)."""
-    mine = next((n for n in nodes if n.name == node), None)
-    return breaker.reason_epoch(mine.reason_time) if mine is not None else None
+def take_slots(
+    slurm: SlurmBackend, node: str, limits: breaker.BreakerLimits, deadline: float
+) -> list[str] | breaker.BreakerState:
+    """Claim the slots this drain needs (a rate slot; a share slot in each partition where
+    the share limit could bind), or the breaker's open state when one is not to be had
+    (the slots already taken are given back). Controller calls: one read of the slots and
+    one claim; the share check adds a partition read where the share limit is on, and a
+    second claim only where it could bind."""
+    slots: Any = slurm
+    minutes = max(1, math.ceil(limits.window_min))
+    held = _held(with_retries("claims", deadline, slots.claims))
+    mine: list[str] = []
+    if limits.max_drains > 0:
+        got = _claim(
+            slots,
+            node,
+            minutes,
+            deadline,
+            held,
+            lambda h, t: breaker.choose_rate_slot(h, limits, t),
+        )
+        if isinstance(got, breaker.BreakerState):
+            return got
+        mine.append(got[0])
+        held = got[1]
+    if limits.max_share <= 0:
+        return mine
+    try:
+        return _take_share_slots(slots, node, limits, deadline, minutes, held, mine)
+    except SlurmError:
+        release_slots(slurm, mine)  # the drain will not happen: its rate slot counts nothing
+        raise
+
+
+def _take_share_slots(
+    slots: Any,
+    node: str,
+    limits: breaker.BreakerLimits,
+    deadline: float,
+    minutes: int,
+    held: list[breaker.Held],
+    mine: list[str],
+) -> list[str] | breaker.BreakerState:
+    """take_slots' second half: a share slot in each of the node's partitions where the
+    share limit could be crossed before the rate limit stops a wave."""
+    slurm = slots
+    drains: list[NodeInfo] | None = None
+    for part in _partitions(slurm, node, deadline):
+        info = with_retries("partition", deadline, lambda p=part: slots.partition(p))
+        members = frozenset(expand(info.nodes)) if info.nodes else frozenset()
+        if drains is None:
+            drains = nodecheck_drains(slurm, deadline)
+        counted = breaker.share_count(part, members, drains, held, node)
+        if not breaker.needs_share_slot(limits, info.total, counted, held):
+            continue
+
+        def choose(
+            h: list[breaker.Held],
+            t: frozenset[str],
+            p: str = part,
+            n: int = info.total,
+            m: frozenset[str] = members,
+            d: list[NodeInfo] = drains,
+        ) -> breaker.SlotChoice:
+            # Counted again from the slots as read now: after a refused claim the winner's
+            # slot is one more drain in the partition.
+            return breaker.choose_share_slot(
+                p, n, breaker.share_count(p, m, d, h, node), h, limits, t
+            )
+
+        got = _claim(slots, node, minutes, deadline, held, choose)
+        if isinstance(got, breaker.BreakerState):
+            release_slots(slurm, mine)
+            return got
+        mine.append(got[0])
+        held = got[1]
+    return mine
+
+
+def _log_cost(slurm: SlurmBackend) -> None:
+    """What this run asked of slurmctld, in the backend's own count (bench/scale.py sums
+    it over a wave; sdiag gives slurmctld's side)."""
+    calls = getattr(slurm, "calls", None)
+    if calls is not None:
+        get_logger().info("slurm_cost", calls=calls, bytes_read=getattr(slurm, "bytes_read", 0))
+
+
+def _held(claims: list[Claim]) -> list[breaker.Held]:
+    return [breaker.Held(c.name, c.nodes) for c in claims]
+
+
+def _claim(
+    slots: Any,
+    node: str,
+    minutes: int,
+    deadline: float,
+    held: list[breaker.Held],
+    choose: Callable[[list[breaker.Held], frozenset[str]], breaker.SlotChoice],
+) -> tuple[str, list[breaker.Held]] | breaker.BreakerState:
+    """Choose, claim; when slurmctld says another node took that slot a moment ago, read
+    the slots again and choose again, until a claim holds or none is left to choose."""
+    tried: frozenset[str] = frozenset()
+    while True:
+        choice = choose(held, tried)
+        if choice.slot is None:
+            return choice.state
+        slot = choice.slot
+        if with_retries("claim", deadline, lambda s=slot: slots.claim(s, node, minutes)):
+            log = get_logger()
+            log.info("breaker_slot_claimed", slot=slot, minutes=minutes)
+            if getattr(slots, "license_claims", True) is False:
+                log.warning(
+                    "breaker_license_missing",
+                    advice=f"add Licenses={LICENSE}:1000 to slurm.conf (docs/safety.md)",
+                    meanwhile="the slot reserves this node until it ends",
+                )
+            return slot, [*held, breaker.Held(slot, node)]
+        tried = tried | {slot}
+        held = _held(with_retries("claims", deadline, slots.claims))
+
+
+def release_slots(slurm: SlurmBackend, slots: list[str]) -> None:
+    """Give slots back (one attempt each: the drain they were for did not happen)."""
+    for slot in slots:
+        try:
+            slurm.release(slot)  # type: ignore[attr-defined]
+        except SlurmError as exc:
+            get_logger().warning("breaker_slot_not_released", slot=slot, error=str(exc))
+
+
+def release_share_slots(slurm: SlurmBackend, node: str) -> None:
+    """The node is back in service: its share slots (which count nodecheck's drains now in
+    a partition) end with its drain. Rate slots stay until Slurm ends them: they count the
+    drains begun within the window, this one among them. Best effort, one attempt: a slot
+    left behind ends with its window."""
+    try:
+        held = _held(slurm.claims())  # type: ignore[attr-defined]
+    except SlurmError as exc:
+        get_logger().warning("breaker_slot_not_released", error=str(exc))
+        return
+    mine = [h.name for h in held if h.node == node and h.name.startswith(breaker.SHARE_SLOT)]
+    release_slots(slurm, mine)
+
+
+def _partitions(slurm: SlurmBackend, node: str, deadline: float) -> tuple[str, ...]:
+    """This node's partitions, as gather read them a moment ago (no second call)."""
+    seen = getattr(slurm, "last_read", {}).get(node)
+    if seen is None:
+        seen = with_retries("node_info", deadline, lambda: slurm.node_info(node))
+    return seen.partitions
+
+
+def nodecheck_drains(slurm: SlurmBackend, deadline: float) -> list[NodeInfo]:
+    """The drained nodes, for counting nodecheck's drains in a partition: from slurmdbd's
+    open drain events (one sacctmgr call; slurmctld is not asked at all), else, without
+    slurmdbd, from the whole node table (one O(N) call, made only by a node that already
+    holds a rate slot: at most breaker_max_drains such reads per window)."""
+    from nodecheck.slurm.dbd import DbdReader
+
+    scontrol = getattr(slurm, "scontrol", None) or getattr(
+        getattr(slurm, "_cli", None), "scontrol", "/usr/bin/scontrol"
+    )
+    reader = DbdReader(
+        os.path.join(os.path.dirname(scontrol), "sacctmgr"),
+        getattr(slurm, "slurm_conf", None),
+        timeout_s=5.0,
+    )
+    try:
+        events = reader.open_drains()
+    except SlurmError as exc:
+        get_logger().warning("slurmdbd_unread", error=str(exc), using="the node table")
+        return [n for n in with_retries("list_nodes", deadline, slurm.list_nodes) if n.drained]
+    get_logger().info(
+        "breaker_drains_counted",
+        source="slurmdbd",
+        drained=len(events),
+        bytes_read=reader.count.bytes_read,
+    )
+    return [NodeInfo(e.node, ("DRAIN",), e.reason) for e in events]

@@ -32,6 +32,7 @@ from typing import Any
 
 from nodecheck.run.bounded import run_command
 from nodecheck.slurm import NodeInfo, SlurmError, call_timeout, format_reason_time
+from nodecheck.slurm.claims import Claim, PartitionInfo
 from nodecheck.slurm.scontrol import checked_node_name, checked_reason
 
 # Where libslurm looks when neither the caller nor $SLURM_CONF names a file: Debian's and most
@@ -224,7 +225,9 @@ def _to_info(node: Any) -> NodeInfo:
 class PyslurmBackend:
     name = "pyslurm"
 
-    def __init__(self, slurm_conf: str | None = None) -> None:
+    def __init__(
+        self, slurm_conf: str | None = None, scontrol_path: str = "/usr/bin/scontrol"
+    ) -> None:
         global _initialised_with
         conf = resolve_slurm_conf(slurm_conf)
         pyslurm = _import_pyslurm()
@@ -237,23 +240,36 @@ class PyslurmBackend:
             pyslurm.slurm_init(conf)
             _initialised_with = conf
         self.slurm_conf = conf
+        self.calls = 0  # RPCs made through pyslurm (bench/scale.py)
+        self.last_read: dict[str, NodeInfo] = {}
+        # The breaker's slots are reservations, made through scontrol (claims.py): the
+        # refusal of a taken name is what they rest on, and scontrol's is the one checked
+        # on every release in the contract suite.
+        from nodecheck.slurm.scontrol import ScontrolBackend
+
+        self._cli = ScontrolBackend(scontrol_path, conf)
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         # A libslurm RPC cannot be interrupted from Python: never start one the run's budget
         # has no room for (libslurm's own MessageTimeout bounds the one that starts).
         if call_timeout(10.0) <= 0:
             raise SlurmError(f"pyslurm {what}: not attempted, the run's time budget is spent")
+        self.calls += 1
         try:
             return fn(*args)
         except self._errors as exc:
             raise SlurmError(f"pyslurm {what}: {exc}") from exc
 
     def node_info(self, node: str) -> NodeInfo:
-        return _to_info(self._call("load node", self._pyslurm.Node.load, checked_node_name(node)))
+        info = _to_info(self._call("load node", self._pyslurm.Node.load, checked_node_name(node)))
+        self.last_read[info.name] = info
+        return info
 
     def list_nodes(self) -> list[NodeInfo]:
         nodes = self._call("load nodes", self._pyslurm.Nodes.load)
-        return [_to_info(n) for n in nodes.values()]
+        infos = [_to_info(n) for n in nodes.values()]
+        self.last_read.update((n.name, n) for n in infos)
+        return infos
 
     def _modify(self, node: str, **changes: Any) -> None:
         target = self._pyslurm.Node(checked_node_name(node))
@@ -264,3 +280,24 @@ class PyslurmBackend:
 
     def resume(self, node: str) -> None:
         self._modify(node, state="RESUME")
+
+    # The circuit breaker's slots: through scontrol (see __init__).
+
+    @property
+    def bytes_read(self) -> int:
+        return self._cli.bytes_read
+
+    def claims(self) -> list[Claim]:
+        return self._cli.claims()
+
+    def claim(self, name: str, node: str, minutes: int) -> bool:
+        return self._cli.claim(name, node, minutes)
+
+    def release(self, name: str) -> None:
+        self._cli.release(name)
+
+    def partition(self, name: str) -> PartitionInfo:
+        return self._cli.partition(name)
+
+    def partitions(self) -> list[PartitionInfo]:
+        return self._cli.partitions()

@@ -219,3 +219,48 @@ def test_pyslurm_is_usable_here(contract_cluster, pyslurm_problem, scontrol_path
     assert "libslurm" in choice.why
     # Loading pyslurm must not leave RTLD_DEEPBIND set for every later extension import.
     assert not os.RTLD_DEEPBIND & sys.getdlopenflags()
+
+
+def test_breaker_slot_is_held_once_and_given_back(backend, cluster) -> None:
+    """The breaker's exactness rests on this: slurmctld lets one node hold a slot, refuses
+    it to the next, names the holder, and frees it when given back (slurm/claims.py)."""
+    name = "nodecheck_breaker_7"
+    try:
+        assert backend.claim(name, "n1", 10) is True
+        assert backend.claim(name, "n2", 10) is False  # taken: no error, a plain refusal
+        [slot] = [c for c in backend.claims() if c.name == name]
+        assert slot.nodes == "n1"
+        assert ISO_TIME.match(slot.end), slot
+        # A license claim reserves no node: both nodes still take jobs.
+        assert not any("RESERVED" in backend.node_info(n).states for n in ("n1", "n2"))
+    finally:
+        backend.release(name)
+    assert name not in {c.name for c in backend.claims()}
+    assert backend.claim(name, "n2", 1) is True  # free again
+    backend.release(name)
+
+
+def test_partition_size_in_one_small_read(backend, cluster) -> None:
+    part = backend.partition(cluster.partition)
+    assert part.total == 2
+    assert part.nodes == "n[1-2]"
+    with pytest.raises(SlurmError):
+        backend.partition("no_such_partition")
+
+
+def _rpcs(cluster) -> dict[str, int]:
+    """slurmctld's own count of the RPCs it answered since the last `sdiag -r`, by type."""
+    text = cluster.run(["sdiag"]).stdout
+    part = text.split("by message type", 1)[1].split("by user", 1)[0]
+    found = re.finditer(r"^\s*(\w+)\s+\(\s*\d+\)\s+count:(\d+)", part, re.M)
+    return {m.group(1): int(m.group(2)) for m in found}
+
+
+def test_node_info_reads_one_node_not_the_table(backend, cluster) -> None:
+    """What one failing node costs slurmctld must not grow with the cluster: node_info is
+    answered with that node's record alone (sdiag counts the RPCs by type)."""
+    cluster.run(["sdiag", "-r"])
+    assert backend.node_info("n2").name == "n2"
+    seen = _rpcs(cluster)
+    assert seen.get("REQUEST_NODE_INFO_SINGLE", 0) == 1, seen
+    assert "REQUEST_NODE_INFO" not in seen, seen

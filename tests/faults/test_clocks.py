@@ -14,7 +14,8 @@ it never reaches a slurmctld on another host.
 - a node 60 s ahead of the controller: Slurm's "Prolog error" drain that followed its
   failure (the controller was down) is still adopted;
 - a node whose clock jumped an hour ahead: the breaker's rate window still counts the
-  drains Slurm stamped minutes ago, and holds the drain that would exceed it.
+  drains of the last minutes (their slots end by the controller's clock), and holds the
+  drain that would exceed it.
 """
 
 from __future__ import annotations
@@ -144,9 +145,11 @@ def test_slurms_prolog_error_drain_is_adopted_with_the_node_60s_ahead(tmp_path, 
 def test_the_breaker_rate_window_holds_with_the_node_clock_an_hour_ahead(tmp_path, clockshift):
     nodes = ("n1", "n2", "n3", "n4", "n5")
     ctl = fake_controller(tmp_path / "ctl", nodes)
-    for name in ("n2", "n3"):  # drained by nodecheck a minute ago, by the controller's clock
+    for k, name in enumerate(("n2", "n3")):  # drained by nodecheck a minute ago, by the
+        # controller's clock, each holding a breaker slot that ends by that clock
         reason = f"nodecheck: gpu.ecc gpu0: 2 uncorrectable ECC errors [prolog job 7{name[1]}]"
         ctl.set_node(name, drained=True, reason=reason, ago_s=60)
+        ctl.claim(f"nodecheck_breaker_{k}", name, ago_s=60)
     extra = "breaker_max_share = 0\nbreaker_max_drains = 2\nbreaker_window_min = 10\n"
     cfg = _config(tmp_path, ctl, failing=True, extra=extra)
     out = hook(cfg, phase="prolog", env_extra=shifted(clockshift, 3600))
@@ -160,9 +163,10 @@ def test_the_same_breaker_case_with_both_clocks_agreeing_is_the_control(tmp_path
     """Without the shift the breaker holds the same drain: the shift is all that differs."""
     nodes = ("n1", "n2", "n3", "n4", "n5")
     ctl = fake_controller(tmp_path / "ctl", nodes)
-    for name in ("n2", "n3"):
+    for k, name in enumerate(("n2", "n3")):
         reason = f"nodecheck: gpu.ecc gpu0: 2 uncorrectable ECC errors [prolog job 7{name[1]}]"
         ctl.set_node(name, drained=True, reason=reason, ago_s=60)
+        ctl.claim(f"nodecheck_breaker_{k}", name, ago_s=60)
     extra = "breaker_max_share = 0\nbreaker_max_drains = 2\nbreaker_window_min = 10\n"
     out = hook(_config(tmp_path, ctl, failing=True, extra=extra), phase="prolog")
     assert not ctl.updates("n1", "DRAIN") and out.verdict["action"] == "breaker open"

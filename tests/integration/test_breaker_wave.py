@@ -2,12 +2,19 @@
 must not drain past the breaker's limit by ANY route. nodecheck drains up to the limit, the
 rest fail open (the prolog and epilog exit 0, jobs run, no "Prolog error" drain), and
 `nodecheck report` names the held-back nodes. When the breaker closes again, only the nodes
-still failing are drained, within the limit."""
+still failing are drained, within the limit.
+
+Two ways a site runs it: with slurmdbd and the `nodecheck_breaker` license declared (the
+breaker's slots are license-only reservations, nodecheck's drains counted from slurmdbd's
+node events), and with neither (the slots reserve the draining node, the drains counted
+from the node table). Either way no node drains and then backs off (no flap): a node drains
+only once it holds a slot."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from nc_cluster import EPILOG, HEALTH, PROLOG, events, health, nodecheck_cli
 
 NODES = [f"n{i}" for i in range(1, 9)]
@@ -37,11 +44,28 @@ def reasons(cluster) -> dict[str, str]:
     return {n: cluster.node_state(n)[1] for n in NODES}
 
 
+def slots(cluster) -> dict[str, str]:
+    """The breaker's live slots: reservation name -> the line scontrol shows."""
+    out = cluster.scontrol("show", "-o", "reservation").stdout
+    return {
+        line.split()[0].partition("=")[2]: line
+        for line in out.splitlines()
+        if line.startswith("ReservationName=nodecheck_breaker_")
+    }
+
+
+@pytest.mark.parametrize("site", ["license+slurmdbd", "bare"])
 def test_breaker_fails_open_and_drains_only_what_still_fails_once_closed(
-    make_slurm_cluster, tmp_path
+    make_slurm_cluster, tmp_path, site
 ):
     tmp_path.chmod(0o755)
-    cluster = make_slurm_cluster(nodes=8, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH)
+    # The test cluster declares the nodecheck_breaker license unless told not to.
+    extra: dict = {"conf_overrides": {"Licenses": ""}}
+    if site == "license+slurmdbd":
+        extra = {"accounting": True}
+    cluster = make_slurm_cluster(
+        nodes=8, prolog=PROLOG, epilog=EPILOG, health_program=HEALTH, **extra
+    )
     cluster.write_nodecheck_config(config(tmp_path, NODES))
     jobs = {n: cluster.sbatch("-w", n, "--wrap", "sleep 3") for n in NODES}
 
@@ -59,6 +83,23 @@ def test_breaker_fails_open_and_drains_only_what_still_fails_once_closed(
     # no "Epilog error"; the six other jobs ran to the end on their failing nodes.
     assert len(ours) == 2, found
     assert by_slurm == [], found
+    # Exactly the two drains took a slot, and nothing was drained and then resumed.
+    claimed = events(tmp_path, "breaker_slot_claimed")
+    assert sorted(e["node"] for e in claimed) == ours, claimed
+    assert not [e for e in events(tmp_path, "verdict") if e.get("action") == "resumed"]
+    live = slots(cluster)
+    assert len(live) == 2, live
+    if site == "license+slurmdbd":  # no node reserved: Features= names the holder
+        assert all(
+            "Nodes=(null)" in line and "Licenses=nodecheck_breaker:1" in line
+            for line in live.values()
+        ), live
+        assert sorted(line.split("Features=")[1].split()[0] for line in live.values()) == ours
+        assert not events(tmp_path, "breaker_license_missing")
+        assert not events(tmp_path, "slurmdbd_unread")
+    else:
+        assert sorted(line.split(" Nodes=")[1].split()[0] for line in live.values()) == ours
+        assert events(tmp_path, "breaker_license_missing")
     # (the epilog's verdict is logged just before it exits; Slurm then ends COMPLETING)
     cluster.wait_for(
         lambda: all(cluster.job_state(jobs[n]) == "COMPLETED" for n in held),
@@ -89,6 +130,7 @@ def test_breaker_fails_open_and_drains_only_what_still_fails_once_closed(
     cluster.write_nodecheck_config(config(tmp_path, still))
     for node in ours:
         assert health(cluster, node)["action"] == "resumed"
+    assert slots(cluster) == {}, "a resume gives its share slot back"
     for node in held[:2]:
         assert health(cluster, node)["action"] == "none"
     # The breaker has closed (nothing drained by nodecheck now): the still-failing nodes

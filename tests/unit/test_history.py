@@ -15,9 +15,11 @@ import pytest
 from nodecheck.checks.registry import all_checks
 from nodecheck.run import pipeline as app
 from nodecheck.run.config import ConfigError, Hysteresis, parse_config
+from nodecheck.run.breaker import RATE_SLOT
 from nodecheck.run.reason import MAX_REASON, format_reason, parse_reason
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.slurm import NodeInfo, set_call_deadline
+from nodecheck.slurm.claims import Claim, PartitionInfo
 from nodecheck.store import history, state
 from nodecheck.store.state import STATE_FILE, is_corruption
 
@@ -218,6 +220,7 @@ class FakeSlurm:
     def __init__(self, nodes=("n1",)):
         self.nodes = {n: NodeInfo(n, ("IDLE",)) for n in nodes}
         self.calls: list[tuple[str, str]] = []
+        self.slots: dict[str, Claim] = {}
 
     def node_info(self, node):
         self.calls.append(("info", node))
@@ -234,6 +237,34 @@ class FakeSlurm:
     def resume(self, node):
         self.calls.append(("resume", node))
         self.nodes[node] = NodeInfo(node, ("IDLE",))
+
+    # The breaker's slots (nodecheck/slurm/claims.py), kept as slurmctld would: a name
+    # exists once, a second claim of it is refused.
+    def claims(self):
+        self.calls.append(("claims", ""))
+        return list(self.slots.values())
+
+    def claim(self, name, node, minutes):
+        self.calls.append(("claim", name))
+        if name in self.slots:
+            return False
+        self.slots[name] = Claim(name, node, "2026-11-25T10:00:00", "2026-11-25T10:10:00")
+        return True
+
+    def release(self, name):
+        self.calls.append(("release", name))
+        self.slots.pop(name, None)
+
+    def drained_elsewhere(self, info):
+        """Another node nodecheck drained within the window: its drain and its rate slot."""
+        self.nodes[info.name] = info
+        name = f"{RATE_SLOT}{len(self.slots)}"
+        self.slots[name] = Claim(name, info.name, "2026-11-25T10:00:00", "2026-11-25T10:10:00")
+        return name
+
+    def partition(self, name):
+        self.calls.append(("partition", name))
+        return PartitionInfo(name, ",".join(self.nodes), len(self.nodes))
 
 
 @pytest.fixture
@@ -297,7 +328,7 @@ def test_the_breaker_jitter_is_the_configured_one(lifecycle, monkeypatch):
     )
     assert lifecycle("prolog", [FAIL]).action_taken == "drained"
     assert spreads == [0.0]  # breaker_jitter_s = 0 in these tests: no random wait
-    assert ("list", "") in lifecycle.fake_slurm.calls  # the breaker's one look at Slurm
+    assert ("claims", "") in lifecycle.fake_slurm.calls  # the breaker reads its slots once
     lifecycle.set_config("breaker_jitter_s = 1.5\n")
     lifecycle.fake_slurm.resume("n1")
     history.with_history(
@@ -441,7 +472,7 @@ def test_breaker_open_fails_open_and_is_recorded_then_drains_once_closed(lifecyc
         "root",
         time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 60)),
     )
-    lifecycle.fake_slurm.nodes["n2"] = other
+    slot = lifecycle.fake_slurm.drained_elsewhere(other)
     lifecycle.set_config("breaker_max_drains = 1\nbreaker_max_share = 0\n")
     out = lifecycle("prolog", [FAIL])
     assert (out.action_taken, out.verdict.exit_code) == ("breaker open", 0)
@@ -462,8 +493,10 @@ def test_breaker_open_fails_open_and_is_recorded_then_drains_once_closed(lifecyc
     )
     assert lifecycle("prolog", [FAIL]).verdict.exit_code == 1
     assert not lifecycle.fake_slurm.nodes["n1"].drained
-    # The other node is resumed: the breaker closes, the still-failing node drains.
+    # The other node's slot ends with the window (Slurm deletes the reservation): the
+    # breaker closes, the still-failing node drains.
     lifecycle.fake_slurm.resume("n2")
+    lifecycle.fake_slurm.slots.pop(slot)
     out = lifecycle("health", [FAIL])
     assert out.action_taken == "drained"
     assert parse_reason(lifecycle.fake_slurm.nodes["n1"].reason).held_since == str(int(first_since))
@@ -506,7 +539,7 @@ def test_a_breaker_hold_alerts_once_when_it_starts(lifecycle):
     server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        lifecycle.fake_slurm.nodes["n2"] = just_drained("n2")
+        lifecycle.fake_slurm.drained_elsewhere(just_drained("n2"))
         url = f"http://127.0.0.1:{server.server_address[1]}"
         lifecycle.set_config(
             f'breaker_max_drains = 1\nbreaker_max_share = 0\nalert_url = "{url}"\n'
@@ -522,7 +555,7 @@ def test_a_breaker_hold_alerts_once_when_it_starts(lifecycle):
 
 
 def test_a_held_back_node_whose_failure_vanished_is_left_alone(lifecycle):
-    lifecycle.fake_slurm.nodes["n2"] = just_drained("n2")
+    lifecycle.fake_slurm.drained_elsewhere(just_drained("n2"))
     lifecycle.set_config("breaker_max_drains = 1\nbreaker_max_share = 0\n")
     assert lifecycle("prolog", [FAIL]).action_taken == "breaker open"
     calls = len(lifecycle.fake_slurm.calls)
