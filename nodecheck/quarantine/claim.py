@@ -104,8 +104,9 @@ def sort_claims(
         run = run_of(job)
         if job.launch_failed or (run is not None and run != me and alive(run) is False):
             stale.append(job.job_id)
-        elif job.node in wanted:
-            holders.setdefault(job.node, []).append(job)
+        else:
+            for node in wanted.intersection(_nodes_of(job)):
+                holders.setdefault(node, []).append(job)
     taken = {}
     for node, held in holders.items():
         first = min(held, key=lambda j: j.job_id)
@@ -115,6 +116,16 @@ def sort_claims(
         whose = f"run {run.host}:{run.pid}" if run else "a run that left no mark"
         taken[node] = f"being validated by another validate run ({whose}, job {first.job_id})"
     return Claims(taken, tuple(stale))
+
+
+def _nodes_of(job: JobRecord) -> list[str]:
+    """The nodes a job holds: one, or several (the fabric stage's job: "n[1-3]")."""
+    from nodecheck import hostlist
+
+    try:
+        return hostlist.expand(job.node)
+    except ValueError:
+        return [job.node]
 
 
 def alive_here(run: RunId) -> bool | None:

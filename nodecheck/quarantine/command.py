@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ def validate_command(args: argparse.Namespace) -> int:
     from nodecheck.checks.registry import all_checks
     from nodecheck.quarantine.claim import ValidateBusy
     from nodecheck.quarantine.loop import expand_nodes, validate_nodes
-    from nodecheck.quarantine.select import pick_idle, pick_pending
+    from nodecheck.quarantine.select import is_idle, pick_idle, pick_pending
     from nodecheck.run.config import ConfigError, load_config
     from nodecheck.slurm import SlurmError
     from nodecheck.slurm.act import backend_for
@@ -45,14 +46,17 @@ def validate_command(args: argparse.Namespace) -> int:
         slurm_conf = config.slurm_conf or env.get("SLURM_CONF")
         cli = ScontrolBackend(config.scontrol, slurm_conf)
         backend, jobs = backend_for(config, env), SlurmJobs(cli)
+        # The node table, read once for the whole start (and handed to the loop).
+        table = backend.list_nodes()
         if args.nodelist:
             nodes = expand_nodes(cli._run, config.scontrol, args.nodelist)
         elif args.pending:
-            nodes = pick_pending(backend.list_nodes())
+            nodes = pick_pending(table)
         else:
-            last = last_validations(config, slurm_conf, backend.list_nodes())
+            idle = [n for n in table if is_idle(n)]
+            last = last_validations(config, slurm_conf, idle)
             reserved = jobs.reservation_nodes(config.values["validate_reservation"])
-            nodes = pick_idle(backend.list_nodes(), last, parse_share(args.max_share), reserved)
+            nodes = pick_idle(table, last, parse_share(args.max_share), reserved)
         if not nodes:
             print("nothing to validate")
             return 0
@@ -63,8 +67,9 @@ def validate_command(args: argparse.Namespace) -> int:
             why = "drained by nodecheck; validation decides its return"
         with _stops_cleanly():
             runs = validate_nodes(
-                config, args.config, backend, jobs, nodes, args.level, why, timeout_s=args.timeout
-            )
+                config, args.config, backend, jobs, nodes, args.level, why,
+                timeout_s=args.timeout, table=table,
+            )  # fmt: skip
     except (ConfigError, SlurmError, ValueError, ValidateBusy, OSError) as exc:
         print(f"nodecheck validate: {exc}", file=sys.stderr)
         return 2
@@ -98,13 +103,48 @@ def _stops_cleanly() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def last_validations(config: Config, slurm_conf: str | None, nodes: list) -> dict[str, float]:
-    """When each node was last validated: from slurmdbd's job records where it runs, else
-    from the nodes' own histories where this host can read them."""
+def sacct_args(sacct: str, nodes: list[str], window_days: float, user: str) -> list[str]:
+    """slurmdbd's records of validation jobs, bounded to what --idle needs: this job name,
+    this user's jobs (validate submits as itself), the candidate nodes, and the window in
+    which an older validation no longer changes the order (one counts as never)."""
+    from nodecheck.quarantine.loop import JOB_NAME
+
+    args = [sacct, "-X", "-n", "-P", f"--name={JOB_NAME}", f"--user={user}"]
+    if nodes:
+        args.append(f"--nodelist={','.join(nodes)}")
+    days = max(1, math.ceil(window_days))
+    return [*args, "-S", f"now-{days}days", "-E", "now", "-o", "NodeList,End"]
+
+
+def parse_sacct_ends(text: str, nodes: list[str]) -> dict[str, float]:
+    """node -> the latest End of its validation jobs (`NodeList|End` lines; a fabric
+    stage's job lists several nodes, each of which it validated)."""
     from datetime import datetime
+
+    from nodecheck import hostlist
+
+    wanted, out = set(nodes), {}
+    for line in text.splitlines():
+        names, _, end = line.partition("|")
+        try:
+            at = datetime.fromisoformat(end).timestamp()
+            held = hostlist.expand(names)
+        except ValueError:
+            continue  # "Unknown" end (still running), or no node
+        for node in held:
+            if not wanted or node in wanted:
+                out[node] = max(out.get(node, 0.0), at)
+    return out
+
+
+def last_validations(config: Config, slurm_conf: str | None, nodes: list) -> dict[str, float]:
+    """When each of `nodes` (the idle candidates) was last validated: from slurmdbd's job
+    records where it runs, else from the nodes' own histories where this host can read
+    them. A validation older than validate_idle_window_days counts as none."""
+    import pwd
+    import time
     from pathlib import Path
 
-    from nodecheck.quarantine.loop import JOB_NAME
     from nodecheck.store import history
 
     sacct = str(Path(config.scontrol).with_name("sacct"))
@@ -113,32 +153,19 @@ def last_validations(config: Config, slurm_conf: str | None, nodes: list) -> dic
         "LC_ALL": "C",
         **({"SLURM_CONF": slurm_conf} if slurm_conf else {}),
     }
-    args = [
-        sacct,
-        "-X",
-        "-n",
-        "-P",
-        f"--name={JOB_NAME}",
-        "-S",
-        "now-365days",
-        "-o",
-        "NodeList,End",
-    ]
+    names = [info.name for info in nodes]
+    window = float(config.values["validate_idle_window_days"])
+    args = sacct_args(sacct, names, window, pwd.getpwuid(os.geteuid()).pw_name)
     try:
         proc = subprocess.run(
             args, capture_output=True, text=True, timeout=30, env=env, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         proc = None
-    out: dict[str, float] = {}
     if proc is not None and proc.returncode == 0:
-        for line in proc.stdout.splitlines():
-            node, _, end = line.partition("|")
-            try:
-                out[node] = max(out.get(node, 0.0), datetime.fromisoformat(end).timestamp())
-            except ValueError:
-                continue
-        return out
+        return parse_sacct_ends(proc.stdout, names)
+    since = time.time() - window * 86400
+    out: dict[str, float] = {}
     for info in nodes:
         at = history.read_only_history(
             config.state_dir_for(info.name),
@@ -146,19 +173,52 @@ def last_validations(config: Config, slurm_conf: str | None, nodes: list) -> dic
                 h.last_event_at("validate_pass") or 0.0, h.last_event_at("validate_fail") or 0.0
             ),
         )
-        if at:
+        if at and at >= since:
             out[info.name] = at
     return out
 
 
-def validate_job_command(config_path: str | None, level: str) -> int:
+def validate_job_command(
+    config_path: str | None,
+    level: str,
+    fabric: bool = False,
+    judge: str | None = None,
+    then_fabric: bool = False,
+) -> int:
+    """One node's validation job; with `fabric`, its task in the fabric stage's job, which
+    judges its node only if it is in `judge` (a hostlist; the others are partners) and
+    prints its exit code for the batch step (fabric_job.py)."""
+    from nodecheck import hostlist
+    from nodecheck.quarantine.fabric_stage import task_line
+    from nodecheck.run.pipeline import node_name
+
+    env = dict(os.environ)
     try:
-        outcome = run_validation_job(level, config_path, dict(os.environ))
+        judged = fabric and node_name(None, env) in hostlist.expand(judge or "")
+        outcome = run_validation_job(
+            level, config_path, env, fabric=fabric, judge=judged or not fabric,
+            final=not then_fabric,
+        )  # fmt: skip
+        code = outcome.exit_code
+        print(f"{outcome.node}: {outcome.decision.summary}; {outcome.action_taken}")
     except Exception as exc:  # the loop reads the exit code; the log says why
         get_logger().exception("validation_job_error", error=f"{type(exc).__name__}: {exc}")
+        code = EXIT_INTERNAL
+    if fabric:
+        print(task_line(node_name(None, env), code), flush=True)
+    return code
+
+
+def validate_fabric_job_command(config_path: str | None, level: str, judge: str) -> int:
+    """The fabric stage's batch step (quarantine/fabric_job.py)."""
+    from nodecheck import hostlist
+    from nodecheck.quarantine.fabric_job import run_fabric_batch
+
+    try:
+        return run_fabric_batch(config_path, level, hostlist.expand(judge), dict(os.environ))
+    except Exception as exc:  # the loop reads the job's AdminComment; the log says why
+        get_logger().exception("validation_job_error", error=f"{type(exc).__name__}: {exc}")
         return EXIT_INTERNAL
-    print(f"{outcome.node}: {outcome.decision.summary}; {outcome.action_taken}")
-    return outcome.exit_code
 
 
 def history_command(config_path: str | None, nodelist: str, days: float, as_json: bool) -> int:

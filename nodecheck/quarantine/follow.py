@@ -8,7 +8,11 @@ Phases: SETTLING (in the reservation, its job submitted held: waiting until no j
 the node any more, so that a prolog failure slurmctld has not yet processed cannot drain
 it again as "Prolog error" after the resume), VALIDATING (resumed if nodecheck had drained
 it, its job released), REBOOTING (its job asked Slurm for a reboot: validated again once
-back), DONE; SKIPPED nodes were never touched.
+back), DONE; SKIPPED nodes were never touched. Where the validation level runs deep.fabric
+(quarantine/fabric_stage.py), a node whose own job passed waits in FABRIC_WAIT, still in the
+reservation, until every node of the run has its own verdict; then one multi-node job runs
+deep.fabric across the waiting nodes (FABRIC), and its verdict for each node decides that
+node as its own job's exit code would have.
 
 How a node leaves (`Leave`): OUT of the reservation as it is now (passed: in service;
 failed: drained by its job or by its prolog); AS_FOUND (not validated: nodecheck could not,
@@ -51,6 +55,8 @@ class Phase(enum.Enum):
     SETTLING = "settling"
     VALIDATING = "validating"
     REBOOTING = "rebooting"
+    FABRIC_WAIT = "waiting for the fabric stage"
+    FABRIC = "fabric"
     DONE = "done"
 
 
@@ -73,6 +79,10 @@ class NodeValidation:
     added: bool = False  # this run put it into the reservation
     resumed: bool = False  # this run resumed it (inside the reservation)
     reboots: int = 0
+    # The level runs deep.fabric: a pass of the node's own job waits for the fabric stage.
+    fabric_stage: bool = False
+    fabric_job: int | None = None  # the multi-node deep.fabric job it is in
+    fabric_note: str = ""  # why deep.fabric did not measure it there (a lone node)
 
     @property
     def done(self) -> bool:
@@ -94,6 +104,7 @@ class Move(enum.Enum):
     FINISH = "finish"  # done: `result`, `leave` (cancel the job first if `cancel`)
     REBOOTING = "rebooting"
     RESUBMIT = "resubmit"  # back from the reboot: a new held job
+    AWAIT_FABRIC = "await fabric"  # its own job passed: on to the multi-node fabric stage
 
 
 @dataclass(frozen=True)
@@ -114,7 +125,9 @@ def wants_node(run: NodeValidation, job: JobRecord | None) -> bool:
     """Does the next step need the node's record? (Read only then: one small RPC.)"""
     if run.phase in (Phase.SETTLING, Phase.REBOOTING):
         return True
-    return run.phase is Phase.VALIDATING and job is not None and not (job.active and not job.held)
+    if run.phase not in (Phase.VALIDATING, Phase.FABRIC) or job is None:
+        return False
+    return not (job.active and not job.held)
 
 
 def next_step(run: NodeValidation, job: JobRecord | None, info: NodeInfo | None) -> Next:
@@ -130,6 +143,8 @@ def next_step(run: NodeValidation, job: JobRecord | None, info: NodeInfo | None)
         return Next(Move.RESUBMIT, "validating again after the reboot")
     if run.phase is Phase.VALIDATING and job is not None:
         return _validating(run, job, info)
+    if run.phase is Phase.FABRIC and job is not None:
+        return _fabric(run, job, info)
     return Next(Move.WAIT)
 
 
@@ -157,7 +172,39 @@ def _validating(run: NodeValidation, job: JobRecord, info: NodeInfo | None) -> N
         return Next(Move.FINISH, "not validated: its job was cancelled (not by this run)")
     code = job.exit_code
     if job.state == "COMPLETED" and code == EXIT_PASSED:
+        if run.fabric_stage:
+            return Next(Move.AWAIT_FABRIC, "passed its own job; waiting for deep.fabric")
         return Next(Move.FINISH, RESULT_FOR_EXIT[EXIT_PASSED], Leave.OUT)
+    return _judged(run, job, code, info)
+
+
+def _fabric(run: NodeValidation, job: JobRecord, info: NodeInfo | None) -> Next:
+    """The multi-node deep.fabric job: its batch step writes each judged node's exit code
+    into the job's AdminComment (root's alone to set); that code decides the node."""
+    from nodecheck.quarantine.fabric_stage import parse_verdicts
+
+    if job.launch_failed:
+        return Next(Move.FINISH, _prolog_failed(info), Leave.OUT, cancel=True)
+    if job.active:
+        return Next(Move.WAIT)
+    code = parse_verdicts(job.admin_comment).get(run.node)
+    if code is None:
+        if job.state == "CANCELLED" and info is not None and info.drained:
+            return Next(Move.FINISH, _prolog_failed(info), Leave.OUT)
+        why = f"the deep.fabric job {job.job_id} ended {job.state} without a verdict for it"
+        return Next(Move.FINISH, f"not validated: {why}")
+    if code == EXIT_PASSED:
+        # (A WARN there, such as a partner that never joined, is no fault of this node.)
+        said = run.fabric_note or "deep.fabric found no fault"
+        return Next(Move.FINISH, f"{RESULT_FOR_EXIT[EXIT_PASSED]} ({said})", Leave.OUT)
+    why = f"deep.fabric could not judge it (exit {code}; the node's log says why)"
+    return _judged(run, job, code, info, why)
+
+
+def _judged(
+    run: NodeValidation, job: JobRecord, code: int | None, info: NodeInfo | None, why: str = ""
+) -> Next:
+    """A validation that did not pass, by its exit code (validate-job's, quarantine/job.py)."""
     if code == EXIT_REBOOT and run.reboots == 0:
         return Next(Move.REBOOTING, "rebooting")
     reason = f" ({info.reason})" if info is not None and info.reason else ""
@@ -168,7 +215,8 @@ def _validating(run: NodeValidation, job: JobRecord, info: NodeInfo | None) -> N
     if code == EXIT_REBOOT:
         return Next(Move.FINISH, f"failed: reboot requested again{reason}", Leave.RESERVED)
     if code in (EXIT_NOT_VALIDATED, EXIT_INTERNAL):
-        why = job.admin_comment or (
+        said = why or job.admin_comment
+        why = said or (
             f"nodecheck could not validate it (validate-job exit {code}; the node's log "
             "says why: validation_not_possible / validation_job_error)"
         )

@@ -17,6 +17,7 @@ from nodecheck.log import get_logger, setup_logging
 from nodecheck.quarantine.ladder import Decision, Step, ValidationHistory, decide_after_validation
 from nodecheck.run.config import Config, load_config
 from nodecheck.run.pipeline import RunRequest, execute, node_name
+from nodecheck.run.results import CheckResult
 from nodecheck.store import history
 
 # Exit codes of a validation job, read by the loop from Slurm (scontrol show job).
@@ -40,6 +41,8 @@ NOT_VALIDATED_FIX = (
     "install what it names (the deep checks need PyTorch: the nodecheck[active] extra) or "
     "take those checks out of validate_quick_checks / validate_full_checks"
 )
+# The breaker step of a validation drain: a few small controller calls, retried this long.
+BREAKER_BUDGET_S = 30.0
 ALERT_KEY = "validate.alert"  # kv: the alert this node has firing, to resolve on a pass
 
 
@@ -66,7 +69,21 @@ def validation_history(h: history.History) -> ValidationHistory:
     )
 
 
-def run_validation_job(level: str, config_path: str | None, env: Mapping[str, str]) -> JobOutcome:
+def run_validation_job(
+    level: str,
+    config_path: str | None,
+    env: Mapping[str, str],
+    *,
+    fabric: bool = False,
+    judge: bool = True,
+    final: bool = True,
+) -> JobOutcome:
+    """`fabric`: this is one node's task of the multi-node deep.fabric job (the fabric
+    stage, quarantine/fabric_stage.py): deep.fabric alone. `judge` False: a known-good
+    partner there, measured against and never judged (no decision, no action, no record).
+    `final` False: the fabric stage follows this node's own job, so a pass here is not yet
+    the validation's end (neither recorded nor resolving an alert: the ladder counts
+    failures since the last real pass)."""
     node = node_name(None, env)
     config = load_config(config_path, env, _registry())
     # The job's own output goes to /dev/null: its lines go where the node's hooks log.
@@ -79,20 +96,22 @@ def run_validation_job(level: str, config_path: str | None, env: Mapping[str, st
     state_dir = config.state_dir_for(node)
     job_id = env.get("SLURM_JOB_ID") if (env.get("SLURM_JOB_ID") or "").isdigit() else None
     # gather
-    run = execute(
-        RunRequest(
-            phase="manual",
-            env=env,
-            config_path=config_path,
-            node=node,
-            check_patterns=checks_for_level(config, level),
-        )
-    )
+    if fabric:
+        results = _fabric_rounds(config, config_path, node, env)
+    else:
+        request = RunRequest(phase="manual", env=env, config_path=config_path, node=node,
+                             check_patterns=checks_for_level(config, level))  # fmt: skip
+        results = execute(request).results
+    if not judge:
+        summary = "partner of the fabric stage: measured against, not judged"
+        log.warning("validation_partner", level=level, results=len(results))
+        return JobOutcome(node, Decision(Step.RETURN, None, False, summary), "none", EXIT_PASSED)
     past = history.with_history(state_dir, validation_history)
     # decide
-    decision = decide_after_validation(
-        run.results, past, tuple(config.values["escalation"]), job_id
-    )
+    decision = decide_after_validation(results, past, tuple(config.values["escalation"]), job_id)
+    if decision.step is Step.RETURN and not final:
+        log.warning("validation", level=level, step="await-fabric", reason=None, action="none")
+        return JobOutcome(node, decision, "none (the fabric stage follows)", EXIT_PASSED)
     # act
     taken = _act(config, node, decision, state_dir)
     code = EXIT_HELD_BACK if taken.startswith("held back") else EXIT_FOR_STEP[decision.step]
@@ -119,6 +138,38 @@ def run_validation_job(level: str, config_path: str | None, env: Mapping[str, st
     return JobOutcome(node, decision, taken, code)
 
 
+def _fabric_rounds(
+    config: Config, config_path: str | None, node: str, env: Mapping[str, str]
+) -> list[CheckResult]:
+    """deep.fabric, once, or once per rail (`validate_fabric_rails`: round i sees GPU i
+    alone, and NCCL takes the NIC nearest to it), every node of the job in the same order.
+    The round's environment is set in this process before the run forks its probe child,
+    which is where torch (and CUDA) start."""
+    from dataclasses import replace
+
+    from nodecheck.quarantine.fabric_stage import rail_rounds
+
+    rounds = rail_rounds(int(config.values["validate_fabric_rails"]),
+                         env.get("NODECHECK_FABRIC_SECRET", ""))  # fmt: skip
+    results: list[CheckResult] = []
+    for rail, extra in enumerate(rounds):
+        saved = {key: os.environ.get(key) for key in extra}
+        os.environ.update(extra)
+        try:
+            request = RunRequest(phase="manual", env={**env, **extra}, config_path=config_path,
+                                 node=node, check_patterns=("deep.fabric",))  # fmt: skip
+            got = execute(request).results
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        # Per rail, the drain reason names the GPU whose rail was slow.
+        results += [replace(r, component=f"gpu{rail}") for r in got] if extra else got
+    return results
+
+
 def _event_text(decision: Decision, level: str) -> str:
     if decision.step is Step.NOT_VALIDATED:
         return f"{decision.summary} (level {level}); {NOT_VALIDATED_FIX}"
@@ -134,7 +185,7 @@ def _registry() -> Mapping:
 def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) -> str:
     """Carry out the decision through Slurm and the alert webhook; report what was done."""
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import backend_for
+    from nodecheck.slurm.act import backend_for, release_slots
     from nodecheck.slurm.jobs import SlurmJobs
     from nodecheck.slurm.scontrol import ScontrolBackend
 
@@ -149,7 +200,8 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
         _note_on_job(config, f"{decision.summary}; {NOT_VALIDATED_FIX}")
         return "none (not validated)"
     assert decision.reason is not None
-    held = _breaker_holds(config, node)
+    backend = backend_for(config, os.environ)
+    slots, held = _breaker_slots(config, backend, node)
     if held:
         log.error("circuit_breaker_open", why=held, would_drain=decision.reason)
         return "held back by the circuit breaker"
@@ -159,10 +211,11 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
             SlurmJobs(cli).reboot(node, decision.reason)
             taken = "reboot requested"
         else:
-            backend_for(config, os.environ).drain(node, decision.reason)
+            backend.drain(node, decision.reason)
             taken = "drained"
     except SlurmError as exc:
         log.error("validation_action_failed", step=decision.step.value, error=str(exc))
+        release_slots(backend, slots)  # the drain they were for did not happen
         taken = f"{decision.step.value} failed"
     if decision.alert:
         _fire_alert(config, node, decision, state_dir)
@@ -186,22 +239,25 @@ def _note_on_job(config: Config, text: str) -> None:
         get_logger().warning("validation_note_not_set", error=str(exc))
 
 
-def _breaker_holds(config: Config, node: str) -> str | None:
-    """Validation drains count against the same breaker as the hooks' drains: a wave of
-    failing validations is more often a bad deep-check setting than bad hardware."""
+def _breaker_slots(config: Config, backend: object, node: str) -> tuple[list[str], str | None]:
+    """Validation drains count against the same breaker as the hooks' drains, by the same
+    exact step (slurm/act.py `take_slots`: a slot slurmctld lets one node hold): a wave of
+    failing validations is more often a bad deep-check setting than bad hardware. Returns
+    the slots taken, or why the breaker holds the drain back."""
     from nodecheck.run import breaker
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import backend_for, breaker_limits
+    from nodecheck.slurm.act import breaker_limits, take_slots
 
     limits = breaker_limits(config)
     if not limits.enabled:
-        return None
+        return [], None
     try:
-        nodes = backend_for(config, os.environ).list_nodes()
+        taken = take_slots(backend, node, limits, time.monotonic() + BREAKER_BUDGET_S)  # type: ignore[arg-type]
     except SlurmError as exc:
-        return f"cannot read the cluster to apply the breaker: {exc}"
-    state = breaker.evaluate(nodes, node, limits)
-    return state.why if state.open else None
+        return [], f"cannot claim a breaker slot: {exc}"
+    if isinstance(taken, breaker.BreakerState):
+        return [], taken.why
+    return taken, None
 
 
 def _fire_alert(config: Config, node: str, decision: Decision, state_dir: os.PathLike) -> None:

@@ -11,7 +11,9 @@ or keep them out.
    "Prolog error" right after the resume), resume it if nodecheck drained it, and release
    its job. A job whose prolog failed ends (--no-requeue) or, if Slurm held it anyway, is
    cancelled: the prolog's own drain stands. A job that asked for a reboot is followed by
-   a new one once the node is back.
+   a new one once the node is back. Where the level runs deep.fabric, the nodes that
+   passed their own jobs then run it together in one job (quarantine/fabric_stage.py).
+   Each look costs one squeue for every job, and the node table at most once.
 3. Leave, always, even on a timeout, an error or SIGTERM/SIGINT (`finally`): cancel this
    run's unfinished jobs; put back as found every node that was not validated (drained with
    the reason it had, or in service); take out of the reservation the nodes this run put
@@ -22,11 +24,13 @@ An admin's drain is never touched: such a node is skipped, and says so.
 
 from __future__ import annotations
 
+import secrets
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nodecheck import hostlist
 from nodecheck.log import get_logger
 from nodecheck.quarantine.claim import (
     RunId,
@@ -35,6 +39,14 @@ from nodecheck.quarantine.claim import (
     comment_for,
     sort_claims,
     validate_lock,
+)
+from nodecheck.quarantine.fabric_stage import (
+    job_nodes,
+    level_runs_fabric,
+    needs_table,
+    plan_fabric,
+    stage_possible,
+    waiting,
 )
 from nodecheck.quarantine.follow import (
     Leave,
@@ -48,7 +60,7 @@ from nodecheck.quarantine.follow import (
 )
 from nodecheck.run.config import Config
 from nodecheck.run.ownership import drain_owner
-from nodecheck.slurm import SlurmBackend, SlurmError
+from nodecheck.slurm import NodeInfo, SlurmBackend, SlurmError
 from nodecheck.slurm.job_json import JobRecord
 from nodecheck.slurm.jobs import SlurmJobs
 
@@ -88,18 +100,46 @@ class _Run:
         self.me = RunId.this_process()
         self.runs: dict[str, NodeValidation] = {}
         self.log = get_logger()
+        self.partners = hostlist.expand(str(config.values["validate_fabric_partners"]))
+        self.partners_added: list[str] = []  # partners this run put into the reservation
+        self.fabric_jobs: list[int] = []
+
+    def _args(self, command: str, *extra: str) -> list[str]:
+        args = [command, "--level", self.level, *extra]
+        return ["--config", self.config_path, *args] if self.config_path else args
+
+    def _limit_min(self) -> int:
+        return max(1, int(float(self.config.values["validate_timeout_s"]) // 60))
 
     def submit(self, node: str) -> int:
-        args = ["validate-job", "--level", self.level]
-        if self.config_path:
-            args = ["--config", self.config_path, *args]
-        limit_min = max(1, int(float(self.config.values["validate_timeout_s"]) // 60))
+        state = self.runs[node]
+        args = self._args("validate-job", *(["--then-fabric"] if state.fabric_stage else []))
         comment = comment_for(node, self.level, self.why, self.me)
         job = self.jobs.submit(
             node, self.reservation, JOB_NAME, comment, validation_script(self.config), args,
-            limit_min,
+            self._limit_min(),
         )  # fmt: skip
-        self.runs[node].jobs.append(job)
+        state.jobs.append(job)
+        return job
+
+    def submit_fabric(self, judged: list[str], nodes: list[str]) -> int:
+        """The fabric stage's one job over `nodes`, released at once (its nodes are
+        settled: they just passed their own jobs), with a fresh secret for this job alone
+        in sbatch's environment: the job takes it from there, never from a command line."""
+        args = self._args("validate-job", "--fabric-batch", "--judge", ",".join(judged))
+        names = hostlist.collect(judged)
+        comment = comment_for(f"{names} (deep.fabric)", self.level, self.why, self.me)
+        secret = {"NODECHECK_FABRIC_SECRET": secrets.token_hex(16)}
+        job = self.jobs.submit(
+            nodes, self.reservation, JOB_NAME, comment, validation_script(self.config), args,
+            self._limit_min(), hold=False, env=secret,
+        )  # fmt: skip
+        self.fabric_jobs.append(job)
+        for node in judged:
+            state = self.runs[node]
+            state.jobs.append(job)
+            state.fabric_job, state.phase = job, Phase.FABRIC
+            state.result = f"in the deep.fabric job {job} across {len(nodes)} node(s)"
         return job
 
     def cancel_stale(self, stale: tuple[int, ...]) -> None:
@@ -123,12 +163,15 @@ def validate_nodes(
     nodes: list[str],
     level: str,
     why: str,
-    poll_s: float = 1.0,
+    poll_s: float | None = None,
     timeout_s: float | None = None,
+    table: list[NodeInfo] | None = None,
 ) -> list[NodeValidation]:
+    """`table`: the node table the caller read a moment ago (read here otherwise)."""
     timeout_s = float(config.values["validate_timeout_s"]) if timeout_s is None else timeout_s
+    poll_s = float(config.values["validate_poll_s"]) if poll_s is None else poll_s
     run = _Run(config, config_path, backend, jobs, level, why)
-    known = {n.name: n for n in backend.list_nodes()}
+    known = {n.name: n for n in (backend.list_nodes() if table is None else table)}
     for node in nodes:
         state = run.runs[node] = NodeValidation(node, found=known.get(node))
         info = known.get(node)
@@ -139,6 +182,12 @@ def validate_nodes(
                 f"skipped: {drain_owner(info, None).why} ({info.reason})",
                 Phase.SKIPPED,
             )
+    live = [s for s in run.runs.values() if not s.done]
+    if level_runs_fabric(_level_checks(config, level), _registry()) and stage_possible(
+        len(live), run.partners
+    ):
+        for state in live:
+            state.fabric_stage = True
     ending = "timed out"
     try:
         _claim(run, [n for n, r in run.runs.items() if not r.done])
@@ -151,6 +200,18 @@ def validate_nodes(
     finally:
         _leave(run, ending)
     return list(run.runs.values())
+
+
+def _level_checks(config: Config, level: str) -> list[str]:
+    from nodecheck.quarantine.job import checks_for_level
+
+    return list(checks_for_level(config, level))
+
+
+def _registry() -> dict:
+    from nodecheck.checks.registry import all_checks
+
+    return dict(all_checks())
 
 
 def _claim(run: _Run, chosen: list[str]) -> None:
@@ -182,31 +243,92 @@ def _claim(run: _Run, chosen: list[str]) -> None:
         state.result, state.phase, state.added = f"skipped: {why}", Phase.SKIPPED, False
 
 
+class _Pass:
+    """What one look read from Slurm: at most one squeue (every job of the run), one node
+    table and one reservation read, each only when a step needs it."""
+
+    def __init__(self, run: _Run, records: dict[int, JobRecord]) -> None:
+        self.run, self.records = run, records
+        self._table: dict[str, NodeInfo] | None = None
+        self._reserved: set[str] | None = None
+
+    def table(self) -> dict[str, NodeInfo]:
+        if self._table is None:
+            self._table = {n.name: n for n in self.run.backend.list_nodes()}
+        return self._table
+
+    def reserved(self) -> set[str]:
+        if self._reserved is None:
+            self._reserved = set(self.run.jobs.reservation_nodes(self.run.reservation))
+        return self._reserved
+
+
 def _look(run: _Run) -> None:
-    """gather (one squeue for every job, a node's record only where the step needs it) ->
-    decide (follow.next_step, pure) -> act, for each node still on its way."""
+    """gather (one squeue for every job; the node table once, only when a step needs it)
+    -> decide (follow.next_step, fabric_stage.plan_fabric: pure) -> act, for each node
+    still on its way."""
     try:
-        records = {j.job_id: j for j in run.jobs.jobs_named(JOB_NAME)}
+        looked = _Pass(run, {j.job_id: j for j in run.jobs.jobs_named(JOB_NAME)})
     except SlurmError as exc:
         run.log.warning("validation_look_failed", error=str(exc))
         return  # the controller blinked: look again next time
     for state in run.runs.values():
         if state.done:
             continue
-        job = records.get(state.jobs[-1]) if state.jobs else None
+        # Its latest job: its own, or the fabric stage's (submit_fabric appends it).
+        job = looked.records.get(state.jobs[-1]) if state.jobs else None
         try:
-            info = run.backend.node_info(state.node) if wants_node(state, job) else None
-            _act(run, state, job, next_step(state, job, info))
+            info = looked.table().get(state.node) if wants_node(state, job) else None
+            _act(run, state, job, next_step(state, job, info), looked)
         except SlurmError as exc:
             run.log.warning("validation_step_failed", node=state.node, error=str(exc))
+    try:
+        _fabric_stage(run, looked)
+    except (SlurmError, ValidateBusy, OSError) as exc:
+        run.log.warning("fabric_stage_not_started", error=str(exc))
 
 
-def _act(run: _Run, state: NodeValidation, job: JobRecord | None, step: Next) -> None:
+def _fabric_stage(run: _Run, looked: _Pass) -> None:
+    """Once every node has its own verdict: one job runs deep.fabric across the waiting
+    nodes (with idle partners for a lone one); partners leave the reservation after it."""
+    if run.partners_added and not any(r.phase is Phase.FABRIC for r in run.runs.values()):
+        _release_partners(run)
+    ready = waiting(run.runs.values())
+    if not ready:
+        return
+    table = looked.table() if needs_table(ready, run.partners) else None
+    busy = set(run.runs) | (looked.reserved() if table is not None else set())
+    count = int(run.config.values["validate_fabric_partner_count"])
+    plan = plan_fabric(ready, run.partners, table, count, busy)
+    if plan.partners:
+        with validate_lock(run.lock):
+            before = set(run.jobs.reservation_nodes(run.reservation))
+            run.jobs.reserve(run.reservation, list(plan.partners))
+        run.partners_added = [p for p in plan.partners if p not in before]
+    for node in plan.judged:
+        run.runs[node].fabric_note = plan.note
+    run.submit_fabric(list(plan.judged), job_nodes(plan))
+
+
+def _release_partners(run: _Run) -> None:
+    """Partners leave the reservation as soon as the fabric job no longer needs them."""
+    added, run.partners_added = run.partners_added, []
+    try:
+        with validate_lock(run.lock):
+            kept = run.jobs.release(run.reservation, added)
+    except (SlurmError, ValidateBusy, OSError) as exc:
+        kept = str(exc)
+    if kept:
+        run.log.error("fabric_partners_not_released", nodes=added, error=kept)
+
+
+def _act(run: _Run, state: NodeValidation, job: JobRecord | None, step: Next,
+         looked: _Pass) -> None:  # fmt: skip
     if step.move is Move.WAIT:
         return
     if step.move is Move.START:
         if step.resume:
-            _still_reserved(run, state.node)
+            _still_reserved(run, state.node, looked)
             run.backend.resume(state.node)
             state.resumed = True
         run.jobs.release_job(state.jobs[-1])
@@ -220,16 +342,19 @@ def _act(run: _Run, state: NodeValidation, job: JobRecord | None, step: Next) ->
     elif step.move is Move.RESUBMIT:
         run.submit(state.node)
         state.phase, state.result = Phase.SETTLING, step.result
+    elif step.move is Move.AWAIT_FABRIC:
+        state.phase, state.result = Phase.FABRIC_WAIT, step.result
 
 
-def _still_reserved(run: _Run, node: str) -> None:
+def _still_reserved(run: _Run, node: str, looked: _Pass) -> None:
     """Never resume a node outside the reservation: a run on a host that does not share the
     lock may have rewritten its node list without this one (22.05 has no `Nodes+=`)."""
-    if node in run.jobs.reservation_nodes(run.reservation):
+    if node in looked.reserved():
         return
     run.log.warning("validation_node_reserved_again", node=node, reservation=run.reservation)
     with validate_lock(run.lock):
         run.jobs.reserve(run.reservation, [node])
+    looked.reserved().add(node)
 
 
 def _cancel(run: _Run, job: int) -> None:
@@ -272,7 +397,7 @@ def _leave(run: _Run, ending: str) -> None:
     out = [
         s.node for s in states
         if s.leave is Leave.OUT or (s.leave is Leave.AS_FOUND and s.added)
-    ]  # fmt: skip
+    ] + run.partners_added  # fmt: skip
     if not out:
         return
     try:

@@ -8,11 +8,15 @@ codes (slurm/job_json.py); never from the prose `scontrol show job` prints as a 
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nodecheck.log import get_logger
-from nodecheck.slurm import SlurmError
+from nodecheck.run.bounded import run_command
+from nodecheck.slurm import SlurmError, call_timeout
 from nodecheck.slurm.job_json import JobRecord, parse_squeue_json
 from nodecheck.slurm.scontrol import ScontrolBackend, checked_node_name, checked_reason
 
@@ -120,42 +124,63 @@ class SlurmJobs:
 
     def submit(
         self,
-        node: str,
+        node: str | Sequence[str],
         reservation: str,
         job_name: str,
         comment: str,
         script: str,
         script_args: list[str],
         time_limit_min: int,
+        *,
+        hold: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> int:
-        """One batch job on exactly `node` inside the reservation, held (it starts only
-        once the loop has settled and resumed the node: `release_job`); returns its id.
-        --no-requeue: a job whose prolog fails ends (CANCELLED) instead of being requeued
-        and held, where it would keep the reservation "in use". The script is an executable
-        (its #! line says how it runs): no shell, no --wrap."""
-        out = self.cli._run(
-            [
-                self.sbatch,
-                "--parsable",
-                "--hold",
-                "--no-requeue",
-                f"--reservation={reservation}",
-                f"--nodelist={checked_node_name(node)}",
-                "--nodes=1",
-                "--exclusive",
-                f"--job-name={job_name}",
-                f"--comment={checked_reason(comment)}",
-                f"--time={time_limit_min}",
-                "--output=/dev/null",
-                "--chdir=/",
-                script,
-                *script_args,
-            ]
-        )
+        """One batch job on exactly `node` (or on exactly these nodes: the fabric stage's
+        job) inside the reservation, held (it starts only once the loop has settled and
+        resumed the node: `release_job`); returns its id. --no-requeue: a job whose prolog
+        fails ends (CANCELLED) instead of being requeued and held, where it would keep the
+        reservation "in use". The script is an executable (its #! line says how it runs):
+        no shell, no --wrap. `env`: added to sbatch's environment, which the job takes
+        (how a secret reaches it without a command line, which every user can read)."""
+        nodes = [node] if isinstance(node, str) else list(node)
+        args = [
+            self.sbatch,
+            "--parsable",
+            *(["--hold"] if hold else []),
+            "--no-requeue",
+            f"--reservation={reservation}",
+            f"--nodelist={','.join(checked_node_name(n) for n in nodes)}",
+            f"--nodes={len(nodes)}",
+            "--exclusive",
+            f"--job-name={job_name}",
+            f"--comment={checked_reason(comment)}",
+            f"--time={time_limit_min}",
+            "--output=/dev/null",
+            "--chdir=/",
+            script,
+            *script_args,
+        ]
+        out = self._run_with(args, env) if env else self.cli._run(args)
         job = out.strip().split(";")[0]
         if not job.isdigit():
             raise SlurmError(f"sbatch printed no job id: {out[:200]!r}")
         return int(job)
+
+    def _run_with(self, args: list[str], extra: Mapping[str, str]) -> str:
+        """The backend's call with `extra` added to the command's environment (the
+        backend gives every command the same small one)."""
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", **extra}
+        conf = self.cli.slurm_conf or os.environ.get("SLURM_CONF")
+        if conf:
+            env["SLURM_CONF"] = conf
+        try:
+            proc = run_command(args, call_timeout(self.cli.timeout_s), env)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmError(f"{args[0]}: {exc}") from exc
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")[:300]
+            raise SlurmError(f"{Path(args[0]).name} failed (rc={proc.returncode}): {detail}")
+        return proc.stdout
 
     def jobs_named(self, job_name: str) -> list[JobRecord]:
         """Every job of this name slurmctld still holds, finished ones included. One

@@ -45,7 +45,10 @@ def validation_toml(
     default, as a site that never set it)."""
     quick = f'validate_quick_checks = ["{checks}"]\n' if checks else ""
     return base_toml(
-        work, extra=f'{quick}escalation = ["drain"]\nvalidate_command = "{command}"\n{extra}'
+        work,
+        # validate_poll_s: a look every second, not every 20 s (the default) in these tests
+        extra=f'{quick}escalation = ["drain"]\nvalidate_command = "{command}"\n'
+        f"validate_poll_s = 1\n{extra}",
     )
 
 
