@@ -25,6 +25,7 @@ class JobInfo:
     gpus: tuple[int, ...] | None = None
     nodelist: str | None = None
     ignored: tuple[str, ...] = ()  # env variables present but malformed
+    partition: str | None = None  # SLURM_JOB_PARTITION (a check may be opted in per partition)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> JobInfo:
@@ -42,6 +43,7 @@ class JobInfo:
         job_id = pick("SLURM_JOB_ID", _JOB_ID)
         uid = pick("SLURM_JOB_UID", _JOB_ID)
         user = pick("SLURM_JOB_USER", _USER)
+        partition = pick("SLURM_JOB_PARTITION", _USER)
         gpus = _parse_gpu_list(env.get("SLURM_JOB_GPUS"))
         if gpus is None and env.get("SLURM_JOB_GPUS"):
             ignored.append("SLURM_JOB_GPUS")
@@ -56,6 +58,7 @@ class JobInfo:
             gpus=gpus,
             nodelist=nodelist,
             ignored=tuple(ignored),
+            partition=partition,
         )
 
     def label(self) -> str:

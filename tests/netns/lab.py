@@ -111,6 +111,17 @@ class Lab:
             out[host] = json.loads(stdout)
         return out
 
+    def connect_root(self, address: str = "10.202.0.254") -> str:
+        """A veth from the root namespace into the control bridge, `address` on the root's
+        side (a test cluster's slurmctld is announced there); gone with the switch."""
+        name = f"{self.tag}r"
+        ip_run("link", "add", name, "type", "veth", "peer", "name", "cr", "netns", self.sw)
+        ip_run("-n", self.sw, "link", "set", "cr", "master", "brc")
+        ip_run("-n", self.sw, "link", "set", "cr", "up")
+        ip_run("addr", "add", f"{address}/24", "dev", name)
+        ip_run("link", "set", name, "up")
+        return address
+
     def limit(self, host: str, rate: str = "10mbit") -> None:
         """A `tbf` rate limit on the host's own fabric interface (its sending side)."""
         ip_run("netns", "exec", self.hosts[host], "tc", "qdisc", "add", "dev", "ib0", "root",

@@ -7,4 +7,4 @@ a built tree. See docs/fabric.md for what each check reads and how it decides.
 """
 
 # Importing a module registers its checks; this order is the order of `nodecheck list`.
-from nodecheck.checks.fabric import counters, netdev, peers, ports  # noqa: F401
+from nodecheck.checks.fabric import counters, netdev, peers, ports, preflight  # noqa: F401
