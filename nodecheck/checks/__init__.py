@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("host", "fabric", "gpu", "deep")
+FAMILIES = ("host", "fabric", "gpu", "deep", "trend")
 
 
 def load_families() -> None:

@@ -23,9 +23,27 @@ _QUOTES = str.maketrans({'"': "'", "`": "'"})
 _UNSAFE = re.compile(r"[^A-Za-z0-9 _.,:;/+=%@#()<>*~^!?'-]")
 _SPACES = re.compile(r"\s+")
 _PARSE = re.compile(
-    r"^nodecheck: (?P<check>[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*) (?P<component>\S+): "
+    r"^nodecheck: (?:trend (?P<signal>[a-z][a-z0-9]*\.[a-z][a-z0-9_]*)"
+    r"|(?P<check>[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)) (?P<component>\S+): "
     r"(?P<message>.*?)(?: \(\+(?P<more>\d+) more\))?(?: \[(?P<context>[^\]]*)\])?$"
 )
+
+
+# A trend check (checks/trend/, id `trend.<area>_<name>`) names the signal it watches:
+# `nodecheck: trend gpu.ecc gpu3: ...` is check trend.gpu_ecc. parse_reason maps it back.
+TREND_AREA = "trend"
+_TREND_ID = re.compile(r"^trend\.(?P<area>[a-z][a-z0-9]*)_(?P<name>[a-z][a-z0-9_]*)$")
+
+
+def reason_head(check_id: str) -> str:
+    """What a reason says for a check: its id, or `trend <area>.<name>` for a trend."""
+    found = _TREND_ID.match(check_id)
+    return f"{TREND_AREA} {found['area']}.{found['name']}" if found else check_id
+
+
+def _trend_id(signal: str) -> str:
+    area, name = signal.split(".", 1)
+    return f"{TREND_AREA}.{area}_{name}"
 
 
 def clean(text: str) -> str:
@@ -41,7 +59,7 @@ def format_reason(
     component = clean(first.component).replace(" ", "_")
     if len(component) > MAX_COMPONENT:
         component = component[: MAX_COMPONENT - 3] + "..."
-    head = f"{REASON_PREFIX} {clean(first.check_id)[:MAX_COMPONENT]} {component}: "
+    head = f"{REASON_PREFIX} {clean(reason_head(first.check_id))[:MAX_COMPONENT]} {component}: "
     more = f" (+{len(failures) - 1} more)" if len(failures) > 1 else ""
     context = f"{phase} job {job_id}" if job_id else phase
     if first.severity:
@@ -86,8 +104,9 @@ def parse_reason(reason: str) -> ParsedReason | None:
         return None
     context = found["context"] or ""
     parts = _CONTEXT.match(context)
+    check_id = _trend_id(found["signal"]) if found["signal"] else found["check"]
     return ParsedReason(
-        check_id=found["check"],
+        check_id=check_id,
         component=found["component"],
         message=found["message"],
         more=int(found["more"] or 0),
@@ -119,7 +138,7 @@ def is_nodecheck_reason(reason: str) -> bool:
         return False
     more = f" (+{parsed.more} more)" if parsed.more else ""
     rebuilt = (
-        f"{REASON_PREFIX} {parsed.check_id} {parsed.component}: {parsed.message}{more}"
+        f"{REASON_PREFIX} {reason_head(parsed.check_id)} {parsed.component}: {parsed.message}{more}"
         f" [{parsed.context}]"
     )
     return rebuilt == reason
@@ -172,7 +191,7 @@ def flapping_reason(reason: str, prefix: str, limit: int = MAX_REASON) -> str:
         message = parsed.message.split(") ", 1)[1] if ") " in parsed.message else ""
     else:
         message = parsed.message
-    head = f"{REASON_PREFIX} {parsed.check_id} {parsed.component}: {prefix} "
+    head = f"{REASON_PREFIX} {reason_head(parsed.check_id)} {parsed.component}: {prefix} "
     more = f" (+{parsed.more} more)" if parsed.more else ""
     context = f" [{parsed.context}]" if parsed.context else ""
     room = limit - len(head) - len(more) - len(context)
