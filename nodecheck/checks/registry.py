@@ -23,7 +23,8 @@ ALL_PHASES = frozenset(PHASES)
 # the torch import, and the reply to Slurm or the caller.
 DEEP_MARGIN_S = 15.0
 # Keys every check table in the config accepts, besides the check's own options.
-COMMON_KEYS = ("enabled", "timeout_s", "phases")
+# `report_only` (run/report_only.py): true, false, or a list of the check's new signals.
+COMMON_KEYS = ("enabled", "timeout_s", "phases", "report_only")
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 
@@ -67,6 +68,14 @@ class Check:
     # Address-space limit (RLIMIT_AS) of the probe child that runs this check: None takes
     # the run's probe_memory_mb, 0 is none (PyTorch maps ~660 MB of address space on load).
     memory_limit_mb: int | None = None
+    # Signals new to a platform nodecheck has not been proven on (name -> where it is new):
+    # a FAIL resting only on them is report-only (WARN + metric, no drain) until the site
+    # sets the check's `report_only` (run/report_only.py). DESIGN.md: "A check new to a
+    # platform ships report-only".
+    new_signals: Mapping[str, str] = field(default_factory=dict)
+    # Every signal the check marks its FAILs with (new or not): what the site's `report_only`
+    # list may name (a site may hold back an old signal too). The new ones are among them.
+    signals: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def area(self) -> str:
@@ -95,6 +104,8 @@ def check(
     remedy: str = "admin",
     tier: str = "fast",
     memory_limit_mb: int | None = None,
+    new_signals: Mapping[str, str] | None = None,
+    signals: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[[CheckContext], Iterable[CheckResult]]], Callable[..., Any]]:
     """Register the decorated function as check `check_id`."""
 
@@ -129,6 +140,8 @@ def check(
             remedy=remedy,
             tier=tier,
             memory_limit_mb=memory_limit_mb,
+            new_signals=dict(new_signals or {}),
+            signals={**(signals or {}), **(new_signals or {})},
         )
         return func
 

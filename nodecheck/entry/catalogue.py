@@ -92,6 +92,9 @@ def explain(args: argparse.Namespace) -> int:
                 f"  {name} = {json.dumps(opt.default)}  # {opt.help}"
                 for name, opt in chk.options.items()
             ]
+        if chk.new_signals:  # run/report_only.py
+            lines += ["", "new signals, report-only until the site sets report_only:"]
+            lines += [f"  {name}: {where}" for name, where in chk.new_signals.items()]
         blocks.append("\n".join(lines))
     print("\n\n".join(blocks))
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""Command line: `nodecheck run|hook|list|explain|resume|report|validate|agent|selftest`.
+"""Command line: `nodecheck run|hook|list|explain|resume|report|validate|agent|selftest|domain`.
 
 `hook PHASE` is what the prolog/epilog/health entrypoints call (see nodecheck.entry.hook).
 `run` is the same pipeline for a human: a table, no action.
@@ -172,6 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         help="per node: drains, validations, reboots, returns (nodecheck + slurmdbd)",
     )
     report.add_argument("--days", type=float, default=30, help="with --history: how far back")
+    report.add_argument(
+        "--lemons",
+        action="store_true",
+        help="rank nodes by drains, failed jobs and time drained over --days (slurmdbd)",
+    )
+    report.add_argument("--prom", action="store_true", help="with --lemons: Prometheus text")
 
     validate = command(
         "validate",
@@ -196,6 +202,20 @@ def _parser() -> argparse.ArgumentParser:
         "validate-job", "(run inside a validation job) validate this node and act"
     )
     validate_job.add_argument("--level", choices=("quick", "full"), default="quick")
+    # The fabric stage (quarantine/fabric_stage.py): set by validate, not by people.
+    # --fabric-batch: the batch step of its multi-node job, which starts a --fabric task on
+    # every node; --judge: the quarantined nodes among them (the rest are partners).
+    for flag in ("--fabric", "--fabric-batch", "--then-fabric"):
+        validate_job.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    validate_job.add_argument("--judge", default="", help=argparse.SUPPRESS)
+    domain = command(  # nodecheck/entry/domain.py (NVLink domains: GB200/GB300 NVL72 racks)
+        "domain", "compare the nodes of each NVLink domain from their runs; name the odd one"
+    )
+    domain.add_argument(
+        "files", nargs="*", metavar="FILE", help="`nodecheck run --json` output (default: stdin)"
+    )
+    domain.add_argument("--topology", help="Slurm's topology.conf/.yaml: domains are its blocks")
+    domain.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -240,21 +260,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         from nodecheck.entry import catalogue
 
         return catalogue.list_checks(args) if args.command == "list" else catalogue.explain(args)
+    if args.command == "report" and args.lemons:
+        from nodecheck.entry.lemons import lemons_command
+
+        return lemons_command(args)
     if args.command == "report" and args.history:
         from nodecheck.quarantine.command import history_command
 
         return history_command(args.config, args.history, args.days, args.json)
+    if args.command == "domain":
+        from nodecheck.entry.domain import domain_command
+
+        return domain_command(args)
     if args.command == "report":
         from nodecheck.entry.report import report
 
         return report(args)
     if args.command in ("validate", "validate-job"):
-        from nodecheck.quarantine.command import validate_command, validate_job_command
+        from nodecheck.quarantine import command as quarantine
 
         setup_logging(None, to_stderr=True, verbose=args.verbose)
         if args.command == "validate":
-            return validate_command(args)
-        return validate_job_command(args.config, args.level)
+            return quarantine.validate_command(args)
+        if args.fabric_batch:
+            return quarantine.validate_fabric_job_command(args.config, args.level, args.judge)
+        return quarantine.validate_job_command(
+            args.config, args.level, args.fabric, args.judge, args.then_fabric
+        )
     return _resume(args)
 
 

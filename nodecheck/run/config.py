@@ -89,7 +89,7 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "validate_new_nodes": (bool, False),
     # Drains by these checks are never resumed by the health phase: their fault is gone
     # from view once read (an XID passes the next run), so a human decides.
-    "manual_resume_checks": (list, ["gpu.xid"]),
+    "manual_resume_checks": (list, ["gpu.xid", "fabric.preflight"]),
     # Job-scoped prolog/epilog (nodecheck/probes/jobscope.py): a failure outside the job's GPUs
     # and the HCAs local to them drains the node but lets the job run.
     "job_scoped": (bool, False),
@@ -111,6 +111,17 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     # every host that runs `nodecheck validate` the same file (a shared filesystem) or run
     # it from one host.
     "validate_lock_file": (str, "/run/lock/nodecheck-validate.lock"),
+    # validate looks at its jobs (one squeue for all of them) and, when a step needs it, the
+    # node table (once) every validate_poll_s seconds; --idle asks slurmdbd for the last
+    # validation within validate_idle_window_days (older counts as never validated).
+    "validate_poll_s": ((int, float), 20),
+    "validate_idle_window_days": ((int, float), 30),
+    # The fabric stage (quarantine/fabric_stage.py): a lone quarantined node runs deep.fabric
+    # with up to validate_fabric_partner_count idle nodes of this hostlist, never judged.
+    "validate_fabric_partners": (str, ""),
+    "validate_fabric_partner_count": (int, 1),
+    # > 0: the fabric stage runs deep.fabric once per GPU index 0..N-1 (one rail each).
+    "validate_fabric_rails": (int, 0),
     "escalation": (list, ["drain", "reboot", "replace"]),
     "alert_url": (str, ""),
 }
@@ -127,6 +138,10 @@ _RANGES: dict[str, tuple[float, float, bool, str]] = {
     "flap_window_s": (0, 30 * 86400, True, " (30 days)"),
     "breaker_max_share": (0, 1, False, " (0: off)"),
     "breaker_floor": (0, 100_000, False, ""),
+    "validate_poll_s": (0, 300, True, ""),
+    "validate_idle_window_days": (0, 3650, True, ""),
+    "validate_fabric_partner_count": (1, 64, False, ""),
+    "validate_fabric_rails": (0, 64, False, " (0: one round)"),
     "breaker_max_drains": (0, 100_000, False, " (0: off)"),
     "breaker_window_min": (0, 7 * 1440, True, " (7 days)"),
     "breaker_jitter_s": (0, 10, False, " (0: off)"),
@@ -152,6 +167,10 @@ class CheckSettings:
     timeout_s: float
     phases: frozenset[str]
     options: Mapping[str, Any]
+    # The site's `report_only`: True (every FAIL only reported), False (the site enabled the
+    # check's new signals too), the new signals still only reported, or None (not set: the
+    # check's declared new signals are reported, the rest drains). run/report_only.py.
+    report_only: bool | tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +256,7 @@ class Config:
                 timeout_s=float(merged.get("timeout_s", chk.timeout_s)),
                 phases=frozenset(merged.get("phases", chk.phases)),
                 options={name: merged.get(name, opt.default) for name, opt in chk.options.items()},
+                report_only=_report_only_setting(merged.get("report_only")),
             )
         return NodeConfig(
             node=node,
@@ -374,6 +394,14 @@ def _check_quarantine_settings(out: Mapping[str, Any], where: str) -> None:
     command = out.get("validate_command", "")
     if command and not command.startswith("/"):
         raise ConfigError(f"{where}: validate_command must be an absolute path")
+    partners = out.get("validate_fabric_partners", "")
+    if partners:
+        from nodecheck.hostlist import expand
+
+        try:
+            expand(partners)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: validate_fabric_partners: {exc}") from None
     lock = out.get("validate_lock_file", "/run/lock/nodecheck-validate.lock")
     if not lock.startswith("/") or lock.endswith("/"):
         raise ConfigError(f"{where}: validate_lock_file must be an absolute file path")
@@ -446,6 +474,8 @@ def _parse_check_table(table: Mapping[str, Any], where: str, chk: Check) -> dict
             # Each item a string first: a table in the list is unhashable, not a phase.
             if names is None or not all(isinstance(p, str) and p in ALL_PHASES for p in names):
                 raise ConfigError(f"{where}.phases must be a list drawn from {sorted(ALL_PHASES)}")
+        elif key == "report_only":
+            _require_report_only(f"{where}.report_only", value, chk)
         elif key in chk.options:
             _require_option(f"{where}.{key}", value, chk.options[key])
         else:
@@ -453,6 +483,23 @@ def _parse_check_table(table: Mapping[str, Any], where: str, chk: Check) -> dict
             raise ConfigError(f"{where}: unknown option {key!r} (known: {known})")
         out[key] = value
     return out
+
+
+def _require_report_only(where: str, value: Any, chk: Check) -> None:
+    """true, false, or a list of the check's declared signals (a typo is refused here, not
+    found out by the drain it failed to hold back)."""
+    if isinstance(value, bool):
+        return
+    known = sorted(chk.signals)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected true, false or a list of signals {known}")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown signals {unknown} (this check's signals: {known})")
+
+
+def _report_only_setting(value: Any) -> bool | tuple[str, ...] | None:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _require_option(where: str, value: Any, opt: Option) -> None:

@@ -153,7 +153,7 @@ class PlanSettings:
     resume_after_passes: int = 1
     flap_max_drains: int = 3
     flap_window_s: float = 86400.0
-    manual_resume_checks: tuple[str, ...] = ("gpu.xid",)
+    manual_resume_checks: tuple[str, ...] = ("gpu.xid", "fabric.preflight")
     breaker_max_share: float = 0.10
     breaker_floor: int = 3
     breaker_max_drains: int = 20

@@ -46,6 +46,7 @@ from nodecheck.run.decide import (
     plan,
 )
 from nodecheck.run.plan import Step
+from nodecheck.run.report_only import ReportOnly, report_only
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 
@@ -238,6 +239,8 @@ def execute(req: RunRequest) -> RunOutcome:
         ]
         if config.hysteresis and any(r.status is Status.WARN for r in results):
             results = _hysteresis(config, nodecfg, results)
+        if any(r.status is Status.FAIL for r in results):  # last: nothing report-only drains
+            results = report_only(results, _report_only_rules(registry, nodecfg))
         for r in results:
             # nodecheck's own ERROR is logged loudly, with its traceback (checks.boundary)
             (log.error if r.status is Status.ERROR else log.info)("check_result", **r.as_dict())
@@ -291,6 +294,16 @@ def _state_dir_fault(state_dir: Path, timeout_s: float) -> list[CheckResult]:
             remedy="admin",
         )
     ]
+
+
+def _report_only_rules(registry: Mapping[str, Check], nodecfg: NodeConfig) -> dict[str, ReportOnly]:
+    """Each check's report-only rule on this node: its declared new signals, as the site's
+    `report_only` (node class first) leaves them."""
+    return {
+        cid: ReportOnly.resolve(nodecfg.checks[cid].report_only, chk.new_signals)
+        for cid, chk in registry.items()
+        if cid in nodecfg.checks
+    }
 
 
 def _hysteresis(

@@ -30,7 +30,15 @@ REMEDIES = {
     "cleanup": "clean up what a job left (processes, files, memory), then resume",
     "restart-service": "restart the daemon and find out why it died",
     "admin": "an admin has to look",
+    # A degradation trend (checks/trend/): drained after its jobs; with resume_via =
+    # "validation" the quarantine loop's deep tier decides whether it comes back.
+    "validate": "validate the node (deep tier) before it takes jobs again",
 }
+
+
+# A result's values key: the signals (a check's declared `new_signals`) a FAIL rests on;
+# run/report_only.py turns it into a WARN while they are report-only on this node.
+SIGNALS_KEY = "signals"
 
 
 @dataclass(frozen=True)

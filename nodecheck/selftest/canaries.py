@@ -67,6 +67,12 @@ class Canary:
 # Checks that cannot have a canary on one node, and why (reported, never passed silently).
 WAIVED = {
     "fabric.peers": "needs the job's other nodes answering on the fabric",
+    "fabric.preflight": "needs the allocation's other nodes measuring with it over the fabric",
+    **{
+        f"trend.{name}": "judges hours to days of the node's own readings: no canary can "
+        "make that history in a selftest (tests/unit/test_trend_*.py drive it through the store)"
+        for name in ("gpu_ecc", "gpu_remap", "gpu_nvlink", "gpu_clocks", "gpu_xid", "ib_counters")
+    },
 }
 DEEP_WHY = "deep tier: measures the hardware, no canary input"
 

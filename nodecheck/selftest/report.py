@@ -5,7 +5,7 @@ passed: the check would let its fault through), `fired-on-good` (the healthy inp
 failed or warned: the check would drain healthy nodes), `error` (the check, or the
 selftest, could not judge an input: an ERROR result, no result, a time limit), and
 `no-canary`. A check without a canary fails the selftest unless it is waived with a
-reason (the deep tier, fabric.peers), which is reported, never passed silently.
+reason (the deep tier, fabric.peers, fabric.preflight), which is reported, never passed silently.
 """
 
 from __future__ import annotations

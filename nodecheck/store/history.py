@@ -188,6 +188,8 @@ class History:
                 entry["status"] = r.status.name
             entry["duration_s"] = max(entry["duration_s"], round(r.duration_s, 4))
             entry["phase"] = rec.phase
+            if r.values.get("report_only"):  # a FAIL held back as WARN (run/report_only.py)
+                entry["report_only"] = entry.get("report_only", 0) + 1
         checks.update(per_check)
         last.setdefault("runs", {})[rec.phase] = {
             "at": rec.at,

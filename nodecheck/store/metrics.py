@@ -24,6 +24,10 @@ Metric names:
   nodecheck_check_status{node,check,status}           1 for the check's last status, 0 else
   nodecheck_check_duration_seconds{node,check}        duration of the check's last run
   nodecheck_check_last_run_timestamp_seconds{node,check}
+  nodecheck_check_report_only{node,check}             components whose FAIL the check's last
+                                                      run only reported (report-only: a signal
+                                                      new to the platform, or the site's
+                                                      `report_only`): WARN, no drain
   nodecheck_run_duration_seconds{node,phase}          duration of the phase's last run
   nodecheck_last_run_timestamp_seconds{node,phase}
   nodecheck_run_status{node,phase,status}             1 for the phase's last verdict status
@@ -155,13 +159,20 @@ class _Snapshot:
             "Unix time of each check's last run.",
             labels=["node", "check"],
         )
+        held = GaugeMetricFamily(
+            "nodecheck_check_report_only",
+            "Components whose FAIL the check's last run only reported (report-only): WARN, "
+            "no drain, until the site enables the signal.",
+            labels=["node", "check"],
+        )
         for cid in sorted(checks):
             entry = checks[cid]
             for name in STATUSES:
                 status.add_metric([node, cid, name], 1.0 if entry.get("status") == name else 0.0)
             duration.add_metric([node, cid], float(entry.get("duration_s", 0.0)))
             checked_at.add_metric([node, cid], float(entry.get("at", 0.0)))
-        yield from (status, duration, checked_at)
+            held.add_metric([node, cid], float(entry.get("report_only", 0)))
+        yield from (status, duration, checked_at, held)
 
         runs = self.last.get("runs", {})
         run_duration = GaugeMetricFamily(

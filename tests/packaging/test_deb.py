@@ -54,7 +54,8 @@ def facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        # under qemu-user (make test-deb-arm64) every step is several times slower
+        timeout=int(os.environ.get("NODECHECK_DEB_TIMEOUT_S", "600")),
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]

@@ -118,8 +118,11 @@ def test_failing_prolog_calls_scontrol_and_exits_nonzero(tmp_path, recorder):
     cfg = config(tmp_path, '[checks."host.mounts"]\nrequired = ["/nope"]\n', scontrol=scontrol)
     out = nodecheck(["hook", "prolog"], {"SLURM_JOB_ID": "5"}, config=cfg)
     assert out.returncode == 1
-    # the breaker reads every node (after `scontrol --help`: does this scontrol offer --json?)
-    assert calls.read_text().startswith("--help\nshow node")
+    # this node's record (after `scontrol --help`: does this scontrol offer --json?); no
+    # sinfo sits next to this scontrol, so scontrol itself reads it
+    first, second = calls.read_text().splitlines()[:2]
+    assert first == "--help" and second.split()[:2] == ["show", "node"]
+    assert len(second.split()) == 3, second  # one node, not the table
     verdict = verdict_in((tmp_path / "nodecheck.log").read_text())
     assert verdict["reason"] == (
         "nodecheck: host.mounts /nope: not mounted [prolog job 5 sev=critical act=admin]"

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 import types
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -325,6 +326,9 @@ class FakeNvml(types.SimpleNamespace):
         info.healthMask = fabric.healthMask or 0
         if hasattr(info, "healthSummary"):
             info.healthSummary = fabric.healthSummary or 0
+        if fabric.clusterUuid is not None:  # NVML's 16 bytes; all zero without a domain
+            info.clusterUuid[:] = list(uuid.UUID(fabric.clusterUuid).bytes)
+            info.cliqueId = fabric.cliqueId or 0
 
     def nvmlDeviceGetComputeRunningProcesses_v3(self, h):
         return [
@@ -365,6 +369,13 @@ class FakeNvml(types.SimpleNamespace):
                     slot.value.uiVal = gpu.recovery_action
             elif field_id == model.FI_NVLINK_LINK_COUNT and self.answers_link_count:
                 slot.value.uiVal = len(gpu.nvlinks)
+            elif field_id in (model.FI_C2C_LINK_COUNT, model.FI_C2C_LINK_STATUS):
+                if gpu.c2c_links is None:  # a discrete GPU: no NVLink-C2C
+                    slot.nvmlReturn = gpu.errors["c2c"].code
+                elif field_id == model.FI_C2C_LINK_COUNT:
+                    slot.value.uiVal = len(gpu.c2c_links)
+                else:
+                    slot.value.uiVal = gpu.c2c_links[scope]
             elif field_id in by_field:
                 link = next((x for x in gpu.nvlinks if x.link == scope), None)
                 name = by_field[field_id]

@@ -12,6 +12,8 @@ from helpers import NVML_FIXTURES, make_ctx, options_of
 from nodecheck.checks import gpu  # noqa: F401  (registers the gpu family)
 from nodecheck.checks.registry import all_checks
 from nodecheck.probes import nvml
+from nodecheck.run.report_only import ReportOnly
+from nodecheck.run.report_only import report_only as apply_report_only
 from nodecheck.run.results import Status
 
 CHECK = all_checks()["gpu.nvlink"]
@@ -21,7 +23,9 @@ NOT_SUPPORTED = {"code": 3, "name": "NVML_ERROR_NOT_SUPPORTED", "message": "Not 
 pytestmark = pytest.mark.usefixtures("fresh_nvml_cache")
 
 
-def judge(path: Path, state: Path, phase: str = "prolog", **options):
+def judge(path: Path, state: Path, phase: str = "prolog", report_only=None, **options):
+    """The check's results as a run judges them: the site's `report_only` (None: not set)
+    applied to its new signals (run/report_only.py)."""
     nvml.clear_cache()
     ctx = make_ctx(
         phase=phase,
@@ -29,7 +33,8 @@ def judge(path: Path, state: Path, phase: str = "prolog", **options):
         nvml=f"replay:{path}",
         state_dir=state,
     )
-    return [(r.status, r.component, r.message) for r in CHECK.func(ctx)]
+    rules = {CHECK.id: ReportOnly.resolve(report_only, CHECK.new_signals)}
+    return [(r.status, r.component, r.message) for r in apply_report_only(CHECK.func(ctx), rules)]
 
 
 def h100_pcie_pair(tmp_path: Path, down: tuple[int, ...] = ()) -> Path:
@@ -109,11 +114,21 @@ def test_nvlink5_counters_rising_warn_until_a_site_makes_them_fail(tmp_path):
     assert judge(_blackwell(tmp_path), state)[0][0] is Status.PASS
     rising = _blackwell(tmp_path, link_recovery_failed=2)
     assert judge(rising, state, phase="manual") == [
-        (Status.WARN, "gpu0", "NVLink 3 link_recovery_failed errors +2 since last run"),
+        (
+            Status.WARN,
+            "gpu0",
+            "report-only: NVLink 3 link_recovery_failed errors +2 since last run",
+        ),
         (Status.PASS, "gpu1-7", "7 GPUs: 18 NVLinks active"),
     ]
     [failed, _] = judge(rising, state, phase="manual", report_only=[])
     assert failed[0] is Status.FAIL
+    # the site enables every new signal of the check: the same rise drains
+    assert judge(rising, state, phase="manual", report_only=False)[0][0] is Status.FAIL
+    # a legacy counter rising beside a new one is not report-only: it drains
+    judge(_blackwell(tmp_path, recovery=0), state)  # a hook run keeps a baseline with it
+    mixed = _blackwell(tmp_path, link_recovery_failed=4, recovery=1)
+    assert judge(mixed, state, phase="manual")[0][0] is Status.FAIL
     # symbol errors are corrected by FEC: a rise far under the default allowance passes
     assert judge(_blackwell(tmp_path, symbol_errors=5000), state)[0][0] is Status.PASS
 

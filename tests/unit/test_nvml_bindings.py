@@ -487,6 +487,15 @@ def test_h100_values_in_nvml_units(library):
     assert gpu.fabric.healthMask == 0  # read from the versioned struct, not dropped
 
 
+def test_h100_has_no_nvlink_domain_and_no_c2c(library):
+    """An HGX H100 registers with its node's fabric manager, in no multi-node domain: NVML's
+    clusterUuid is all zero (meta-pytorch/torchcomms #1385), kept as none, clique with it;
+    a discrete GPU answers the NVLink-C2C count NOT_SUPPORTED."""
+    gpu = library("h100-sxm-565.txt").gpus[0]
+    assert (gpu.fabric.clusterUuid, gpu.fabric.cliqueId) == (None, None)
+    assert gpu.c2c_links is None and gpu.errors["c2c"].code == NOT_SUPPORTED
+
+
 def test_h100_nvlinks_from_its_published_nvlink_status_and_errors(library):
     gpu = library("h100-sxm-565.txt").gpus[0]
     # `nvidia-smi nvlink -s`: Link 0..17 at 26.562 GB/s; `-e`: replay, recovery, CRC 0 each

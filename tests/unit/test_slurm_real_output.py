@@ -18,7 +18,8 @@ from nodecheck.slurm.node_json import parse_node_json, scontrol_offers_json
 from nodecheck.slurm.scontrol import parse_show_node
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm"
-RELEASES = sorted(p.name for p in REAL.iterdir() if p.is_dir())
+# Release directories (22.05, 24.11 ...); topology/ holds topology files, not a release.
+RELEASES = sorted(p.name for p in REAL.iterdir() if p.is_dir() and p.name[:1].isdigit())
 JSON_RELEASES = [r for r in RELEASES if (REAL / r / "scontrol-json-show-node.json").exists()]
 
 # The reasons the capture set (tools/slurm-roots/capture-slurm-output.py).

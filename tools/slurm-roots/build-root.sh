@@ -9,7 +9,9 @@
 # the sorted package list. Steps leave stamps inside the root and are skipped once done:
 # debootstrap --variant=minbase, then apt-get install --no-install-recommends in the root.
 # A finished root is never changed by this script again; a new package list is a new root.
-# Environment: DEBIAN_MIRROR (default: the host's own apt mirror). Root only.
+# Environment: DEBIAN_MIRROR (default: the host's own apt mirror); NODECHECK_ROOT_ARCH (a
+# foreign Debian architecture, e.g. arm64: debootstrap --arch, programs run by qemu-user
+# through binfmt_misc; lib.sh ensure_foreign_arch). Root only.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -44,6 +46,7 @@ flock 9 # another build of the same root finishes first; then its stamps make ou
 [ -z "$(root_mounts "$ROOT")" ] \
   || die "something is mounted under $ROOT: $(root_mounts "$ROOT" | tr '\n' ' ')"
 TOTAL_T0=$(now)
+ensure_foreign_arch "$(root_arch)"
 
 # ---------------------------------------------------------------------------- debootstrap
 t0=$(now)
@@ -59,11 +62,14 @@ else
   [ -n "$mirror" ] || die "no Debian mirror found in /etc/apt; set DEBIAN_MIRROR"
   [ -e "$ROOT" ] && { log "removing unfinished $ROOT"; rm -rf --one-file-system "$ROOT"; }
   mkdir -p "$ROOT"
-  log "debootstrap --variant=minbase $SUITE from $mirror"
-  debootstrap --variant=minbase "$SUITE" "$ROOT" "$mirror" >"$ROOT.debootstrap.log" 2>&1 \
+  arch=$(root_arch)
+  log "debootstrap --variant=minbase --arch=$arch $SUITE from $mirror"
+  debootstrap --variant=minbase --arch="$arch" "$SUITE" "$ROOT" "$mirror" \
+    >"$ROOT.debootstrap.log" 2>&1 \
     || { tail -n 20 "$ROOT.debootstrap.log" >&2; die "debootstrap failed (log: $ROOT.debootstrap.log)"; }
   mkdir -p "$STAMPS"
   echo "$mirror" >"$STAMPS/debootstrap"
+  echo "$arch" >"$STAMPS/arch" # in-root.sh registers qemu-user again for a foreign one
   step_done debootstrap "$t0" "minbase $SUITE"
 fi
 

@@ -29,6 +29,8 @@ ROOT=$(cd "$1" && pwd)
 shift
 [ "$(id -u)" = 0 ] || die "needs root (namespaces, chroot)"
 [ -f "$ROOT/.nodecheck-stamps/packages" ] || die "$ROOT is not a finished root (build-root.sh)"
+# A foreign-architecture root (NODECHECK_ROOT_ARCH at build time) runs under qemu-user.
+[ ! -f "$ROOT/.nodecheck-stamps/arch" ] || ensure_foreign_arch "$(cat "$ROOT/.nodecheck-stamps/arch")"
 command -v ip >/dev/null || die "needs iproute2's ip on the host"
 if [ -n "${NODECHECK_ROOT_OUT:-}" ]; then
   mkdir -p "$NODECHECK_ROOT_OUT"

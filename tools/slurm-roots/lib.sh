@@ -18,8 +18,35 @@ roots_cache() { printf '%s\n' "${NODECHECK_ROOTS_CACHE:-/var/cache/nodecheck/roo
 root_key() { # suite package...
   local suite=$1
   shift
-  printf '%s %s' "$suite" "$(printf '%s\n' "$@" | sort -u | tr '\n' ' ')" \
+  # A foreign architecture (NODECHECK_ROOT_ARCH, e.g. arm64 under qemu-user) is part of the
+  # key; the host's own keeps the keys of the roots already cached.
+  local arch=""
+  [ "$(root_arch)" = "$(dpkg --print-architecture)" ] || arch=" arch=$(root_arch)"
+  printf '%s %s%s' "$suite" "$(printf '%s\n' "$@" | sort -u | tr '\n' ' ')" "$arch" \
     | sha256sum | cut -c1-12
+}
+
+# The Debian architecture of the roots to build: the host's, or NODECHECK_ROOT_ARCH.
+root_arch() { printf '%s\n' "${NODECHECK_ROOT_ARCH:-$(dpkg --print-architecture)}"; }
+
+# A foreign-architecture root runs its programs through qemu-user (binfmt_misc, with the F
+# flag so chroots find the interpreter): install qemu-user-static, mount binfmt_misc and
+# register the architecture from the package's own binfmt.d file when not done yet.
+ensure_foreign_arch() { # debian-arch
+  local arch=$1 qemu
+  case "$arch" in arm64) qemu=aarch64 ;; ppc64el) qemu=ppc64le ;; *) qemu=$arch ;; esac
+  [ "$arch" = "$(dpkg --print-architecture)" ] && return 0
+  if [ ! -f "/usr/lib/binfmt.d/qemu-$qemu.conf" ]; then
+    log "installing qemu-user-static on the host (for $arch roots)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static >/dev/null 2>&1 \
+      || die "cannot install qemu-user-static"
+  fi
+  [ -e /proc/sys/fs/binfmt_misc/register ] \
+    || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc \
+    || die "cannot mount binfmt_misc (a container without the right?)"
+  [ -e "/proc/sys/fs/binfmt_misc/qemu-$qemu" ] \
+    || cat "/usr/lib/binfmt.d/qemu-$qemu.conf" >/proc/sys/fs/binfmt_misc/register \
+    || die "cannot register qemu-$qemu with binfmt_misc"
 }
 root_path() { # suite package...
   printf '%s/%s-%s\n' "$(roots_cache)" "$1" "$(root_key "$@")"

@@ -34,6 +34,18 @@ B200_DATASHEET = (
     "(nvidia.com/en-us/data-center/hgx; per GPU at 1,000 W, sparsity figures halved)"
 )
 
+B300_SPECS = (
+    "NVIDIA HGX B300 specifications (nvidia.com/en-us/data-center/hgx: 8 GPUs, FP16/BF16 36 "
+    "and TF32 18 PFLOPS with sparsity, 1.8 TB/s GPU-to-GPU NVLink, up to 8 TB/s HBM3e per "
+    "GPU), as reproduced by fibermall.com/blog/?p=17161 and acecloud.ai/blog/nvidia-hgx-b300; "
+    "per GPU and dense (halved); dense figures agree with glennklockwood.com/garden/processors/B300"
+)
+NVL72_SPECS = (
+    "NVIDIA {rack} specifications (nvidia.com/en-us/data-center/{page}: 72 GPUs, FP16/BF16 "
+    "360 and TF32 180 PFLOPS with sparsity, 576 TB/s HBM3e, 130 TB/s NVLink), per GPU "
+    "(divided by 72) and dense (halved)"
+)
+
 
 @dataclass(frozen=True)
 class GpuSpec:
@@ -159,6 +171,42 @@ SPECS: tuple[GpuSpec, ...] = (
         nvlink_gbps=1800,
         source=B200_DATASHEET,
         note="the GPU supports PCIe Gen6; HGX B200 hosts run the link at Gen5",
+        nvlink_link_gbps=100.0,
+    ),
+    GpuSpec(
+        "B300",
+        ("NVIDIA B300 SXM6 AC",),  # the name NVML gives an HGX B300's GPUs
+        {"bf16": 2250, "fp16": 2250, "tf32": 1125},
+        hbm_gbps=8000,
+        pcie_gen=5,
+        host_gbps=64,
+        nvlink_gbps=1800,
+        source=B300_SPECS,
+        note="PCIe Gen6 GPU; judged at Gen5, what a Gen5 host link gives (a Gen6 host beats it)",
+        nvlink_link_gbps=100.0,
+    ),
+    GpuSpec(
+        "GB200",
+        ("NVIDIA GB200",),
+        {"bf16": 2500, "fp16": 2500, "tf32": 1250},
+        hbm_gbps=8000,
+        pcie_gen=5,
+        host_gbps=0,  # host memory is behind NVLink-C2C (Grace), no per-GPU figure published
+        nvlink_gbps=1800,
+        source=NVL72_SPECS.format(rack="GB200 NVL72", page="gb200-nvl72"),
+        note="host<->device over NVLink-C2C: judged against the node's median GPU",
+        nvlink_link_gbps=100.0,
+    ),
+    GpuSpec(
+        "GB300",
+        ("NVIDIA GB300",),
+        {"bf16": 2500, "fp16": 2500, "tf32": 1250},
+        hbm_gbps=8000,
+        pcie_gen=5,
+        host_gbps=0,  # as GB200: NVLink-C2C
+        nvlink_gbps=1800,
+        source=NVL72_SPECS.format(rack="GB300 NVL72", page="gb300-nvl72"),
+        note="host<->device over NVLink-C2C: judged against the node's median GPU",
         nvlink_link_gbps=100.0,
     ),
 )

@@ -70,7 +70,7 @@ def pair_reference(
         return PairRef(figure, source, opts["min_fraction"], link.path)
     if link.kind == "nvlink":
         return PairRef(None, f"{link.path}, model not in the table: node median", 0.0, link.path)
-    if link.path in ("PIX", "PXB") and peer_access and spec is not None:
+    if link.path in ("PIX", "PXB") and peer_access and spec is not None and spec.host_gbps:
         figure = 2 * spec.host_gbps
         source = f"PCIe gen{spec.pcie_gen} x16 both ways via {link.path} ({spec.model})"
         return PairRef(figure, source, opts["pcie_min_fraction"], link.path)

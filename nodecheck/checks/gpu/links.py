@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.run.results import SIGNALS_KEY, CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu
@@ -89,7 +89,15 @@ NVLINK_STATE_VERSION = 2
 NVLINK_STATE_BUSY_MS = 2000
 # Every counter the collector reads, with its default allowed rise (nvml/model.py's table).
 DEFAULT_NVLINK_RISE = {spec.name: spec.max_rise for spec in nvml_model.NVLINK_COUNTER_SPECS}
-REPORT_ONLY = {spec.name for spec in nvml_model.NVLINK_COUNTER_SPECS if spec.report_only}
+# Counters new to a platform (NVLink5 on Blackwell): their rise is report-only until the site
+# says otherwise (`report_only`, run/report_only.py): their allowances are not measured yet.
+NEW_COUNTERS = {
+    spec.name: "Blackwell NVLink5 counter (allowance not yet measured on real nodes)"
+    for spec in nvml_model.NVLINK_COUNTER_SPECS
+    if spec.report_only
+}
+# NVLink-C2C (Grace parts): new to nodecheck everywhere it exists.
+NEW_SIGNALS = {**NEW_COUNTERS, "c2c": "GH200/GB200/GB300: an NVLink-C2C link not active"}
 
 
 @check(
@@ -114,18 +122,14 @@ REPORT_ONLY = {spec.name for spec in nvml_model.NVLINK_COUNTER_SPECS if spec.rep
             "effective_errors, symbol_errors): rise allowed between two runs on one link",
             item=int,
         ),
-        "report_only": Option(
-            list,
-            sorted(REPORT_ONLY),
-            "counters whose rise only WARNs (the NVLink5 ones until a site has seen them on "
-            "its own Blackwell parts); [] makes every counter FAIL",
-            item=str,
-        ),
         "max_window_s": Option(
             (int, float), 86400, "a reading older than this is only a new baseline"
         ),
         "only_job_gpus": ONLY_JOB_GPUS,
     },
+    new_signals=NEW_SIGNALS,
+    # the legacy counters too: a site may list them in report_only as well
+    signals={spec.name: "NVLink error counter" for spec in nvml_model.NVLINK_COUNTER_SPECS},
 )
 def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     """A down NVLink makes GPU<->GPU traffic take the slow path or NCCL fail outright;
@@ -140,10 +144,9 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     cid = "gpu.nvlink"
     opts = ctx.options
     limits = {**DEFAULT_NVLINK_RISE, **opts["max_increase"]}
-    report_only = set(opts["report_only"])
-    unknown = (set(limits) | report_only) - set(DEFAULT_NVLINK_RISE)
+    unknown = set(limits) - set(DEFAULT_NVLINK_RISE)
     if unknown:
-        raise ValueError(f"max_increase/report_only: unknown counters {sorted(unknown)}")
+        raise ValueError(f"max_increase: unknown counters {sorted(unknown)}")
     snap = _snapshot(ctx)
     readings: dict[str, dict[str, dict[str, int]]] = {}
     seen: dict[str, list[int]] = {}  # per GPU UUID: every link ever seen active
@@ -151,6 +154,7 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     boot, now = _boot_id(ctx), time.time()
 
     def judge(gpu: Gpu) -> Iterator[CheckResult]:
+        yield from _c2c(cid, gpu)
         err = gpu.errors.get("nvlink")
         if err is not None and not gpu.nvlinks:
             if err.not_supported and opts["expected_active"]:
@@ -212,8 +216,9 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
             link, counter, delta = max(over, key=lambda item: item[2] - limits.get(item[1], 0))
             more = f" (+{len(over) - 1} more)" if len(over) > 1 else ""
             msg = f"NVLink {link} {counter} errors +{delta} since last run{more}"
-            level = Status.FAIL if any(c not in report_only for _, c, _ in over) else Status.WARN
-            yield _result(cid, level, msg, gpu, sev="medium", act="admin", **values)
+            # The counters it rests on: report-only while all of them are new signals.
+            values[SIGNALS_KEY] = sorted({c for _, c, _ in over})
+            yield _result(cid, Status.FAIL, msg, gpu, sev="medium", act="admin", **values)
         else:
             unjudged = [n for n in inactive if n not in down]
             note = f" ({len(unjudged)} inactive, never seen active)" if unjudged else ""
@@ -246,6 +251,20 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
         yield _result(cid, Status.ERROR, msg[:240])
         return
     yield from results
+
+
+def _c2c(cid: str, gpu: Gpu) -> Iterator[CheckResult]:
+    """The Grace CPU <-> GPU link (NVML_FI_DEV_C2C_LINK_*): a link NVML lists but reports
+    inactive FAILs (report-only until enabled: signal "c2c"); a GPU without C2C, or whose
+    C2C status cannot be read, says nothing here (the NVLink verdict stands alone)."""
+    links = gpu.c2c_links
+    if not links or all(links):
+        return
+    down = [n for n, status in enumerate(links) if not status]
+    active = len(links) - len(down)
+    msg = f"NVLink-C2C link {_list(down)} inactive ({active}/{len(links)} active)"
+    values = {"c2c_links": list(links), SIGNALS_KEY: ["c2c"]}
+    yield _result(cid, Status.FAIL, msg, gpu, sev="high", act="reboot", **values)
 
 
 def _list(items: list[int]) -> str:

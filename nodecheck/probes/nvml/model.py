@@ -96,6 +96,11 @@ NVLINK_COUNTERS = ("replay", "recovery", "crc_flit", "crc_data", "ecc_data")
 # are used even where an older pynvml lacks the name).
 FI_NVLINK_LINK_COUNT = 91  # NVML_FI_DEV_NVLINK_LINK_COUNT: "Number of NVLinks present"
 FI_GPU_RECOVERY_ACTION = 230  # NVML_FI_DEV_GET_GPU_RECOVERY_ACTION (R565 on)
+# NVLink-C2C, the Grace CPU <-> GPU link of GH200/GB200/GB300 (nvml.h, change log v515-v520):
+# the link count, then per link (scopeId) its status, 0 INACTIVE 1 ACTIVE. NCCL and UCX read
+# them the same way to decide whether host memory is behind C2C.
+FI_C2C_LINK_COUNT = 170  # NVML_FI_DEV_C2C_LINK_COUNT
+FI_C2C_LINK_STATUS = 171  # NVML_FI_DEV_C2C_LINK_GET_STATUS
 # nvml.h's NVML_NVLINK_MAX_LINKS is 18 up to R580 and 36 from R590 (NVML change log, "Changes
 # between v580 and v590", "for more NvLinks in Rubin"); pynvml follows its release. The
 # collector asks up to the newest header's number whatever pynvml says, so a snapshot does not
@@ -198,12 +203,17 @@ class NvLink:
 
 @dataclass(frozen=True)
 class FabricInfo:
-    """nvmlDeviceGetGpuFabricInfo(V): state is nvmlGpuFabricState_t, status an nvmlReturn_t."""
+    """nvmlDeviceGetGpuFabricInfo(V): state is nvmlGpuFabricState_t, status an nvmlReturn_t.
+    clusterUuid (NVML's 16 bytes as a UUID string; None when all zero, as an H100 without a
+    multi-node NVLink domain reports it) and cliqueId name the NVLink domain and partition
+    the GPU registered in (GB200/GB300 NVL72: every GPU of a rack shares them)."""
 
     state: int
     status: int
     healthMask: int | None = None
     healthSummary: int | None = None
+    clusterUuid: str | None = None
+    cliqueId: int | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +275,9 @@ class Gpu:
     # nvmlDeviceGpuRecoveryAction_t; its meaning depends on the driver branch:
     # nodecheck/probes/recovery_action.py
     recovery_action: int | None = None
+    # NVLink-C2C (Grace parts): each link's status (FI_C2C_LINK_STATUS: 1 active, 0 not);
+    # None where NVML has none (errors["c2c"]: NOT_SUPPORTED on every discrete GPU).
+    c2c_links: tuple[int, ...] | None = None
     # Field name (or call group: "handle", "ecc_mode", "mig_mode", "nvlink") -> NVML error.
     errors: Mapping[str, NvmlError] = field(default_factory=dict)
 
@@ -397,5 +410,7 @@ def _gpu(data: Mapping[str, Any]) -> Gpu:
             values[key] = tuple(ProcessInfo(**p) for p in values[key])
     if values.get("memory") is not None:
         values["memory"] = MemoryInfo(**values["memory"])
+    if values.get("c2c_links") is not None:
+        values["c2c_links"] = tuple(int(v) for v in values["c2c_links"])
     values["errors"] = _errors(values.get("errors"))
     return Gpu(**values)

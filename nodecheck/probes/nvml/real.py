@@ -16,6 +16,8 @@ from typing import Any
 from nodecheck.probes.nvml import fields, nvlink
 from nodecheck.probes.nvml.model import (
     ARGUMENT_VERSION_MISMATCH,
+    FI_C2C_LINK_COUNT,
+    FI_C2C_LINK_STATUS,
     FI_GPU_RECOVERY_ACTION,
     FUNCTION_NOT_FOUND,
     FabricInfo,
@@ -210,7 +212,50 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
         errors["recovery_action"] = err
     else:
         values["recovery_action"] = action
+    c2c, err = _c2c_links(call, handle, where)
+    if err is not None:
+        errors["c2c"] = err
+    else:
+        values["c2c_links"] = c2c
     return Gpu(**values, errors=errors)
+
+
+def _c2c_links(call: _Caller, handle: Any, where: str) -> tuple[tuple[int, ...] | None, Any]:
+    """NVLink-C2C (Grace parts): the link count, then every link's status in one call, as
+    NCCL reads them. A GPU without C2C answers the count NOT_SUPPORTED (kept as the error)."""
+    answers, err = fields.read(call, handle, [FI_C2C_LINK_COUNT], where)
+    if err is not None:
+        return None, err
+    count, err = answers[0]
+    if err is not None or not count:
+        return (None, err) if err is not None else ((), None)
+    answers, err = fields.read(
+        call, handle, [(FI_C2C_LINK_STATUS, link) for link in range(int(count))], where
+    )
+    if err is not None:
+        return None, err
+    first = next((e for _, e in answers if e is not None), None)
+    if first is not None:
+        return None, first
+    return tuple(int(v or 0) for v, _ in answers), None
+
+
+def _domain(info: Any) -> dict[str, Any]:
+    """clusterUuid and cliqueId of a fabric-info struct; both None without a domain (an
+    all-zero UUID): a clique number means nothing outside one."""
+    uuid = _uuid_text(getattr(info, "clusterUuid", None))
+    clique = int(getattr(info, "cliqueId", 0)) if uuid is not None else None
+    return {"clusterUuid": uuid, "cliqueId": clique}
+
+
+def _uuid_text(raw: Any) -> str | None:
+    """NVML's clusterUuid (16 unsigned chars) as a UUID string; None when all zero (no
+    multi-node NVLink domain: an HGX H100 reports zeros with state COMPLETED)."""
+    data = bytes(int(b) & 0xFF for b in raw)[:16] if raw is not None else b""
+    if len(data) != 16 or not any(data):
+        return None
+    text = data.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def _processes(procs: Iterable[Any]) -> tuple[ProcessInfo, ...]:
@@ -246,6 +291,7 @@ def _collect_fabric(
                     status=int(info.status),
                     healthMask=int(info.healthMask),
                     healthSummary=int(getattr(info, "healthSummary", 0)) or None,
+                    **_domain(info),
                 ),
                 None,
             )
@@ -258,4 +304,11 @@ def _collect_fabric(
     _, err = call("nvmlDeviceGetGpuFabricInfo", handle, ctypes.byref(info), where=where)
     if err is not None:
         return None, err
-    return FabricInfo(state=int(info.state), status=int(info.status)), None
+    return (
+        FabricInfo(
+            state=int(info.state),
+            status=int(info.status),
+            **_domain(info),
+        ),
+        None,
+    )
