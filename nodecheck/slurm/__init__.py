@@ -7,6 +7,8 @@ CLI (always present where Slurm is). `select_backend` chooses and says why.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +33,34 @@ def call_timeout(default: float) -> float:
     if _call_deadline is None:
         return default
     return min(default, _call_deadline - time.monotonic() - 0.1)
+
+
+def run_slurm_tool(
+    args: list[str], slurm_conf: str | None, timeout_s: float, what: str
+) -> subprocess.CompletedProcess:
+    """Run one Slurm command (scontrol, sinfo, sacct, sacctmgr): argument list, a clean
+    environment with the site's SLURM_CONF, bounded by `timeout_s` and the run's budget
+    (call_timeout). Its failure to run at all is a SlurmError naming `what`; its exit
+    status is the caller's to judge (`failed`)."""
+    from nodecheck.run.bounded import run_command
+
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    conf = slurm_conf or os.environ.get("SLURM_CONF")
+    if conf:
+        env["SLURM_CONF"] = conf
+    timeout = call_timeout(timeout_s)
+    if timeout <= 0:
+        raise SlurmError(f"{what}: not attempted, the run's time budget is spent")
+    try:
+        return run_command(args, timeout, env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SlurmError(f"{what}: {exc}") from exc
+
+
+def failed(proc: subprocess.CompletedProcess, what: str) -> SlurmError:
+    """The error a Slurm command's non-zero exit makes, with what it said."""
+    detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")[:300]
+    return SlurmError(f"{what} failed (rc={proc.returncode}): {detail}")
 
 
 def format_reason_time(epoch: int) -> str:

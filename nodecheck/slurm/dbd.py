@@ -14,14 +14,11 @@ text (the reason) last, so a `|` inside a reason cannot shift the other fields.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime
 
 from nodecheck.hostlist import is_plain_node_name
-from nodecheck.run.bounded import run_command
-from nodecheck.slurm import SlurmError, call_timeout
+from nodecheck.slurm import SlurmError, failed, run_slurm_tool
 
 # Order matters: parse_events reads them back in this order, Reason last (free text).
 EVENT_FIELDS = ("Cluster", "NodeName", "Start", "End", "State", "StateRaw", "User", "Reason")
@@ -152,21 +149,11 @@ class DbdReader:
         self.count = CallCount()
 
     def _run(self, args: list[str]) -> str:
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-        conf = self.slurm_conf or os.environ.get("SLURM_CONF")
-        if conf:
-            env["SLURM_CONF"] = conf
-        timeout = call_timeout(self.timeout_s)
-        if timeout <= 0:
-            raise SlurmError(f"{args[0]}: not attempted, the run's time budget is spent")
-        try:
-            proc = run_command(args, timeout, env)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SlurmError(f"{args[0]} {' '.join(args[3:5])}: {exc}") from exc
+        what = f"{args[0]} {' '.join(args[3:5])}"
+        proc = run_slurm_tool(args, self.slurm_conf, self.timeout_s, what)
         self.count = CallCount(self.count.calls + 1, self.count.bytes_read + len(proc.stdout))
         if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")[:300]
-            raise SlurmError(f"sacctmgr show event failed (rc={proc.returncode}): {detail}")
+            raise failed(proc, "sacctmgr show event")
         return proc.stdout
 
     def events(
@@ -301,16 +288,8 @@ def read_jobs(
     sacct: str, slurm_conf: str | None, *, start: float, end: float, timeout_s: float = 30.0
 ) -> list[JobRecord]:
     """The jobs that ended FAILED or NODE_FAIL between start and end, cluster-wide."""
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-    conf = slurm_conf or os.environ.get("SLURM_CONF")
-    if conf:
-        env["SLURM_CONF"] = conf
     args = job_args(sacct, start=start, end=end)
-    try:
-        proc = run_command(args, timeout_s, env)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SlurmError(f"{sacct}: {exc}") from exc
+    proc = run_slurm_tool(args, slurm_conf, timeout_s, sacct)
     if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")[:300]
-        raise SlurmError(f"sacct failed (rc={proc.returncode}): {detail}")
+        raise failed(proc, "sacct")
     return parse_jobs(proc.stdout)

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 from nodecheck.hostlist import is_plain_node_name
-from nodecheck.run.bounded import run_command
-from nodecheck.slurm import NodeInfo, SlurmError, call_timeout, claims
+from nodecheck.slurm import NodeInfo, SlurmError, claims, failed, run_slurm_tool
 from nodecheck.slurm.claims import Claim, PartitionInfo, parse_claims, parse_partition
 from nodecheck.slurm.node_json import parse_node_json, scontrol_offers_json
 
@@ -200,23 +198,12 @@ class ScontrolBackend:
         self.license_claims = True
 
     def _run(self, args: list[str]) -> str:
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-        conf = self.slurm_conf or os.environ.get("SLURM_CONF")
-        if conf:
-            env["SLURM_CONF"] = conf
-        timeout = call_timeout(self.timeout_s)
-        if timeout <= 0:
-            raise SlurmError(f"{args[0]} {args[1]}: not attempted, the run's time budget is spent")
-        try:
-            proc = run_command(args, timeout, env)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SlurmError(f"{args[0]} {args[1]}: {exc}") from exc
+        proc = run_slurm_tool(args, self.slurm_conf, self.timeout_s, f"{args[0]} {args[1]}")
         if args[1] != "--help":  # --help contacts no daemon
             self.calls += 1
             self.bytes_read += len(proc.stdout)
         if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")[:300]
-            raise SlurmError(f"{' '.join(args[1:3])} failed (rc={proc.returncode}): {detail}")
+            raise failed(proc, " ".join(args[1:3]))
         return proc.stdout
 
     def _output(self) -> str:
