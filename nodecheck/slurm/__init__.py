@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,7 +37,11 @@ def call_timeout(default: float) -> float:
 
 
 def run_slurm_tool(
-    args: list[str], slurm_conf: str | None, timeout_s: float, what: str
+    args: list[str],
+    slurm_conf: str | None,
+    timeout_s: float,
+    what: str,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run one Slurm command (scontrol, sinfo, sacct, sacctmgr): argument list, a clean
     environment with the site's SLURM_CONF, bounded by `timeout_s` and the run's budget
@@ -44,7 +49,7 @@ def run_slurm_tool(
     status is the caller's to judge (`failed`)."""
     from nodecheck.run.bounded import run_command
 
-    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", **(extra_env or {})}
     conf = slurm_conf or os.environ.get("SLURM_CONF")
     if conf:
         env["SLURM_CONF"] = conf

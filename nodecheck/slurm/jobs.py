@@ -8,15 +8,12 @@ codes (slurm/job_json.py); never from the prose `scontrol show job` prints as a 
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from nodecheck.log import get_logger
-from nodecheck.run.bounded import run_command
-from nodecheck.slurm import SlurmError, call_timeout
+from nodecheck.slurm import SlurmError, failed, run_slurm_tool
 from nodecheck.slurm.job_json import JobRecord, parse_squeue_json
 from nodecheck.slurm.scontrol import ScontrolBackend, checked_node_name, checked_reason
 
@@ -169,17 +166,9 @@ class SlurmJobs:
     def _run_with(self, args: list[str], extra: Mapping[str, str]) -> str:
         """The backend's call with `extra` added to the command's environment (the
         backend gives every command the same small one)."""
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", **extra}
-        conf = self.cli.slurm_conf or os.environ.get("SLURM_CONF")
-        if conf:
-            env["SLURM_CONF"] = conf
-        try:
-            proc = run_command(args, call_timeout(self.cli.timeout_s), env)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SlurmError(f"{args[0]}: {exc}") from exc
+        proc = run_slurm_tool(args, self.cli.slurm_conf, self.cli.timeout_s, args[0], extra)
         if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip().replace("\n", " ")[:300]
-            raise SlurmError(f"{Path(args[0]).name} failed (rc={proc.returncode}): {detail}")
+            raise failed(proc, Path(args[0]).name)
         return proc.stdout
 
     def jobs_named(self, job_name: str) -> list[JobRecord]:
