@@ -102,6 +102,7 @@ def run_validation_job(
         request = RunRequest(phase="manual", env=env, config_path=config_path, node=node,
                              check_patterns=checks_for_level(config, level))  # fmt: skip
         results = execute(request).results
+        results += _own_baseline(config, state_dir, results) if judge else []
     if not judge:
         summary = "partner of the fabric stage: measured against, not judged"
         log.warning("validation_partner", level=level, results=len(results))
@@ -136,6 +137,46 @@ def run_validation_job(
         failures_since_pass=past.failures_since_pass,
     )
     return JobOutcome(node, decision, taken, code)
+
+
+def _own_baseline(
+    config: Config, state_dir: os.PathLike, results: list[CheckResult]
+) -> list[CheckResult]:
+    """The deep figures against the node's own earlier validations (checks/trend/
+    baseline.py), stored for the next one: the WARN and FAIL results, which the ladder
+    judges with the rest. This job is the run that records the node's state (a manual run
+    never does). A state file that cannot be read or written is nodecheck's problem: said
+    in the log, and the validation judged on its deep checks alone (never held back, never
+    failed for it)."""
+    from pathlib import Path
+
+    from nodecheck.checks.trend import baseline
+    from nodecheck.run.results import Status
+
+    v = config.values
+    if not v["validate_baseline"]:
+        return []
+    limits = baseline.Limits(
+        warn_drop=float(v["validate_baseline_warn_drop"]),
+        fail_drop=float(v["validate_baseline_fail_drop"]),
+        min_runs=int(v["validate_baseline_min_runs"]),
+        window_days=float(v["validate_baseline_window_days"]),
+    )
+    try:
+        judged = baseline.compare(Path(state_dir), results, time.time(), limits)
+    except Exception as exc:  # the state file's failure is ours, never the node's
+        get_logger().error("deep_baseline_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return []
+    kept = [r for r in judged if r.status in (Status.WARN, Status.FAIL)]
+    if not judged:  # no GPU figure (a CPU-only node, or nothing measured): nothing to say
+        return []
+    get_logger().warning(
+        "deep_baseline", figures=len(judged), warn=sum(r.status is Status.WARN for r in kept),
+        fail=sum(r.status is Status.FAIL for r in kept),
+        young=sum(r.values.get("level") == "young" for r in judged),
+        found=[f"{r.check_id} {r.component}: {r.message}" for r in kept[:10]],
+    )  # fmt: skip
+    return kept
 
 
 def _fabric_rounds(

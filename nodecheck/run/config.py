@@ -122,6 +122,14 @@ _SETTINGS: dict[str, tuple[type | tuple[type, ...], Any]] = {
     "validate_fabric_partner_count": (int, 1),
     # > 0: the fabric stage runs deep.fabric once per GPU index 0..N-1 (one rail each).
     "validate_fabric_rails": (int, 0),
+    # validate-job keeps its deep figures per GPU in the series store and judges each against
+    # the median of the node's own earlier validations (checks/trend/baseline.py): WARN past
+    # warn_drop, FAIL past fail_drop in two validations in a row. 0 drop: that level off.
+    "validate_baseline": (bool, True),
+    "validate_baseline_warn_drop": ((int, float), 0.10),
+    "validate_baseline_fail_drop": ((int, float), 0.20),
+    "validate_baseline_min_runs": (int, 3),
+    "validate_baseline_window_days": ((int, float), 180),
     "escalation": (list, ["drain", "reboot", "replace"]),
     "alert_url": (str, ""),
 }
@@ -142,6 +150,10 @@ _RANGES: dict[str, tuple[float, float, bool, str]] = {
     "validate_idle_window_days": (0, 3650, True, ""),
     "validate_fabric_partner_count": (1, 64, False, ""),
     "validate_fabric_rails": (0, 64, False, " (0: one round)"),
+    "validate_baseline_warn_drop": (0, 1, False, " (0: off)"),
+    "validate_baseline_fail_drop": (0, 1, False, " (0: off)"),
+    "validate_baseline_min_runs": (1, 10, False, ""),
+    "validate_baseline_window_days": (0, 3650, True, ""),
     "breaker_max_drains": (0, 100_000, False, " (0: off)"),
     "breaker_window_min": (0, 7 * 1440, True, " (7 days)"),
     "breaker_jitter_s": (0, 10, False, " (0: off)"),
