@@ -94,6 +94,10 @@ class CheckContext:
     # The process Slurm started for this hook run: this one in-process, the client when
     # the agent runs it. It and its ancestors carry the job's environment but are ours.
     hook_pid: int | None = None
+    # The check's own timeout_s as configured: a check whose inner waits are options
+    # (fabric.preflight's join and measure) refuses a setting they would not fit in,
+    # rather than be killed at its deadline as "hung" (a FAIL) on every node at once.
+    timeout_s: float | None = None
 
     @property
     def keeps_state(self) -> bool:

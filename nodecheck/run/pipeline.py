@@ -211,6 +211,7 @@ def execute(req: RunRequest) -> RunOutcome:
                 nodecfg.settings,
                 nodecfg.checks[chk.id].options,
                 req.hook_pid or os.getpid(),
+                nodecfg.checks[chk.id].timeout_s,
             ),
             nodecfg.checks[chk.id].timeout_s,
         )

@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,6 +163,21 @@ def test_opt_in_per_partition():
     assert (result.status, result.message) == (Status.SKIP, "partition debug not among ['gpu']")
     assert JobInfo.from_env({"SLURM_JOB_PARTITION": "gpu"}).partition == "gpu"
     assert JobInfo.from_env({"SLURM_JOB_PARTITION": "a b"}).ignored == ("SLURM_JOB_PARTITION",)
+
+
+def test_options_that_do_not_fit_the_checks_timeout_are_an_error_not_a_hang(key_file, tmp_path):
+    """Killed at its deadline, the preflight would FAIL as hung on every node of the job:
+    a join/measure setting the check's timeout_s cannot hold is refused up front."""
+    job = JobInfo(job_id="5", nodelist="n[1-2]")
+    opts = options_of(CHECK, join_s=6.0, measure_s=5.0, key_file=str(key_file))
+    ctx = replace(make_ctx(job=job, options=opts), timeout_s=15.0)
+    [result] = CHECK.func(ctx)
+    assert result.status == Status.ERROR
+    assert "(18 s) exceeds the check's timeout_s (15 s)" in result.message
+    fits = replace(ctx, options={**opts, "join_s": 4.0}, timeout_s=15.0)
+    assert all(
+        r.status is not Status.ERROR or "timeout_s" not in r.message for r in CHECK.func(fits)
+    )
 
 
 def test_missing_or_open_key_is_an_error_not_a_verdict(tmp_path, key_file):

@@ -88,6 +88,15 @@ def fabric_preflight(ctx: CheckContext) -> Iterator[CheckResult]:
         problems.append("port .. port + port_span - 1 must be within 1-65535")
     if opts["join_s"] + opts["measure_s"] > 60:
         problems.append("join_s + measure_s must be at most 60")
+    # A member may wait for the others to join after it did, then for the measurement:
+    # the whole preflight must end before the runner's deadline, or every node of the job
+    # would be killed there and FAIL as "hung" for a setting.
+    needed = 2 * opts["join_s"] + opts["measure_s"] + opts["resolve_timeout_s"]
+    if ctx.timeout_s is not None and needed > ctx.timeout_s:
+        problems.append(
+            f"2 x join_s + measure_s + resolve_timeout_s ({needed:g} s) exceeds the check's "
+            f"timeout_s ({ctx.timeout_s:g} s)"
+        )
     if problems:
         yield CheckResult(ID, Status.ERROR, "bad options: " + "; ".join(problems))
         return
