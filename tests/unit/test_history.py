@@ -14,8 +14,8 @@ import pytest
 
 from nodecheck.checks.registry import all_checks
 from nodecheck.run import pipeline as app
-from nodecheck.run.config import ConfigError, Hysteresis, parse_config
 from nodecheck.run.breaker import RATE_SLOT
+from nodecheck.run.config import ConfigError, Hysteresis, parse_config
 from nodecheck.run.reason import MAX_REASON, format_reason, parse_reason
 from nodecheck.run.results import CheckResult, Status
 from nodecheck.slurm import NodeInfo, set_call_deadline
