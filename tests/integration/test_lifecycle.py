@@ -71,6 +71,11 @@ def test_prolog_drain_comes_back_by_itself_through_health_check_program(make_slu
         lambda: events(work, "resume", node="n1"), 30, message="the resume log line"
     )
     assert resume["result"] == "resumed" and resume["passes"] == 2
+    # ... and its record (the metrics file is written last): a reconfigure while the health
+    # run is still recording stops it there, and the resume goes uncounted.
+    cluster.wait_for(
+        lambda: metric(work, "n1", "nodecheck_resumes_total") == 1, 30, message="resume recorded"
+    )
     pending = [e for e in events(work, "verdict", node="n1") if e["phase"] == "health"]
     assert any(e["action"] == "passed 1/2 before resume" for e in pending)
     assert not events(work, "drain", node="n2") and not drained(cluster, "n2")

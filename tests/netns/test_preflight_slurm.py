@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +109,16 @@ def test_slow_host_is_drained_and_the_job_runs_on_healthy_nodes(slurm_lab):
         message="job requeued",
     )
     assert "Reason=BeginTime" in pending and "Restarts=1" in pending, pending
+    # Only once the first attempt has ended everywhere (its epilogs done, every healthy node
+    # idle again): a rerun dispatched onto a node still completing the first one made
+    # 22.05's slurmd wait for a prolog notification that never came and drain the node
+    # ("Prolog or job env setup failure"). Slurm's own two-minute delay gives the same.
+    cluster.wait_for(
+        lambda: all(cluster.node_states().get(n) == "idle" for n in ("n1", "n3", "n4")),
+        30,
+        message="the first attempt ended on every healthy node",
+    )
+    time.sleep(5)  # and slurmd done with the first attempt's batch step (not in sinfo)
     cluster.scontrol("update", f"JobId={job}", "StartTime=now")
     cluster.wait_for(lambda: cluster.job_state(job) == "COMPLETED", 30, message="job rerun")
     shown = cluster.scontrol("show", "job", str(job)).stdout
