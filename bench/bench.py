@@ -423,7 +423,7 @@ def main() -> int:
             "prometheus_client",
             "pyslurm",
             "nodecheck.slurm",
-            "nodecheck.slurm.act",
+            "nodecheck.run.act",
             "subprocess",
             "asyncio",
         )

@@ -1,4 +1,3 @@
 """nodecheck: Slurm Prolog/Epilog node health checks for GPU clusters."""
 
 __version__ = "0.1.0"
-REASON_PREFIX = "nodecheck:"

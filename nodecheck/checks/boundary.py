@@ -20,7 +20,7 @@ import traceback as tb
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 T = TypeVar("T")
 

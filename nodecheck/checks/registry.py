@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.run.codes import PHASES, TIERS
-from nodecheck.run.results import REMEDIES, SEVERITIES, CheckResult, Status
+from nodecheck.core.codes import PHASES, TIERS
+from nodecheck.core.results import REMEDIES, SEVERITIES, CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.checks.context import CheckContext

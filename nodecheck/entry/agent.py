@@ -28,13 +28,13 @@ import threading
 import time
 from pathlib import Path
 
+from nodecheck.core.codes import HOOK_PHASES
 from nodecheck.entry.agent_client import DEFAULT_SOCKET, REQUEST_MAGIC, peer_credentials
 from nodecheck.entry.agent_status import STATUS_PHASE
 from nodecheck.entry.hook import HookArgs
 from nodecheck.log import get_logger
 from nodecheck.probes import kernlog
 from nodecheck.run import pool
-from nodecheck.run.codes import HOOK_PHASES
 from nodecheck.selftest.agent_side import SELFTEST_PHASE, Timer
 
 MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB
@@ -49,7 +49,7 @@ WARM_MODULES = (
     "nodecheck.run.keeper",
     "nodecheck.checks.deep.judge",  # bound lazily by the deep family (checks/__init__.py)
     "nodecheck.probes.host",  # psutil, bound lazily by the host family
-    "nodecheck.slurm.act",
+    "nodecheck.run.act",
     "nodecheck.run.gather",
     "nodecheck.run.record",
     "nodecheck.run.breaker",
@@ -59,7 +59,7 @@ WARM_MODULES = (
     "nodecheck.probes.nvml.model",
     "nodecheck.probes.nvml.replay",
     "nodecheck.probes.fabric.sysfs",
-    "nodecheck.run.bounded",
+    "nodecheck.core.bounded",
     "nodecheck.slurm.scontrol",
     "nodecheck.probes.xid_catalogue",  # gpu.xid, and gpu.remap's recovery action
     "nodecheck.probes.xid_lines",

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from nodecheck.run.codes import EXIT_INTERNAL, EXIT_OK, PHASES
+from nodecheck.core.codes import EXIT_INTERNAL, EXIT_OK, PHASES
 
 
 def list_checks(args: argparse.Namespace) -> int:

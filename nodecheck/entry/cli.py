@@ -12,11 +12,12 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from nodecheck.core.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, HOOK_PHASES, PHASES, TIERS
+
 # Light on purpose: `nodecheck hook` forks its run before the rest of nodecheck is loaded
-# (nodecheck.run.codes says why); each command imports what it needs.
+# (nodecheck.core.codes says why); each command imports what it needs.
 from nodecheck.entry.hook import HookArgs, run_hook
 from nodecheck.quarantine import DEFAULT_WHY
-from nodecheck.run.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, HOOK_PHASES, PHASES, TIERS
 
 if TYPE_CHECKING:
     import argparse
@@ -354,10 +355,10 @@ def _resume(args: argparse.Namespace) -> int:
     import time
 
     from nodecheck.checks.registry import all_checks
+    from nodecheck.run.act import backend_for, resume_if_ours
     from nodecheck.run.config import ConfigError, load_config
     from nodecheck.run.pipeline import RunRequest, execute, node_name
     from nodecheck.slurm import SlurmError, set_call_deadline
-    from nodecheck.slurm.act import backend_for, resume_if_ours
     from nodecheck.store import history
 
     node = node_name(args.node, os.environ)

@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodecheck.slurm import NodeInfo, SlurmError
+from nodecheck.core.node import NodeInfo
+from nodecheck.slurm import SlurmError
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class ClusterView:
 def read_cluster(config: Any, window_s: float, now: float) -> ClusterView:
     """The report's picture of the cluster: slurmdbd's where it answers, else the node
     table's. Raises SlurmError when slurmctld cannot be read at all."""
-    from nodecheck.run.ownership import drain_owner
-    from nodecheck.slurm.act import backend_for
+    from nodecheck.core.node import drain_owner
+    from nodecheck.run.act import backend_for
     from nodecheck.slurm.dbd import DbdReader
 
     backend = backend_for(config, os.environ)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from nodecheck.run.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
+from nodecheck.core.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK
 
 
 def domain_command(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nodecheck.run.codes import DEFAULT_BUDGET_S, EXIT_OK
+from nodecheck.core.codes import DEFAULT_BUDGET_S, EXIT_OK
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nodecheck.core.codes import EXIT_INTERNAL, EXIT_OK
+from nodecheck.core.reason import is_nodecheck_reason, parse_reason
 from nodecheck.hostlist import expand
-from nodecheck.run.codes import EXIT_INTERNAL, EXIT_OK
-from nodecheck.run.reason import is_nodecheck_reason, parse_reason
 from nodecheck.slurm.dbd import JobRecord, NodeEvent
 
 # A job that ended badly this long before a drain began is counted as its cost.

@@ -15,11 +15,11 @@ import os
 import sys
 from typing import Any
 
-from nodecheck.run.codes import EXIT_INTERNAL, EXIT_OK
+from nodecheck.core.codes import EXIT_INTERNAL, EXIT_OK
 
 
 def report(args: argparse.Namespace) -> int:
-    """Every node Slurm shows drained by nodecheck (run/ownership.py: a reason that is,
+    """Every node Slurm shows drained by nodecheck (core/node.py: a reason that is,
     whole, one nodecheck writes; an admin's words added to one make it the admin's): check,
     component, since when, and how often it was drained within flap_window_s (from the
     node's history when this host has it, else from a "flapping (drained Nx ...)" reason,
@@ -28,10 +28,10 @@ def report(args: argparse.Namespace) -> int:
     import time
 
     from nodecheck.checks.registry import all_checks
+    from nodecheck.core.node import drain_owner
+    from nodecheck.core.reason import parse_reason
     from nodecheck.entry.cluster_view import read_cluster
     from nodecheck.run.config import ConfigError, load_config
-    from nodecheck.run.ownership import drain_owner
-    from nodecheck.run.reason import parse_reason
     from nodecheck.slurm import SlurmError
     from nodecheck.store import history
 
@@ -46,7 +46,7 @@ def report(args: argparse.Namespace) -> int:
     since = time.time() - window
     rows = []
     for info in sorted(nodes, key=lambda n: n.name):
-        if not drain_owner(info, None).ours:  # the controller's view (run/ownership.py)
+        if not drain_owner(info, None).ours:  # the controller's view (core/node.py)
             continue
         parsed = parse_reason(info.reason)
         flapping = bool(parsed and history.is_flapping_message(parsed.message))
@@ -159,8 +159,8 @@ _SLURM_HOOK_FAILURE = ("Prolog error", "Epilog error", "prolog failed", "epilog 
 def _breaker_report(config: Any, nodes: list[Any]) -> tuple[list[dict], list[dict]]:
     """Per partition: nodecheck's drains against the breaker limit; and the nodes Slurm
     drained for a failed prolog/epilog, which is where a tripped breaker leaves them."""
+    from nodecheck.run.act import breaker_limits
     from nodecheck.run.breaker import partition_status
-    from nodecheck.slurm.act import breaker_limits
 
     breakers = [
         {
@@ -188,8 +188,8 @@ def _breaker_report(config: Any, nodes: list[Any]) -> tuple[list[dict], list[dic
 def _slots_report(config: Any, view: Any) -> dict[str, Any]:
     """The breaker's rate slots in use (run/breaker.py): nodecheck's drains begun within
     the window, against breaker_max_drains. Only where the slots were read (slurmdbd path)."""
+    from nodecheck.run.act import breaker_limits
     from nodecheck.run.breaker import Held, rate_slots
-    from nodecheck.slurm.act import breaker_limits
 
     limits = breaker_limits(config)
     held = rate_slots(Held(c.name, c.nodes) for c in view.slots)
@@ -217,7 +217,7 @@ def _held_back(config: Any, nodes: list[Any]) -> list[dict]:
     each node's history where this host has it)."""
     import time
 
-    from nodecheck.run.plan import HeldBack
+    from nodecheck.core.plan import HeldBack
     from nodecheck.store import history
 
     out = []

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import time
 
+from nodecheck.core.plan import Plan
+from nodecheck.core.reason import parse_reason
 from nodecheck.log import get_logger
 from nodecheck.notify.alertmanager import Alert, AlertError, send
-from nodecheck.run.plan import Plan
-from nodecheck.run.reason import parse_reason
 
 ACTION = "breaker-held"
 _MIN_S = 0.5  # no alert with less budget than this left

@@ -31,9 +31,9 @@ def validate_command(args: argparse.Namespace) -> int:
     from nodecheck.quarantine.claim import ValidateBusy
     from nodecheck.quarantine.loop import expand_nodes, validate_nodes
     from nodecheck.quarantine.select import is_idle, pick_idle, pick_pending
+    from nodecheck.run.act import backend_for
     from nodecheck.run.config import ConfigError, load_config
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import backend_for
     from nodecheck.slurm.jobs import SlurmJobs
     from nodecheck.slurm.scontrol import ScontrolBackend
 

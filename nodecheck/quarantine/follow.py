@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from nodecheck.core.node import NodeInfo, drain_owner
 from nodecheck.quarantine.job import (
     EXIT_DRAINED,
     EXIT_HELD_BACK,
@@ -35,8 +36,6 @@ from nodecheck.quarantine.job import (
     EXIT_REBOOT,
     EXIT_REPLACE,
 )
-from nodecheck.run.ownership import drain_owner
-from nodecheck.slurm import NodeInfo
 from nodecheck.slurm.job_json import JobRecord
 
 RESULT_FOR_EXIT = {

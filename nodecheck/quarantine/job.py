@@ -13,11 +13,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from nodecheck.core.results import CheckResult
 from nodecheck.log import get_logger, setup_logging
 from nodecheck.quarantine.ladder import Decision, Step, ValidationHistory, decide_after_validation
 from nodecheck.run.config import Config, load_config
 from nodecheck.run.pipeline import RunRequest, execute, node_name
-from nodecheck.run.results import CheckResult
 from nodecheck.store import history
 
 # Exit codes of a validation job, read by the loop from Slurm (scontrol show job).
@@ -151,7 +151,7 @@ def _own_baseline(
     from pathlib import Path
 
     from nodecheck.checks.trend import baseline
-    from nodecheck.run.results import Status
+    from nodecheck.core.results import Status
 
     v = config.values
     if not v["validate_baseline"]:
@@ -225,8 +225,8 @@ def _registry() -> Mapping:
 
 def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) -> str:
     """Carry out the decision through Slurm and the alert webhook; report what was done."""
+    from nodecheck.run.act import backend_for, release_slots
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import backend_for, release_slots
     from nodecheck.slurm.jobs import SlurmJobs
     from nodecheck.slurm.scontrol import ScontrolBackend
 
@@ -282,12 +282,12 @@ def _note_on_job(config: Config, text: str) -> None:
 
 def _breaker_slots(config: Config, backend: object, node: str) -> tuple[list[str], str | None]:
     """Validation drains count against the same breaker as the hooks' drains, by the same
-    exact step (slurm/act.py `take_slots`: a slot slurmctld lets one node hold): a wave of
+    exact step (run/act.py `take_slots`: a slot slurmctld lets one node hold): a wave of
     failing validations is more often a bad deep-check setting than bad hardware. Returns
     the slots taken, or why the breaker holds the drain back."""
-    from nodecheck.run import breaker
+    from nodecheck.core.plan import BreakerState
+    from nodecheck.run.act import breaker_limits, take_slots
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import breaker_limits, take_slots
 
     limits = breaker_limits(config)
     if not limits.enabled:
@@ -296,14 +296,14 @@ def _breaker_slots(config: Config, backend: object, node: str) -> tuple[list[str
         taken = take_slots(backend, node, limits, time.monotonic() + BREAKER_BUDGET_S)  # type: ignore[arg-type]
     except SlurmError as exc:
         return [], f"cannot claim a breaker slot: {exc}"
-    if isinstance(taken, breaker.BreakerState):
+    if isinstance(taken, BreakerState):
         return [], taken.why
     return taken, None
 
 
 def _fire_alert(config: Config, node: str, decision: Decision, state_dir: os.PathLike) -> None:
+    from nodecheck.core.reason import parse_reason
     from nodecheck.notify.alertmanager import Alert, AlertError, send
-    from nodecheck.run.reason import parse_reason
 
     url = config.values["alert_url"]
     parsed = parse_reason(decision.reason or "")

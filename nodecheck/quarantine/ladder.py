@@ -16,8 +16,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
-from nodecheck.run.reason import format_reason
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.reason import format_reason
+from nodecheck.core.results import CheckResult, Status
 
 LADDER_STEPS = ("drain", "reboot", "replace")
 DEFAULT_LADDER = LADDER_STEPS

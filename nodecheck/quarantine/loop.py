@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nodecheck import hostlist
+from nodecheck.core.node import NodeInfo, drain_owner
 from nodecheck.log import get_logger
 from nodecheck.quarantine.claim import (
     RunId,
@@ -59,8 +60,7 @@ from nodecheck.quarantine.follow import (
     wants_node,
 )
 from nodecheck.run.config import Config
-from nodecheck.run.ownership import drain_owner
-from nodecheck.slurm import NodeInfo, SlurmBackend, SlurmError
+from nodecheck.slurm import SlurmBackend, SlurmError
 from nodecheck.slurm.job_json import JobRecord
 from nodecheck.slurm.jobs import SlurmJobs
 

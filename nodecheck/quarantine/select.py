@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from nodecheck.run.ownership import drain_owner
-from nodecheck.run.reason import parse_reason
-from nodecheck.slurm import NodeInfo
+from nodecheck.core.node import NodeInfo, drain_owner
+from nodecheck.core.reason import parse_reason
 from nodecheck.store.history import is_flapping_message
 
 # Flags that make an IDLE node unavailable or already spoken for.
@@ -63,7 +62,7 @@ def pick_pending(nodes: Iterable[NodeInfo]) -> list[str]:
     chosen = []
     for info in nodes:
         # The controller's view, no state of the nodes': only a reason that is whole
-        # nodecheck's grammar (run/ownership.py); an admin's edit of one is the admin's.
+        # nodecheck's grammar (core/node.py); an admin's edit of one is the admin's.
         if not drain_owner(info, None).ours:
             continue
         parsed = parse_reason(info.reason)

@@ -9,7 +9,7 @@ is recorded as held back. A wave of failures is far more often a bad config push
 driver mismatch than a wave of broken hardware. `breaker_open_action = "fail"` keeps the
 fail-closed behaviour: the hook exits non-zero and Slurm drains the node.
 
-The hooks hold the limit exactly with slots (below; slurm/act.py claims them, slurm/claims.py
+The hooks hold the limit exactly with slots (below; run/act.py claims them, slurm/claims.py
 talks to slurmctld): a node drains only once slurmctld gave it one. What each failing node
 reads is its own record and the slots, never the node table. `evaluate`, `backs_off` and
 `partition_status` judge a snapshot of nodes (pure): the report's per-partition figures and
@@ -23,11 +23,11 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
-from nodecheck.run.ownership import drain_owner
-from nodecheck.run.reason import parse_reason
-from nodecheck.slurm import NodeInfo
+from nodecheck.core.node import NodeInfo, drain_owner
+from nodecheck.core.plan import BreakerState
+from nodecheck.core.reason import parse_reason
+from nodecheck.slurm import reason_epoch
 
 
 @dataclass(frozen=True)
@@ -43,33 +43,11 @@ class BreakerLimits:
         return self.max_share > 0 or self.max_drains > 0
 
 
-@dataclass(frozen=True)
-class BreakerState:
-    open: bool
-    why: str
-    partition: str = ""
-    drained: int = 0  # nodes drained by nodecheck in that partition, this one not counted
-    total: int = 0
-    recent: int = 0  # nodecheck drains within the window, cluster-wide
-
-
 def _ours(n: NodeInfo) -> bool:
     """The breaker judges other nodes from the controller's view: no state of theirs, so
     a drain counts as nodecheck's only when its reason is whole nodecheck's grammar (an
     admin's edit of one is the admin's drain, and does not hold back a real fault)."""
     return drain_owner(n, None).ours
-
-
-def reason_epoch(when: str) -> float | None:
-    """Slurm prints reason times as local ISO time; pyslurm gives epoch seconds."""
-    if not when:
-        return None
-    if when.isdigit():
-        return float(when)
-    try:
-        return datetime.fromisoformat(when).timestamp()
-    except ValueError:
-        return None
 
 
 def evaluate(

@@ -16,9 +16,9 @@ from typing import Any
 
 from nodecheck.checks.context import NodeSettings
 from nodecheck.checks.registry import ALL_PHASES, COMMON_KEYS, Check, Option
+from nodecheck.core.codes import DEFAULT_BUDGET_S
 from nodecheck.hostlist import host_matches, validate_pattern
 from nodecheck.log import TARGETS as LOG_TARGETS
-from nodecheck.run.codes import DEFAULT_BUDGET_S
 from nodecheck.run.config_file import (  # noqa: F401 (the config's public names)
     DEFAULT_PATH,
     ConfigError,

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.run import clock
-from nodecheck.run.clock import Stamp
-from nodecheck.run.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, HOOK_PHASES
-from nodecheck.run.ownership import drain_owner
-from nodecheck.run.plan import (
+from nodecheck.core import clock
+from nodecheck.core.clock import Stamp
+from nodecheck.core.codes import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, HOOK_PHASES
+from nodecheck.core.node import drain_owner
+from nodecheck.core.plan import (
     HistoryWindow,
     Marker,
     PendingFailure,
@@ -27,7 +27,7 @@ from nodecheck.run.plan import (
     SlurmView,
     Step,
 )
-from nodecheck.run.reason import (
+from nodecheck.core.reason import (
     flapping_prefix,
     flapping_reason,
     format_reason,
@@ -35,11 +35,12 @@ from nodecheck.run.reason import (
     parse_reason,
     with_held_since,
 )
-from nodecheck.run.results import CheckResult, Status, worst
+from nodecheck.core.results import CheckResult, Status, worst
 
 if TYPE_CHECKING:  # the breaker (and nodecheck.slurm) load only on the unhealthy path
-    from nodecheck.run.breaker import BreakerLimits, BreakerState
-    from nodecheck.slurm import NodeInfo
+    from nodecheck.core.node import NodeInfo
+    from nodecheck.core.plan import BreakerState
+    from nodecheck.run.breaker import BreakerLimits
 
 
 class Action(enum.Enum):
@@ -240,7 +241,7 @@ def plan(verdict: Verdict, situation: Situation, settings: PlanSettings) -> Plan
 
 def pending_is_live(pending: PendingFailure | None, now: Stamp | float) -> bool:
     """A recorded failure whose Slurm drain may still come (and be adopted): no older than
-    ADOPT_WINDOW_S by the node's boot clock (nodecheck.run.clock), whatever its wall clock
+    ADOPT_WINDOW_S by the node's boot clock (nodecheck.core.clock), whatever its wall clock
     did since."""
     if pending is None:
         return False
@@ -267,7 +268,7 @@ def _adoptable(info: NodeInfo, pending: PendingFailure | None, situation: Situat
     the failure it followed."""
     if pending is None or not _adoption_candidate(info, pending):
         return False
-    from nodecheck.run.breaker import reason_epoch
+    from nodecheck.slurm import reason_epoch
 
     when = reason_epoch(info.reason_time)
     if when is None:
@@ -311,7 +312,7 @@ def slurm_now(situation: Situation) -> float:
 
 
 def _owns(info: NodeInfo, marker: Marker | None) -> bool:
-    """Ours means the exact reason nodecheck set (run/ownership.py). With no marker (a
+    """Ours means the exact reason nodecheck set (core/node.py). With no marker (a
     sibling run on this node drained a moment ago, or the state was lost), a reason that is
     whole nodecheck's grammar counts as ours for not draining twice; resuming always needs
     the marker."""

@@ -14,8 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nodecheck.core import clock
+from nodecheck.core.plan import HistoryWindow, Situation, SlurmView
 from nodecheck.log import get_logger
-from nodecheck.run import clock
 from nodecheck.run.decide import (
     PlanSettings,
     Verdict,
@@ -23,7 +24,6 @@ from nodecheck.run.decide import (
     needs_history,
     needs_slurm,
 )
-from nodecheck.run.plan import HistoryWindow, Situation, SlurmView
 from nodecheck.store import history, unsaved
 
 if TYPE_CHECKING:
@@ -80,8 +80,8 @@ def read_slurm(
     drained yet waits a little first, so that a wave of simultaneous failures reaches
     slurmctld spread out."""
     from nodecheck.run import breaker
+    from nodecheck.run.act import with_retries
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.act import with_retries
 
     try:
         if settings.breaker_enabled and spread_wave:

@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.run import isolate, pool
+from nodecheck.core import isolate
+from nodecheck.run import pool
 
 if TYPE_CHECKING:
     from nodecheck.run.config import Config
@@ -220,8 +221,8 @@ def _take_over(watch: _Watch, why: str, stuck: bool) -> int:
         step, reason, code = watch.planned
         action = _drain(watch.config, watch.node, reason) if step == "drain" and reason else "none"
         return _unfinished(why, code, "planned", reason, action)
+    from nodecheck.core.results import CheckResult, Status
     from nodecheck.run.decide import decide
-    from nodecheck.run.results import CheckResult, Status
 
     if stuck:
         result = CheckResult(KEEPER_CHECK_ID, Status.FAIL, why, severity="critical", remedy="admin")
@@ -255,9 +256,9 @@ def _drain(config: Config, node: str, reason: str) -> str:
     """One drain attempt, bounded: the run used the budget, the keeper has only its slack.
     Through scontrol whatever the configured backend: a process that can be killed at the
     deadline, where a started libslurm RPC (pyslurm) ends only at Slurm's MessageTimeout."""
+    from nodecheck.run.act import backend_for
     from nodecheck.run.config import with_overrides
     from nodecheck.slurm import SlurmError, set_call_deadline
-    from nodecheck.slurm.act import backend_for
 
     set_call_deadline(time.monotonic() + KEEPER_DRAIN_S)
     try:

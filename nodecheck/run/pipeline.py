@@ -3,7 +3,7 @@
 Gather runs the checks (and, only when the verdict needs them, reads the node's history
 window and its controller state: run/gather.py); decide is pure (run/decide.py: results ->
 verdict, then verdict + situation -> plan); act carries out the plan's drain or resume
-(slurm/act.py); record writes the history, the drain marker and the metrics (run/record.py).
+(run/act.py); record writes the history, the drain marker and the metrics (run/record.py).
 
 The CLI's `run` (manual) and `hook` (prolog/epilog/health) both come through `execute`,
 so what an admin sees by hand is what the prolog decided.
@@ -29,9 +29,12 @@ from nodecheck.checks.registry import (
     run_budget_s,
     with_defaults,
 )
+from nodecheck.core import clock
+from nodecheck.core.plan import Step
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
-from nodecheck.run import clock, keeper
+from nodecheck.run import keeper
 from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
 from nodecheck.run.config_file import ConfigRead
 from nodecheck.run.decide import (
@@ -45,9 +48,7 @@ from nodecheck.run.decide import (
     needs_history,
     plan,
 )
-from nodecheck.run.plan import Step
 from nodecheck.run.report_only import ReportOnly, report_only
-from nodecheck.run.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 
 # history (and with it sqlite3 and nodecheck.store.state) is loaded before the probes fork: the
@@ -331,7 +332,7 @@ def _record(
 
     keeper.report("step", f"recording the run in {config.state_dir_for(out.node)}")
     rec = history.RunRecord(
-        at=clock.now().wall,  # the node's clock, read where tests can drive it (run/clock.py)
+        at=clock.now().wall,  # the node's clock, read where tests can drive it (core/clock.py)
         phase=out.phase,
         job=out.job.job_id,
         status=out.verdict.status.name,
@@ -376,9 +377,9 @@ def _unhealthy_path(
     state changes record must write. A healthy prolog/epilog returns at once."""
     if not (req.act and keeps_state and needs_history(verdict, req.phase)):
         return verdict, "none", None
+    from nodecheck.core.plan import Acted
     from nodecheck.run import record
     from nodecheck.run.gather import gather
-    from nodecheck.run.plan import Acted
 
     settings = PlanSettings.from_config(config, dry_run)
     backend = functools.cache(lambda: _backend(config))
@@ -398,7 +399,7 @@ def _unhealthy_path(
     acted = Acted(planned.action)
     keeper.report("step", f"acting on the plan ({planned.step.name.lower()})")
     if planned.step in (Step.DRAIN, Step.RESUME):
-        from nodecheck.slurm.act import carry_out
+        from nodecheck.run.act import carry_out
 
         # Should the call not end (a started pyslurm RPC waits for Slurm's MessageTimeout),
         # the keeper makes it again itself, through scontrol, within the budget's slack.
@@ -421,6 +422,6 @@ def _unhealthy_path(
 
 
 def _backend(config: Config) -> SlurmBackend:
-    from nodecheck.slurm.act import backend_for
+    from nodecheck.run.act import backend_for
 
     return backend_for(config, os.environ)

@@ -43,7 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nodecheck.run import isolate
+from nodecheck.core import isolate
 
 MAX_REQUEST = 1 << 20  # a group's planned checks with their settings: a few KiB
 

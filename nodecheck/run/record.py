@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodecheck.core import clock
+from nodecheck.core.clock import Stamp
+from nodecheck.core.plan import Acted, HeldBack, Marker, PendingFailure, Plan, Situation, Step
 from nodecheck.log import get_logger
-from nodecheck.run import clock
-from nodecheck.run.clock import Stamp
 from nodecheck.run.decide import AWAITING, Action, Verdict, pending_is_live
-from nodecheck.run.plan import Acted, HeldBack, Marker, PendingFailure, Plan, Situation, Step
 from nodecheck.store import history, unsaved
 
 
@@ -30,7 +30,7 @@ class Write:
     event: str = ""
     text: str = ""
     at: float = 0.0
-    stamp: Stamp | None = None  # where `at` lies on the node's boot clock (run/clock.py)
+    stamp: Stamp | None = None  # where `at` lies on the node's boot clock (core/clock.py)
 
     def apply(self, h: history.History) -> None:
         if self.event:
@@ -151,7 +151,7 @@ def _pending(plan: Plan, situation: Situation, now: float) -> dict[str, object]:
 
 
 def _checks_of(reason: str) -> tuple[str, ...]:
-    from nodecheck.run.reason import parse_reason
+    from nodecheck.core.reason import parse_reason
 
     parsed = parse_reason(reason)
     return (parsed.check_id,) if parsed else ()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from nodecheck.run.results import SIGNALS_KEY, CheckResult, Status
+from nodecheck.core.results import SIGNALS_KEY, CheckResult, Status
 
 REPORT_ONLY_KEY = "report_only"  # in a demoted result's values; counted by the metrics
 

@@ -8,7 +8,7 @@ Checks of one group run one after another in one child: each is cut at its own t
 the group as a whole at the sum of them (never past the run's budget); a hang leaves the
 checks after it "not run" (SKIP), so the hung check is the one that fails and leads the reason.
 
-Children are forked by nodecheck.run.isolate: they hold none of the hook's descriptors and
+Children are forked by nodecheck.core.isolate: they hold none of the hook's descriptors and
 die with it. A child that ends while one of its threads is stuck in the kernel (a bounded
 statvfs on a hung mount) cannot exit fully, so its pipe never reaches EOF: it says "end"
 once its last result is sent, and the runner stops waiting for it there.
@@ -30,8 +30,9 @@ from typing import Any
 from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Check
-from nodecheck.run import isolate, pool, progress
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core import isolate, progress
+from nodecheck.core.results import CheckResult, Status
+from nodecheck.run import pool
 from nodecheck.store.state import StateError
 
 _NOTE_MAX = 200  # a note is a call and its argument: "statvfs(/home)", "nvmlDeviceGet... gpu3"

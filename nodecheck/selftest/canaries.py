@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodecheck.run.results import Status
+from nodecheck.core.results import Status
 from nodecheck.selftest import kernlogs, nvml_data, trees
 
 

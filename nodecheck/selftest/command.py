@@ -8,7 +8,7 @@ import os
 import sys
 from dataclasses import replace
 
-from nodecheck.run.codes import EXIT_INTERNAL
+from nodecheck.core.codes import EXIT_INTERNAL
 from nodecheck.selftest import agent_running, agent_socket, run_selftest
 
 MAX_TIMEOUT_S = 3600.0

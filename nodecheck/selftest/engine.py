@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from nodecheck.checks.registry import Check, all_checks, match_ids
+from nodecheck.core.isolate import stat_answers
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.log import LOGGER_NAME, bind_run, bound_fields, structlog
 from nodecheck.run.config import Config, NodeConfig, load_config, parse_config
-from nodecheck.run.isolate import stat_answers
 from nodecheck.run.pipeline import RunOutcome, RunRequest, UsageError, execute, node_name
-from nodecheck.run.results import CheckResult, Status
 from nodecheck.selftest.canaries import CANARIES, COMPONENT_OF, DEEP_WHY, WAIVED, Case
 from nodecheck.selftest.report import CaseResult, CheckVerdict
 

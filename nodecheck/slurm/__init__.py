@@ -11,8 +11,10 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
+
+from nodecheck.core.node import NodeInfo
 
 
 class SlurmError(RuntimeError):
@@ -47,7 +49,7 @@ def run_slurm_tool(
     environment with the site's SLURM_CONF, bounded by `timeout_s` and the run's budget
     (call_timeout). Its failure to run at all is a SlurmError naming `what`; its exit
     status is the caller's to judge (`failed`)."""
-    from nodecheck.run.bounded import run_command
+    from nodecheck.core.bounded import run_command
 
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", **(extra_env or {})}
     conf = slurm_conf or os.environ.get("SLURM_CONF")
@@ -74,28 +76,16 @@ def format_reason_time(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
 
 
-@dataclass(frozen=True)
-class NodeInfo:
-    name: str
-    # Base state plus flags, upper case, e.g. ("IDLE", "DRAIN") or ("MIXED", "DRAIN").
-    states: tuple[str, ...]
-    reason: str = ""
-    reason_user: str = ""
-    reason_time: str = ""
-    partitions: tuple[str, ...] = field(default_factory=tuple)
-
-    @property
-    def drained(self) -> bool:
-        """Drain requested (DRAINING or DRAINED both carry the DRAIN flag)."""
-        return any(s in ("DRAIN", "DRAINED", "DRAINING") for s in self.states)
-
-    @property
-    def drained_by_nodecheck(self) -> bool:
-        """Nodecheck's drain as the controller's view alone shows it (no node state to
-        compare): run/ownership.py decides, for every caller."""
-        from nodecheck.run.ownership import drain_owner
-
-        return drain_owner(self, None).ours
+def reason_epoch(when: str) -> float | None:
+    """Slurm prints reason times as local ISO time; pyslurm gives epoch seconds."""
+    if not when:
+        return None
+    if when.isdigit():
+        return float(when)
+    try:
+        return datetime.fromisoformat(when).timestamp()
+    except ValueError:
+        return None
 
 
 class SlurmBackend(Protocol):
@@ -121,41 +111,3 @@ class BreakerSlots(Protocol):
     def release(self, name: str) -> None: ...
 
     def partition(self, name: str) -> object: ...
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    backend: SlurmBackend
-    why: str
-
-
-def select_backend(
-    preference: str = "auto",
-    scontrol_path: str = "/usr/bin/scontrol",
-    slurm_conf: str | None = None,
-) -> BackendChoice:
-    """Pick pyslurm when asked for or usable, else scontrol; explain the choice."""
-    from nodecheck.slurm.scontrol import ScontrolBackend
-
-    if preference == "scontrol":
-        return BackendChoice(ScontrolBackend(scontrol_path, slurm_conf), "configured: scontrol")
-    from nodecheck.slurm.pyslurm_backend import (
-        PyslurmBackend,
-        pyslurm_unusable_reason,
-        pyslurm_versions,
-    )
-
-    problem = pyslurm_unusable_reason()
-    if problem is None:
-        versions = ", ".join(f"{k} {v}" for k, v in pyslurm_versions().items())
-        try:
-            backend = PyslurmBackend(slurm_conf, scontrol_path)
-        except SlurmError as exc:  # e.g. no slurm.conf where libslurm would look
-            problem = str(exc)
-        else:
-            return BackendChoice(backend, f"pyslurm matches the running Slurm ({versions})")
-    if preference == "pyslurm":
-        raise SlurmError(f"slurm_backend = 'pyslurm' but pyslurm is unusable: {problem}")
-    return BackendChoice(
-        ScontrolBackend(scontrol_path, slurm_conf), f"scontrol (pyslurm unusable: {problem})"
-    )

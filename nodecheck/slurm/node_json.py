@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nodecheck.slurm import NodeInfo, SlurmError, format_reason_time
+from nodecheck.core.node import NodeInfo
+from nodecheck.slurm import SlurmError, format_reason_time
 
 
 def json_records(text: str, key: str, what: str = "Slurm's JSON output") -> list[dict[str, Any]]:

@@ -30,8 +30,9 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from nodecheck.run.bounded import run_command
-from nodecheck.slurm import NodeInfo, SlurmError, call_timeout, format_reason_time
+from nodecheck.core.bounded import run_command
+from nodecheck.core.node import NodeInfo
+from nodecheck.slurm import SlurmError, call_timeout, format_reason_time
 from nodecheck.slurm.claims import Claim, PartitionInfo
 from nodecheck.slurm.scontrol import checked_node_name, checked_reason
 

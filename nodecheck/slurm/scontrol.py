@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import re
 
+from nodecheck.core.node import NodeInfo
 from nodecheck.hostlist import is_plain_node_name
-from nodecheck.slurm import NodeInfo, SlurmError, claims, failed, run_slurm_tool
+from nodecheck.slurm import SlurmError, claims, failed, run_slurm_tool
 from nodecheck.slurm.claims import Claim, PartitionInfo, parse_claims, parse_partition
 from nodecheck.slurm.node_json import parse_node_json, scontrol_offers_json
 
@@ -144,7 +145,7 @@ _CONFIG_TIME = re.compile(r"^Configuration data as of (?P<time>\S+)", re.MULTILI
 def parse_config_time(text: str) -> float:
     """slurmctld's time in `scontrol show config` (local time, as reason times are printed,
     so both read the same way whatever the zone)."""
-    from nodecheck.run.breaker import reason_epoch
+    from nodecheck.slurm import reason_epoch
 
     found = _CONFIG_TIME.search(text)
     when = reason_epoch(found["time"]) if found else None

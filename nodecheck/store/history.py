@@ -28,19 +28,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from nodecheck.run.clock import Stamp
-from nodecheck.run.plan import HeldBack, HistoryWindow, Marker, PendingFailure
+from nodecheck.core.clock import Stamp
+from nodecheck.core.plan import HeldBack, HistoryWindow, Marker, PendingFailure
 
-# The reason helpers moved to nodecheck/run/reason.py (decide needs them and stays pure);
+# The reason helpers moved to nodecheck/core/reason.py (decide needs them and stays pure);
 # importing them here keeps `history.flapping_reason` etc. working for callers.
-from nodecheck.run.reason import (  # noqa: F401
+from nodecheck.core.reason import (  # noqa: F401
     FLAPPING,
     flapping_prefix,
     flapping_reason,
     human_window,
     is_flapping_message,
 )
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.store.state import (
     STATE_FILE,
     StateError,
@@ -234,7 +234,7 @@ class History:
 
     def events_within(self, kind: str, window_s: float, now: Stamp) -> int:
         """Events of `kind` no older than `window_s` before `now`, by the clock that can say
-        (run/clock.py): this boot's events by the boot clock, whatever the wall clock did;
+        (core/clock.py): this boot's events by the boot clock, whatever the wall clock did;
         earlier boots' by the wall clock, and only while this boot is younger than the
         window (they are at least that old)."""
         if not now.boot_id or now.since_boot < 0:

@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import Any
 
 from nodecheck import __version__
-from nodecheck.run.reason import parse_reason
+from nodecheck.core.reason import parse_reason
 
 STATUSES = ("PASS", "WARN", "ERROR", "FAIL", "SKIP")
 

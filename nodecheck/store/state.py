@@ -24,7 +24,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from nodecheck.run.progress import note
+from nodecheck.core.progress import note
 
 STATE_FILE = "state.sqlite"
 _SCHEMA = """
@@ -51,10 +51,10 @@ class StateError(RuntimeError):
 def check_responsive(state_dir: Path, timeout_s: float = RESPONSIVE_TIMEOUT_S) -> str | None:
     """None when a stat of `state_dir` (existing or not) returns within `timeout_s`; else
     why not (without the path). Asked once per process and directory,
-    from a detached child (nodecheck.run.isolate)."""
+    from a detached child (nodecheck.core.isolate)."""
     if state_dir in _responsive:
         return _responsive[state_dir]
-    from nodecheck.run import isolate
+    from nodecheck.core import isolate
 
     try:
         answered = isolate.stat_answers(state_dir, timeout_s)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nodecheck.run.clock import Stamp, elapsed_s
-from nodecheck.run.plan import HeldBack, HistoryWindow, Marker, PendingFailure
+from nodecheck.core.clock import Stamp, elapsed_s
+from nodecheck.core.plan import HeldBack, HistoryWindow, Marker, PendingFailure
 
 DEFAULT_DIR = "/run/nodecheck/unsaved"
 _MAX_BYTES = 1 << 20

@@ -189,7 +189,7 @@ def pyslurm_problem() -> str | None:
 
 @pytest.fixture
 def backend(backend_name: str, cluster: TestCluster):
-    from nodecheck.slurm import select_backend
+    from nodecheck.slurm.backend import select_backend
     from nodecheck.slurm.scontrol import ScontrolBackend
 
     if backend_name == "scontrol-text":

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from nodecheck import REASON_PREFIX
-from nodecheck.slurm import NodeInfo, SlurmError, select_backend
+from nodecheck.core.node import NodeInfo
+from nodecheck.core.reason import REASON_PREFIX
+from nodecheck.slurm import SlurmError
+from nodecheck.slurm.backend import select_backend
 from nodecheck.slurm.scontrol import ScontrolBackend, drain_args
 
 OURS = "nodecheck: gpu.ecc gpu3: 2 uncorrectable ECC errors (volatile DBE) [prolog job 4242]"
@@ -153,7 +155,7 @@ def test_reason_round_trips_literally(backend, backend_name, cluster, tail: str)
     info = backend.node_info("n1")
     assert info.reason == reason
     # A reason nodecheck never writes (it cleans quotes and metacharacters out): the
-    # backend must carry it whole all the same; whose it is, run/ownership.py decides.
+    # backend must carry it whole all the same; whose it is, core/node.py decides.
     assert info.drained and info.reason.startswith(REASON_PREFIX)
     assert cluster.node_state("n1")[1] == reason
     assert not pwned.exists()

@@ -64,7 +64,7 @@ def run_cli(argv, env, extra_check: str = "", cwd="/", timeout=60) -> Out:
         code = (
             "import sys\n"
             "from nodecheck.checks.registry import check\n"
-            "from nodecheck.run.results import CheckResult, Status\n"
+            "from nodecheck.core.results import CheckResult, Status\n"
             f"{textwrap.dedent(extra_check)}\n"
             "from nodecheck.entry.cli import main\n"
             f"sys.exit(main({list(argv)!r}))\n"
@@ -152,7 +152,7 @@ def assert_safe_reason(reason: str) -> None:
     assert reason.startswith("nodecheck: ")
     assert len(reason) <= 250
     assert set(reason) <= PRINTABLE, repr(reason)
-    # A quote of any kind reads as `'` (nodecheck.run.reason.clean): never the others.
+    # A quote of any kind reads as `'` (nodecheck.core.reason.clean): never the others.
     for bad in ('"', "`", "$", "\\", "|", "&", "\n"):
         assert bad not in reason, (bad, reason)
 

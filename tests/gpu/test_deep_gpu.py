@@ -26,8 +26,8 @@ from helpers import make_ctx  # noqa: E402
 
 from nodecheck.checks.deep.common import select_devices  # noqa: E402
 from nodecheck.checks.registry import all_checks  # noqa: E402
+from nodecheck.core.results import Status  # noqa: E402
 from nodecheck.probes.active import device, gemm, hostdev, owners, sdc  # noqa: E402
-from nodecheck.run.results import Status  # noqa: E402
 
 
 def ctx_for(check_id: str, **options):

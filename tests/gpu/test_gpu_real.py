@@ -63,7 +63,7 @@ if REASON:
 from helpers import make_ctx, options_of  # noqa: E402
 
 from nodecheck.checks.registry import all_checks, with_defaults  # noqa: E402
-from nodecheck.run.results import Status  # noqa: E402
+from nodecheck.core.results import Status  # noqa: E402
 from nodecheck.run.runner import Planned, run_checks  # noqa: E402
 
 REGISTRY = all_checks()

@@ -32,7 +32,7 @@ from nc_cluster import (
     wait_verdict,
 )
 
-from nodecheck.run.reason import parse_reason
+from nodecheck.core.reason import parse_reason
 
 JOB_NAME = "nodecheck-validate"
 NODECHECK = Path(sys.executable).parent / "nodecheck"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from nodecheck.checks.context import CheckContext, JobInfo, NodeSettings
 from nodecheck.checks.registry import all_checks
-from nodecheck.run.results import CheckResult
+from nodecheck.core.results import CheckResult
 
 
 def run_check(

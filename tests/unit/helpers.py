@@ -11,8 +11,8 @@ from typing import Any
 
 from nodecheck.checks.context import CheckContext, JobInfo, NodeSettings
 from nodecheck.checks.registry import ALL_PHASES, Check
-from nodecheck.run import progress
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core import progress
+from nodecheck.core.results import CheckResult, Status
 
 NVML_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nodecheck.checks import registry
 from nodecheck.checks.context import CheckContext
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -376,8 +376,8 @@ def test_reply_parsing(reply, code):
 def test_client_knows_the_same_phases_as_the_hook():
     """agent_client.py must not import nodecheck (it runs with -S), so it keeps its own
     copy of the phases; it must say what nodecheck.entry.hook says."""
+    from nodecheck.core.codes import HOOK_PHASES
     from nodecheck.entry.agent_client import PHASES
-    from nodecheck.run.codes import HOOK_PHASES
 
     assert PHASES == HOOK_PHASES
 
@@ -448,7 +448,7 @@ def test_changed_code_makes_the_agent_step_aside(tmp_path):
         cfg = write_config(tmp_path)
         assert hook(PROLOG, cfg, stale.sock).returncode == 0
         assert len(named(stale.text(), "agent_run")) == 1  # served from the copy
-        module = copy / "nodecheck" / "run" / "results.py"
+        module = copy / "nodecheck" / "core" / "results.py"
         module.write_text(module.read_text() + "\n# upgraded\n")
         out = hook(PROLOG, cfg, stale.sock)
         assert out.returncode == 0, out.stderr

@@ -19,8 +19,8 @@ from helpers import make_ctx, options_of
 
 from nodecheck.checks import boundary
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.decide import decide
-from nodecheck.run.results import CheckResult, Status
 
 REPO = Path(__file__).resolve().parents[2]
 

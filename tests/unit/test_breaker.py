@@ -1,7 +1,8 @@
 from datetime import datetime
 
-from nodecheck.run.breaker import BreakerLimits, evaluate, partition_status, reason_epoch
-from nodecheck.slurm import NodeInfo
+from nodecheck.core.node import NodeInfo
+from nodecheck.run.breaker import BreakerLimits, evaluate, partition_status
+from nodecheck.slurm import reason_epoch
 
 NOW = datetime(2026, 11, 25, 22, 0, 0).timestamp()
 

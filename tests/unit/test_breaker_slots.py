@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.core.node import NodeInfo
 from nodecheck.run import breaker
 from nodecheck.run.breaker import BreakerLimits, Held
-from nodecheck.slurm import NodeInfo, SlurmError, claims, dbd
+from nodecheck.slurm import SlurmError, claims, dbd
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm"
 OURS = "nodecheck: gpu.ecc gpu1: 3 DBE [prolog job 1 sev=critical act=reset-gpu]"

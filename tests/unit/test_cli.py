@@ -78,7 +78,7 @@ def test_unknown_check_is_a_usage_error(tmp_path):
 # pull in), the metrics library and the kernel log reader (the probe children's business).
 NOT_IN_HEALTHY_PARENT = (
     "nodecheck.slurm",
-    "nodecheck.slurm.act",
+    "nodecheck.run.act",
     "pyslurm",
     "rich",
     "prometheus_client",

@@ -1,6 +1,6 @@
 """Time windows that survive clock steps (issue 24, item 7), with the clock injected.
 
-The node's clocks are read through one function, nodecheck.run.clock.now(); these tests
+The node's clocks are read through one function, nodecheck.core.clock.now(); these tests
 hand the code stamps (wall time, boot id, boot-relative time) directly, or replace now()
 with a clock they drive, and step the wall clock the way NTP does while the boot clock
 runs on. Slurm's clock is the controller's "now" in the SlurmView. The end-to-end cases
@@ -14,13 +14,13 @@ from datetime import datetime
 
 import pytest
 
-from nodecheck.run import clock
-from nodecheck.run.clock import Stamp
+from nodecheck.core import clock
+from nodecheck.core.clock import Stamp
+from nodecheck.core.node import NodeInfo
+from nodecheck.core.plan import HistoryWindow, PendingFailure, Situation, SlurmView, Step
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.decide import PlanSettings, decide, needs_controller_time, pending_is_live, plan
-from nodecheck.run.plan import HistoryWindow, PendingFailure, Situation, SlurmView, Step
 from nodecheck.run.record import StateChanges, Write
-from nodecheck.run.results import CheckResult, Status
-from nodecheck.slurm import NodeInfo
 from nodecheck.store import history
 
 NOW = datetime(2026, 11, 25, 22, 0, 0).timestamp()  # the controller's clock, the true time

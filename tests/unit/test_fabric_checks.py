@@ -8,8 +8,8 @@ from helpers import make_ctx, options_of
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
 from nodecheck.checks.context import JobInfo
 from nodecheck.checks.registry import all_checks, with_defaults
-from nodecheck.run.reason import format_reason
-from nodecheck.run.results import Status
+from nodecheck.core.reason import format_reason
+from nodecheck.core.results import Status
 from tests.fixtures.sysfs import FakeSysfs, healthy_node
 
 REGISTRY = all_checks()

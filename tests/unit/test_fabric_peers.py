@@ -16,8 +16,8 @@ from helpers import make_ctx, options_of
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
 from nodecheck.checks.context import JobInfo
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import Status
 from nodecheck.probes.fabric import peers as peer_probe
-from nodecheck.run.results import Status
 
 CHECK = all_checks()["fabric.peers"]
 

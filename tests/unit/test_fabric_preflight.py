@@ -18,9 +18,9 @@ from helpers import make_ctx, options_of
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
 from nodecheck.checks.context import JobInfo
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import Status
 from nodecheck.probes.fabric import preflight
 from nodecheck.probes.fabric import preflight_wire as wire
-from nodecheck.run.results import Status
 
 CHECK = all_checks()["fabric.preflight"]
 FAR = 3600.0  # a deadline that never ends a test: the sockets' answers do

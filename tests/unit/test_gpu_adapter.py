@@ -14,10 +14,10 @@ import pynvml
 import pytest
 from helpers import NVML_FIXTURES
 
+from nodecheck.core import progress
 from nodecheck.probes import nvml
 from nodecheck.probes.nvml import model, real
 from nodecheck.probes.nvml.model import NvmlError, Snapshot
-from nodecheck.run import progress
 
 ALL_FIXTURES = sorted(NVML_FIXTURES.glob("*.json"))
 

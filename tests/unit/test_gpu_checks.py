@@ -10,8 +10,8 @@ from helpers import NVML_FIXTURES, make_ctx, nvml_check_ids, options_of
 from nodecheck.checks import gpu  # noqa: F401  (registers the gpu family)
 from nodecheck.checks.context import JobInfo
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import Status
 from nodecheck.probes import nvml
-from nodecheck.run.results import Status
 
 REGISTRY = all_checks()
 NVML_CHECKS = nvml_check_ids(REGISTRY)

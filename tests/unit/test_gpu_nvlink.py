@@ -11,10 +11,10 @@ from helpers import NVML_FIXTURES, make_ctx, options_of
 
 from nodecheck.checks import gpu  # noqa: F401  (registers the gpu family)
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import Status
 from nodecheck.probes import nvml
 from nodecheck.run.report_only import ReportOnly
 from nodecheck.run.report_only import report_only as apply_report_only
-from nodecheck.run.results import Status
 
 CHECK = all_checks()["gpu.nvlink"]
 SMI = Path(__file__).parents[1] / "fixtures" / "real" / "nvidia-smi"

@@ -9,8 +9,8 @@ from helpers import NVML_FIXTURES, make_ctx, nvml_check_ids, options_of
 from nodecheck.checks import gpu  # noqa: F401
 from nodecheck.checks.context import JobInfo
 from nodecheck.checks.registry import all_checks, with_defaults
-from nodecheck.run.reason import format_reason
-from nodecheck.run.results import Status
+from nodecheck.core.reason import format_reason
+from nodecheck.core.results import Status
 from nodecheck.run.runner import Planned, run_checks
 
 REGISTRY = all_checks()

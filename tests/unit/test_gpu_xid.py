@@ -12,10 +12,10 @@ from helpers import NVML_FIXTURES, make_ctx, options_of
 
 from nodecheck.checks.gpu import xid as gpu_xid
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import Status
 from nodecheck.probes import kernlog
 from nodecheck.probes.kernlog import read_kernel_log
 from nodecheck.probes.xid_lines import XID_MARKS
-from nodecheck.run.results import Status
 from nodecheck.store.state import open_state
 
 REGISTRY = all_checks()

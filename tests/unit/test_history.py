@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.node import NodeInfo
+from nodecheck.core.reason import MAX_REASON, format_reason, parse_reason
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run import pipeline as app
 from nodecheck.run.breaker import RATE_SLOT
 from nodecheck.run.config import ConfigError, Hysteresis, parse_config
-from nodecheck.run.reason import MAX_REASON, format_reason, parse_reason
-from nodecheck.run.results import CheckResult, Status
-from nodecheck.slurm import NodeInfo, set_call_deadline
+from nodecheck.slurm import set_call_deadline
 from nodecheck.slurm.claims import Claim, PartitionInfo
 from nodecheck.store import history, state
 from nodecheck.store.state import STATE_FILE, is_corruption
@@ -271,7 +272,7 @@ class FakeSlurm:
 def lifecycle(tmp_path, monkeypatch):
     """Run hook phases in-process with canned check results and a fake controller."""
     fake = FakeSlurm()
-    monkeypatch.setattr("nodecheck.slurm.act.backend_for", lambda config, env: fake)
+    monkeypatch.setattr("nodecheck.run.act.backend_for", lambda config, env: fake)
     canned: list[list[CheckResult]] = [[PASS]]
     monkeypatch.setattr(app, "run_checks", lambda planned, budget, mem, started: list(canned[0]))
 

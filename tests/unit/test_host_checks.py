@@ -12,8 +12,8 @@ from helpers import make_ctx, options_of
 from nodecheck.checks.context import JobInfo
 from nodecheck.checks.host import mounts as host_mounts
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import Status
 from nodecheck.probes import host as host_probe
-from nodecheck.run.results import Status
 
 REGISTRY = all_checks()
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes.jobscope import JobScope, nvidia_gpus
 from nodecheck.run.decide import EXIT_FAIL, EXIT_OK, Action, decide
-from nodecheck.run.results import CheckResult, Status
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import nodecheck
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.log import setup_logging
 from nodecheck.run.config import parse_config
-from nodecheck.run.results import CheckResult, Status
 from nodecheck.store import history, metrics
 
 

@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.config import parse_config
-from nodecheck.run.results import CheckResult, Status
 from nodecheck.store import history, metrics
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")

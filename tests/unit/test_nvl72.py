@@ -15,11 +15,11 @@ from helpers import NVML_FIXTURES, make_ctx, options_of
 
 from nodecheck.checks import gpu  # noqa: F401  (registers the gpu family)
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes import nvml
 from nodecheck.probes.slurm_topology import block_of, node_blocks, read_blocks
 from nodecheck.run.decide import decide
 from nodecheck.run.report_only import ReportOnly, report_only
-from nodecheck.run.results import CheckResult, Status
 
 FABRIC = all_checks()["gpu.fabric"]
 TOPOLOGY = Path(__file__).parents[1] / "fixtures" / "real" / "slurm" / "topology"

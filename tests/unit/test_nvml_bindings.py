@@ -38,10 +38,10 @@ import smi_nvlink
 from helpers import make_ctx, options_of
 
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import Status
 from nodecheck.probes import nvml
 from nodecheck.probes.nvml import real
 from nodecheck.probes.nvml.model import CLOCK_EVENT_REASONS, Snapshot
-from nodecheck.run.results import Status
 
 SMI = Path(__file__).parents[1] / "fixtures" / "real" / "nvidia-smi"
 MIB = 1024**2

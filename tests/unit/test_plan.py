@@ -13,6 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.core.node import NodeInfo
+from nodecheck.core.plan import (
+    HeldBack,
+    HistoryWindow,
+    Marker,
+    PendingFailure,
+    Situation,
+    SlurmView,
+    Step,
+)
+from nodecheck.core.reason import parse_reason
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.decide import (
     EXIT_FAIL,
     EXIT_OK,
@@ -23,18 +35,6 @@ from nodecheck.run.decide import (
     needs_slurm,
     plan,
 )
-from nodecheck.run.plan import (
-    HeldBack,
-    HistoryWindow,
-    Marker,
-    PendingFailure,
-    Situation,
-    SlurmView,
-    Step,
-)
-from nodecheck.run.reason import parse_reason
-from nodecheck.run.results import CheckResult, Status
-from nodecheck.slurm import NodeInfo
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 25, 22, 0, 0).timestamp()

@@ -1,8 +1,8 @@
 import pytest
 
+from nodecheck.core.reason import MAX_REASON, format_reason, parse_reason
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.decide import EXIT_FAIL, EXIT_INTERNAL, EXIT_OK, Action, decide
-from nodecheck.run.reason import MAX_REASON, format_reason, parse_reason
-from nodecheck.run.results import CheckResult, Status
 
 PASS = CheckResult("host.mem", Status.PASS, "ok")
 WARN = CheckResult("host.disk", Status.WARN, "low", component="/tmp")

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import dies, hangs, make_check, make_ctx, raises
 
+from nodecheck.core import progress
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes import nvml
-from nodecheck.run import pool, progress, runner
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.run import pool, runner
 from nodecheck.run.runner import Planned, run_checks
 from nodecheck.store import state
 from tests.fixtures.fuse_hang import hung_mount

@@ -1,4 +1,4 @@
-"""Drain ownership (run/ownership.py), which validate run owns a node (quarantine/claim.py)
+"""Drain ownership (core/node.py), which validate run owns a node (quarantine/claim.py)
 and how a node moves through a validate run (quarantine/follow.py): all pure, table-tested.
 The real-cluster counterparts are in tests/integration/test_quarantine_faults.py."""
 
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.core.node import NodeInfo, drain_owner
+from nodecheck.core.reason import is_nodecheck_reason
 from nodecheck.quarantine.claim import RunId, comment_for, run_of, sort_claims
 from nodecheck.quarantine.follow import Leave, Move, NodeValidation, Phase, next_step
-from nodecheck.run.ownership import drain_owner
-from nodecheck.run.reason import is_nodecheck_reason
-from nodecheck.slurm import NodeInfo
 from nodecheck.slurm.job_json import JobRecord, parse_squeue_json
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm"
@@ -50,7 +49,7 @@ def test_ownership_of_a_node_not_drained_and_the_words_said():
 
 
 def test_the_grammar_takes_every_reason_nodecheck_writes():
-    from nodecheck.run.reason import flapping_prefix, flapping_reason, with_held_since
+    from nodecheck.core.reason import flapping_prefix, flapping_reason, with_held_since
 
     for reason in (
         OURS,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.node import NodeInfo
 from nodecheck.quarantine.claim import RunId, sort_claims
 from nodecheck.quarantine.command import parse_sacct_ends, sacct_args
 from nodecheck.quarantine.fabric_stage import (
@@ -23,7 +24,6 @@ from nodecheck.quarantine.fabric_stage import (
     waiting,
 )
 from nodecheck.quarantine.follow import Leave, Move, NodeValidation, Phase, next_step, wants_node
-from nodecheck.slurm import NodeInfo
 from nodecheck.slurm.job_json import JobRecord
 
 ME = RunId("adm1", 4242, 1000)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.core.reason import parse_reason
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.notify.alertmanager import Alert, payload
 from nodecheck.quarantine.ladder import Step, ValidationHistory, decide_after_validation
-from nodecheck.run.reason import parse_reason
-from nodecheck.run.results import CheckResult, Status
 from nodecheck.slurm.jobs import parse_reservation_nodes
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm"
@@ -131,7 +131,7 @@ def test_sacctmgr_event_lines_become_events():
 
 
 def node(name, *states, parts=("gpu",), reason=""):
-    from nodecheck.slurm import NodeInfo
+    from nodecheck.core.node import NodeInfo
 
     return NodeInfo(name, tuple(states), reason=reason, partitions=tuple(parts))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from nodecheck.core.node import NodeInfo
 from nodecheck.entry.cli import main
-from nodecheck.slurm import NodeInfo
 from nodecheck.store import history
 
 OURS = (
@@ -33,7 +33,7 @@ class Fake:
 
 
 def test_report_lists_exactly_the_nodecheck_drains(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("nodecheck.slurm.act.backend_for", lambda config, env: Fake())
+    monkeypatch.setattr("nodecheck.run.act.backend_for", lambda config, env: Fake())
     cfg = tmp_path / "nodecheck.toml"
     cfg.write_text(f'state_dir = "{tmp_path}/state/{{node}}"\nmetrics_file = ""\n')
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from helpers import HANG_S, dies, hangs, make_check, make_ctx, raises
 
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 
 
@@ -236,7 +236,7 @@ KILLED_PARENT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from helpers import make_check, make_ctx
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 
 def hangs(ctx):
@@ -290,7 +290,7 @@ def test_the_drain_reason_leads_with_the_check_that_hung_and_its_last_step():
 
 def test_a_path_that_is_missing_or_refused_still_answers(tmp_path):
     """Only a hang is 'no answer': a state dir not created yet (two levels down) is fine."""
-    from nodecheck.run.isolate import stat_answers
+    from nodecheck.core.isolate import stat_answers
 
     assert stat_answers(tmp_path / "state" / "n1", 5.0)
     assert stat_answers(Path("/proc/1/root/nonexistent-nodecheck"), 5.0)

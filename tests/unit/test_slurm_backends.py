@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from nodecheck.slurm import NodeInfo, SlurmError, set_call_deadline
+from nodecheck.core.node import NodeInfo
+from nodecheck.slurm import SlurmError, set_call_deadline
 from nodecheck.slurm.scontrol import drain_args, parse_show_node, resume_args, show_node_args
 
 N1_REASON = "nodecheck: gpu.remap gpu3: row remap pending (needs GPU reset) [prolog job 812]"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nodecheck.slurm import NodeInfo, SlurmError
+from nodecheck.core.node import NodeInfo
+from nodecheck.slurm import SlurmError
 from nodecheck.slurm.node_json import parse_node_json, scontrol_offers_json
 from nodecheck.slurm.scontrol import parse_show_node
 

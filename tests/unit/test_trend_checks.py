@@ -28,11 +28,11 @@ from nodecheck.checks.registry import all_checks, with_defaults
 from nodecheck.checks.trend import fabric as trend_fabric
 from nodecheck.checks.trend import gpu as trend_gpu
 from nodecheck.checks.trend import xid as trend_xid
+from nodecheck.core.reason import format_reason, is_nodecheck_reason, parse_reason
+from nodecheck.core.results import Status
 from nodecheck.run.decide import Action, decide
-from nodecheck.run.reason import format_reason, is_nodecheck_reason, parse_reason
 from nodecheck.run.report_only import ReportOnly
 from nodecheck.run.report_only import report_only as apply_report_only
-from nodecheck.run.results import Status
 from nodecheck.store.state import STATE_FILE
 from tests.fixtures.sysfs import healthy_node
 
@@ -341,7 +341,7 @@ def test_throttle_share_from_samples(node, clock):
 
 
 def test_trend_reason_round_trips_through_every_rewrite():
-    from nodecheck.run.reason import flapping_prefix, flapping_reason, with_held_since
+    from nodecheck.core.reason import flapping_prefix, flapping_reason, with_held_since
 
     reason = (
         "nodecheck: trend gpu.ecc gpu3: correctable ECC 480/h, x4 in 24 h"

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.expected import GpuSpec, lookup, table_text
 from nodecheck.checks.registry import Option
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes import nvml
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.checks.deep import judge

@@ -35,8 +35,8 @@ from nodecheck import hostlist
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.common import GROUP, select_devices
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.active.fabric_worker import WorkerOutcome

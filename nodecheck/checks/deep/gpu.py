@@ -33,8 +33,8 @@ from nodecheck.checks.deep.common import (  # noqa: F401  (re-exported: sdc, fab
     throttle_reader,
 )
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult
 
 if TYPE_CHECKING:
     from nodecheck.checks.deep import judge

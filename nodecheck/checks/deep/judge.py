@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 
 def significant(value: float) -> float:

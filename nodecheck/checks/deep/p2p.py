@@ -36,8 +36,8 @@ from nodecheck.checks.deep.common import (
 )
 from nodecheck.checks.deep.expected import GpuSpec, lookup
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.checks.deep import judge

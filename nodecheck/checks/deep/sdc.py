@@ -14,8 +14,8 @@ from dataclasses import replace
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.common import DEVICE, GROUP, select_devices
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult
 
 CID = "deep.sdc"
 

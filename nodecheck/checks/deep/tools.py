@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.deep.common import GROUP
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 
 if TYPE_CHECKING:  # the probes are loaded in the probe child, where the checks run
     from nodecheck.probes.active.tools import ToolRun

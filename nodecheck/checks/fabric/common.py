@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nodecheck.core.results import Status
 from nodecheck.probes.fabric import sysfs
-from nodecheck.run.results import Status
 
 LINK_LAYERS = ("", "InfiniBand", "Ethernet")
 

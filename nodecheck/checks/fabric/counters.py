@@ -9,9 +9,9 @@ from typing import Any
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.fabric.common import _port_name, _present_ports, sysfs
 from nodecheck.checks.registry import Option, check
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes.fabric import counters as counter_probe
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
 
 # ----------------------------------------------------------------------------- ib.counters
 

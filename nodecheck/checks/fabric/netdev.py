@@ -9,7 +9,7 @@ from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.fabric.common import _fail_or_error, sysfs
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 # -------------------------------------------------------------------------------- net.link
 

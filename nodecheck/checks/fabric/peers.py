@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 
 # ---------------------------------------------------------------------------- fabric.peers
 

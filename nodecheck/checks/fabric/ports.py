@@ -16,7 +16,7 @@ from nodecheck.checks.fabric.common import (
     sysfs,
 )
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 # --------------------------------------------------------------------------------- ib.port
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 
 ID = "fabric.preflight"
 

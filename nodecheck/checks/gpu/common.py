@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes import nvml
 from nodecheck.probes.nvml import model as nvml_model  # noqa: F401 (the checks import it from here)
-from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu, NvmlError, Snapshot

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes import nvml
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu, ProcessInfo

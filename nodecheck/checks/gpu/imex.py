@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option
-from nodecheck.run.results import SIGNALS_KEY, CheckResult, Status
+from nodecheck.core.results import SIGNALS_KEY, CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.imex import ImexView

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import SIGNALS_KEY, CheckResult, Status
+from nodecheck.core.results import SIGNALS_KEY, CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu

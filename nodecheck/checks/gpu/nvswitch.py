@@ -10,7 +10,7 @@ from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.gpu import imex
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import SIGNALS_KEY, CheckResult, Status
+from nodecheck.core.results import SIGNALS_KEY, CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu

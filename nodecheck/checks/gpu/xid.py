@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.gpu.common import _result
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.kernlog import KernelLog

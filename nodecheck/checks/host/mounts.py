@@ -9,8 +9,8 @@ from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.host.common import GROUP
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.progress import note
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.progress import note
+from nodecheck.core.results import CheckResult, Status
 
 
 @check(
@@ -30,8 +30,8 @@ from nodecheck.run.results import CheckResult, Status
 def host_mounts(ctx: CheckContext) -> Iterator[CheckResult]:
     """A missing /home or /scratch, or a hung NFS/Lustre client, kills every job that lands.
     Fix: remount (`mount -a`), check the storage network / client, then resume."""
+    from nodecheck.core import bounded
     from nodecheck.probes import host
-    from nodecheck.run import bounded
 
     required: list[str] = ctx.options["required"]
     if not required:

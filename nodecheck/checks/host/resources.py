@@ -8,7 +8,7 @@ from nodecheck.checks import boundary
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.host.common import GIB, GROUP
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 
 @check(
@@ -65,8 +65,8 @@ def host_mem(ctx: CheckContext) -> Iterator[CheckResult]:
 def host_disk(ctx: CheckContext) -> Iterator[CheckResult]:
     """A full /tmp or /dev/shm makes jobs die at start in confusing ways (NCCL shm, compiler
     caches). Fix: clean leftovers of earlier jobs (tmpwatch, per-job tmpfs) or grow the disk."""
+    from nodecheck.core import bounded
     from nodecheck.probes import host
-    from nodecheck.run import bounded
 
     wanted: dict[str, float] = ctx.options["min_free_gib"]
     if not wanted:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.host.common import GROUP
 from nodecheck.checks.registry import Option, check
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 
 if TYPE_CHECKING:  # psutil loads in the probe process only (checks.host.common)
     from nodecheck.probes import host as host_probe

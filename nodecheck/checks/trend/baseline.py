@@ -18,7 +18,7 @@ job runs its checks as phase "manual" (ctx.keeps_state is False there), while th
 itself is the run that records state (its history events). So the job hands its deep
 results to `compare`, which stores and judges them, and the trend results it returns go
 to the escalation ladder with the rest: a FAIL drains through the validation's normal
-path, reason `nodecheck: trend deep.gemm gpu3: ...` (run/reason.py).
+path, reason `nodecheck: trend deep.gemm gpu3: ...` (core/reason.py).
 
 Only GPU figures (components `gpuN`, pairs `gpuN-gpuM`) are kept: a CPU stand-in's rate
 follows whatever else the host runs, which says nothing about the node's hardware. The
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.store import series
 from nodecheck.store.series import Reading
 

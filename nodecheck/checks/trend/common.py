@@ -18,7 +18,7 @@ from typing import Any
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option
 from nodecheck.checks.trend.rates import HOUR, Limits, Trend
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.store.series import Reading, record_and_read
 
 # Trends judge what happened between runs: never in the prolog (a job's start is not the

@@ -12,7 +12,7 @@ from nodecheck.checks.fabric.common import _port_name, _present_ports, sysfs
 from nodecheck.checks.registry import Option, check
 from nodecheck.checks.trend import common
 from nodecheck.checks.trend.rates import HOUR, Limits, Trend, judge_counter, rise
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.store.series import Reading
 
 COUNTERS = ["symbol_error", "link_error_recovery", "port_rcv_errors", "link_downed"]

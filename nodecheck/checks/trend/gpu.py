@@ -17,7 +17,7 @@ from nodecheck.checks.gpu.common import GROUP, _result, _snapshot, nvml_model
 from nodecheck.checks.registry import Option, check
 from nodecheck.checks.trend import common
 from nodecheck.checks.trend.rates import HOUR, Limits, judge_counter, share
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.store.series import Reading
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
 from nodecheck.checks.trend import common
 from nodecheck.checks.trend.rates import HOUR
-from nodecheck.run.results import CheckResult, Status
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.store import series as store_series
 from nodecheck.store.series import Reading
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from nodecheck.run.results import Status
+from nodecheck.core.results import Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.fabric.sysfs import ReadFailure

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from nodecheck.run.bounded import call_all_with_deadline
+from nodecheck.core.bounded import call_all_with_deadline
 
 MAGIC = "NCPEER1"
 MAX_LINE = 256

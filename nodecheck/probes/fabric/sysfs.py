@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodecheck.run.progress import note
+from nodecheck.core.progress import note
 
 MAX_READ = 4096
 # Errors that mean *we* may not read the file (wrong user, hardened sysfs), not that the

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from nodecheck.core.progress import note
 from nodecheck.probes.nvml import fields, nvlink
 from nodecheck.probes.nvml.model import (
     ARGUMENT_VERSION_MISMATCH,
@@ -28,7 +29,6 @@ from nodecheck.probes.nvml.model import (
     RemappedRows,
     Snapshot,
 )
-from nodecheck.run.progress import note
 
 _MISSING = object()
 # The versioned fabric-info structs, newest first, by every name a pynvml release gives them:

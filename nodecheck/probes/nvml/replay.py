@@ -20,8 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from nodecheck.core.progress import note
 from nodecheck.probes.nvml.model import Snapshot
-from nodecheck.run.progress import note
 
 
 def load(path: Path, indices: Iterable[int] | None = None) -> Snapshot:

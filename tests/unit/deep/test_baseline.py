@@ -21,9 +21,9 @@ from nodecheck.checks.deep import judge
 from nodecheck.checks.deep.expected import lookup
 from nodecheck.checks.trend import baseline
 from nodecheck.checks.trend.baseline import LOW, Limits, judge_figure
+from nodecheck.core.reason import parse_reason
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.quarantine.ladder import Step, ValidationHistory, decide_after_validation
-from nodecheck.run.reason import parse_reason
-from nodecheck.run.results import CheckResult, Status
 from nodecheck.store.series import Reading, read_only
 
 H100 = lookup("NVIDIA H100 80GB HBM3")

@@ -22,8 +22,8 @@ from nodecheck.checks.deep.gpu import select_devices as select
 from nodecheck.checks.deep.sdc import deep_sdc
 from nodecheck.checks.deep.tools import deep_dcgm, deep_ibperf, deep_nccl
 from nodecheck.checks.registry import all_checks
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes.active import device
-from nodecheck.run.results import CheckResult, Status
 
 torch = pytest.importorskip("torch")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nodecheck.checks.deep.judge import judge_fabric
+from nodecheck.core.results import Status
 from nodecheck.probes.active import dist
-from nodecheck.run.results import Status
 
 NODES = ["h1", "h2", "h3", "h4"]
 

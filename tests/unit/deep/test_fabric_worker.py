@@ -28,8 +28,8 @@ import pytest
 from helpers import make_check, make_ctx
 
 from nodecheck.checks.context import JobInfo
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes.active import device, dist, fabric_worker
-from nodecheck.run.results import CheckResult, Status
 
 torch = pytest.importorskip("torch")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nodecheck.checks.deep import expected, judge
-from nodecheck.run.results import Status
+from nodecheck.core.results import Status
 
 H100_BF16 = expected.lookup("NVIDIA H100 80GB HBM3").tflops["bf16"]
 

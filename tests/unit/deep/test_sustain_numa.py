@@ -18,8 +18,8 @@ import pytest
 from deep.test_checks import ctx_for, run
 from nodecheck.checks.deep import judge
 from nodecheck.checks.deep.gpu import deep_gemm
+from nodecheck.core.results import Status
 from nodecheck.probes.active import device, hostdev, numa, sustain
-from nodecheck.run.results import Status
 
 torch = pytest.importorskip("torch")
 

@@ -18,9 +18,9 @@ from nodecheck.checks.registry import (
     in_tier,
     run_budget_s,
 )
+from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.config import ConfigError, parse_config
 from nodecheck.run.pipeline import UsageError, select_checks
-from nodecheck.run.results import CheckResult, Status
 from nodecheck.run.runner import Planned, run_checks
 
 DEEP_IDS = {

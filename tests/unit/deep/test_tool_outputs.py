@@ -20,8 +20,8 @@ import pytest
 from deep.test_checks import ctx_for, printing, run
 from deep.test_tools import text
 from nodecheck.checks.deep.tools import deep_ibperf, deep_nccl
+from nodecheck.core.results import Status
 from nodecheck.probes.active import tools
-from nodecheck.run.results import Status
 
 # --- nccl-tests ------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The data that flows through one run on its unhealthy (or health) path.
 
 gather (nodecheck/run/gather.py) fills a `Situation`; decide (nodecheck/run/decide.py) turns it
-into a `Plan`; act (nodecheck/slurm/act.py) carries the plan out and says what happened in an
+into a `Plan`; act (nodecheck/run/act.py) carries the plan out and says what happened in an
 `Acted`; record (nodecheck/run/record.py) writes what the plan and the act leave behind.
 Everything here is frozen: a step reads what the step before it made, never changes it.
 """
@@ -12,11 +12,20 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from nodecheck.run.clock import Stamp
+from nodecheck.core.clock import Stamp
 
 if TYPE_CHECKING:  # the healthy path never imports nodecheck.slurm
-    from nodecheck.run.breaker import BreakerState
-    from nodecheck.slurm import NodeInfo
+    from nodecheck.core.node import NodeInfo
+
+
+@dataclass(frozen=True)
+class BreakerState:
+    open: bool
+    why: str
+    partition: str = ""
+    drained: int = 0  # nodes drained by nodecheck in that partition, this one not counted
+    total: int = 0
+    recent: int = 0  # nodecheck drains within the window, cluster-wide
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ class PendingFailure:
     phase: str
     job: str | None = None
     # Where `at` lies on the node's boot clock: how long ago the failure was is measured
-    # there (nodecheck.run.clock), not on the wall clock, which may be stepped meanwhile.
+    # there (nodecheck.core.clock), not on the wall clock, which may be stepped meanwhile.
     boot_id: str = ""
     since_boot: float = -1.0
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nodecheck import REASON_PREFIX
-from nodecheck.run.results import CheckResult, severity_rank
+from nodecheck.core.results import CheckResult, severity_rank
 
 MAX_REASON = 250
 MAX_COMPONENT = 48
@@ -27,6 +26,9 @@ _PARSE = re.compile(
     r"|(?P<check>[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*)) (?P<component>\S+): "
     r"(?P<message>.*?)(?: \(\+(?P<more>\d+) more\))?(?: \[(?P<context>[^\]]*)\])?$"
 )
+
+# Every reason nodecheck writes starts so; a reason without it is somebody else's.
+REASON_PREFIX = "nodecheck:"
 
 
 # A trend check (checks/trend/, id `trend.<area>_<name>`) names the signal it watches:
@@ -126,7 +128,7 @@ def is_nodecheck_reason(reason: str) -> bool:
     admin appended ("... [prolog job 4 sev=high act=admin] -- RMA 44 KEEP DRAINED") or put
     in brackets makes it not nodecheck's. Words an admin typed inside the message in
     nodecheck's own character set cannot be told apart here: only the exact reason kept in
-    the node's state (run/ownership.py) tells those."""
+    the node's state (core/node.py) tells those."""
     if len(reason) > MAX_REASON:
         return False
     parsed = parse_reason(reason)

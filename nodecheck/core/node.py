@@ -1,4 +1,7 @@
-"""Whose drain is it? The one answer every caller uses: the hooks and health (plan in
+"""A node as the controller reports it (the one shape every Slurm backend returns and every
+layer reads), and whose drain it holds.
+
+Whose drain is it? The one answer every caller uses: the hooks and health (plan in
 run/decide.py), `nodecheck resume`, `nodecheck validate`, `nodecheck report` and the
 circuit breaker.
 
@@ -7,25 +10,43 @@ has the node's state (the node's own runs; `resume` where the state is readable)
 the reason kept there: an admin who edits or appends to it takes the drain over, whatever
 the words. Where it has not (validate, report and the breaker judge other nodes from the
 controller's view), the reason must be, whole, one nodecheck's grammar writes
-(run/reason.py `is_nodecheck_reason`): a `nodecheck:` prefix alone is anyone's to type.
+(core/reason.py `is_nodecheck_reason`): a `nodecheck:` prefix alone is anyone's to type.
 
 Slurm's own "Prolog error"/"Epilog error" drain that follows a failure nodecheck recorded
 is a separate rule (decide.py `_adoptable`): it is adopted, not owned, until nodecheck
 sets its real reason.
 
-Pure: no I/O. The caller reads the kept reason (history.drain_reason) when it has it.
-"""
+Pure: no I/O. The caller reads the kept reason (history.drain_reason) when it has it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-from nodecheck import REASON_PREFIX
-from nodecheck.run.reason import is_nodecheck_reason
+from nodecheck.core.reason import REASON_PREFIX, is_nodecheck_reason
 
-if TYPE_CHECKING:
-    from nodecheck.slurm import NodeInfo
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    # Base state plus flags, upper case, e.g. ("IDLE", "DRAIN") or ("MIXED", "DRAIN").
+    states: tuple[str, ...]
+    reason: str = ""
+    reason_user: str = ""
+    reason_time: str = ""
+    partitions: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def drained(self) -> bool:
+        """Drain requested (DRAINING or DRAINED both carry the DRAIN flag)."""
+        return any(s in ("DRAIN", "DRAINED", "DRAINING") for s in self.states)
+
+    @property
+    def drained_by_nodecheck(self) -> bool:
+        """Nodecheck's drain as the controller's view alone shows it (no node state to
+        compare): core/ownership.py decides, for every caller."""
+        from nodecheck.core.ownership import drain_owner
+
+        return drain_owner(self, None).ours
 
 
 @dataclass(frozen=True)

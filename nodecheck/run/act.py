@@ -1,4 +1,4 @@
-"""Act: carry out a plan (nodecheck/run/plan.py) through the Slurm backend, within the budget.
+"""Act: carry out a plan (nodecheck/core/plan.py) through the Slurm backend, within the budget.
 
 Only reached when the plan needs the controller, so the healthy prolog never imports this.
 Nothing here decides: the plan says drain or resume and with what reason; this module
@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from nodecheck.core.node import NodeInfo
+from nodecheck.core.plan import Acted, BreakerState, Plan, Step
 from nodecheck.hostlist import expand
 from nodecheck.log import get_logger
 from nodecheck.run import breaker, decide
 from nodecheck.run.config import Config
-from nodecheck.run.plan import Acted, Plan, Step
-from nodecheck.slurm import NodeInfo, SlurmBackend, SlurmError, select_backend, set_call_deadline
+from nodecheck.slurm import SlurmBackend, SlurmError, set_call_deadline
+from nodecheck.slurm.backend import select_backend
 from nodecheck.slurm.claims import LICENSE, Claim
 
 T = TypeVar("T")
@@ -62,8 +64,8 @@ def with_retries(what: str, deadline: float, call: Callable[[], T]) -> T:
 def resume_if_ours(backend: SlurmBackend, node: str, kept: str | None) -> str:
     """`nodecheck resume` (an admin's command): resume a node whose drain is nodecheck's.
     `kept`: the reason the node's state says nodecheck set (None: no such state here), for
-    the one ownership rule (run/ownership.py); a refusal says why."""
-    from nodecheck.run.ownership import drain_owner
+    the one ownership rule (core/node.py); a refusal says why."""
+    from nodecheck.core.node import drain_owner
 
     info = backend.node_info(node)
     owner = drain_owner(info, kept)
@@ -121,7 +123,7 @@ def _drain(
         # The breaker's one exact step: a slot slurmctld lets only one node hold. No slot,
         # no drain: nothing is drained and then undone, so a wave cannot flap.
         taken = take_slots(slurm, node, limits, deadline)
-        if isinstance(taken, breaker.BreakerState):
+        if isinstance(taken, BreakerState):
             return Acted("breaker open", backed_off=taken)
         mine = taken
     try:
@@ -134,7 +136,7 @@ def _drain(
 
 def take_slots(
     slurm: SlurmBackend, node: str, limits: breaker.BreakerLimits, deadline: float
-) -> list[str] | breaker.BreakerState:
+) -> list[str] | BreakerState:
     """Claim the slots this drain needs (a rate slot; a share slot in each partition where
     the share limit could bind), or the breaker's open state when one is not to be had
     (the slots already taken are given back). Controller calls: one read of the slots and
@@ -153,7 +155,7 @@ def take_slots(
             held,
             lambda h, t: breaker.choose_rate_slot(h, limits, t),
         )
-        if isinstance(got, breaker.BreakerState):
+        if isinstance(got, BreakerState):
             return got
         mine.append(got[0])
         held = got[1]
@@ -174,7 +176,7 @@ def _take_share_slots(
     minutes: int,
     held: list[breaker.Held],
     mine: list[str],
-) -> list[str] | breaker.BreakerState:
+) -> list[str] | BreakerState:
     """take_slots' second half: a share slot in each of the node's partitions where the
     share limit could be crossed before the rate limit stops a wave."""
     slurm = slots
@@ -203,7 +205,7 @@ def _take_share_slots(
             )
 
         got = _claim(slots, node, minutes, deadline, held, choose)
-        if isinstance(got, breaker.BreakerState):
+        if isinstance(got, BreakerState):
             release_slots(slurm, mine)
             return got
         mine.append(got[0])
@@ -230,7 +232,7 @@ def _claim(
     deadline: float,
     held: list[breaker.Held],
     choose: Callable[[list[breaker.Held], frozenset[str]], breaker.SlotChoice],
-) -> tuple[str, list[breaker.Held]] | breaker.BreakerState:
+) -> tuple[str, list[breaker.Held]] | BreakerState:
     """Choose, claim; when slurmctld says another node took that slot a moment ago, read
     the slots again and choose again, until a claim holds or none is left to choose."""
     tried: frozenset[str] = frozenset()
