@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 from nodecheck.core.reason import format_reason
 from nodecheck.core.results import CheckResult, Status
+from nodecheck.run.config_schema import LADDER_STEPS
 
-LADDER_STEPS = ("drain", "reboot", "replace")
 DEFAULT_LADDER = LADDER_STEPS
 
 

@@ -3,7 +3,8 @@ import os
 import pytest
 
 from nodecheck.checks.registry import all_checks
-from nodecheck.run.config import ConfigError, find_config_path, load_config, parse_config
+from nodecheck.run.config import load_config, parse_config
+from nodecheck.run.config_file import ConfigError, find_config_path
 
 REGISTRY = all_checks()
 
