@@ -47,6 +47,38 @@ class Option:
 
 
 @dataclass(frozen=True)
+class NvmlCanary:
+    """A gpu.* check's own selftest canary, as plain data (nodecheck/selftest builds it, so
+    a check on a new NVML field needs nothing added there; docs/selftest.md).
+
+    The good input is the selftest's healthy 8x H100 (nodecheck/selftest/nvml_data.py) with
+    `healthy` set on every GPU; the bad input is the same with `values` set on GPU `gpu`.
+    Each is a top-level field of the NVML model's Gpu (nodecheck.probes.nvml.model) with its
+    replay-file value: a nested record (remapped_rows, fabric) is given whole, and a misspelt
+    name fails the canary (the selftest reports it as an error, never as a pass). The check
+    must FAIL the bad input on `component` (gpuN by default), or WARN where the node sets
+    the check's `severity` option to "warn"."""
+
+    gpu: int
+    values: Mapping[str, Any]
+    says: str  # the fault in one line, e.g. "gpu2: 88 C at idle" (the case's name)
+    component: str | None = None  # what the FAIL must name; None: f"gpu{gpu}"
+    # Options the canary runs with: what describes the canary's own hardware (expected
+    # counts, models, limits), never the check's judgement (thresholds stay the node's).
+    pin: Mapping[str, Any] = field(default_factory=dict)
+    # Fields the healthy node needs and the shared healthy H100 lacks (set on every GPU).
+    healthy: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.gpu < 0 or not self.values or not self.says:
+            raise ValueError("NvmlCanary needs a GPU index >= 0, values and says")
+
+    @property
+    def fails_on(self) -> str:
+        return self.component or f"gpu{self.gpu}"
+
+
+@dataclass(frozen=True)
 class Check:
     """A registered check: its function and what the runner and config need to know."""
 
@@ -76,6 +108,9 @@ class Check:
     # Every signal the check marks its FAILs with (new or not): what the site's `report_only`
     # list may name (a site may hold back an old signal too). The new ones are among them.
     signals: Mapping[str, str] = field(default_factory=dict)
+    # Its selftest canary, declared with the check (nodecheck/selftest builds it); None: a
+    # hand-written one in nodecheck/selftest/canaries.py, a waiver there, or none.
+    canary: NvmlCanary | None = None
 
     @property
     def area(self) -> str:
@@ -106,6 +141,7 @@ def check(
     memory_limit_mb: int | None = None,
     new_signals: Mapping[str, str] | None = None,
     signals: Mapping[str, str] | None = None,
+    canary: NvmlCanary | None = None,
 ) -> Callable[[Callable[[CheckContext], Iterable[CheckResult]]], Callable[..., Any]]:
     """Register the decorated function as check `check_id`."""
 
@@ -126,6 +162,8 @@ def check(
         clash = set(options or {}) & set(COMMON_KEYS)
         if clash:
             raise ValueError(f"check {check_id!r}: option names {sorted(clash)} are reserved")
+        if canary is not None and tier != "fast":
+            raise ValueError(f"check {check_id!r}: only a fast check has a selftest canary")
         _REGISTRY[check_id] = Check(
             id=check_id,
             func=func,
@@ -142,6 +180,7 @@ def check(
             memory_limit_mb=memory_limit_mb,
             new_signals=dict(new_signals or {}),
             signals={**(signals or {}), **(new_signals or {})},
+            canary=canary,
         )
         return func
 

@@ -10,6 +10,10 @@ daemons), the canary builds exactly that, so the node's own option values are ex
 
 Where the data comes from: nvml_data.py, kernlogs.py and trees.py name their sources (the
 project's real-data fixtures, tests/fixtures/real/SOURCES.md).
+
+A gpu.* check may instead declare its canary with itself, as data (`@check(canary=
+NvmlCanary(...))`, nodecheck.checks.registry): `declared` builds it on the same healthy node,
+so a check on a new NVML field adds nothing here. A hand-written canary here wins.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodecheck.checks.registry import Check, NvmlCanary
 from nodecheck.core.results import Status
 from nodecheck.selftest import kernlogs, nvml_data, trees
 
@@ -425,3 +430,39 @@ COMPONENT_OF: dict[str, Callable[[Mapping[str, Any]], str]] = {
 }
 
 CANARIES: dict[str, Canary] = {c.check: c for c in (*GPU, XID, *HOST, *FABRIC)}
+
+
+# --- declared by the check itself (registry.NvmlCanary) --------------------------------
+
+
+def _declared_nvml(decl: NvmlCanary, bad: bool) -> Builder:
+    def build(work: Path, node: Mapping[str, Any]) -> Setup:
+        snap = nvml_data.declared(decl, bad)
+        nvml = nvml_data.write_snapshot(work, "declared-fault" if bad else "healthy", snap)
+        return Setup(settings={"nvml": nvml}, options=dict(decl.pin), env=JOB)
+
+    return build
+
+
+def declared(chk: Check) -> Canary | None:
+    """The canary a gpu.* check declares in its `@check(canary=...)`: the healthy node, and
+    its fault, which it must FAIL on the component it names (WARN where the node sets the
+    check's `severity` to "warn", as for the hand-written ones)."""
+    decl = chk.canary
+    if decl is None:
+        return None
+    expect = _by_severity if "severity" in chk.options else _fail
+    good = Case("healthy 8x H100 SXM", True, _declared_nvml(decl, False))
+    bad = Case(decl.says, False, _declared_nvml(decl, True), expect, decl.fails_on)
+    return Canary(chk.id, (good, bad))
+
+
+def canary_for(chk: Check) -> Canary | None:
+    """The check's canary: a hand-written one above wins over one the check declares."""
+    return CANARIES.get(chk.id) or declared(chk)
+
+
+def all_canaries(registry: Mapping[str, Check]) -> dict[str, Canary]:
+    """Every check's canary, hand-written or declared (checks without one left out)."""
+    found = {cid: canary_for(chk) for cid, chk in registry.items()}
+    return {cid: canary for cid, canary in found.items() if canary is not None}

@@ -34,7 +34,7 @@ from nodecheck.core.results import CheckResult, Status
 from nodecheck.log import LOGGER_NAME, bind_run, bound_fields, structlog
 from nodecheck.run.config import Config, NodeConfig, load_config, parse_config
 from nodecheck.run.pipeline import RunOutcome, RunRequest, UsageError, execute, node_name
-from nodecheck.selftest.canaries import CANARIES, COMPONENT_OF, DEEP_WHY, WAIVED, Case
+from nodecheck.selftest.canaries import COMPONENT_OF, DEEP_WHY, WAIVED, Case, canary_for
 from nodecheck.selftest.report import CaseResult, CheckVerdict
 
 PHASE_ORDER = ("prolog", "epilog", "health", "manual")
@@ -124,7 +124,7 @@ def run_plan(
 
 
 def _check(plan: Plan, chk: Check, via: str, base: Path, deadline: float) -> CheckVerdict:
-    canary = CANARIES.get(chk.id)
+    canary = canary_for(chk)
     if canary is None:
         waived = DEEP_WHY if chk.tier == "deep" else WAIVED.get(chk.id)
         why = waived or "no canary for this check: it cannot prove itself"

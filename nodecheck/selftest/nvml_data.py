@@ -10,8 +10,8 @@ is derived here, from the project's real-data fixtures:
   used), PCIe gen5 x16, 700 W limit, 100.89 W and 30 C at idle, persistence on, MIG off,
   compute mode Default, ECC on with no error, no row remapped, fabric Completed/Success,
   GPU recovery action None;
-- the other seven GPUs' bus ids, UUIDs and 18 NVLinks are those of the HGX H100 baseboard in
-  tests/fixtures/nvml/make_fixtures.py;
+- the other seven GPUs' bus ids, UUIDs and 18 NVLinks are those of the HGX H100 baseboard
+  that tests/fixtures/nvml/make_fixtures.py also starts from (nodecheck.probes.nvml.handmade);
 - each fault changes only what make_fixtures.py changes for it (lost GPU, missing GPU, DBE
   with a pending remap, pending remap, remap failure, PCIe x8, NVLink down, HW slowdown, hot
   at idle, fabric manager not running, a leftover process, Xid 154's recovery action); the
@@ -24,102 +24,50 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodecheck.probes.nvml.model import NVLINK_COUNTERS, dumps
+from nodecheck.probes.nvml import handmade
+from nodecheck.probes.nvml.model import GPU_IS_LOST
 
-FORMAT = "nodecheck-nvml-snapshot/1"
-MODEL = "NVIDIA H100 80GB HBM3"
+if TYPE_CHECKING:
+    from nodecheck.checks.registry import NvmlCanary
+
+MODEL = handmade.H100_NAME
 DRIVER = "565.57.01"
 CUDA = 12070  # "CUDA Version: 12.7"
 GPUS = 8
-NVLINKS = 18  # H100 SXM
-POWER_LIMIT_W = 700
-BUSES = ["18", "2A", "3A", "5D", "9A", "AB", "BA", "DB"]
-PCI_BUS_IDS = [f"00000000:{bus}:00.0" for bus in BUSES]
-UUIDS = [
-    "GPU-b42dd28e-ffdd-8720-1df0-98bd8cdc05b1",  # the real GPU 0 of h100-sxm-565.txt
-    "GPU-0f2a7b3c-51d6-4e8f-9a0b-1c2d3e4f5a61",
-    "GPU-8a9b0c1d-2e3f-4a5b-6c7d-8e9f0a1b2c72",
-    "GPU-3c4d5e6f-7a8b-4c9d-0e1f-2a3b4c5d6e83",
-    "GPU-b1c2d3e4-f5a6-4b7c-8d9e-0f1a2b3c4d94",
-    "GPU-5e6f7a8b-9c0d-4e1f-2a3b-4c5d6e7f8aa5",
-    "GPU-c7d8e9f0-a1b2-4c3d-4e5f-6a7b8c9d0eb6",
-    "GPU-2f3a4b5c-6d7e-4f8a-9b0c-1d2e3f4a5bc7",
-]
+POWER_LIMIT_W = handmade.H100_POWER_LIMIT_W
+PCI_BUS_IDS = handmade.H100_PCI_BUS_IDS
+REAL_GPU0_UUID = "GPU-b42dd28e-ffdd-8720-1df0-98bd8cdc05b1"  # the real GPU 0 of h100-sxm-565.txt
 MIB = 1024**2
-MEM_TOTAL = 81559 * MIB
 MEM_USED_IDLE = (454 + 1) * MIB  # NVML's v1 memory info counts the reserved part as used
-COUNTERS = NVLINK_COUNTERS  # the legacy per-link counters the model names
 
 
 def _gpu(index: int) -> dict[str, Any]:
-    return {
-        "index": index,
-        "minor_number": index,
-        "name": MODEL,
-        "uuid": UUIDS[index],
-        "pci_bus_id": PCI_BUS_IDS[index],
-        "ecc_mode_current": True,
-        "ecc_mode_pending": True,
-        "ecc_uncorrected_volatile": 0,
-        "ecc_uncorrected_aggregate": 0,
-        "ecc_corrected_volatile": 0,
-        "ecc_corrected_aggregate": 0,
-        "remapped_rows": {
-            "corrRows": 0,
-            "uncRows": 0,
-            "isPending": False,
-            "failureOccurred": False,
-        },
-        "retired_pages_pending": None,
-        "retired_pages_sbe": None,
-        "retired_pages_dbe": None,
-        "pcie_gen_current": 5,
-        "pcie_gen_max": 5,
-        "pcie_width_current": 16,
-        "pcie_width_max": 16,
-        "nvlinks": [
-            {"link": link, "active": True, "counters": dict.fromkeys(COUNTERS, 0), "errors": {}}
-            for link in range(NVLINKS)
-        ],
-        "clocks_event_reasons": 0x1,  # "Idle: Active", nothing else
-        "temperature_c": 30 + index % 4,
-        "power_usage_mw": 100890 + 1137 * index,
-        "power_limit_mw": POWER_LIMIT_W * 1000,
-        "persistence_mode": True,
-        "mig_mode_current": False,
-        "mig_mode_pending": False,
-        "compute_mode": 0,  # Default
-        "fabric": {"state": 3, "status": 0, "healthMask": 0, "healthSummary": None},
-        "processes": [],
-        "graphics_processes": [],
-        "memory": {"total": MEM_TOTAL, "free": MEM_TOTAL - MEM_USED_IDLE, "used": MEM_USED_IDLE},
-        "recovery_action": 0,  # "GPU Recovery Action: None"
-        "errors": {},
-    }
+    """The shared idle HGX H100 (handmade.hgx_h100) with h100-sxm-565.txt's values."""
+    return handmade.hgx_h100(
+        index,
+        memory_used=MEM_USED_IDLE,
+        temperature_c=30 + index % 4,
+        power_usage_mw=100890 + 1137 * index,
+        recovery_action=0,  # "GPU Recovery Action: None"
+        **({"uuid": REAL_GPU0_UUID} if index == 0 else {}),
+    )
 
 
 def healthy() -> dict[str, Any]:
     return {
-        "format": FORMAT,
         "comment": "nodecheck selftest canary: HGX H100 80GB, 8 GPUs, idle and healthy",
         "source": "selftest",
-        "init_error": None,
         "driver_version": DRIVER,
         "cuda_driver_version": CUDA,
         "device_count": GPUS,
         "gpus": [_gpu(i) for i in range(GPUS)],
-        "errors": {},
-        "selected": None,
     }
 
 
 def _lost(snap: dict[str, Any]) -> None:
-    snap["gpus"][3] = {
-        "index": 3,
-        "errors": {"handle": {"code": 15, "name": "NVML_ERROR_GPU_IS_LOST", "message": ""}},
-    }
+    snap["gpus"][3] = {"index": 3, "errors": {"handle": handmade.error(GPU_IS_LOST)}}
 
 
 def _missing(snap: dict[str, Any]) -> None:
@@ -199,15 +147,14 @@ def _prohibited(snap: dict[str, Any]) -> None:
 
 def _fabric_not_started(snap: dict[str, Any]) -> None:
     for gpu in snap["gpus"]:
-        gpu["fabric"] = {"state": 1, "status": 0, "healthMask": 0, "healthSummary": None}
+        gpu["fabric"]["state"] = 1  # NVML_GPU_FABRIC_STATE_NOT_STARTED
 
 
 def _leftover(snap: dict[str, Any]) -> None:
     gpu = snap["gpus"][0]
     held = 40802189312  # 38 GiB
     gpu["processes"] = [{"pid": 48213, "usedGpuMemory": held}]
-    used = MEM_USED_IDLE + held
-    gpu["memory"] = {"total": MEM_TOTAL, "free": MEM_TOTAL - used, "used": used}
+    gpu["memory"] = handmade.memory(handmade.H100_MEMORY_TOTAL, MEM_USED_IDLE + held)
 
 
 # name -> (what is wrong, the change to the healthy node)
@@ -233,18 +180,38 @@ FAULTS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
 
 
 def snapshot(fault: str | None = None) -> dict[str, Any]:
-    """The healthy node, or the node with one fault of FAULTS."""
+    """The healthy node, or the node with one fault of FAULTS, with every model field."""
     snap = healthy()
     if fault is not None:
         what, change = FAULTS[fault]
-        snap = copy.deepcopy(snap)
         change(snap)
         snap["comment"] = f"nodecheck selftest canary: {what}"
-    return snap
+    return handmade.complete(snap)
+
+
+def declared(canary: NvmlCanary, bad: bool) -> dict[str, Any]:
+    """The node of a check's declared canary (registry.NvmlCanary): the healthy node with its
+    `healthy` fields on every GPU, and for the bad input its `values` on GPU `gpu`. Copies:
+    the declaration is the check's, shared by every run. A field the model lacks, or a GPU
+    the node lacks, raises here (the selftest reports the canary as an error)."""
+    snap = healthy()
+    for gpu in snap["gpus"]:
+        gpu.update(copy.deepcopy(dict(canary.healthy)))
+    if bad:
+        if not 0 <= canary.gpu < GPUS:
+            raise ValueError(f"canary gpu {canary.gpu}: the canary node has gpu0-{GPUS - 1}")
+        snap["gpus"][canary.gpu].update(copy.deepcopy(dict(canary.values)))
+        snap["comment"] = f"nodecheck selftest canary: {canary.says}"
+    return handmade.complete(snap)
 
 
 def write(directory: Path, fault: str | None = None) -> str:
     """Write the snapshot into `directory`; the `nvml` setting that replays it."""
-    path = directory / f"nvml-{fault or 'healthy'}.json"
-    path.write_text(dumps(snapshot(fault)), encoding="utf-8")
+    return write_snapshot(directory, fault or "healthy", snapshot(fault))
+
+
+def write_snapshot(directory: Path, name: str, snap: dict[str, Any]) -> str:
+    """Write the snapshot into `directory` as `name`; the `nvml` setting that replays it."""
+    path = directory / f"nvml-{name}.json"
+    path.write_text(handmade.dump(snap), encoding="utf-8")
     return f"replay:{path}"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.results import SIGNALS_KEY, CheckResult, Status
+from nodecheck.probes.nvml import model as nvml_model
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu
@@ -20,7 +21,6 @@ from nodecheck.checks.gpu.common import (
     _per_gpu,
     _result,
     _snapshot,
-    nvml_model,
 )
 
 
@@ -87,14 +87,35 @@ NVLINK_STATE_KEY = "gpu.nvlink.counters"
 NVLINK_STATE_VERSION = 2
 # Waiting for the state lock ends well inside the gpu group's shared deadline.
 NVLINK_STATE_BUSY_MS = 2000
-# Every counter the collector reads, with its default allowed rise (nvml/model.py's table).
-DEFAULT_NVLINK_RISE = {spec.name: spec.max_rise for spec in nvml_model.NVLINK_COUNTER_SPECS}
+# Every counter the collector reads (nvml/model.py's NVLINK_COUNTER_SPECS, in its order), with
+# its default allowed rise between two runs on one link: policy, so it lives with the check.
+DEFAULT_NVLINK_RISE: dict[str, int] = {
+    "replay": 100,
+    "recovery": 0,
+    "crc_flit": 100,
+    "crc_data": 0,
+    "ecc_data": 100,
+    # NVLink5 (Blackwell)
+    "rx_errors": 100,
+    "local_link_integrity": 0,
+    "link_recovery_failed": 0,
+    "link_recovery": 0,
+    "effective_errors": 100,  # after FEC
+    "symbol_errors": 1_000_000,  # FEC corrects these
+}
 # Counters new to a platform (NVLink5 on Blackwell): their rise is report-only until the site
-# says otherwise (`report_only`, run/report_only.py): their allowances are not measured yet.
+# says otherwise (`report_only`, run/report_only.py): their allowances are not measured yet,
+# and an untested signal must not drain a rack.
 NEW_COUNTERS = {
-    spec.name: "Blackwell NVLink5 counter (allowance not yet measured on real nodes)"
-    for spec in nvml_model.NVLINK_COUNTER_SPECS
-    if spec.report_only
+    name: "Blackwell NVLink5 counter (allowance not yet measured on real nodes)"
+    for name in (
+        "rx_errors",
+        "local_link_integrity",
+        "link_recovery_failed",
+        "link_recovery",
+        "effective_errors",
+        "symbol_errors",
+    )
 }
 # NVLink-C2C (Grace parts): new to nodecheck everywhere it exists.
 NEW_SIGNALS = {**NEW_COUNTERS, "c2c": "GH200/GB200/GB300: an NVLink-C2C link not active"}
@@ -282,7 +303,7 @@ def _nvlink_window(
     entry: Mapping[str, Any] | None, boot: str | None, now: float, max_window_s: float
 ) -> tuple[Mapping[str, Mapping[str, int]], str]:
     """The earlier reading to compare with, or ({}, why it is only a new baseline)."""
-    from nodecheck.probes.fabric.counters import describe_age
+    from nodecheck.checks.fabric.counters import describe_age
 
     if not entry:
         return {}, "first reading"

@@ -8,12 +8,10 @@ so a pynvml older than a field still reads it from a driver that has it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from nodecheck.probes.nvml.caller import Caller
 from nodecheck.probes.nvml.model import NvmlError
-
-if TYPE_CHECKING:
-    from nodecheck.probes.nvml.real import _Caller
 
 # nvmlValueType_t -> the member of the nvmlValue_t union that holds it (nvml.h).
 _VALUE_MEMBERS = dict(enumerate(("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")))
@@ -22,7 +20,7 @@ FieldAnswer = tuple[int | None, NvmlError | None]
 
 
 def read(
-    call: _Caller, handle: Any, requests: Sequence[int | tuple[int, int]], where: str
+    call: Caller, handle: Any, requests: Sequence[int | tuple[int, int]], where: str
 ) -> tuple[list[FieldAnswer], NvmlError | None]:
     """One nvmlDeviceGetFieldValues call for `requests` (a field id, or (field id, scopeId)):
     the value or the field's own error for each, or the call's error. The call can succeed

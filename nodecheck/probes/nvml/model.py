@@ -11,13 +11,16 @@ does not import pynvml: replay and the checks must work where it is missing.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 FORMAT = "nodecheck-nvml-snapshot/1"
+T = TypeVar("T")
 
 # nvmlReturn_t codes and the text nvmlErrorString/pynvml gives them (nvml.h, pynvml).
 ERROR_CODES: dict[int, tuple[str, str]] = {
@@ -110,19 +113,17 @@ NVLINK_MAX_LINKS = 36
 
 @dataclass(frozen=True)
 class NvLinkCounter:
-    """One NVLink error counter gpu.nvlink compares between runs, and where NVML keeps it.
+    """One NVLink error counter (a count of events since the driver loaded) and where NVML
+    keeps it.
 
     `legacy` is its nvmlNvLinkErrorCounter_t (nvmlDeviceGetNvLinkErrorCounter), `field` the
     per-link field id (nvmlDeviceGetFieldValues, scopeId = the link) read where the legacy
-    call is not supported. `max_rise` is gpu.nvlink's default allowed rise between two runs;
-    `report_only` counters WARN instead of FAIL (new to a platform nodecheck has not been
-    tested on: an untested signal must not drain a rack)."""
+    call is not supported. What a rise means (allowance, report-only) is gpu.nvlink's,
+    keyed by `name`: nodecheck/checks/gpu/links.py."""
 
     name: str
     legacy: int | None
     field: int | None
-    max_rise: int
-    report_only: bool = False
 
 
 # Hopper and older: the five legacy counters (161-163 replaced the per-lane fields on Hopper:
@@ -130,20 +131,21 @@ class NvLinkCounter:
 # DCGM_FI_DEV_NVLINK_COUNT_* read them on GB200, NVIDIA/dcgm-exporter issue #581). The change
 # log says 161-163 are not supported on Blackwell either, yet `nvidia-smi nvlink -e` prints
 # replay/recovery/CRC counts on a GB300 (NVIDIA/srt-slurm pull request #307): they are asked
-# too, and whatever answers is compared. Adding a counter is one row here.
+# too, and whatever answers is compared. Adding a counter is one row here and its allowance
+# in gpu.nvlink (checks/gpu/links.py; a test holds the two lists equal).
 NVLINK_COUNTER_SPECS: tuple[NvLinkCounter, ...] = (
-    NvLinkCounter("replay", 0, 161, 100),  # NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY
-    NvLinkCounter("recovery", 1, 162, 0),  # NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY
-    NvLinkCounter("crc_flit", 2, 163, 100),  # NVML_FI_DEV_NVLINK_ERROR_DL_CRC
-    NvLinkCounter("crc_data", 3, None, 0),
-    NvLinkCounter("ecc_data", 4, None, 100),
+    NvLinkCounter("replay", 0, 161),  # NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY
+    NvLinkCounter("recovery", 1, 162),  # NVML_FI_DEV_NVLINK_ERROR_DL_RECOVERY
+    NvLinkCounter("crc_flit", 2, 163),  # NVML_FI_DEV_NVLINK_ERROR_DL_CRC
+    NvLinkCounter("crc_data", 3, None),
+    NvLinkCounter("ecc_data", 4, None),
     # NVLink5 (Blackwell): NVML_FI_DEV_NVLINK_COUNT_*
-    NvLinkCounter("rx_errors", None, 208, 100, report_only=True),  # RCV_ERRORS
-    NvLinkCounter("local_link_integrity", None, 211, 0, report_only=True),
-    NvLinkCounter("link_recovery_failed", None, 214, 0, report_only=True),
-    NvLinkCounter("link_recovery", None, 215, 0, report_only=True),  # LINK_RECOVERY_EVENTS
-    NvLinkCounter("effective_errors", None, 219, 100, report_only=True),  # after FEC
-    NvLinkCounter("symbol_errors", None, 221, 1_000_000, report_only=True),  # FEC corrects
+    NvLinkCounter("rx_errors", None, 208),  # RCV_ERRORS
+    NvLinkCounter("local_link_integrity", None, 211),
+    NvLinkCounter("link_recovery_failed", None, 214),
+    NvLinkCounter("link_recovery", None, 215),  # LINK_RECOVERY_EVENTS
+    NvLinkCounter("effective_errors", None, 219),  # after FEC
+    NvLinkCounter("symbol_errors", None, 221),  # FEC corrects these
 )
 NVLINK_COUNTER_BY_NAME = {spec.name: spec for spec in NVLINK_COUNTER_SPECS}
 
@@ -196,7 +198,7 @@ class NvLink:
     per-link field values); a counter no source could read has its last error."""
 
     link: int
-    active: bool | None
+    active: bool | None = None
     counters: Mapping[str, int] = field(default_factory=dict)  # NVLINK_COUNTER_SPECS names
     errors: Mapping[str, NvmlError] = field(default_factory=dict)  # "state" or a counter
 
@@ -315,7 +317,7 @@ class Snapshot:
         return self.init_error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, **_plain(asdict(self))}
+        return {"format": FORMAT, **to_plain(self)}
 
     def to_json(self) -> str:
         return dumps(self.to_dict())
@@ -325,23 +327,8 @@ class Snapshot:
         fmt = data.get("format", FORMAT)
         if fmt != FORMAT:
             raise ValueError(f"unknown snapshot format {fmt!r} (expected {FORMAT!r})")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known - {"format", "replay", "comment"}
-        if unknown:
-            raise ValueError(f"unknown snapshot keys {sorted(unknown)}")
-        selected = data.get("selected")
-        return cls(
-            source=str(data.get("source", "")),
-            collected_at=float(data.get("collected_at", 0.0)),
-            collect_s=float(data.get("collect_s", 0.0)),
-            init_error=_error(data.get("init_error")),
-            driver_version=data.get("driver_version"),
-            cuda_driver_version=data.get("cuda_driver_version"),
-            device_count=data.get("device_count"),
-            gpus=tuple(_gpu(g) for g in data.get("gpus", ())),
-            errors=_errors(data.get("errors")),
-            selected=tuple(selected) if selected is not None else None,
-        )
+        body = {k: v for k, v in data.items() if k not in ("format", "replay", "comment")}
+        return from_plain(cls, {"source": "", **body}, "snapshot")
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:
@@ -366,6 +353,66 @@ def dumps(data: Any, depth: int = 0) -> str:
     return text + "\n" if depth == 0 else text
 
 
+def to_plain(record: Any) -> dict[str, Any]:
+    """A model dataclass as JSON-ready data: every field by name, tuples as lists."""
+    return _plain(asdict(record))
+
+
+def from_plain(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """The model dataclass `cls` from JSON data, walking its fields and their annotations:
+    a nested record, a tuple of them, an NVML error or a mapping of them is rebuilt by its
+    type, a missing field takes its default, and an unknown key is an error (a misspelt
+    field must not vanish silently). A new field needs no code here."""
+    readers = field_readers(cls)
+    unknown = set(data) - set(readers)
+    if unknown:
+        raise ValueError(f"{where or cls.__name__}: unknown keys {sorted(unknown)}")
+    missing = {f.name for f in fields(cls) if f.init and _required(f)} - set(data)
+    if missing:
+        raise ValueError(f"{where or cls.__name__}: missing keys {sorted(missing)}")
+    return cls(**{k: readers[k](v) for k, v in data.items()})
+
+
+def _required(spec: Field[Any]) -> bool:
+    return spec.default is MISSING and spec.default_factory is MISSING
+
+
+Reader = Callable[[Any], Any]
+
+
+@functools.cache
+def field_readers(cls: type) -> dict[str, Reader]:
+    """For each field of `cls`, what turns its JSON value back into the model's value; made
+    once per class from the annotations (resolving them costs more than a whole load). A
+    test that swaps a model class for an extended one clears this cache."""
+    return {name: _reader(hint) for name, hint in get_type_hints(cls).items()}
+
+
+def _reader(hint: Any) -> Reader:
+    optional = get_origin(hint) in (Union, UnionType)
+    if optional:  # `X | None`: the model has no wider unions
+        (hint,) = [arg for arg in get_args(hint) if arg is not type(None)]
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is NvmlError:
+        return _error
+    if isinstance(hint, type) and is_dataclass(hint):
+        record = hint
+        return lambda value: None if value is None else from_plain(record, value)
+    # A null where the model has no None (nvlinks, counters) is the empty collection.
+    empty = None if optional else (() if origin is tuple else {})
+    if origin is tuple:
+        item = _reader(args[0])
+        return lambda value: empty if value is None else tuple(item(v) for v in value)
+    if origin in (Mapping, dict) and args[1] is NvmlError:
+        return _errors
+    if origin in (Mapping, dict):
+        item = _reader(args[1])
+        return lambda value: empty if value is None else {str(k): item(v) for k, v in value.items()}
+    if hint is float:
+        return lambda value: None if value is None else float(value)
+    return lambda value: value
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -384,33 +431,3 @@ def _error(data: Any) -> NvmlError | None:
 
 def _errors(data: Any) -> dict[str, NvmlError]:
     return {key: err for key, raw in (data or {}).items() if (err := _error(raw)) is not None}
-
-
-def _gpu(data: Mapping[str, Any]) -> Gpu:
-    known = {f.name for f in fields(Gpu)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"gpu {data.get('index')}: unknown keys {sorted(unknown)}")
-    values = dict(data)
-    if values.get("remapped_rows") is not None:
-        values["remapped_rows"] = RemappedRows(**values["remapped_rows"])
-    values["nvlinks"] = tuple(
-        NvLink(
-            link=int(link["link"]),
-            active=link.get("active"),
-            counters=dict(link.get("counters") or {}),
-            errors=_errors(link.get("errors")),
-        )
-        for link in values.get("nvlinks") or ()
-    )
-    if values.get("fabric") is not None:
-        values["fabric"] = FabricInfo(**values["fabric"])
-    for key in ("processes", "graphics_processes"):
-        if values.get(key) is not None:
-            values[key] = tuple(ProcessInfo(**p) for p in values[key])
-    if values.get("memory") is not None:
-        values["memory"] = MemoryInfo(**values["memory"])
-    if values.get("c2c_links") is not None:
-        values["c2c_links"] = tuple(int(v) for v in values["c2c_links"])
-    values["errors"] = _errors(values.get("errors"))
-    return Gpu(**values)

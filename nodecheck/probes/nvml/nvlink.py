@@ -13,9 +13,10 @@ counter at all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nodecheck.probes.nvml import fields
+from nodecheck.probes.nvml.caller import Caller
 from nodecheck.probes.nvml.model import (
     FI_NVLINK_LINK_COUNT,
     FUNCTION_NOT_FOUND,
@@ -26,14 +27,11 @@ from nodecheck.probes.nvml.model import (
     NvmlError,
 )
 
-if TYPE_CHECKING:
-    from nodecheck.probes.nvml.real import _Caller
-
 # Link numbers NVML answers with one of these are not there on this part.
 _NO_SUCH_LINK = (NOT_SUPPORTED, 2, FUNCTION_NOT_FOUND)  # 2: NVML_ERROR_INVALID_ARGUMENT
 
 
-def collect(call: _Caller, handle: Any, where: str) -> tuple[tuple[NvLink, ...], NvmlError | None]:
+def collect(call: Caller, handle: Any, where: str) -> tuple[tuple[NvLink, ...], NvmlError | None]:
     """Every link NVML knows on this GPU; (), error when there are none or the GPU is gone."""
     links: list[NvLink] = []
     first_error: NvmlError | None = None
@@ -57,7 +55,7 @@ def collect(call: _Caller, handle: Any, where: str) -> tuple[tuple[NvLink, ...],
     return (), first_error or NvmlError(NOT_SUPPORTED)
 
 
-def _link_count(call: _Caller, handle: Any, where: str) -> int | None:
+def _link_count(call: Caller, handle: Any, where: str) -> int | None:
     """NVML_FI_DEV_NVLINK_LINK_COUNT, or None. Only a bound on the link numbers asked: its
     failure is not kept as an error (every link number is then asked, as before)."""
     answers, err = fields.read(call, handle, [FI_NVLINK_LINK_COUNT], where)
@@ -68,7 +66,7 @@ def _link_count(call: _Caller, handle: Any, where: str) -> int | None:
 
 
 def _counters(
-    call: _Caller, handle: Any, link: int, where: str
+    call: Caller, handle: Any, link: int, where: str
 ) -> tuple[dict[str, int], dict[str, NvmlError]]:
     counters: dict[str, int] = {}
     errors: dict[str, NvmlError] = {}

@@ -11,10 +11,11 @@ from __future__ import annotations
 import ctypes
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from nodecheck.core.progress import note
 from nodecheck.probes.nvml import fields, nvlink
+from nodecheck.probes.nvml.caller import Caller
 from nodecheck.probes.nvml.model import (
     ARGUMENT_VERSION_MISMATCH,
     FI_C2C_LINK_COUNT,
@@ -42,35 +43,39 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-class _Caller:
-    """Calls pynvml functions by name, turning NVMLError into NvmlError data."""
+def _same(value: Any) -> Any:
+    return value
 
-    def __init__(self, pynvml: Any) -> None:
-        self.nv = pynvml
 
-    def __call__(self, fn_name: str, *args: Any, where: str = "") -> tuple[Any, NvmlError | None]:
-        note(f"{fn_name} {where}".strip())
-        fn = getattr(self.nv, fn_name, None)
-        if fn is None:  # this pynvml predates the call
-            return None, NvmlError(FUNCTION_NOT_FOUND)
-        try:
-            return fn(*args), None
-        except self.nv.NVMLError as exc:
-            return None, NvmlError(int(exc.value))
-        except getattr(self.nv, "NVMLLibraryMismatchError", ()):
-            # pynvml's unversioned wrappers turn a missing symbol into this instead
-            return None, NvmlError(FUNCTION_NOT_FOUND)
+@dataclass(frozen=True)
+class PlainRead:
+    """A Gpu field that one pynvml call on the device handle gives as it is (or through
+    `conv`): `calls` newest name first, an older one tried only where a newer is missing;
+    `args` follow the handle. Such a field is one row of PLAIN_READS, and the fake pynvml
+    of the tests (tests/unit/test_gpu_adapter.py) answers every row from a snapshot."""
 
-    def first(
-        self, names: Iterable[str], *args: Any, where: str = ""
-    ) -> tuple[Any, NvmlError | None]:
-        """Try newer then older names of one call, moving on only when one is missing."""
-        value, err = None, NvmlError(FUNCTION_NOT_FOUND)
-        for name in names:
-            value, err = self(name, *args, where=where)
-            if err is None or err.code != FUNCTION_NOT_FOUND:
-                break
-        return value, err
+    field: str
+    calls: tuple[str, ...]
+    args: tuple[Any, ...] = ()
+    conv: Callable[[Any], Any] = _same
+
+
+PLAIN_READS: tuple[PlainRead, ...] = (
+    PlainRead("pcie_gen_current", ("nvmlDeviceGetCurrPcieLinkGeneration",)),
+    PlainRead("pcie_gen_max", ("nvmlDeviceGetMaxPcieLinkGeneration",)),
+    PlainRead("pcie_width_current", ("nvmlDeviceGetCurrPcieLinkWidth",)),
+    PlainRead("pcie_width_max", ("nvmlDeviceGetMaxPcieLinkWidth",)),
+    PlainRead(
+        "clocks_event_reasons",
+        ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
+    ),
+    # NVML_TEMPERATURE_GPU; the V form is newer, the plain one deprecated but everywhere.
+    PlainRead("temperature_c", ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"), (0,)),
+    PlainRead("power_usage_mw", ("nvmlDeviceGetPowerUsage",)),
+    PlainRead("power_limit_mw", ("nvmlDeviceGetEnforcedPowerLimit",)),
+    PlainRead("persistence_mode", ("nvmlDeviceGetPersistenceMode",), conv=bool),
+    PlainRead("compute_mode", ("nvmlDeviceGetComputeMode",)),
+)
 
 
 def collect(indices: Iterable[int] | None = None, source: str = "real") -> Snapshot:
@@ -85,7 +90,7 @@ def collect(indices: Iterable[int] | None = None, source: str = "real") -> Snaps
             collected_at=wall,
             init_error=NvmlError(12, message="pynvml (nvidia-ml-py) not installed"),
         )
-    call = _Caller(pynvml)
+    call = Caller(pynvml)
     _, init_error = call("nvmlInit")
     if init_error is not None:
         return Snapshot(
@@ -122,7 +127,7 @@ def collect(indices: Iterable[int] | None = None, source: str = "real") -> Snaps
         call("nvmlShutdown")
 
 
-def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
+def _collect_gpu(call: Caller, nv: Any, index: int) -> Gpu:
     where = f"gpu{index}"
     handle, err = call("nvmlDeviceGetHandleByIndex", index, where=where)
     if err is not None:
@@ -168,30 +173,18 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
         get("retired_pages_sbe", "nvmlDeviceGetRetiredPages", sbe_cause, conv=len)
         get("retired_pages_dbe", "nvmlDeviceGetRetiredPages", dbe_cause, conv=len)
 
-    get("pcie_gen_current", "nvmlDeviceGetCurrPcieLinkGeneration")
-    get("pcie_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration")
-    get("pcie_width_current", "nvmlDeviceGetCurrPcieLinkWidth")
-    get("pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth")
+    for read in PLAIN_READS:
+        get(read.field, read.calls, *read.args, conv=read.conv)
 
     values["nvlinks"], nvlink_error = nvlink.collect(call, handle, where)
     if nvlink_error is not None:
         errors["nvlink"] = nvlink_error
 
-    get(
-        "clocks_event_reasons",
-        ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"),
-    )
-    # NVML_TEMPERATURE_GPU; the V form is newer, the plain one deprecated but everywhere.
-    get("temperature_c", ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"), 0)
-    get("power_usage_mw", "nvmlDeviceGetPowerUsage")
-    get("power_limit_mw", "nvmlDeviceGetEnforcedPowerLimit")
-    get("persistence_mode", "nvmlDeviceGetPersistenceMode", conv=bool)
     value, err = call("nvmlDeviceGetMigMode", handle, where=where)
     if err is not None:
         errors["mig_mode"] = err
     else:
         values["mig_mode_current"], values["mig_mode_pending"] = (bool(v) for v in value)
-    get("compute_mode", "nvmlDeviceGetComputeMode")
 
     fabric, err = _collect_fabric(call, nv, handle, where)
     if err is not None:
@@ -220,7 +213,7 @@ def _collect_gpu(call: _Caller, nv: Any, index: int) -> Gpu:
     return Gpu(**values, errors=errors)
 
 
-def _c2c_links(call: _Caller, handle: Any, where: str) -> tuple[tuple[int, ...] | None, Any]:
+def _c2c_links(call: Caller, handle: Any, where: str) -> tuple[tuple[int, ...] | None, Any]:
     """NVLink-C2C (Grace parts): the link count, then every link's status in one call, as
     NCCL reads them. A GPU without C2C answers the count NOT_SUPPORTED (kept as the error)."""
     answers, err = fields.read(call, handle, [FI_C2C_LINK_COUNT], where)
@@ -262,7 +255,7 @@ def _processes(procs: Iterable[Any]) -> tuple[ProcessInfo, ...]:
     return tuple(ProcessInfo(pid=int(p.pid), usedGpuMemory=p.usedGpuMemory) for p in procs)
 
 
-def _recovery_action(call: _Caller, handle: Any, where: str) -> tuple[int | None, NvmlError | None]:
+def _recovery_action(call: Caller, handle: Any, where: str) -> tuple[int | None, NvmlError | None]:
     """NVML_FI_DEV_GET_GPU_RECOVERY_ACTION through nvmlDeviceGetFieldValues: the call can
     succeed while the field itself fails (its own nvmlReturn), e.g. on drivers before R565.
     Asked by number: pynvml releases before 12.570 lack the name, not the driver."""
@@ -273,7 +266,7 @@ def _recovery_action(call: _Caller, handle: Any, where: str) -> tuple[int | None
 
 
 def _collect_fabric(
-    call: _Caller, nv: Any, handle: Any, where: str
+    call: Caller, nv: Any, handle: Any, where: str
 ) -> tuple[FabricInfo | None, NvmlError | None]:
     """GPU fabric registration (NVSwitch systems): newest struct the driver accepts."""
     tried: list[Any] = []
