@@ -17,8 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-from nodecheck.core.results import CheckResult
+from typing import Protocol
 
 NVIDIA = "0x10de"
 _GPU_CLASSES = ("0x0300", "0x0302")  # VGA / 3D controller
@@ -71,6 +70,17 @@ def local(nic: PciDevice, gpu: PciDevice, mode: str) -> bool:
     return bool(set(nic.bridges) & set(gpu.bridges))
 
 
+class Scoped(Protocol):
+    """What `JobScope.contains` reads of a result: which check, which component. Structural,
+    so a probe need not import the checks' result type (probes report, checks judge)."""
+
+    @property
+    def check_id(self) -> str: ...
+
+    @property
+    def component(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class JobScope:
     gpus: frozenset[int]
@@ -90,7 +100,7 @@ class JobScope:
                     names.add(entry.name)
         return cls(wanted, frozenset(names))
 
-    def contains(self, result: CheckResult) -> bool:
+    def contains(self, result: Scoped) -> bool:
         """Does this result's component matter to the job? Node-wide ones always do."""
         component = result.component
         gpu = _GPU_COMPONENT.match(component)

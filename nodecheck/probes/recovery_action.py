@@ -19,7 +19,9 @@ nvidia-ml-py releases of each branch (12.570.172 and 12.575.51: 0-4; 13.580.65/.
 `NVML_GPU_RECOVERY_ACTION_GPU_RESET_BUS = 5`; 13.590.44/.48: 0-4 only; 13.610.43:
 `RECOVER_IMEX_DOMAIN = 5`; 13.615.71: 0-7); NVIDIA/cuda-python's cynvml.pxd (0-4).
 
-This module is plain data and pure functions: no pynvml, no files.
+This module is plain data and pure functions: no pynvml, no files. It says what a code
+means; what that means for the node (FAIL, WARN, nothing) is decided in
+`nodecheck.checks.gpu.recovery`.
 """
 
 from __future__ import annotations
@@ -35,32 +37,25 @@ class Action:
 
     name: str  # the enumerator without NVML_GPU_RECOVERY_ACTION_
     label: str  # for messages
-    status: str  # "fail", "warn" or "info" (nothing to report)
-    remedy: str  # a results.REMEDIES key, or ""
 
 
-NONE = Action("NONE", "None", "info", "")
-GPU_RESET = Action("GPU_RESET", "GPU Reset Required", "fail", "reset-gpu")
-NODE_REBOOT = Action("NODE_REBOOT", "Node Reboot Required", "fail", "reboot")
+NONE = Action("NONE", "None")
+GPU_RESET = Action("GPU_RESET", "GPU Reset Required")
+NODE_REBOOT = Action("NODE_REBOOT", "Node Reboot Required")
 # Stop peer-to-peer traffic; the driver then reports the action it really needs.
-DRAIN_P2P = Action("DRAIN_P2P", "Drain P2P", "warn", "")
+DRAIN_P2P = Action("DRAIN_P2P", "Drain P2P")
 # Reduced capacity (memory offlined) until the GPU is reset.
-DRAIN_AND_RESET = Action("DRAIN_AND_RESET", "Drain and Reset", "fail", "reset-gpu")
+DRAIN_AND_RESET = Action("DRAIN_AND_RESET", "Drain and Reset")
 # R580 only: the GPU needs a reset of its PCIe bus (a reset of the GPU, or a reboot).
-GPU_RESET_BUS = Action("GPU_RESET_BUS", "GPU Bus Reset Required", "fail", "reset-gpu")
-# R595 on: the multi-node NVLink (IMEX) domain needs recovering, not this GPU. NVIDIA's own
-# Kubernetes device plugin keeps such an Xid non-fatal for GPU scheduling (its NVML health
-# monitor, IsEventNonFatal): a WARN, not a drain of every node of the domain.
-RECOVER_IMEX_DOMAIN = Action("RECOVER_IMEX_DOMAIN", "Recover IMEX Domain", "warn", "")
-BUS_RESET = Action("BUS_RESET", "Bus Reset Required", "fail", "reset-gpu")
-SYSTEM_REBOOT = Action("SYSTEM_REBOOT", "System Reboot Required", "fail", "reboot")
-# The branch is unknown (no driver version): 5 is a bus reset or an IMEX recovery, and only
-# the first leaves a GPU that must not run jobs, so the safe reading drains for a reset.
+GPU_RESET_BUS = Action("GPU_RESET_BUS", "GPU Bus Reset Required")
+# R595 on: the multi-node NVLink (IMEX) domain needs recovering, not this GPU.
+RECOVER_IMEX_DOMAIN = Action("RECOVER_IMEX_DOMAIN", "Recover IMEX Domain")
+BUS_RESET = Action("BUS_RESET", "Bus Reset Required")
+SYSTEM_REBOOT = Action("SYSTEM_REBOOT", "System Reboot Required")
+# The branch is unknown (no driver version): 5 is a bus reset or an IMEX recovery.
 EITHER_5 = Action(
     "GPU_RESET_BUS or RECOVER_IMEX_DOMAIN",
     "Bus Reset or Recover IMEX Domain (driver branch unknown)",
-    "fail",
-    "reset-gpu",
 )
 
 _BASE: Mapping[int, Action] = {
@@ -81,22 +76,6 @@ BRANCH_TABLES: tuple[tuple[int, Mapping[int, Action]], ...] = (
     (615, {**_BASE, 5: RECOVER_IMEX_DOMAIN, 6: BUS_RESET, 7: SYSTEM_REBOOT}),
 )
 UNKNOWN_BRANCH: Mapping[int, Action] = {**_BASE, 5: EITHER_5, 6: BUS_RESET, 7: SYSTEM_REBOOT}
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What one recovery action code means for the node, under one branch."""
-
-    code: int
-    status: str  # "fail", "warn", "info"
-    remedy: str
-    label: str  # the action's name, or why it has none
-    branch: int | None
-
-    @property
-    def why(self) -> str:
-        where = f"driver R{self.branch}" if self.branch else "driver branch unknown"
-        return f"0x{self.code:x} ({self.label}; {where})"
 
 
 def driver_branch(version: str | None) -> int | None:
@@ -123,13 +102,4 @@ def table(branch: int | None) -> Mapping[int, Action]:
     return chosen
 
 
-def judge(code: int, branch: int | None) -> Verdict:
-    """The verdict on one code under one driver branch (None: unknown branch). A code the
-    branch does not define WARNs: worth a look, not a drain nodecheck cannot explain."""
-    action = table(branch).get(code)
-    if action is None:
-        return Verdict(code, "warn", "", "not defined for this driver branch", branch)
-    return Verdict(code, action.status, action.remedy, action.label, branch)
-
-
-__all__ = ["BRANCH_TABLES", "Action", "Verdict", "driver_branch", "judge", "module_version"]
+__all__ = ["BRANCH_TABLES", "Action", "driver_branch", "module_version", "table"]

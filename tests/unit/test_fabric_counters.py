@@ -10,9 +10,9 @@ from helpers import make_ctx, options_of
 
 import nodecheck.checks.fabric.counters as fabric
 from nodecheck.checks.context import JobInfo
+from nodecheck.checks.fabric import counters as counter_probe
 from nodecheck.checks.registry import all_checks
 from nodecheck.core.results import Status
-from nodecheck.probes.fabric import counters as counter_probe
 from nodecheck.probes.fabric.sysfs import ReadFailure
 from nodecheck.store import state as state_module
 from nodecheck.store.state import open_state

@@ -15,6 +15,7 @@ from helpers import make_ctx, options_of
 
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
 from nodecheck.checks.context import JobInfo
+from nodecheck.checks.fabric.peers import judge
 from nodecheck.checks.registry import all_checks
 from nodecheck.core.results import Status
 from nodecheck.probes.fabric import peers as peer_probe
@@ -62,16 +63,14 @@ def report(kinds, alive=None, **kw):
 
 
 def test_judge_all_reached():
-    got = peer_probe.judge(
-        report({"n2": "ok", "n3": "inbound", "n4": "refused"}), "10.0.0.1", 2, False
-    )
+    got = judge(report({"n2": "ok", "n3": "inbound", "n4": "refused"}), "10.0.0.1", 2, False)
     assert got.status == "PASS"
     assert got.message == "reached 3 of 3 peers in 0.2s"
     assert got.values["peers"]["n4"] == "refused"
 
 
 def test_judge_one_silent_peer_is_a_warning_naming_it():
-    got = peer_probe.judge(report({"n2": "ok", "n3": "timeout"}), "10.0.0.1", 2, True)
+    got = judge(report({"n2": "ok", "n3": "timeout"}), "10.0.0.1", 2, True)
     assert got.status == "WARN"
     assert got.message.startswith("no answer from n3 (timeout) within 0.2s; reached 1 of 2")
 
@@ -79,24 +78,24 @@ def test_judge_one_silent_peer_is_a_warning_naming_it():
 def test_judge_none_reached_fails_only_when_peers_are_known_up():
     silent = {"n2": "timeout", "n3": "timeout", "n4": "unreachable"}
     up = {"n2": True, "n3": True, "n4": False}
-    got = peer_probe.judge(report(silent, up), "10.0.0.1", 2, True)
+    got = judge(report(silent, up), "10.0.0.1", 2, True)
     assert got.status == "FAIL"
     assert got.message == (
         "reached none of 3 peers over the fabric within 0.2s, "
         "though 2 answer on the control network"
     )
-    assert peer_probe.judge(report(silent, up), "10.0.0.1", 3, True).status == "WARN"
-    no_control = peer_probe.judge(report(silent), "10.0.0.1", 2, False)
+    assert judge(report(silent, up), "10.0.0.1", 3, True).status == "WARN"
+    no_control = judge(report(silent), "10.0.0.1", 2, False)
     assert no_control.status == "WARN"
     assert "no control network" in no_control.message
-    two_node = peer_probe.judge(report({"n2": "timeout"}, {"n2": True}), "10.0.0.1", 2, True)
+    two_node = judge(report({"n2": "timeout"}, {"n2": True}), "10.0.0.1", 2, True)
     assert two_node.status == "WARN"
 
 
 def test_judge_own_address_missing_and_unresolved_peers():
-    got = peer_probe.judge(report({}, own_address_missing=True), "10.0.0.1", 2, False)
+    got = judge(report({}, own_address_missing=True), "10.0.0.1", 2, False)
     assert got.status == "ERROR"
-    got = peer_probe.judge(report({"n2": "ok", "n3": "unresolved"}), "10.0.0.1", 2, False)
+    got = judge(report({"n2": "ok", "n3": "unresolved"}), "10.0.0.1", 2, False)
     assert got.status == "WARN"
     assert "no fabric address for n3" in got.message
 

@@ -17,6 +17,7 @@ from helpers import make_ctx, options_of
 
 import nodecheck.checks.fabric  # noqa: F401  (registers the fabric checks)
 from nodecheck.checks.context import JobInfo
+from nodecheck.checks.fabric.preflight_judge import JUDGING
 from nodecheck.checks.registry import all_checks
 from nodecheck.core.results import Status
 from nodecheck.probes.fabric import preflight
@@ -214,7 +215,7 @@ def setups(n: int, port: int, **kw) -> list[preflight.Setup]:
 def run_all(setups_: list[preflight.Setup]) -> dict[str, preflight.Outcome]:
     out: dict[str, preflight.Outcome] = {}
     threads = [
-        threading.Thread(target=lambda s=s: out.__setitem__(s.me, preflight.run(s)))
+        threading.Thread(target=lambda s=s: out.__setitem__(s.me, preflight.run(s, JUDGING)))
         for s in setups_
     ]
     for thread in threads:
@@ -241,7 +242,7 @@ def test_member_whose_coordinator_never_speaks_warns_and_returns():
     mute.listen(8)
     try:
         member = setups(2, port, join_s=0.5, measure_s=0.5)[1]
-        outcome = preflight.run(member)
+        outcome = preflight.run(member, JUDGING)
     finally:
         mute.close()
     assert outcome.verdict.status == "WARN"
@@ -254,7 +255,7 @@ def test_port_held_by_another_job_is_incomplete(key_file):
     other.bind(("127.0.0.2", port))
     other.listen(1)
     try:
-        outcome = preflight.run(setups(2, port, join_s=0.2, measure_s=0.5)[1])
+        outcome = preflight.run(setups(2, port, join_s=0.2, measure_s=0.5)[1], JUDGING)
     finally:
         other.close()
     assert outcome.verdict.status == "WARN"

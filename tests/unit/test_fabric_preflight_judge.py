@@ -6,7 +6,8 @@ Figures are bytes/s as the probe measures them; the slow figures are what a `tbf
 
 from __future__ import annotations
 
-from nodecheck.probes.fabric.preflight_judge import PairFigure, judge, plan_of, rate
+from nodecheck.checks.fabric.preflight_judge import judge, rate
+from nodecheck.probes.fabric.preflight import PairFigure, plan_of
 
 FAST = PairFigure(1.0e9, 1.1e9, 30.0)
 SLOW = PairFigure(0.96e6, 1.0e9, 40.0)  # slow one way: the limited host's sending side

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from nodecheck.checks.gpu.xid_verdict import judge
 from nodecheck.probes.kernlog import LogRecord
-from nodecheck.probes.xid_catalogue import CATALOGUE, judge
+from nodecheck.probes.xid_catalogue import CATALOGUE
 from nodecheck.probes.xid_lines import GpuEvent, SxidDetail, collect, parse_event
 
 LINES = Path(__file__).parents[1] / "fixtures" / "real" / "xid" / "driver-lines.tsv"

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nodecheck.checks.registry import Option
 from nodecheck.core.results import Status
 from nodecheck.probes.fabric import sysfs
 
 LINK_LAYERS = ("", "InfiniBand", "Ethernet")
+
+# How a job's nodes are found on the fabric (probes/fabric/peers.node_address, then
+# resolve_all): fabric.peers and fabric.preflight take the same three options, so a site
+# configures both alike. Each check spreads them into its own options.
+ADDRESS_OPTIONS: dict[str, Option] = {
+    "address_template": Option(
+        str, "{node}", "a node's fabric address or name: {node}, {num} (e.g. 10.10.0.{num})"
+    ),
+    "addresses": Option(dict, {}, "node -> fabric address, overrides the template", item=str),
+    "resolve_timeout_s": Option((int, float), 1.0, "name lookups give up after this"),
+}
 
 
 def _fail_or_error(failure: sysfs.ReadFailure) -> Status:

@@ -1,9 +1,14 @@
-"""ib.counters: port error counters rising faster than their thresholds between runs."""
+"""ib.counters: port error counters rising faster than their thresholds between runs.
+
+The probe (`nodecheck.probes.fabric.counters`) says how each counter moved within the
+window; the thresholds and every verdict are here."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from nodecheck.checks.context import CheckContext
@@ -13,7 +18,29 @@ from nodecheck.core.progress import note
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes.fabric import counters as counter_probe
 
-# ----------------------------------------------------------------------------- ib.counters
+# A rise strictly greater than the threshold within one window gives the verdict.
+# Counters not named in a table are recorded (values) but never judged on that level.
+DEFAULT_FAIL_RISE = {
+    "symbol_error": 100,
+    "link_error_recovery": 10,
+    "link_downed": 2,
+    "port_rcv_errors": 100,
+    "local_link_integrity_errors": 5,
+    "excessive_buffer_overrun_errors": 5,
+    "rx_icrc_encapsulated": 100,
+}
+DEFAULT_WARN_RISE = {
+    "symbol_error": 10,
+    "link_error_recovery": 0,
+    "link_downed": 0,
+    "port_rcv_errors": 10,
+    "port_rcv_remote_physical_errors": 100,
+    "port_xmit_discards": 1000,
+    "local_link_integrity_errors": 0,
+    "excessive_buffer_overrun_errors": 0,
+    "rx_icrc_encapsulated": 10,
+    "local_ack_timeout_err": 1000,
+}
 
 STATE_VERSION = 1
 MAX_JOB_READINGS = 64
@@ -40,14 +67,14 @@ JOB_READING_MAX_AGE_S = 30 * 86400
         ),
         "fail_rise": Option(
             dict,
-            counter_probe.DEFAULT_FAIL_RISE,
+            DEFAULT_FAIL_RISE,
             "counter -> rise within one window above which FAIL",
             item=int,
             low=0,
         ),
         "warn_rise": Option(
             dict,
-            counter_probe.DEFAULT_WARN_RISE,
+            DEFAULT_WARN_RISE,
             "counter -> rise within one window above which WARN",
             item=int,
             low=0,
@@ -100,11 +127,63 @@ def ib_counters(ctx: CheckContext) -> Iterator[CheckResult]:
         yield CheckResult("ib.counters", Status.ERROR, msg[:240], component="state")
         results = []
         for name, reading in readings.items():
-            judged = counter_probe.judge_port(reading, None, {}, {})
+            judged = judge_port(reading, None, {}, {})
             results.append(
                 _counter_result(name, judged, "baseline", None, ctx, 0.0, "not compared")
             )
     yield from results
+
+
+@dataclass(frozen=True)
+class PortJudgement(counter_probe.PortWindow):
+    """One port's counter window with the verdict on it."""
+
+    status: Status
+    flagged: list[tuple[Status, str, int]]  # (verdict, counter, rise), worst first
+
+
+def judge_port(
+    current: dict[str, Any],
+    previous: dict[str, int] | None,
+    fail_rise: dict[str, int],
+    warn_rise: dict[str, int],
+) -> PortJudgement:
+    """Judge one port's counters against an earlier reading (None: no window, baseline).
+
+    Access errors (EACCES/EPERM) are ERROR, other read errors FAIL, values that do not parse
+    ERROR (a format we do not understand is our problem), a saturated counter WARN. Counters
+    the device does not have (absent, or no PMA) are no verdict; when that is all of them,
+    the port is SKIP: nothing to judge, on every run, and no fault of the node."""
+    window = counter_probe.compare_port(current, previous)
+    # Shallow on purpose: asdict() would deep-copy and turn the ReadFailures into dicts.
+    read = {f.name: getattr(window, f.name) for f in dataclasses.fields(window)}
+    if window.none_present:
+        return PortJudgement(**read, status=Status.SKIP, flagged=[])
+    seen = [Status.PASS]
+    seen += [Status.ERROR if f.access else Status.FAIL for f in window.unreadable.values()]
+    if window.unparsable:
+        seen.append(Status.ERROR)
+    if window.saturated:
+        seen.append(Status.WARN)
+    flagged = []
+    for name, rise in window.rises.items():
+        if name in fail_rise and rise > fail_rise[name]:
+            flagged.append((Status.FAIL, name, rise))
+        elif name in warn_rise and rise > warn_rise[name]:
+            flagged.append((Status.WARN, name, rise))
+    flagged.sort(key=lambda item: (-item[0], -item[2], item[1]))
+    status = max([*seen, *(verdict for verdict, _, _ in flagged)])
+    return PortJudgement(**read, status=status, flagged=flagged)
+
+
+def describe_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
 
 
 def _boot_id(ctx: CheckContext) -> str | None:
@@ -142,9 +221,7 @@ def _judge_and_store(
             window, previous, since, why = _pick_window(
                 blob, job_reading, name, guids[name], boot_id, now, opts["max_window_s"]
             )
-            judged = counter_probe.judge_port(
-                reading, previous, dict(opts["fail_rise"]), dict(opts["warn_rise"])
-            )
+            judged = judge_port(reading, previous, dict(opts["fail_rise"]), dict(opts["warn_rise"]))
             entry = {"t": now, "boot": boot_id, "guid": guids[name], "c": judged.stored}
             new_entries[name] = entry
             blob["ports"][name] = entry
@@ -183,7 +260,7 @@ def _pick_window(
         return "baseline", None, prev.get("t"), "node rebooted since last reading, new baseline"
     age = now - float(prev.get("t", now))
     if kind == "run" and age > max_window_s:
-        why = f"last reading {counter_probe.describe_age(age)} old, new baseline"
+        why = f"last reading {describe_age(age)} old, new baseline"
         return "baseline", None, prev.get("t"), why
     return kind, dict(prev.get("c", {})), prev.get("t"), ""
 
@@ -199,7 +276,7 @@ def _prune_jobs(jobs: dict[str, Any], now: float) -> None:
 
 def _counter_result(
     name: str,
-    judged: counter_probe.PortJudgement,
+    judged: PortJudgement,
     window: str,
     since: float | None,
     ctx: CheckContext,
@@ -209,7 +286,7 @@ def _counter_result(
     if window == "job":
         span = f"during job {ctx.job.job_id}"
     elif since is not None:
-        span = f"since last check {counter_probe.describe_age(max(0.0, now - since))} ago"
+        span = f"since last check {describe_age(max(0.0, now - since))} ago"
     else:
         span = ""
     parts = []
@@ -241,7 +318,7 @@ def _counter_result(
     values: dict[str, Any] = {
         "window": window,
         "counters": judged.stored,
-        "rise": {k: v for k, v in judged.deltas.items() if v},
+        "rise": {k: v for k, v in judged.rises.items() if v},
     }
     if since is not None and window != "baseline":
         values["window_s"] = round(now - since, 1)

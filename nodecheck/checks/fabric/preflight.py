@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nodecheck.checks.context import CheckContext
+from nodecheck.checks.fabric.common import ADDRESS_OPTIONS
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.progress import note
 from nodecheck.core.results import CheckResult, Status
@@ -24,10 +25,7 @@ ID = "fabric.preflight"
     severity="high",
     remedy="check-cable",
     options={
-        "address_template": Option(
-            str, "{node}", "a node's fabric address or name: {node}, {num} (e.g. 10.10.0.{num})"
-        ),
-        "addresses": Option(dict, {}, "node -> fabric address, overrides the template", item=str),
+        **ADDRESS_OPTIONS,
         "port": Option(int, 18900, "first TCP port (open port..port+port_span-1 between nodes)"),
         "port_span": Option(
             int, 100, "the job's port is port + job id mod port_span", low=1, high=10000
@@ -68,7 +66,6 @@ ID = "fabric.preflight"
         "partitions": Option(
             list, [], "run only for jobs in these partitions ([]: every partition)", item=str
         ),
-        "resolve_timeout_s": Option((int, float), 1.0, "name lookups give up after this"),
     },
 )
 def fabric_preflight(ctx: CheckContext) -> Iterator[CheckResult]:
@@ -79,6 +76,7 @@ def fabric_preflight(ctx: CheckContext) -> Iterator[CheckResult]:
     the job onto healthy nodes. A node that never joins, or a two-node job, only WARNs.
     Fix: the slow node's cable, port, HCA (ib.port rate/width, ib.counters), `ip -s link`."""
     from nodecheck import hostlist
+    from nodecheck.checks.fabric.preflight_judge import JUDGING
     from nodecheck.probes.fabric import peers as peer_probe
     from nodecheck.probes.fabric import preflight, preflight_wire
 
@@ -164,7 +162,7 @@ def fabric_preflight(ctx: CheckContext) -> Iterator[CheckResult]:
         min_bps=float(opts["min_mb_s"]) * 1e6,
     )
     note(f"preflight of {len(nodes)} nodes on port {setup.port}, coordinator {nodes[0]}")
-    outcome = preflight.run(setup)
+    outcome = preflight.run(setup, JUDGING)  # the probe measures, JUDGING decides
     if outcome.own_address_missing:
         # The template is wrong or the interface lost its address: not a verdict on the
         # node (net.link judges the interface itself).

@@ -173,18 +173,15 @@ def _recovery_result(cid: str, gpu: Gpu, branch: int | None) -> CheckResult | No
     R565 and later; `nvidia-smi -q` shows it as "Reset Required" / "Drain and Reset
     Recommended"), read by the driver's branch (None: unknown, the safe reading). None when
     there is none or the driver cannot say."""
-    from nodecheck.probes import recovery_action
+    from nodecheck.checks.gpu import recovery
 
     code = gpu.recovery_action
     if code is None or code == 0:
         return None
-    verdict = recovery_action.judge(code, branch)
+    verdict = recovery.judge(code, branch)
     if verdict.status == "info":
         return None
     msg = f"driver asks for recovery: {verdict.label}"
     level = Status.FAIL if verdict.status == "fail" else Status.WARN
     values = {"recovery_action": code, "driver_branch": branch}
     return _result(cid, level, msg, gpu, act=verdict.remedy, **values)
-
-
-# --- gpu.pcie -------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from nodecheck.core.progress import note
 from nodecheck.core.results import CheckResult, Status
 
 if TYPE_CHECKING:
+    from nodecheck.checks.gpu.xid_verdict import XidVerdict
     from nodecheck.probes.kernlog import KernelLog
-    from nodecheck.probes.xid_catalogue import XidVerdict
     from nodecheck.probes.xid_lines import GpuEvent
 
 XID_STATE_KEY = "gpu.xid.cursor"
@@ -130,8 +130,8 @@ def gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
     catalogue for the number; reset the GPU or reboot, RMA when it recurs. Not in the NVML
     group: it works when NVML hangs."""
     cid = "gpu.xid"
+    from nodecheck.checks.gpu.xid_verdict import judge
     from nodecheck.probes.kernlog import read_kernel_log
-    from nodecheck.probes.xid_catalogue import judge
     from nodecheck.probes.xid_lines import XID_MARKS, collect
     from nodecheck.store.transaction import locked_update
 

@@ -1,8 +1,9 @@
-"""Error counter windows: compare this reading with an earlier one, judge the rise.
+"""Error counter windows: compare this reading with an earlier one, say how each moved.
 
-Pure functions (no I/O) so the window logic is tested on its own. The check in
-`nodecheck.checks.fabric` reads the counters, loads the earlier readings from the node's
-state store, calls `judge_port` per port and stores the new reading.
+Pure functions (no I/O) so the window logic is tested on its own. The check
+`nodecheck.checks.fabric.counters` reads the counters, loads the earlier readings from the
+node's state store, calls `compare_port` per port, judges the rises against its thresholds
+and stores the new reading. Nothing here decides a verdict: a probe reports what it read.
 
 A *window* is the span between two readings of the same port:
 - the job window: epilog vs the prolog reading of the same job (the most useful one:
@@ -11,16 +12,14 @@ A *window* is the span between two readings of the same port:
   (older readings are only a new baseline: a week-old window says little about now).
 
 A counter that went down (driver reload, reboot, someone ran `perfquery -R`) starts a new
-baseline for that counter instead of raising an alarm. PMA error counters saturate at their
-maximum rather than wrap; a saturated counter can no longer show new errors, which is a WARN.
+baseline for that counter instead of a rise. PMA error counters saturate at their maximum
+rather than wrap; a saturated counter can no longer show new errors, so it is reported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from nodecheck.core.results import Status
 
 if TYPE_CHECKING:
     from nodecheck.probes.fabric.sysfs import ReadFailure
@@ -55,117 +54,81 @@ DEFAULT_COUNTERS = [
 # mlx5 hw_counters (64-bit, driver/firmware maintained); read where present.
 DEFAULT_HW_COUNTERS = ["rx_icrc_encapsulated", "local_ack_timeout_err", "out_of_buffer"]
 
-# A rise strictly greater than the threshold within one window gives the verdict.
-# Counters not named in a table are recorded (values) but never judged on that level.
-DEFAULT_FAIL_RISE = {
-    "symbol_error": 100,
-    "link_error_recovery": 10,
-    "link_downed": 2,
-    "port_rcv_errors": 100,
-    "local_link_integrity_errors": 5,
-    "excessive_buffer_overrun_errors": 5,
-    "rx_icrc_encapsulated": 100,
-}
-DEFAULT_WARN_RISE = {
-    "symbol_error": 10,
-    "link_error_recovery": 0,
-    "link_downed": 0,
-    "port_rcv_errors": 10,
-    "port_rcv_remote_physical_errors": 100,
-    "port_xmit_discards": 1000,
-    "local_link_integrity_errors": 0,
-    "excessive_buffer_overrun_errors": 0,
-    "rx_icrc_encapsulated": 10,
-    "local_ack_timeout_err": 1000,
-}
+
+@dataclass(frozen=True)
+class PortWindow:
+    """One port's counters against an earlier reading: what was read and how it moved.
+
+    Lists and dicts keep the order the counters were read in (messages name them in it)."""
+
+    rises: dict[str, int]  # counter -> rise within the window (0 included), never negative
+    reset: list[str]  # went down since the earlier reading: a new baseline
+    new_baseline: list[str]  # no earlier reading of this counter
+    saturated: list[str]  # at its maximum: new errors no longer show
+    unreadable: dict[str, ReadFailure]  # the read failed (not: absent, no PMA)
+    unparsable: dict[str, str]  # read, but not a number we understand
+    absent: list[str]  # the device has no such file
+    unavailable: dict[str, ReadFailure]  # the device has no PMA
+    stored: dict[str, int]  # what to keep as the new reading
+    none_present: bool  # counters were asked for and the device has none of them
 
 
-@dataclass
-class PortJudgement:
-    """One port's counters judged against an earlier reading (filled in as it goes)."""
+def compare_port(
+    current: dict[str, int | ReadFailure | str], previous: dict[str, int] | None
+) -> PortWindow:
+    """Compare one port's counters with an earlier reading (None: no window, baseline).
 
-    status: Status = Status.PASS
-    flagged: list[tuple[Status, str, int]] = field(default_factory=list)  # (verdict, name, rise)
-    deltas: dict[str, int] = field(default_factory=dict)
-    reset: list[str] = field(default_factory=list)
-    new_baseline: list[str] = field(default_factory=list)
-    saturated: list[str] = field(default_factory=list)
-    unreadable: dict[str, ReadFailure] = field(default_factory=dict)
-    unparsable: dict[str, str] = field(default_factory=dict)
-    absent: list[str] = field(default_factory=list)
-    unavailable: dict[str, ReadFailure] = field(default_factory=dict)  # the device has no PMA
-    stored: dict[str, int] = field(default_factory=dict)  # what to keep as the new reading
-
-    def raise_to(self, status: Status) -> None:
-        self.status = max(self.status, status)
-
-
-def judge_port(
-    current: dict[str, int | ReadFailure | str],
-    previous: dict[str, int] | None,
-    fail_rise: dict[str, int],
-    warn_rise: dict[str, int],
-) -> PortJudgement:
-    """Judge one port's counters against an earlier reading (None: no window, baseline).
-
-    Unreadable counters keep their previous value in `stored`, so one failed read does not
-    lose the baseline. Access errors (EACCES/EPERM) become ERROR, other read errors FAIL,
-    values that do not parse ERROR (a format we do not understand is our problem). Counters
-    the device does not have (absent, or no PMA) are no verdict; when that is all of them,
-    the port is SKIP: nothing to judge, on every run, and no fault of the node.
-    """
+    Unreadable and unparsable counters keep their previous value in `stored`, so one failed
+    read does not lose the baseline."""
     from nodecheck.probes.fabric.sysfs import ReadFailure  # loaded where the probe runs
 
-    out = PortJudgement()
     previous = previous or {}
+    rises: dict[str, int] = {}
+    reset: list[str] = []
+    new_baseline: list[str] = []
+    saturated: list[str] = []
+    unreadable: dict[str, ReadFailure] = {}
+    unparsable: dict[str, str] = {}
+    absent: list[str] = []
+    unavailable: dict[str, ReadFailure] = {}
+    stored: dict[str, int] = {}
     for name, value in current.items():
         if isinstance(value, ReadFailure):
             if value.missing:
-                out.absent.append(name)
+                absent.append(name)
                 continue
             if value.unavailable:
-                out.unavailable[name] = value
+                unavailable[name] = value
                 continue
-            out.unreadable[name] = value
-            out.raise_to(Status.ERROR if value.access else Status.FAIL)
+            unreadable[name] = value
             if name in previous:
-                out.stored[name] = previous[name]
+                stored[name] = previous[name]
             continue
         if isinstance(value, str):
-            out.unparsable[name] = value
-            out.raise_to(Status.ERROR)
+            unparsable[name] = value
             if name in previous:
-                out.stored[name] = previous[name]
+                stored[name] = previous[name]
             continue
-        out.stored[name] = value
+        stored[name] = value
         if SATURATION.get(name) == value:
-            out.saturated.append(name)
-            out.raise_to(Status.WARN)
+            saturated.append(name)
         if name not in previous:
-            out.new_baseline.append(name)
+            new_baseline.append(name)
             continue
         rise = value - previous[name]
         if rise < 0:
-            out.reset.append(name)
+            reset.append(name)
             continue
-        out.deltas[name] = rise
-        if name in fail_rise and rise > fail_rise[name]:
-            out.flagged.append((Status.FAIL, name, rise))
-            out.raise_to(Status.FAIL)
-        elif name in warn_rise and rise > warn_rise[name]:
-            out.flagged.append((Status.WARN, name, rise))
-            out.raise_to(Status.WARN)
-    out.flagged.sort(key=lambda item: (-item[0], -item[2], item[1]))
-    if current and len(out.absent) + len(out.unavailable) == len(current):
-        out.status = Status.SKIP
-    return out
-
-
-def describe_age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
+        rises[name] = rise
+    return PortWindow(
+        rises=rises,
+        reset=reset,
+        new_baseline=new_baseline,
+        saturated=saturated,
+        unreadable=unreadable,
+        unparsable=unparsable,
+        absent=absent,
+        unavailable=unavailable,
+        stored=stored,
+        none_present=bool(current) and len(absent) + len(unavailable) == len(current),
+    )

@@ -15,11 +15,9 @@ What one attempt proves:
 - timeout / host or network unreachable -> silent: packets are lost somewhere between us.
 
 Only silence is evidence of a fabric problem, and silence from one peer does not say whose
-fault it is. So: some peers reached, some silent -> WARN naming the silent ones (their own
-prolog judges them). No peer reached at all -> FAIL only when at least `fail_min_peers` of
-the silent peers are *known up*: they answer on the control (management) network
-(`control_template`), so the peers live and only our fabric path is dead. Without a control
-network, or with too few peers (a two-node job cannot tell which end is broken) -> WARN.
+fault it is: for a silent peer the probe also asks whether it answers on the control
+(management) network (`control`), so the check can tell a dead peer from a dead path of
+ours. The probe only reports; the verdict is the check's (nodecheck/checks/fabric/peers.py).
 
 Large jobs: each node probes at most `max_peers` peers, its ring neighbours in the sorted
 node list (offsets +-1..+-max_peers/2), a symmetric choice: if A probes B, B probes A.
@@ -27,7 +25,6 @@ node list (offsets +-1..+-max_peers/2), a symmetric choice: if A probes B, B pro
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import re
@@ -38,6 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from nodecheck.core.bounded import call_all_with_deadline
+from nodecheck.probes.fabric.listener import Listener, open_socket
 
 MAGIC = "NCPEER1"
 MAX_LINE = 256
@@ -153,31 +151,16 @@ def _recv_line(sock: socket.socket, deadline: float) -> bytes:
     return data
 
 
-class _Listener:
+class _Listener(Listener):
     """Answers hellos on our fabric address; records which peers reached us."""
 
     def __init__(self, sock: socket.socket, me: str, job: str, peers: set[str]) -> None:
-        self.sock, self.me, self.job, self.peers = sock, me, job, peers
+        super().__init__(sock, handlers=16, name="peers:listen")
+        self.me, self.job, self.peers = me, job, peers
         self.inbound: dict[str, float] = {}
         self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.handlers = threading.BoundedSemaphore(16)
-        self.thread = threading.Thread(target=self._serve, daemon=True, name="peers:listen")
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                return
-            if not self.handlers.acquire(blocking=False):
-                conn.close()  # flooded: drop, the peer still saw our SYN-ACK
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         try:
             with conn:
                 hello = _parse_hello(_recv_line(conn, time.monotonic() + 1.0))
@@ -190,8 +173,6 @@ class _Listener:
                 conn.sendall(_hello(self.job, self.me, ok=True))
         except OSError:
             pass
-        finally:
-            self.handlers.release()
 
     def reached_us(self, node: str) -> bool:
         with self.lock:
@@ -199,18 +180,7 @@ class _Listener:
 
 
 def _open_listener(family: int, address: str, port: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        with contextlib.suppress(AttributeError, OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((address, port))
-        sock.listen(64)
-        sock.settimeout(0.05)  # accept() wakes up to notice the stop flag
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return open_socket(family, address, port, backlog=64, reuse_port=True)
 
 
 def _attempt(
@@ -338,8 +308,7 @@ def probe(
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
     if listener is not None:
-        listener.stop.set()
-        listener.sock.close()
+        listener.close()
     with lock:
         report.peers = {
             p: (o if o.kind != "pending" else Outcome("timeout", "no answer"))
@@ -348,72 +317,3 @@ def probe(
         report.control_alive = dict(alive)
     report.elapsed_s = round(time.monotonic() - started, 3)
     return report
-
-
-# ---------------------------------------------------------------------------- the verdict
-
-
-@dataclass(frozen=True)
-class Verdict:
-    status: str  # "PASS" | "WARN" | "FAIL" | "ERROR"
-    message: str
-    values: dict
-
-
-def judge(
-    report: ProbeReport, own_address: str, fail_min_peers: int, control_configured: bool
-) -> Verdict:
-    """Turn a probe report into this node's verdict (see the module docstring)."""
-    kinds = {p: o.kind for p, o in report.peers.items()}
-    values: dict = {
-        "peers": {p: o.kind for p, o in report.peers.items()},
-        "elapsed_s": report.elapsed_s,
-    }
-    if report.control_alive:
-        values["control_alive"] = dict(report.control_alive)
-    if report.listen_error:
-        values["listen_error"] = report.listen_error
-    if report.own_address_missing:
-        # Either the template is wrong or the interface lost its address: we cannot tell,
-        # so this is not a verdict on the node (net.link judges the interface itself).
-        msg = f"fabric address {own_address} is not on this node (address_template? interface?)"
-        return Verdict("ERROR", msg, values)
-    reached = sorted(p for p, k in kinds.items() if k in REACHED)
-    silent = sorted(p for p, k in kinds.items() if k in SILENT)
-    unresolved = sorted(p for p, k in kinds.items() if k == "unresolved")
-    total = len(kinds)
-    took = f"{report.elapsed_s:.1f}s"
-    notes = []
-    if unresolved:
-        notes.append(f"no fabric address for {_names(unresolved)}")
-    wrong = sorted(p for p, k in kinds.items() if k == "wrong_node")
-    if wrong:
-        notes.append(f"address of {_names(wrong)} answered as another node")
-    if not silent:
-        status = "WARN" if notes else "PASS"
-        msg = "; ".join([f"reached {len(reached)} of {total} peers in {took}", *notes])
-        return Verdict(status, msg, values)
-    silent_text = ", ".join(f"{p} ({kinds[p]})" for p in silent[:4])
-    silent_text += f" +{len(silent) - 4} more" if len(silent) > 4 else ""
-    if reached:
-        msg = f"no answer from {silent_text} within {took}; reached {len(reached)} of {total}"
-        return Verdict("WARN", "; ".join([msg, *notes]), values)
-    known_up = sorted(p for p in silent if report.control_alive.get(p))
-    values["known_up"] = known_up
-    if control_configured and len(known_up) >= max(1, fail_min_peers):
-        msg = (
-            f"reached none of {len(silent)} peers over the fabric within {took}, "
-            f"though {len(known_up)} answer on the control network"
-        )
-        return Verdict("FAIL", msg, values)
-    why = (
-        "too few peers known up to blame this node"
-        if control_configured
-        else "no control network configured to tell whose fault"
-    )
-    msg = f"reached none of {len(silent)} peers ({silent_text}) within {took}; {why}"
-    return Verdict("WARN", "; ".join([msg, *notes]), values)
-
-
-def _names(nodes: list[str]) -> str:
-    return ", ".join(nodes[:4]) + (f" +{len(nodes) - 4} more" if len(nodes) > 4 else "")

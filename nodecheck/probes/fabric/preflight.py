@@ -9,8 +9,9 @@ allocation). The first node of the sorted node list coordinates:
     members       connect to the coordinator (retrying while its prolog starts) and join
     coordinator   waits `join_s` at most for every node; then, round by round (ringplan), tells
                   the lower rank of each pair to measure the other, and gathers the figures;
-                  classifies, runs the second pass, judges (preflight_judge, pure) and sends
-                  each node its own verdict
+                  classifies, runs the second pass, judges (with the `Judging` the check
+                  hands in: checks/fabric/preflight_judge.py) and sends each node its own
+                  verdict
     each node     returns only its own verdict: nobody judges a node from its own figures
 
 A pair session measures, from the lower rank: latency (small ping-pongs, half the median
@@ -32,11 +33,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from nodecheck.probes.fabric import preflight_wire as wire
-from nodecheck.probes.fabric.preflight_judge import NodeVerdict, PairFigure, judge, plan_of
-from nodecheck.probes.fabric.ringplan import Pair, ring_rounds, second_pass_rounds
+from nodecheck.probes.fabric.listener import Listener, open_socket
+from nodecheck.probes.fabric.ringplan import (
+    Pair,
+    PairPlan,
+    classify,
+    ring_rounds,
+    second_pass_rounds,
+)
 
 SNDBUF = 128 * 1024  # the kernel doubles it: ~256 kB may be in flight when a clock stops
 PING_BYTES = 8
@@ -70,6 +78,58 @@ class Setup:
 
 
 @dataclass(frozen=True)
+class PairFigure:
+    """One pair's measurement: bytes/s each way (the lower rank sending first) and latency."""
+
+    forward_bps: float = 0.0
+    backward_bps: float = 0.0
+    latency_us: float = 0.0
+    error: str = ""  # not measured, and why
+
+    @property
+    def bps(self) -> float:
+        """The pair's figure: its slower direction (a slow link may be slow one way only)."""
+        return min(self.forward_bps, self.backward_bps)
+
+
+@dataclass(frozen=True)
+class NodeVerdict:
+    """One node's verdict as the wire carries it ({"op": "verdict", "status", "message",
+    "values"}). This module only passes it on: `Judging` makes every one of them."""
+
+    status: str  # a Status name, decided by the check's Judging
+    message: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+# The coordinator's verdicts: (nodes, joined, pass 1, pass 2, fraction, min_bps) -> node's.
+Judge = Callable[
+    [list[str], set[str], dict[Pair, PairFigure], dict[Pair, PairFigure], float, float],
+    dict[str, NodeVerdict],
+]
+
+
+@dataclass(frozen=True)
+class Judging:
+    """The verdicts, handed in by the check that runs the preflight: checks are a layer
+    above probes, so this module measures and carries verdicts but never decides one.
+    `judge` is the coordinator's one verdict for every node from all pairs' figures;
+    `incomplete` is this node's own when the preflight could not finish (why it did not)."""
+
+    judge: Judge
+    incomplete: Callable[[str], NodeVerdict]
+
+
+def plan_of(pass1: dict[Pair, float], fraction: float, world: int) -> PairPlan:
+    """Pass 1 classified: which pairs the second pass measures (and, in the check's judge,
+    the same reading). Three nodes have three pairs, and a slow node slows two of them:
+    the upper median would be the slow figure, so there the fastest pair is the healthy one.
+    From four nodes on, a slow node slows two ring pairs of at least four: the upper median."""
+    reference = max(pass1.values(), default=0.0) if world == 3 else None
+    return classify(pass1, fraction, reference)
+
+
+@dataclass(frozen=True)
 class Outcome:
     verdict: NodeVerdict
     role: str  # "coordinator" | "member"
@@ -82,30 +142,15 @@ class Outcome:
 # ----------------------------------------------------------------------------- the listener
 
 
-class _Server:
+class _Server(Listener):
     """Serves pair sessions; on the coordinator also hands joining members' channels over."""
 
     def __init__(self, sock: socket.socket, setup: Setup, deadline: Callable[[], float]) -> None:
-        self.sock, self.setup, self.deadline = sock, setup, deadline
+        super().__init__(sock, handlers=len(setup.nodes) + 16, name="preflight:listen")
+        self.setup, self.deadline = setup, deadline
         self.joins: queue.Queue[wire.Channel] = queue.Queue()
-        self.stop = threading.Event()
-        self.handlers = threading.BoundedSemaphore(len(setup.nodes) + 16)
-        self.thread = threading.Thread(target=self._serve, daemon=True, name="preflight:listen")
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                return
-            if not self.handlers.acquire(blocking=False):
-                conn.close()
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         keep = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -124,26 +169,6 @@ class _Server:
         finally:
             if not keep:
                 conn.close()
-            self.handlers.release()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
-
-
-def _listen(family: int, address: str, port: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # No SO_REUSEPORT: a second job's preflight on this node must not share our accepts.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        sock.bind((address, port))
-        sock.listen(128)
-        sock.settimeout(0.05)  # accept() wakes up to notice the stop flag
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _connect(setup: Setup, peer: str, deadline: float) -> socket.socket:
@@ -229,19 +254,21 @@ def measure(setup: Setup, peer: str, deadline: float) -> PairFigure:
 # ----------------------------------------------------------------------------- the roles
 
 
-def run(setup: Setup) -> Outcome:
-    """This node's part; returns within join_s + measure_s (+ join_s for a member)."""
+def run(setup: Setup, judging: Judging) -> Outcome:
+    """This node's part; returns within join_s + measure_s (+ join_s for a member). The
+    verdicts are `judging`'s: the coordinator's for everyone, or this node's incomplete."""
     started = time.monotonic()
     me_is_coordinator = setup.me == setup.coordinator
     role = "coordinator" if me_is_coordinator else "member"
     limits = {"deadline": started + setup.join_s + setup.measure_s}
     family, address = setup.addresses[setup.me]
     try:
-        sock = _listen(family, address, setup.port)
+        # No SO_REUSEPORT: a second job's preflight on this node must not share our accepts.
+        sock = open_socket(family, address, setup.port, backlog=128, sndbuf=SNDBUF)
     except OSError as exc:
         missing = exc.errno == errno.EADDRNOTAVAIL
         why = f"cannot listen on {address} port {setup.port}: {exc.strerror or exc}"
-        verdict = NodeVerdict("WARN", f"preflight incomplete: {why}")
+        verdict = judging.incomplete(why)
         return Outcome(verdict, role, _since(started), why, own_address_missing=missing)
     # One thread per pair of a round and per pair session: with 8 MiB stacks a big job's
     # coordinator would reserve more address space than a probe child may have
@@ -251,9 +278,9 @@ def run(setup: Setup) -> Outcome:
     server.thread.start()
     try:
         if me_is_coordinator:
-            verdict = _coordinate(setup, server, started, limits)
+            verdict = _coordinate(setup, judging.judge, server, started, limits)
         else:
-            verdict = _member(setup, started, limits)
+            verdict = _member(setup, judging.incomplete, started, limits)
     finally:
         server.close()
         threading.stack_size(stack)
@@ -261,7 +288,12 @@ def run(setup: Setup) -> Outcome:
     return Outcome(verdict, role, _since(started), joined_s=joined)
 
 
-def _member(setup: Setup, started: float, limits: dict[str, float]) -> NodeVerdict:
+def _member(
+    setup: Setup,
+    incomplete: Callable[[str], NodeVerdict],
+    started: float,
+    limits: dict[str, float],
+) -> NodeVerdict:
     join_until = started + setup.join_s
     coordinator = setup.coordinator
     channel, last = None, "no answer"
@@ -286,9 +318,7 @@ def _member(setup: Setup, started: float, limits: dict[str, float]) -> NodeVerdi
             channel, last = None, str(exc)
             time.sleep(0.05)
     if channel is None:
-        return NodeVerdict(
-            "WARN", f"preflight incomplete: coordinator {coordinator} not reached ({last})"
-        )
+        return incomplete(f"coordinator {coordinator} not reached ({last})")
     # The coordinator may still wait join_s for others after we joined, then measure.
     limits["joined"] = time.monotonic()
     limits["deadline"] = time.monotonic() + setup.join_s + setup.measure_s
@@ -310,13 +340,13 @@ def _member(setup: Setup, started: float, limits: dict[str, float]) -> NodeVerdi
                     str(msg["status"]), str(msg["message"]), dict(msg.get("values") or {})
                 )
     except (wire.WireError, OSError, KeyError, ValueError) as exc:
-        return NodeVerdict("WARN", f"preflight incomplete: no verdict from {coordinator} ({exc})")
+        return incomplete(f"no verdict from {coordinator} ({exc})")
     finally:
         channel.sock.close()
 
 
 def _coordinate(
-    setup: Setup, server: _Server, started: float, limits: dict[str, float]
+    setup: Setup, judge: Judge, server: _Server, started: float, limits: dict[str, float]
 ) -> NodeVerdict:
     others = set(setup.nodes) - {setup.me}
     members: dict[str, wire.Channel] = {}

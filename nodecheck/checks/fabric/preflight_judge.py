@@ -1,18 +1,23 @@
-"""The preflight's one verdict, for every node of the allocation at once (pure).
+"""fabric.preflight's one verdict, for every node of the allocation at once (pure).
 
-The coordinator computes it from every pair's figures and sends each node its own entry;
-no node judges from figures of its own, so all agree. The rules:
+The check hands `JUDGING` to the probe (nodecheck/probes/fabric/preflight.py, a layer below:
+it cannot import this module); the coordinator calls `judge` with every pair's figures and
+sends each node its own entry, so no node judges from figures of its own and all agree. The
+rules:
 
 - a node never joined (or a pair could not be measured): the preflight is incomplete, WARN
   on every node that joined, nobody FAILs (silence does not say whose fault it is);
 - two nodes: one pair, no third node to say which end is slow: a pair slower one way than
   the other (below half of `fraction`), or below `min_bps`, WARNs both, drains neither;
 - three or more: the ring pairs of pass 1 are classified against the healthy median (the
-  upper median, `ringplan.classify`; with three nodes the fastest pair, `plan_of`); a
-  suspect (slow with both ring neighbours) that is slow again in pass 2 with a cleared
-  partner FAILs, with its figure against the median;
-  a slow pair of two cleared nodes that stays slow WARNs both (a path, not a node);
-  everyone else PASSes.
+  upper median, `ringplan.classify`; with three nodes the fastest pair: the probe's
+  `plan_of`, the same classification that planned its second pass); a suspect (slow with
+  both ring neighbours) that is slow again in pass 2 with a cleared partner FAILs, with its
+  figure against the median; a slow pair of two cleared nodes that stays slow WARNs both (a
+  path, not a node); everyone else PASSes.
+
+A node whose preflight could not finish (no listener, coordinator not reached, no verdict
+from it) WARNs on its own: `incomplete`.
 
 Bandwidth decides; latency is measured and reported (on plain sockets it is the kernel's
 stack as much as the wire, too noisy to drain on).
@@ -20,32 +25,10 @@ stack as much as the wire, too noisy to drain on).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from nodecheck.probes.fabric.ringplan import Pair, PairPlan, classify
-
-
-@dataclass(frozen=True)
-class PairFigure:
-    """One pair's measurement: bytes/s each way (the lower rank sending first) and latency."""
-
-    forward_bps: float = 0.0
-    backward_bps: float = 0.0
-    latency_us: float = 0.0
-    error: str = ""  # not measured, and why
-
-    @property
-    def bps(self) -> float:
-        """The pair's figure: its slower direction (a slow link may be slow one way only)."""
-        return min(self.forward_bps, self.backward_bps)
-
-
-@dataclass(frozen=True)
-class NodeVerdict:
-    status: str  # PASS | WARN | FAIL
-    message: str
-    values: dict[str, Any] = field(default_factory=dict)
+from nodecheck.probes.fabric.preflight import Judging, NodeVerdict, PairFigure, plan_of
+from nodecheck.probes.fabric.ringplan import Pair
 
 
 def rate(bps: float) -> str:
@@ -136,12 +119,13 @@ def judge(
     return out
 
 
-def plan_of(pass1: dict[Pair, float], fraction: float, world: int) -> PairPlan:
-    """Pass 1 classified. Three nodes have three pairs, and a slow node slows two of them:
-    the upper median would be the slow figure, so there the fastest pair is the healthy one.
-    From four nodes on, a slow node slows two ring pairs of at least four: the upper median."""
-    reference = max(pass1.values(), default=0.0) if world == 3 else None
-    return classify(pass1, fraction, reference)
+def incomplete(why: str) -> NodeVerdict:
+    """This node's verdict when its preflight could not finish: silence, a port another job
+    holds, a coordinator gone, say nothing about whose fault it is, so never a FAIL."""
+    return NodeVerdict("WARN", f"preflight incomplete: {why}")
+
+
+JUDGING = Judging(judge=judge, incomplete=incomplete)
 
 
 def _two(
