@@ -40,6 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import machine_line  # noqa: E402
 from tests.fixtures.agent import start_agent  # noqa: E402
 from tests.fixtures.sysfs import healthy_node  # noqa: E402
 
@@ -210,22 +211,6 @@ def pool_of(agent_log: Path) -> list[str]:
     return []
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{platform.node()}: nproc {os.cpu_count()}, {model}, {platform.system()} "
-        f"{platform.release()}, load average {load}"
-    )
-
-
 def fmt_ms(s: dict[str, float]) -> str:
     return (
         f"median {s['median'] * 1000:6.1f} ms  p10 {s['p10'] * 1000:6.1f}  "
@@ -322,7 +307,7 @@ def main() -> int:
         stats = {k: summary(v) for k, v in walls.items()}
         bare = stats["bare"]["median"]
         print("nodecheck bench (figures only; lower is better)")
-        print(f"machine: {machine()}")
+        print(machine_line())
         print(f"python:  {python} ({platform.python_version()})")
         compiled = REPO / "nodecheck" / "entry" / "agent-client"
         print(

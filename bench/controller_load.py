@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import os
 import statistics
@@ -30,17 +29,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.common, when run as bench/controller_load.py
+
+from bench.common import load_testcluster, machine_line  # noqa: E402
+
 PROLOG = REPO / "prolog" / "nodecheck-prolog"
 EPILOG = REPO / "epilog" / "nodecheck-epilog"
-
-
-def _testcluster():
-    spec = importlib.util.spec_from_file_location("testcluster", REPO / "tools" / "testcluster.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["testcluster"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def recorder(work: Path) -> tuple[Path, Path]:
@@ -176,10 +170,10 @@ def main() -> int:
     if os.geteuid() != 0:
         print("controller_load: needs root (the test cluster runs its daemons as root)")
         return 0
-    tc = _testcluster()
+    tc = load_testcluster()
     modes = {"off": [False], "default": [True], "both": [False, True]}[args.breaker]
     print("nodecheck controller load (figures only)")
-    print(f"machine: nproc {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    print(machine_line(slurm=True))
     print(
         f"scenario: {args.nodes} slurmd nodes on loopback, every node fails host.mounts, "
         "one job pinned to each node, all submitted at once"

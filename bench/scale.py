@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import json
 import math
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -43,6 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # bench.common, when run as bench/scale.py
+
+from bench.common import Sdiag, load_testcluster, machine_line, parse_sdiag  # noqa: E402
+
 HEALTH = REPO / "health" / "nodecheck-health"
 STARTED = 4  # real slurmd nodes; the rest are configured only
 WINDOW_MIN = 60
@@ -58,16 +59,6 @@ NODECHECK_RPCS = {
     "REQUEST_UPDATE_NODE",
     "REQUEST_BUILD_INFO",
 }
-
-
-def _testcluster():
-    sys.path.insert(0, str(REPO / "tools"))  # testcluster imports testcluster_accounting
-    spec = importlib.util.spec_from_file_location("testcluster", REPO / "tools" / "testcluster.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["testcluster"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def config(work: Path) -> str:
@@ -88,30 +79,9 @@ min_free_gib = {{ "/tmp" = 0.01 }}
 """
 
 
-def sdiag(cluster) -> tuple[dict[str, int], dict[str, int], int]:
-    """(RPC counts by message type, by user, DBD agent queue size)."""
-    return _sdiag_counts(cluster.run(["sdiag"], timeout=60).stdout)
-
-
-def sdiag_full(cluster) -> tuple[dict[str, int], dict[str, int], int, dict[str, int]]:
-    """sdiag's counts by type, by user, the DBD queue, and mean time by type (us)."""
-    text = cluster.run(["sdiag"], timeout=60).stdout
-    by_type = text.split("by message type", 1)[1].split("by user", 1)[0]
-    ave = re.compile(r"^\s*(\S+)\s+\(\s*\d+\)\s+count:\d+\s+ave_time:(\d+)", re.M)
-    counts, users, queue = _sdiag_counts(text)
-    return counts, users, queue, {m[1]: int(m[2]) for m in ave.finditer(by_type)}
-
-
-def _sdiag_counts(text: str) -> tuple[dict[str, int], dict[str, int], int]:
-    by_type = text.split("by message type", 1)[1].split("by user", 1)[0]
-    by_user = text.split("by user", 1)[1].split("Pending RPC", 1)[0]
-    pattern = re.compile(r"^\s*(\S+)\s+\(\s*\d+\)\s+count:(\d+)", re.M)
-    queue = re.search(r"DBD Agent queue size:\s*(\d+)", text)
-    return (
-        {m[1]: int(m[2]) for m in pattern.finditer(by_type)},
-        {m[1]: int(m[2]) for m in pattern.finditer(by_user)},
-        int(queue[1]) if queue else -1,
-    )
+def sdiag(cluster) -> Sdiag:
+    """slurmctld's RPC counts since the last `sdiag -r`, by type and user, and its DBD queue."""
+    return parse_sdiag(cluster.run(["sdiag"], timeout=60).stdout)
 
 
 def squeue_once(cluster) -> float:
@@ -165,7 +135,7 @@ def one_size(tc, total: int, failing: int, parallel: int) -> dict:
         # slurmctld registers every node with slurmdbd at start; the wave waits for that
         # queue to empty, as it would be on a cluster that has been up a while.
         t1 = time.monotonic()
-        while sdiag(cluster)[2] > 0:
+        while sdiag(cluster).dbd_queue > 0:
             if time.monotonic() - t1 > 1800:
                 raise RuntimeError("slurmdbd's queue did not empty within 30 min")
             time.sleep(5)
@@ -174,7 +144,8 @@ def one_size(tc, total: int, failing: int, parallel: int) -> dict:
         cluster.run(["sdiag", "-r"])
         idle = [squeue_once(cluster) for _ in range(15)]
         # What one user's squeue asks, by type: taken out of the wave's count below.
-        idle_counts, _, _, idle_ave = sdiag_full(cluster)
+        idle_rpcs = sdiag(cluster)
+        idle_counts, idle_ave = idle_rpcs.by_type, idle_rpcs.ave_us
         squeue_types = {t: c / len(idle) for t, c in idle_counts.items() if t in NODECHECK_RPCS}
         cluster.run(["sdiag", "-r"])
         wave_start_wall = time.time()
@@ -210,7 +181,8 @@ def one_size(tc, total: int, failing: int, parallel: int) -> dict:
         decided_s = time.monotonic() - start
         done.set()
         watcher.join()
-        by_type, _, _, wave_ave = sdiag_full(cluster)
+        wave_rpcs = sdiag(cluster)
+        by_type, wave_ave = wave_rpcs.by_type, wave_rpcs.ave_us
         # The user's squeue calls during the wave, taken out by what one call asks.
         for kind, per_call in squeue_types.items():
             by_type[kind] = max(0, by_type.get(kind, 0) - round(per_call * len(during)))
@@ -275,25 +247,6 @@ def one_size(tc, total: int, failing: int, parallel: int) -> dict:
         cluster.stop(timeout=60)
 
 
-def machine_line() -> str:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    slurm = subprocess.run(
-        ["/usr/sbin/slurmctld", "-V"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return (
-        f"machine: {model or platform.processor()}, {os.cpu_count()} CPUs, {mem:.0f} GiB, "
-        f"Linux {platform.release()}, {slurm}, load average {os.getloadavg()[0]:.2f} at start"
-    )
-
-
 def report(r: dict) -> None:
     per = r["failing"]
     idle_med, wave_med = statistics.median(r["squeue_idle"]), statistics.median(r["squeue_wave"])
@@ -348,9 +301,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("scale: needs root (the test cluster runs its daemons as root)")
         return 0
-    tc = _testcluster()
+    tc = load_testcluster()
     print("nodecheck at cluster scale (figures only, never pass/fail)")
-    print(machine_line())
+    print(machine_line(slurm=True))
     results = []
     for total in (int(s) for s in args.sizes.split(",")):
         r = one_size(tc, total, args.failing, args.parallel)

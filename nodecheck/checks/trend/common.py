@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.registry import Option
+from nodecheck.checks.registry import Option, check
 from nodecheck.checks.trend.rates import HOUR, Limits, Trend
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.store.series import Reading, record_and_read
@@ -27,6 +27,31 @@ PHASES = ("health", "epilog", "manual")
 SEVERITY = "medium"  # jobs run, degraded or at risk: drain after them, not before
 REMEDY = "validate"  # the quarantine loop's deep tier decides whether it comes back
 TIMEOUT_S = 10.0
+
+CheckFunc = Callable[[CheckContext], Iterable[CheckResult]]
+
+
+def trend_check(
+    check_id: str,
+    summary: str,
+    options: Mapping[str, Option],
+    *,
+    group: str | None = None,
+    timeout_s: float = TIMEOUT_S,
+) -> Callable[[CheckFunc], Callable[..., Any]]:
+    """`@check` with what every trend shares: its phases, severity and remedy, and off by
+    default (a trend needs days of the node's own readings before a site trusts it)."""
+    return check(
+        check_id,
+        summary=summary,
+        phases=PHASES,
+        timeout_s=timeout_s,
+        group=group,
+        severity=SEVERITY,
+        remedy=REMEDY,
+        enabled_by_default=False,
+        options=options,
+    )
 
 
 def counter_options(

@@ -9,7 +9,7 @@ from typing import Any
 
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.fabric.common import _port_name, _present_ports, sysfs
-from nodecheck.checks.registry import Option, check
+from nodecheck.checks.registry import Option
 from nodecheck.checks.trend import common
 from nodecheck.checks.trend.rates import HOUR, Limits, Trend, judge_counter, rise
 from nodecheck.core.results import CheckResult, Status
@@ -39,15 +39,9 @@ FAIL_BER = 1e-12
 _ORDER = {"fail": 3, "warn": 2, "ok": 1, "young": 0}
 
 
-@check(
+@common.trend_check(
     "trend.ib_counters",
     summary="IB port symbol errors, link recoveries, receive errors per hour (and a BER bound)",
-    phases=common.PHASES,
-    timeout_s=common.TIMEOUT_S,
-    group="fabric",
-    severity=common.SEVERITY,
-    remedy=common.REMEDY,
-    enabled_by_default=False,
     options={
         "ports": Option(list, [], "ports to watch as device/port (empty: all present)", item=str),
         "counters": Option(list, COUNTERS, "counters/* files trended", item=str),
@@ -71,6 +65,7 @@ _ORDER = {"fail": 3, "warn": 2, "ok": 1, "young": 0}
             (int, float), 1.0, "hours of readings needed before a trend is judged", low=0
         ),
     },
+    group="fabric",
 )
 def trend_ib_counters(ctx: CheckContext) -> Iterator[CheckResult]:
     """ib.counters judges one run's rise; a marginal cable or transceiver often stays under

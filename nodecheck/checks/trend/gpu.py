@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.gpu.common import GROUP, _result, _snapshot, nvml_model
-from nodecheck.checks.registry import Option, check
+from nodecheck.checks.gpu.common import GROUP, _result, _snapshot
+from nodecheck.checks.registry import Option
 from nodecheck.checks.trend import common
 from nodecheck.checks.trend.rates import HOUR, Limits, judge_counter, share
 from nodecheck.core.results import CheckResult, Status
+from nodecheck.probes.nvml import model as nvml_model
 from nodecheck.store.series import Reading
 
 if TYPE_CHECKING:
@@ -80,16 +81,11 @@ def _corrected(gpu: Gpu) -> tuple[float, str] | None:
     return None
 
 
-@check(
+@common.trend_check(
     "trend.gpu_ecc",
     summary="correctable ECC errors per hour, and their growth, from the node's own history",
-    phases=common.PHASES,
-    timeout_s=common.TIMEOUT_S,
-    group=GROUP,
-    severity=common.SEVERITY,
-    remedy=common.REMEDY,
-    enabled_by_default=False,
     options=common.counter_options(warn=10, fail=100, growth=4),
+    group=GROUP,
 )
 def trend_gpu_ecc(ctx: CheckContext) -> Iterator[CheckResult]:
     """Correctable (single-bit) ECC errors are corrected, so no job fails on them, but a
@@ -112,15 +108,9 @@ def trend_gpu_ecc(ctx: CheckContext) -> Iterator[CheckResult]:
 TOTAL_SPARE_ROWS = 512
 
 
-@check(
+@common.trend_check(
     "trend.gpu_remap",
-    summary="remapped rows growing over days, and the spare rows left",
-    phases=common.PHASES,
-    timeout_s=common.TIMEOUT_S,
-    group=GROUP,
-    severity=common.SEVERITY,
-    remedy=common.REMEDY,
-    enabled_by_default=False,
+    "remapped rows growing over days, and the spare rows left",
     options={
         "window_h": Option((int, float), 168.0, "hours new remaps are counted over", low=1),
         "recent_h": Option(
@@ -134,6 +124,7 @@ TOTAL_SPARE_ROWS = 512
         "warn_spare_rows": Option(int, 64, "spare rows left below which WARN", low=0),
         "fail_spare_rows": Option(int, 16, "spare rows left below which FAIL", low=0),
     },
+    group=GROUP,
 )
 def trend_gpu_remap(ctx: CheckContext) -> Iterator[CheckResult]:
     """Every remapped row is a memory row that failed. One now and then is what the spare
@@ -196,15 +187,9 @@ def _nvlink_errors(names: list[str]) -> Extract:
     return extract
 
 
-@check(
+@common.trend_check(
     "trend.gpu_nvlink",
     summary="NVLink error counters (replay, recovery, CRC) per hour, summed over a GPU's links",
-    phases=common.PHASES,
-    timeout_s=common.TIMEOUT_S,
-    group=GROUP,
-    severity=common.SEVERITY,
-    remedy=common.REMEDY,
-    enabled_by_default=False,
     options={
         "counters": Option(
             list,
@@ -215,6 +200,7 @@ def _nvlink_errors(names: list[str]) -> Extract:
         ),
         **common.counter_options(warn=10, fail=100, growth=4),
     },
+    group=GROUP,
 )
 def trend_gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     """NVLink retries data-link errors (replay, CRC) and recovers links, so a job only
@@ -235,15 +221,9 @@ def trend_gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
 THROTTLES = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
 
 
-@check(
+@common.trend_check(
     "trend.gpu_clocks",
     summary="share of samples with a hardware slowdown, thermal or power-brake throttle",
-    phases=common.PHASES,
-    timeout_s=common.TIMEOUT_S,
-    group=GROUP,
-    severity=common.SEVERITY,
-    remedy=common.REMEDY,
-    enabled_by_default=False,
     options={
         "reasons": Option(
             list,
@@ -257,6 +237,7 @@ THROTTLES = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
         "warn_share": Option(float, 0.05, "share of samples throttled that WARNs", low=0, high=1),
         "fail_share": Option(float, 0.25, "share of samples throttled that FAILs", low=0, high=1),
     },
+    group=GROUP,
 )
 def trend_gpu_clocks(ctx: CheckContext) -> Iterator[CheckResult]:
     """A GPU that throttles more every week is losing its cooling or its power delivery

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.registry import Option, check
+from nodecheck.checks.registry import Option
 from nodecheck.checks.trend import common
 from nodecheck.checks.trend.rates import HOUR
 from nodecheck.core.results import CheckResult, Status
@@ -31,14 +31,9 @@ SERIES = "gpu.xid.app"
 APP_XIDS = [13, 31, 43, 45]
 
 
-@check(
+@common.trend_check(
     "trend.gpu_xid",
     summary="application-class Xids (13, 31, 43, 45) recurring on one GPU across users",
-    phases=common.PHASES,
-    timeout_s=5.0,
-    severity=common.SEVERITY,
-    remedy=common.REMEDY,
-    enabled_by_default=False,
     options={
         "kmsg": Option(str, "/dev/kmsg", "kernel log: /dev/kmsg, or a saved log"),
         "xids": Option(
@@ -48,6 +43,7 @@ APP_XIDS = [13, 31, 43, 45]
         "warn_users": Option(int, 2, "distinct users with the Xid on one GPU that WARN", low=2),
         "fail_users": Option(int, 3, "distinct users with the Xid on one GPU that FAIL", low=2),
     },
+    timeout_s=5.0,
 )
 def trend_gpu_xid(ctx: CheckContext) -> Iterator[CheckResult]:
     """An Xid 13 or 31 under one user's jobs is that user's code (an illegal address, a
