@@ -39,36 +39,23 @@ from pathlib import Path
 from typing import Any
 
 
-class _LoadedOnFirstUse(types.ModuleType):
-    """Stands in for a module during structlog's import: structlog's stdlib and native
-    loggers import asyncio for their async methods only, which nodecheck never calls, and
-    asyncio (with ssl under it) is the larger part of structlog's import. The real module
-    is imported the first time anything asks this stand-in for an attribute."""
-
-    def __getattr__(self, attribute: str) -> Any:
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attribute)
-
-
 def _import_structlog() -> types.ModuleType:
-    """structlog, loaded without what the job-start path never uses: asyncio (above) and
-    rich, which structlog's console renderer imports for its tracebacks when installed. rich
-    is the CLI's table library; when someone in this process loaded it already, it stays."""
-    hidden: dict[str, Any] = {}
-    if "asyncio" not in sys.modules:
-        stand_in = _LoadedOnFirstUse("asyncio")
-        stand_in.__spec__ = None
-        hidden["asyncio"] = stand_in
-    if "rich" not in sys.modules:
-        hidden["rich"] = None  # the console renderer then formats tracebacks plainly
-    sys.modules.update(hidden)
+    """structlog without rich, which structlog's console renderer imports for its tracebacks
+    when installed and which doubles the import (docs/performance.md). A None entry in
+    sys.modules is Python's own way to make an import fail; it is there only while structlog
+    loads, at the first import of this module, which every entry point does on its main
+    thread before it starts a thread or forks. rich is the CLI's table library; when someone
+    in this process loaded it already, it stays. asyncio, which structlog.stdlib imports for
+    async methods nodecheck never calls, is imported for real: a stand-in module for it
+    (issue 30) would stay bound in any thread that imported asyncio meanwhile."""
+    if "rich" in sys.modules:
+        return importlib.import_module("structlog")
+    sys.modules["rich"] = None  # type: ignore[assignment]  # plain tracebacks on the console
     try:
         return importlib.import_module("structlog")
     finally:
-        for name, stand_in in hidden.items():
-            if sys.modules.get(name) is stand_in:
-                del sys.modules[name]
+        if "rich" in sys.modules and sys.modules["rich"] is None:
+            del sys.modules["rich"]
 
 
 structlog = _import_structlog()

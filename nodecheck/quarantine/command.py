@@ -27,12 +27,14 @@ def parse_share(text: str) -> float:
 
 def validate_command(args: argparse.Namespace) -> int:
     """Exit 0 when every node passed, 1 when any failed or was skipped, 2 on an error."""
+    from nodecheck import hostlist
     from nodecheck.checks.registry import all_checks
     from nodecheck.quarantine.claim import ValidateBusy
-    from nodecheck.quarantine.loop import expand_nodes, validate_nodes
+    from nodecheck.quarantine.loop import validate_nodes
     from nodecheck.quarantine.select import is_idle, pick_idle, pick_pending
     from nodecheck.run.act import backend_for
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
     from nodecheck.slurm import SlurmError
     from nodecheck.slurm.jobs import SlurmJobs
     from nodecheck.slurm.scontrol import ScontrolBackend
@@ -49,7 +51,7 @@ def validate_command(args: argparse.Namespace) -> int:
         # The node table, read once for the whole start (and handed to the loop).
         table = backend.list_nodes()
         if args.nodelist:
-            nodes = expand_nodes(cli._run, config.scontrol, args.nodelist)
+            nodes = hostlist.expand(args.nodelist)  # ValueError when malformed
         elif args.pending:
             nodes = pick_pending(table)
         else:
@@ -225,20 +227,19 @@ def history_command(config_path: str | None, nodelist: str, days: float, as_json
     import json
     from dataclasses import asdict
 
+    from nodecheck import hostlist
     from nodecheck.checks.registry import all_checks
-    from nodecheck.quarantine.loop import expand_nodes
     from nodecheck.quarantine.timeline import render, timeline
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
     from nodecheck.slurm import SlurmError
-    from nodecheck.slurm.scontrol import ScontrolBackend
 
     env = dict(os.environ)
     try:
         config = load_config(config_path, env, all_checks())
         slurm_conf = config.slurm_conf or env.get("SLURM_CONF")
-        cli = ScontrolBackend(config.scontrol, slurm_conf)
-        nodes = expand_nodes(cli._run, config.scontrol, nodelist)
-    except (ConfigError, SlurmError) as exc:
+        nodes = hostlist.expand(nodelist)
+    except (ConfigError, SlurmError, ValueError) as exc:
         print(f"nodecheck report: {exc}", file=sys.stderr)
         return 2
     events, missing = timeline(config, slurm_conf, nodes, days)

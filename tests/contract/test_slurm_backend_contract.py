@@ -22,14 +22,10 @@ from nodecheck.core.node import NodeInfo
 from nodecheck.core.reason import REASON_PREFIX
 from nodecheck.slurm import SlurmError
 from nodecheck.slurm.backend import select_backend
-from nodecheck.slurm.scontrol import ScontrolBackend, drain_args
+from nodecheck.slurm.scontrol import ScontrolBackend
 
 OURS = "nodecheck: gpu.ecc gpu3: 2 uncorrectable ECC errors (volatile DBE) [prolog job 4242]"
 ISO_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
-
-# scontrol strips one leading and one trailing '"' from Reason= (both 22.05 and 26.05), so a
-# backend that passes the reason through unquoted loses a final quote.
-SCONTROL_STRIPS_QUOTES = drain_args("scontrol", "n1", 'x"')[-1] == 'Reason=x"'
 
 
 def _admin_drain(cluster, node: str, reason: str) -> None:
@@ -140,12 +136,7 @@ def test_drain_unknown_node_raises(backend, cluster) -> None:
         pytest.param("unicode: température 92°C", id="unicode"),
     ],
 )
-def test_reason_round_trips_literally(backend, backend_name, cluster, tail: str) -> None:
-    if tail.endswith('"') and backend_name.startswith("scontrol") and SCONTROL_STRIPS_QUOTES:
-        pytest.xfail(
-            "scontrol strips a trailing '\"' from Reason=; fix: drain_args passes "
-            'Reason="<reason>" (scontrol removes exactly that one pair)'
-        )
+def test_reason_round_trips_literally(backend, cluster, tail: str) -> None:
     reason = f"{REASON_PREFIX} gpu.xid gpu0: {tail} [epilog job 7]"
     pwned = Path("/tmp/nodecheck-pwned")
     pwned.unlink(missing_ok=True)

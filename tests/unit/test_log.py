@@ -4,11 +4,14 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from nodecheck.log import bind_run, get_logger, setup_logging
-from nodecheck.run.config import ConfigError, load_config
+from nodecheck.run.config import load_config
+from nodecheck.run.config_file import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -152,3 +155,19 @@ def test_unknown_log_target_is_a_config_error(tmp_path):
     cfg.chmod(0o644)
     with pytest.raises(ConfigError, match="log_target"):
         load_config(str(cfg), os.environ, {})
+
+
+def test_structlog_loads_without_rich_and_leaves_no_stand_in_behind():
+    """rich stays out of the import (the hook's parent must not load it) and can still be
+    imported afterwards; asyncio, if loaded, is the real module, never a stand-in."""
+    probe = (
+        "import sys, types, nodecheck.log\n"
+        "print('rich' in sys.modules)\n"
+        "asyncio = sys.modules.get('asyncio')\n"
+        "print(asyncio is None or type(asyncio) is types.ModuleType)\n"
+        "import rich\n"
+        "print(rich is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"]

@@ -185,3 +185,44 @@ def test_pending_takes_nodecheck_drains_that_may_come_back():
         node("g6", "IDLE", "DRAIN", reason="nodecheck: gpu.ecc gpu3: 2 DBE"),  # not our form
     ]
     assert pick_pending(nodes) == ["g1"]
+
+
+class _ReservationCli:
+    """Stands in for ScontrolBackend: answers `show -o reservation` with a real record whose
+    Nodes= is a compressed list; any other command (`show hostnames`) is a failure."""
+
+    scontrol = "/usr/bin/scontrol"
+
+    def __init__(self, nodes: str) -> None:
+        self.record = real("scontrol-show-reservation-o-22.05.txt").replace(
+            "Nodes=n1 ", f"Nodes={nodes} "
+        )
+        self.asked: list[list[str]] = []
+
+    def _run(self, args: list[str]) -> str:
+        self.asked.append(args)
+        assert args[1:3] == ["show", "-o"], args
+        return self.record
+
+
+def test_reservation_nodes_are_expanded_here_not_by_scontrol():
+    from nodecheck.slurm.jobs import SlurmJobs
+
+    cli = _ReservationCli("gpu[008-010],login1")
+    assert "Nodes=gpu[008-010],login1 " in cli.record
+    assert SlurmJobs(cli).reservation_nodes("nodecheck") == [  # type: ignore[arg-type]
+        "gpu008",
+        "gpu009",
+        "gpu010",
+        "login1",
+    ]
+    assert len(cli.asked) == 1
+
+
+def test_report_history_refuses_a_malformed_node_list_without_asking_slurm(tmp_path, capsys):
+    from nodecheck.quarantine.command import history_command
+
+    cfg = tmp_path / "nodecheck.toml"
+    cfg.write_text('scontrol = "/nonexistent/scontrol"\n')
+    assert history_command(str(cfg), "n[1-", 1.0, False) == 2
+    assert "bad host list 'n[1-'" in capsys.readouterr().err

@@ -18,13 +18,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep.common import (  # noqa: F401  (re-exported: sdc, fabric, tests)
+from nodecheck.checks.deep.common import (
     DEVICE,
     GROUP,
     MEDIAN_FRACTION,
     MIB,
     REPEATS,
-    Selected,
     explains_table,
     min_fraction,
     reference,
@@ -265,7 +264,3 @@ def deep_hostdev(ctx: CheckContext) -> Iterator[CheckResult]:
         label = "host->device" if direction == "h2d" else "device->host"
         results += judge.judge("deep.hostdev", label, "GB/s", figures, ref)
     yield from judge.merge_by_component("deep.hostdev", results)
-
-
-# deep.p2p, formerly here, lives in p2p.py; importing it keeps `gpu.deep_p2p` working.
-from nodecheck.checks.deep.p2p import deep_p2p  # noqa: E402, F401

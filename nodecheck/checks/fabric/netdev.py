@@ -11,8 +11,6 @@ from nodecheck.checks.fabric.common import _fail_or_error, sysfs
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.results import CheckResult, Status
 
-# -------------------------------------------------------------------------------- net.link
-
 
 @check(
     "net.link",

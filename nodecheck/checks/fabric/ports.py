@@ -18,8 +18,6 @@ from nodecheck.checks.fabric.common import (
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.results import CheckResult, Status
 
-# --------------------------------------------------------------------------------- ib.port
-
 
 @check(
     "ib.port",

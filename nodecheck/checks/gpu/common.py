@@ -11,7 +11,6 @@ from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.probes import nvml
-from nodecheck.probes.nvml import model as nvml_model  # noqa: F401 (the checks import it from here)
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu, NvmlError, Snapshot
@@ -33,9 +32,6 @@ ONLY_JOB_GPUS = Option(
 SEVERITY = Option(
     str, "fail", "'fail' or 'warn' when the setting differs from expected", choices=("fail", "warn")
 )
-
-
-# --- shared plumbing ------------------------------------------------------------------
 
 
 def _snapshot(ctx: CheckContext, all_gpus: bool = False) -> Snapshot:
@@ -181,6 +177,3 @@ def _severity(ctx: CheckContext) -> Status:
 
 def _watts(milliwatts: int) -> str:
     return f"{milliwatts / 1000:.0f}W"
-
-
-# --- gpu.count ------------------------------------------------------------------------

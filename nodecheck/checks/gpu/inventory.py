@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.results import CheckResult, Status
+from nodecheck.probes.nvml import model as nvml_model
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu
@@ -20,7 +21,6 @@ from nodecheck.checks.gpu.common import (
     _per_gpu,
     _result,
     _snapshot,
-    nvml_model,
 )
 
 
@@ -184,6 +184,3 @@ def gpu_driver(ctx: CheckContext) -> Iterator[CheckResult]:
     else:
         msg = f"driver {driver}, CUDA {_cuda_text(cuda)}"
         yield _result(cid, Status.PASS, msg, **values)
-
-
-# --- gpu.ecc / gpu.remap --------------------------------------------------------------

@@ -11,6 +11,7 @@ from nodecheck.checks.context import CheckContext
 from nodecheck.checks.gpu import imex
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.results import SIGNALS_KEY, CheckResult, Status
+from nodecheck.probes.nvml import model as nvml_model
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu
@@ -22,7 +23,6 @@ from nodecheck.checks.gpu.common import (
     _per_gpu,
     _result,
     _snapshot,
-    nvml_model,
 )
 
 # Signals new to GB200/GB300 NVL72 (report-only until the site sets `report_only`): an untested
@@ -218,6 +218,3 @@ _HEALTH_FLAGS = (
 
 def _health_flags(mask: int | None) -> list[str]:
     return [name for shift, name in _HEALTH_FLAGS if mask and (mask >> shift) & 0x3 == 1]
-
-
-# --- gpu.idle (epilog) ----------------------------------------------------------------

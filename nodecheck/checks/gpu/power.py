@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.results import CheckResult, Status
+from nodecheck.probes.nvml import model as nvml_model
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu
@@ -20,10 +21,7 @@ from nodecheck.checks.gpu.common import (
     _range,
     _result,
     _watts,
-    nvml_model,
 )
-
-# --- gpu.clocks / gpu.thermal / gpu.power ---------------------------------------------
 
 _REASON_TEXT = {
     "hw_slowdown": "HW slowdown",
@@ -184,6 +182,3 @@ def gpu_power(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.PASS, msg, gpu, **values)
 
     yield from _per_gpu(ctx, cid, judge, needs, summary=_range("usage_w", "W", " at idle"))
-
-
-# --- settings: persistence, MIG, compute mode -----------------------------------------

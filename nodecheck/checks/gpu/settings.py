@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from nodecheck.checks.context import CheckContext
 from nodecheck.checks.registry import Option, check
 from nodecheck.core.results import CheckResult, Status
+from nodecheck.probes.nvml import model as nvml_model
 
 if TYPE_CHECKING:
     from nodecheck.probes.nvml.model import Gpu
@@ -20,7 +21,6 @@ from nodecheck.checks.gpu.common import (
     _per_gpu,
     _result,
     _severity,
-    nvml_model,
 )
 
 
@@ -141,6 +141,3 @@ def gpu_compute_mode(ctx: CheckContext) -> Iterator[CheckResult]:
             yield _result(cid, Status.PASS, f"compute mode {mode}", gpu, compute_mode=mode)
 
     yield from _per_gpu(ctx, cid, judge, {"compute_mode": "compute mode"})
-
-
-# --- gpu.fabric -----------------------------------------------------------------------

@@ -41,15 +41,13 @@ from typing import Any
 
 from nodecheck.probes.active.device import GB, Device, Stopwatch, time_per_call
 
-# The pure planners live in ringplan (the prolog's fabric.preflight shares them without
-# importing this module); re-exported here, where deep.fabric and its tests use them.
-from nodecheck.probes.fabric.ringplan import (  # noqa: F401
+# The pure planners live in ringplan: the prolog's fabric.preflight shares them without
+# importing this module.
+from nodecheck.probes.fabric.ringplan import (
     Pair,
     PairPlan,
     classify,
-    reference_of,
     ring_rounds,
-    schedule,
     second_pass_rounds,
 )
 

@@ -21,16 +21,16 @@ output formats (fixtures in tests/fixtures/real/deep/ name where each came from)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from nodecheck.core import bounded
 
 # nccl-tests prints with %g and %e past their column widths: "1.04858e+06", "2.1e+08".
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
@@ -58,32 +58,23 @@ class ToolRun:
         return self.returncode is None
 
 
+# A killed tool's last output is still in its pipes until every process of its session has
+# gone; a GPU tool may take seconds to release its devices. Past this it is left behind.
+_KILLED_GRACE_S = 5.0
+
+
 def _start(argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     if not os.path.isabs(argv[0]):
         raise ValueError(f"tool path must be absolute, not {argv[0]!r}")
-    return subprocess.Popen(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="replace",
-        start_new_session=True,  # its children (dcgmi's nvvs, mpirun's ranks) die with it
-        env=env,
-    )
+    # Its own session: its children (dcgmi's nvvs, mpirun's ranks) die with it.
+    return bounded.start(argv, env, own_session=True, errors="replace")
 
 
 def _finish(proc: subprocess.Popen[str], timeout_s: float) -> ToolRun:
     """Its output once it exits; at the deadline its whole session is killed first."""
     argv = tuple(str(arg) for arg in proc.args)  # _start passes a list
-    try:
-        out, err = proc.communicate(timeout=max(0.1, timeout_s))
-        return ToolRun(argv, proc.returncode, out, err)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return ToolRun(argv, None, out or "", err or "")
+    ran = bounded.collect(proc, max(0.1, timeout_s), kill_session=True, grace_s=_KILLED_GRACE_S)
+    return ToolRun(argv, ran.returncode, ran.stdout, ran.stderr)
 
 
 def run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> ToolRun:
@@ -115,9 +106,7 @@ def run_pair(
         return _finish(proc, min(5.0, deadline - time.monotonic())), ran
     finally:
         if proc.poll() is None:  # an exception above: never leave the server behind
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            bounded.collect(proc, 0.0, kill_session=True, grace_s=_KILLED_GRACE_S)
 
 
 # --- perftest -------------------------------------------------------------------------

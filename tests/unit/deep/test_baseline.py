@@ -231,7 +231,8 @@ def test_each_validation_is_kept_per_gpu_and_figure_and_old_ones_age_out(tmp_pat
 
 def test_validation_settings_have_defaults_and_ranges(tmp_path: Path):
     from nodecheck.checks.registry import all_checks
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
 
     def load(text: str):
         path = tmp_path / "nodecheck.toml"

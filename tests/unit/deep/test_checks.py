@@ -17,8 +17,9 @@ from helpers import make_ctx
 
 from deep.test_tools import REAL, fake_tool
 from nodecheck.checks.context import CheckContext
-from nodecheck.checks.deep.gpu import deep_gemm, deep_hostdev, deep_membw, deep_p2p
-from nodecheck.checks.deep.gpu import select_devices as select
+from nodecheck.checks.deep.common import select_devices as select
+from nodecheck.checks.deep.gpu import deep_gemm, deep_hostdev, deep_membw
+from nodecheck.checks.deep.p2p import deep_p2p
 from nodecheck.checks.deep.sdc import deep_sdc
 from nodecheck.checks.deep.tools import deep_dcgm, deep_ibperf, deep_nccl
 from nodecheck.checks.registry import all_checks

@@ -7,15 +7,16 @@ import pytest
 from nodecheck.checks.deep.judge import judge_fabric
 from nodecheck.core.results import Status
 from nodecheck.probes.active import dist
+from nodecheck.probes.fabric import ringplan
 
 NODES = ["h1", "h2", "h3", "h4"]
 
 
 def test_ring_rounds_cover_each_neighbour_pair_once_without_sharing_a_node():
-    assert dist.ring_rounds(1) == []
-    assert dist.ring_rounds(2) == [[(0, 1)]]
-    assert dist.ring_rounds(4) == [[(0, 1), (2, 3)], [(1, 2), (0, 3)]]
-    rounds = dist.ring_rounds(5)
+    assert ringplan.ring_rounds(1) == []
+    assert ringplan.ring_rounds(2) == [[(0, 1)]]
+    assert ringplan.ring_rounds(4) == [[(0, 1), (2, 3)], [(1, 2), (0, 3)]]
+    rounds = ringplan.ring_rounds(5)
     pairs = [p for r in rounds for p in r]
     assert sorted(pairs) == [(0, 1), (0, 4), (1, 2), (2, 3), (3, 4)]
     for r in rounds:
@@ -29,7 +30,7 @@ def test_bus_factors_are_nccl_tests_definitions():
 
 
 def figures(pass1, pass2=None, fraction=0.5):
-    plan = dist.classify(pass1, fraction)
+    plan = ringplan.classify(pass1, fraction)
     return dist.FabricFigures(len(NODES), None, pass1, pass2 or {}, plan), plan
 
 
@@ -38,7 +39,7 @@ def test_the_common_member_of_the_slow_pairs_is_the_only_suspect_and_is_confirme
     _, plan = figures(pass1)
     assert plan.slow == ((0, 3), (2, 3)) and plan.suspects == (3,)
     assert plan.cleared == (0, 1, 2)
-    assert dist.second_pass_rounds(plan) == [[(0, 3)]]
+    assert ringplan.second_pass_rounds(plan) == [[(0, 3)]]
     figs, _ = figures(pass1, {(0, 3): 0.012})
     verdicts = {n: judge_fabric(n, NODES, figs, slow_fraction=0.5) for n in NODES}
     assert {n: v.status for n, v in verdicts.items()} == {
@@ -60,7 +61,7 @@ def test_a_suspect_fast_with_a_cleared_partner_is_not_named():
 def test_a_slow_pair_of_two_healthy_nodes_warns_both_about_the_path():
     pass1 = {(0, 1): 0.02, (1, 2): 9.9, (2, 3): 9.8, (0, 3): 9.9}
     figs, plan = figures(pass1, {(0, 1): 0.02})
-    assert plan.suspects == () and dist.second_pass_rounds(plan) == [[(0, 1)]]
+    assert plan.suspects == () and ringplan.second_pass_rounds(plan) == [[(0, 1)]]
     verdicts = {n: judge_fabric(n, NODES, figs, slow_fraction=0.5) for n in NODES}
     assert verdicts["h1"].status is Status.WARN and verdicts["h2"].status is Status.WARN
     assert "slow path to h2" in verdicts["h1"].message

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from deep.test_checks import H100_BUSES, NVML, ctx_for, cuda_devices, run
-from nodecheck.checks.deep.gpu import deep_gemm, deep_p2p
-from nodecheck.checks.deep.gpu import select_devices as select
+from nodecheck.checks.deep.common import select_devices as select
+from nodecheck.checks.deep.gpu import deep_gemm
+from nodecheck.checks.deep.p2p import deep_p2p
 from nodecheck.core.results import Status
 from nodecheck.probes.active import owners
 from nodecheck.quarantine.ladder import Step, ValidationHistory, decide_after_validation

@@ -17,7 +17,7 @@ import pytest
 from deep.test_checks import ctx_for, run
 from deep.test_tools import REAL, fake_tool
 from nodecheck.checks.deep.expected import lookup
-from nodecheck.checks.deep.gpu import deep_p2p
+from nodecheck.checks.deep.p2p import deep_p2p
 from nodecheck.core.results import Status
 from nodecheck.probes.active import device, p2p
 

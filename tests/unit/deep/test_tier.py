@@ -19,7 +19,8 @@ from nodecheck.checks.registry import (
     run_budget_s,
 )
 from nodecheck.core.results import CheckResult, Status
-from nodecheck.run.config import ConfigError, parse_config
+from nodecheck.run.config import parse_config
+from nodecheck.run.config_file import ConfigError
 from nodecheck.run.pipeline import UsageError, select_checks
 from nodecheck.run.runner import Planned, run_checks
 
