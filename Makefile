@@ -23,7 +23,7 @@ client:
 
 # Unit tests, then integration tests against a throw-away Slurm started by the tests.
 test:
-	NODECHECK_REQUIRE_SLURM=$${NODECHECK_REQUIRE_SLURM:-1} $(VPY) -m pytest -q
+	NODECHECK_REQUIRE_SLURM=$${NODECHECK_REQUIRE_SLURM:-1} $(VPY) -m pytest -q --durations=25
 
 # The healthy-node soak at length (tests/soak/test_healthy_soak.py): 1,000 runs per phase and
 # path instead of make test's 100 (about half an hour on 2 cores).

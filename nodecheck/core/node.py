@@ -43,9 +43,7 @@ class NodeInfo:
     @property
     def drained_by_nodecheck(self) -> bool:
         """Nodecheck's drain as the controller's view alone shows it (no node state to
-        compare): core/ownership.py decides, for every caller."""
-        from nodecheck.core.ownership import drain_owner
-
+        compare): `drain_owner` below decides, for every caller."""
         return drain_owner(self, None).ours
 
 

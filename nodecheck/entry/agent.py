@@ -34,8 +34,9 @@ from nodecheck.entry.agent_status import STATUS_PHASE
 from nodecheck.entry.hook import HookArgs
 from nodecheck.log import get_logger
 from nodecheck.probes import kernlog
-from nodecheck.run import pool
-from nodecheck.selftest.agent_side import SELFTEST_PHASE, Timer
+from nodecheck.run import pool, runner
+from nodecheck.selftest.agent_request import SELFTEST_PHASE
+from nodecheck.selftest.agent_side import Timer
 
 MAX_REQUEST = 1 << 20  # the environment of a prolog is a few KiB
 REQUEST_TIMEOUT_S = 5.0  # a client that connects and sends nothing does not hold a worker
@@ -61,7 +62,7 @@ WARM_MODULES = (
     "nodecheck.probes.fabric.sysfs",
     "nodecheck.core.bounded",
     "nodecheck.slurm.scontrol",
-    "nodecheck.probes.xid_catalogue",  # gpu.xid, and gpu.remap's recovery action
+    "nodecheck.checks.gpu.xid_verdict",  # gpu.xid, gpu.remap's recovery action, their tables
     "nodecheck.probes.xid_lines",
     "nodecheck.store.transaction",  # the checks that keep state (gpu.xid, gpu.nvlink, ib.counters)
     "nodecheck.quarantine.ladder",  # the hook's record step
@@ -369,7 +370,7 @@ def serve(path: str, selftest_every: float = 0.0, selftest_delay: float = 0.0) -
     # forked workers do not copy it page by page.
     gc.collect()
     gc.freeze()
-    probes = pool.ProbePool(fast_groups())
+    probes = pool.ProbePool(fast_groups(), runner.serve_request)
     timer = Timer(path, selftest_every, selftest_delay)
 
     def selftest_child() -> None:  # holds nothing of the agent's: no socket, no pool

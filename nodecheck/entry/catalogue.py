@@ -13,7 +13,8 @@ from nodecheck.core.codes import EXIT_INTERNAL, EXIT_OK, PHASES
 def list_checks(args: argparse.Namespace) -> int:
     """`nodecheck list`: every check, where it runs and whether it is on for this node."""
     from nodecheck.checks.registry import all_checks
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
     from nodecheck.run.pipeline import node_name
 
     registry = all_checks()

@@ -356,7 +356,8 @@ def _resume(args: argparse.Namespace) -> int:
 
     from nodecheck.checks.registry import all_checks
     from nodecheck.run.act import backend_for, resume_if_ours
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
     from nodecheck.run.pipeline import RunRequest, execute, node_name
     from nodecheck.slurm import SlurmError, set_call_deadline
     from nodecheck.store import history

@@ -152,7 +152,8 @@ def _say_why_not_the_agent(
 def _valid_config(explicit: str | None, env: Mapping[str, str], read: ConfigRead) -> Config | None:
     """The validated config, or None when it has a problem (the run reports it)."""
     from nodecheck.checks.registry import all_checks
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
 
     try:
         return load_config(explicit, env, all_checks(), read)
@@ -161,10 +162,11 @@ def _valid_config(explicit: str | None, env: Mapping[str, str], read: ConfigRead
 
 
 def _metrics_while_disabled(config: Config, node: str) -> None:
+    from nodecheck.checks.registry import all_checks
     from nodecheck.log import get_logger
-    from nodecheck.store import metrics
+    from nodecheck.store import recording
 
     try:
-        metrics.rewrite_while_disabled(config, node)
+        recording.rewrite_while_disabled(config, node, all_checks)
     except Exception as exc:  # the killswitch's no-op must stay a no-op
         get_logger().warning("metrics_not_written", error=f"{type(exc).__name__}: {exc}")

@@ -135,7 +135,8 @@ def lemons_command(args: argparse.Namespace) -> int:
     import os
 
     from nodecheck.checks.registry import all_checks
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
     from nodecheck.slurm import SlurmError
     from nodecheck.slurm.dbd import DbdReader, read_jobs
 

@@ -29,9 +29,10 @@ def report(args: argparse.Namespace) -> int:
 
     from nodecheck.checks.registry import all_checks
     from nodecheck.core.node import drain_owner
-    from nodecheck.core.reason import parse_reason
+    from nodecheck.core.reason import human_window, is_flapping_message, parse_reason
     from nodecheck.entry.cluster_view import read_cluster
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
     from nodecheck.slurm import SlurmError
     from nodecheck.store import history
 
@@ -49,7 +50,7 @@ def report(args: argparse.Namespace) -> int:
         if not drain_owner(info, None).ours:  # the controller's view (core/node.py)
             continue
         parsed = parse_reason(info.reason)
-        flapping = bool(parsed and history.is_flapping_message(parsed.message))
+        flapping = bool(parsed and is_flapping_message(parsed.message))
         if view.drains_in_window is not None:  # slurmdbd's drain events, cluster-wide
             drains, source = view.drains_in_window.get(info.name, 1), "slurmdbd"
         else:
@@ -76,7 +77,7 @@ def report(args: argparse.Namespace) -> int:
                 "flapping": flapping,
                 "drains_in_window": drains,
                 "drains_source": source,
-                "window": history.human_window(window),
+                "window": human_window(window),
                 "reason": info.reason,
             }
         )
@@ -124,7 +125,7 @@ def report(args: argparse.Namespace) -> int:
         "CHECK",
         "COMPONENT",
         "SINCE",
-        f"DRAINS/{history.human_window(window)}",
+        f"DRAINS/{human_window(window)}",
         "SEVERITY",
         "ACTION",
     )

@@ -34,8 +34,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nodecheck.core.node import NodeInfo
-from nodecheck.quarantine.follow import NodeValidation, Phase
 from nodecheck.quarantine.select import is_idle
+from nodecheck.quarantine.validation import NodeValidation, Phase
 
 CHECK_ID = "deep.fabric"
 # The AdminComment the batch step writes, e.g. "nodecheck deep.fabric verdicts: n1=0 n2=1".

@@ -24,8 +24,9 @@ reservation, out of users' reach: failed while the breaker forbids a drain, or r
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from nodecheck.checks.trend.class_median import why_of
 from nodecheck.core.node import NodeInfo, drain_owner
 from nodecheck.quarantine.job import (
     EXIT_DRAINED,
@@ -36,6 +37,7 @@ from nodecheck.quarantine.job import (
     EXIT_REBOOT,
     EXIT_REPLACE,
 )
+from nodecheck.quarantine.validation import Leave, NodeValidation, Phase
 from nodecheck.slurm.job_json import JobRecord
 
 RESULT_FOR_EXIT = {
@@ -47,54 +49,6 @@ RESULT_FOR_EXIT = {
 # Flags of a node that a job still holds: a prolog failure may still be on its way to
 # slurmctld, and a resume now would be undone by Slurm's own "Prolog error" drain.
 _BUSY = {"ALLOCATED", "MIXED", "COMPLETING"}
-
-
-class Phase(enum.Enum):
-    SKIPPED = "skipped"
-    SETTLING = "settling"
-    VALIDATING = "validating"
-    REBOOTING = "rebooting"
-    FABRIC_WAIT = "waiting for the fabric stage"
-    FABRIC = "fabric"
-    DONE = "done"
-
-
-class Leave(enum.Enum):
-    OUT = "out"
-    AS_FOUND = "as found"
-    RESERVED = "reserved"
-
-
-@dataclass
-class NodeValidation:
-    """One node's way through the loop (mutable while the loop runs)."""
-
-    node: str
-    found: NodeInfo | None = None  # as the run found it, to leave it so when it must
-    jobs: list[int] = field(default_factory=list)
-    result: str = "pending"
-    phase: Phase = Phase.SETTLING
-    leave: Leave = Leave.AS_FOUND
-    added: bool = False  # this run put it into the reservation
-    resumed: bool = False  # this run resumed it (inside the reservation)
-    reboots: int = 0
-    # The level runs deep.fabric: a pass of the node's own job waits for the fabric stage.
-    fabric_stage: bool = False
-    fabric_job: int | None = None  # the multi-node deep.fabric job it is in
-    fabric_note: str = ""  # why deep.fabric did not measure it there (a lone node)
-
-    @property
-    def done(self) -> bool:
-        return self.phase in (Phase.DONE, Phase.SKIPPED)
-
-    @property
-    def held_back(self) -> bool:
-        return self.phase is Phase.DONE and self.leave is Leave.RESERVED
-
-    @property
-    def keep_reserved(self) -> bool:
-        """Still validating, or failed without a drain: either way not for user jobs."""
-        return not self.done or self.held_back
 
 
 class Move(enum.Enum):
@@ -214,7 +168,9 @@ def _judged(
     if code == EXIT_REBOOT:
         return Next(Move.FINISH, f"failed: reboot requested again{reason}", Leave.RESERVED)
     if code in (EXIT_NOT_VALIDATED, EXIT_INTERNAL):
-        said = why or job.admin_comment
+        # The comment may end with the node's published figures (checks/trend/
+        # class_median.py): the why is what comes before them.
+        said = why or why_of(job.admin_comment)
         why = said or (
             f"nodecheck could not validate it (validate-job exit {code}; the node's log "
             "says why: validation_not_possible / validation_job_error)"

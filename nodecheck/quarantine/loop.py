@@ -27,7 +27,6 @@ from __future__ import annotations
 import secrets
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from nodecheck import hostlist
@@ -49,29 +48,15 @@ from nodecheck.quarantine.fabric_stage import (
     stage_possible,
     waiting,
 )
-from nodecheck.quarantine.follow import (
-    Leave,
-    Move,
-    Next,
-    NodeValidation,
-    Phase,
-    as_found,
-    next_step,
-    wants_node,
-)
+from nodecheck.quarantine.follow import Move, Next, as_found, next_step, wants_node
+from nodecheck.quarantine.validation import Leave, NodeValidation, Phase
 from nodecheck.run.config import Config
 from nodecheck.slurm import SlurmBackend, SlurmError
 from nodecheck.slurm.job_json import JobRecord
 from nodecheck.slurm.jobs import SlurmJobs
 
 JOB_NAME = "nodecheck-validate"
-__all__ = ["JOB_NAME", "NodeValidation", "expand_nodes", "validate_nodes", "validation_script"]
-
-
-def expand_nodes(cli_run: Callable[[list[str]], str], scontrol: str, nodelist: str) -> list[str]:
-    """Slurm's own expansion of a hostlist expression (`scontrol show hostnames`)."""
-    out = cli_run([scontrol, "show", "hostnames", nodelist])
-    return [line.strip() for line in out.splitlines() if line.strip()]
+__all__ = ["JOB_NAME", "validate_nodes", "validation_script"]
 
 
 def validation_script(config: Config) -> str:

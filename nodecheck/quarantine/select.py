@@ -14,8 +14,7 @@ import math
 from collections.abc import Iterable, Mapping
 
 from nodecheck.core.node import NodeInfo, drain_owner
-from nodecheck.core.reason import parse_reason
-from nodecheck.store.history import is_flapping_message
+from nodecheck.core.reason import is_flapping_message, parse_reason
 
 # Flags that make an IDLE node unavailable or already spoken for.
 _BUSY_FLAGS = {"DRAIN", "DRAINED", "DRAINING", "DOWN", "RESERVED", "MAINT", "FAIL", "POWER_DOWN"}

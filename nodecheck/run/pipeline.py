@@ -35,8 +35,8 @@ from nodecheck.core.results import CheckResult, Status
 from nodecheck.hostlist import is_plain_node_name
 from nodecheck.log import bind_run, get_logger
 from nodecheck.run import keeper
-from nodecheck.run.config import Config, ConfigError, NodeConfig, load_config, salvage_config
-from nodecheck.run.config_file import ConfigRead
+from nodecheck.run.config import Config, NodeConfig, load_config, salvage_config
+from nodecheck.run.config_file import ConfigError, ConfigRead
 from nodecheck.run.decide import (
     Action,
     PlanSettings,

@@ -39,11 +39,14 @@ import pickle
 import select
 import signal
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from nodecheck.core import isolate
+
+# A member's work on one request: the pickled request, and the run's pipe for the results.
+Handler = Callable[[bytes, int], None]
 
 MAX_REQUEST = 1 << 20  # a group's planned checks with their settings: a few KiB
 
@@ -136,7 +139,10 @@ def ask(member: Member, planned: list[Any], memory_limit_mb: int, context: dict[
 class ProbePool:
     """In the agent: the members, who has them, and their replacements."""
 
-    def __init__(self, groups: Iterable[str]) -> None:
+    def __init__(self, groups: Iterable[str], handle: Handler) -> None:
+        # What a member does with a run's request (runner.serve_request): given, not
+        # imported, so the pool stays below the runner that borrows it.
+        self.handle = handle
         self.members: dict[str, Member] = {}
         self._lease: int | None = None  # read end: at EOF once the borrower gave them back
         self._said = b""  # what the borrower wrote in the lease: the members it killed
@@ -157,7 +163,7 @@ class ProbePool:
         if pid == 0:
             code = 0
             try:
-                serve(theirs)
+                serve(theirs, self.handle)
             except BaseException:
                 code = 70
             finally:
@@ -245,7 +251,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def serve(control: socket.socket) -> None:
+def serve(control: socket.socket, handle: Handler) -> None:
     """A member's life: one request at a time, until the agent's end of the socket closes
     (the agent stopped: members also die with it)."""
     import faulthandler
@@ -266,26 +272,11 @@ def serve(control: socket.socket) -> None:
                 os.close(fd)
             continue
         try:
-            _run_request(message, fds[0])
+            handle(message, fds[0])
         except OSError:
             pass  # the run has gone (its pipe broke): wait for the next one
         finally:
             os.close(fds[0])
-
-
-def _run_request(message: bytes, reply: int) -> None:
-    from nodecheck.probes import nvml
-    from nodecheck.run import runner
-    from nodecheck.store import state
-
-    planned, memory_limit_mb, context = pickle.loads(message)  # noqa: S301 (our own run)
-    runner.limit_memory(memory_limit_mb)
-    os.environ.clear()
-    os.environ.update(context["environ"])
-    state.set_run_deadline(context["deadline"])
-    state.reset_responsive(context["responsive"])
-    nvml.clear_cache()
-    runner.run_group(reply, planned)
 
 
 def run_context() -> dict[str, Any]:

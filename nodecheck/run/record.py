@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nodecheck.checks.registry import all_checks
 from nodecheck.core import clock
 from nodecheck.core.clock import Stamp
 from nodecheck.core.plan import Acted, HeldBack, Marker, PendingFailure, Plan, Situation, Step
 from nodecheck.log import get_logger
 from nodecheck.run.decide import AWAITING, Action, Verdict, pending_is_live
-from nodecheck.store import history, unsaved
+from nodecheck.store import history, recording, unsaved
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,7 @@ def record(
         log.error("unsaved_state_refused", error=exc.strerror or str(exc))
         earlier = None
     try:
-        history.record_run(config, node, rec, _with_earlier(earlier, changes))
+        recording.record_run(config, node, rec, _with_earlier(earlier, changes), all_checks)
     except Exception as exc:
         _not_saved(config, node, directory, earlier, changes, f"{type(exc).__name__}: {exc}")
         return
@@ -312,8 +313,6 @@ def _metrics_say_unsaved(config: Any, node: str, since: float) -> None:
     state that could not be written (nodecheck_state_unsaved 1). Best effort: the same
     full disk may hold it."""
     try:
-        from nodecheck.store import metrics
-
-        metrics.rewrite_state_unsaved(config, node, since)
+        recording.rewrite_state_unsaved(config, node, since, all_checks)
     except Exception as exc:  # metrics must never fail the run
         get_logger().warning("metrics_not_written", error=f"{type(exc).__name__}: {exc}")

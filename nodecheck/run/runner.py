@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import pickle
 import resource
 import selectors
 import signal
@@ -372,3 +373,19 @@ def _fork_all(
             _reap(child.pid)
         return [], f"cannot start a probe process: {type(exc).__name__}: {exc}"
     return children, ""
+
+
+def serve_request(message: bytes, reply: int) -> None:
+    """In a pool member (pool.serve): run one run's planned group as a forked child would,
+    with what that run set (its environment, deadline, state look, memory limit)."""
+    from nodecheck.probes import nvml
+    from nodecheck.store import state
+
+    planned, memory_limit_mb, context = pickle.loads(message)  # noqa: S301 (our own run)
+    limit_memory(memory_limit_mb)
+    os.environ.clear()
+    os.environ.update(context["environ"])
+    state.set_run_deadline(context["deadline"])
+    state.reset_responsive(context["responsive"])
+    nvml.clear_cache()
+    run_group(reply, planned)

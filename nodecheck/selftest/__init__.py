@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nodecheck.selftest.agent_side import DEFAULT_TIMEOUT_S
+from nodecheck.selftest.agent_request import DEFAULT_TIMEOUT_S
 from nodecheck.selftest.report import Report, merge
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _through_agent(
     deadline: float,
 ) -> Report:
     from nodecheck.entry.agent_client import AgentNotRunning, AgentUnavailable
-    from nodecheck.selftest import agent_side
+    from nodecheck.selftest import agent_request
 
     path = agent_socket(env, socket_path)
     request = dict(env)
@@ -92,7 +92,7 @@ def _through_agent(
         request["NODECHECK_CONFIG"] = os.path.abspath(config_path)
     left = max(1.0, deadline - time.monotonic())
     try:
-        doc = agent_side.run_via_agent(path, request, patterns, left)
+        doc = agent_request.run_via_agent(path, request, patterns, left)
     except AgentNotRunning as exc:  # no path ran: via says so
         return Report(plan.node, time.time(), 0.0, (), problems=(f"agent: {exc}",))
     except AgentUnavailable as exc:

@@ -15,7 +15,7 @@ MAX_TIMEOUT_S = 3600.0
 
 
 def selftest_command(args: argparse.Namespace) -> int:
-    from nodecheck.run.config import ConfigError
+    from nodecheck.run.config_file import ConfigError
     from nodecheck.run.pipeline import UsageError
     from nodecheck.selftest.report import dumps, lines
 

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Protocol
 
 from nodecheck.core.node import NodeInfo
+from nodecheck.hostlist import is_plain_node_name
 
 
 class SlurmError(RuntimeError):
@@ -22,6 +23,20 @@ class SlurmError(RuntimeError):
 
 
 _call_deadline: float | None = None
+
+
+# Every node name and reason goes to Slurm as one argument; these refuse what could not be
+# one (a name that is not a plain host name, a reason of several lines).
+def checked_node_name(node: str) -> str:
+    if not is_plain_node_name(node):
+        raise SlurmError(f"refusing node name {node!r}: not a plain host name")
+    return node
+
+
+def checked_reason(reason: str) -> str:
+    if not reason or any(ch in reason for ch in "\r\n\0"):
+        raise SlurmError("refusing drain reason: empty or not a single line")
+    return reason
 
 
 def set_call_deadline(deadline: float | None) -> None:

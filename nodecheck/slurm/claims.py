@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nodecheck.slurm import SlurmError
+from nodecheck.slurm import SlurmError, checked_node_name
 
 PREFIX = "nodecheck_breaker_"
 LICENSE = "nodecheck_breaker"
@@ -79,8 +79,6 @@ def claim_args(
 ) -> list[str]:
     """Create slot `name` for `node` for `minutes`: a license-only reservation naming the
     node in Features= (license=True), else a reservation of the node itself."""
-    from nodecheck.slurm.scontrol import checked_node_name
-
     node = checked_node_name(node)
     what = (
         [f"Licenses={LICENSE}:1", f"Features={node}", f"Flags={LICENSE_FLAGS}"]

@@ -12,10 +12,11 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from nodecheck import hostlist
 from nodecheck.log import get_logger
-from nodecheck.slurm import SlurmError, failed, run_slurm_tool
+from nodecheck.slurm import SlurmError, checked_node_name, checked_reason, failed, run_slurm_tool
 from nodecheck.slurm.job_json import JobRecord, parse_squeue_json
-from nodecheck.slurm.scontrol import ScontrolBackend, checked_node_name, checked_reason
+from nodecheck.slurm.scontrol import ScontrolBackend
 
 # A reservation's `scontrol show -o reservation` record is "Key=Value Key=Value ...".
 _FIELD = re.compile(r"(\w+)=(\S*)")
@@ -49,7 +50,8 @@ class SlurmJobs:
         return True
 
     def reservation_nodes(self, name: str) -> list[str]:
-        """The reservation's nodes, expanded by Slurm; [] when there is no reservation."""
+        """The reservation's nodes, expanded (nodecheck.hostlist expands as Slurm does);
+        [] when there is no reservation."""
         try:
             text = self.cli._run([self.cli.scontrol, "show", "-o", "reservation", name])
         except SlurmError:
@@ -57,8 +59,7 @@ class SlurmJobs:
         found = parse_reservation_nodes(text)
         if not found:
             return []
-        out = self.cli._run([self.cli.scontrol, "show", "hostnames", found[0]])
-        return [line.strip() for line in out.splitlines() if line.strip()]
+        return hostlist.expand(found[0])
 
     def reserve(self, name: str, nodes: list[str]) -> None:
         """Add `nodes` to the reservation, creating it if needed. MAINT keeps it out of

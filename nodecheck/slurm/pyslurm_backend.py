@@ -32,9 +32,14 @@ from typing import Any
 
 from nodecheck.core.bounded import run_command
 from nodecheck.core.node import NodeInfo
-from nodecheck.slurm import SlurmError, call_timeout, format_reason_time
+from nodecheck.slurm import (
+    SlurmError,
+    call_timeout,
+    checked_node_name,
+    checked_reason,
+    format_reason_time,
+)
 from nodecheck.slurm.claims import Claim, PartitionInfo
-from nodecheck.slurm.scontrol import checked_node_name, checked_reason
 
 # Where libslurm looks when neither the caller nor $SLURM_CONF names a file: Debian's and most
 # packages' compiled-in default, then the copy slurmd keeps on a configless node.

@@ -14,8 +14,14 @@ import os
 import re
 
 from nodecheck.core.node import NodeInfo
-from nodecheck.hostlist import is_plain_node_name
-from nodecheck.slurm import SlurmError, claims, failed, run_slurm_tool
+from nodecheck.slurm import (
+    SlurmError,
+    checked_node_name,
+    checked_reason,
+    claims,
+    failed,
+    run_slurm_tool,
+)
 from nodecheck.slurm.claims import Claim, PartitionInfo, parse_claims, parse_partition
 from nodecheck.slurm.node_json import parse_node_json, scontrol_offers_json
 
@@ -23,18 +29,6 @@ OUTPUT_FORMATS = ("auto", "json", "text")
 
 # Slurm appends "[user@2026-11-25T21:40:01]" to the reason it prints.
 _REASON_STAMP = re.compile(r"^(?P<text>.*?)\s*\[(?P<user>[^@\]]+)@(?P<time>[^\]]+)\]$")
-
-
-def checked_node_name(node: str) -> str:
-    if not is_plain_node_name(node):
-        raise SlurmError(f"refusing node name {node!r}: not a plain host name")
-    return node
-
-
-def checked_reason(reason: str) -> str:
-    if not reason or any(ch in reason for ch in "\r\n\0"):
-        raise SlurmError("refusing drain reason: empty or not a single line")
-    return reason
 
 
 def drain_args(scontrol: str, node: str, reason: str) -> list[str]:

@@ -10,7 +10,8 @@ older than `history_max_days`. What it is for:
 - flap control: a node drained more than `flap_max_drains` times within `flap_window_s`
   stays drained with a "flapping" reason until an admin resumes it;
 - resume after N consecutive passes in the health phase since nodecheck drained the node;
-- counters and last-run values for the metrics file (nodecheck/store/metrics.py).
+- counters and last-run values for the metrics file (nodecheck/store/metrics.py, rewritten
+  with each run's row by nodecheck/store/recording.py).
 
 Each run writes in one short IMMEDIATE transaction; WAL plus the busy timeout serialise
 concurrent prologs on a shared node. A damaged file is set aside and recreated, like
@@ -30,16 +31,7 @@ from typing import Any, TypeVar
 
 from nodecheck.core.clock import Stamp
 from nodecheck.core.plan import HeldBack, HistoryWindow, Marker, PendingFailure
-
-# The reason helpers moved to nodecheck/core/reason.py (decide needs them and stays pure);
-# importing them here keeps `history.flapping_reason` etc. working for callers.
-from nodecheck.core.reason import (  # noqa: F401
-    FLAPPING,
-    flapping_prefix,
-    flapping_reason,
-    human_window,
-    is_flapping_message,
-)
+from nodecheck.core.reason import human_window
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.store.state import (
     STATE_FILE,
@@ -444,66 +436,12 @@ def escalate(
     return out
 
 
-def record_run(
-    config: Any,
-    node: str,
-    rec: RunRecord,
-    changes: Callable[[History], None] | None = None,
-) -> None:
-    """Add the run to the history, apply the run's state `changes` (marker, events, breaker
-    hold: nodecheck/run/record.py) and rewrite the metrics file from the same snapshot, in
-    one IMMEDIATE transaction (so concurrent runs leave the newest numbers in the file)."""
-    from nodecheck.log import get_logger
-
-    metrics_file = config.metrics_file_for(node)
-    metrics: Any = None
-    if metrics_file is not None and metrics_due(config.values, rec):
-        from nodecheck.store import metrics as metrics_module
-
-        if metrics_module.available():
-            metrics = metrics_module
-        else:
-            get_logger().warning(
-                "metrics_skipped", why="prometheus_client not installed", file=str(metrics_file)
-            )
-
-    def work(h: History) -> None:
-        with h.write():
-            if changes is not None:
-                changes(h)
-            h.add_run(rec, retention_for(config.values))
-            if metrics is None:
-                return
-            data = metrics.render(
-                node, h.last(), h.counters(), drain_reason(h), metrics.node_flags(config, node)
-            )
-            held = HeldBack.from_json(h.store.get_json(BREAKER_HOLD))
-            data += metrics.render_breaker_hold(node, held.since if held else None)
-            data += metrics.render_state_unsaved(node, None)  # this write went through
-            try:
-                metrics.write_textfile(metrics_file, data)
-            except OSError as exc:
-                get_logger().warning("metrics_not_written", file=str(metrics_file), error=str(exc))
-
-    with_history(config.state_dir_for(node), work)
-
-
 def drain_reason(h: History) -> str | None:
     """The reason of the drain nodecheck holds now, None when it holds none."""
     marker = h.store.get_json(DRAIN_MARKER)
     if not marker:
         return None
     return str(marker.get("reason", "")) if isinstance(marker, dict) else ""
-
-
-def metrics_due(values: Mapping[str, Any], rec: RunRecord) -> bool:
-    """Rewrite the metrics file on this run? Always in health runs and whenever a
-    prolog/epilog found a problem or acted; a healthy prolog/epilog leaves it to the next
-    health run (its row is in the history) unless metrics_on_job_path is set, so that
-    prometheus_client stays off the job-start path."""
-    if rec.phase not in ("prolog", "epilog") or values.get("metrics_on_job_path", False):
-        return True
-    return rec.status not in ("PASS", "SKIP") or rec.action != "none"
 
 
 def retention_for(values: Mapping[str, Any]) -> Retention:

@@ -7,7 +7,8 @@ rewritten by every health run (HealthCheckInterval), by every manual `nodecheck 
 by a prolog or epilog that found a problem or acted; a healthy prolog or epilog leaves it
 to the next of those (`metrics_on_job_path = true` rewrites it at every run). Under the
 killswitch no run records anything, so the health run rewrites the file alone, with
-`nodecheck_disabled` 1 (nodecheck.entry.hook).
+`nodecheck_disabled` 1 (nodecheck.entry.hook). This module renders and writes; what is
+rewritten when, from which snapshot of the history, is nodecheck/store/recording.py.
 
 Only checks that are enabled for this node in some phase are exported: a check that was
 disabled, or that an upgrade removed, loses its series at the next rewrite instead of
@@ -65,7 +66,7 @@ import contextlib
 import os
 import platform
 import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,22 @@ class NodeFlags:
     disabled: bool = False
 
 
-def node_flags(config: Any, node: str, disabled: bool = False) -> NodeFlags:
+def node_flags(
+    config: Any,
+    node: str,
+    checks: Callable[[], Mapping[str, Any]] | None = None,
+    disabled: bool = False,
+) -> NodeFlags:
     """The checks enabled for `node` in some phase, and its dry-run and killswitch state.
-    A config that cannot say exports every check the history has."""
-    from nodecheck.checks.registry import all_checks
-
+    `checks` loads the check registry (nodecheck.checks.registry.all_checks: the caller's,
+    as the store sits below the checks). Without it, or when the config cannot say, every
+    check the history has is exported."""
     killswitch = Path(config.values.get("killswitch_file") or "/etc/nodecheck/disabled")
     try:
-        nodecfg = config.for_node(node, all_checks())
+        nodecfg = config.for_node(node, checks()) if checks is not None else None
     except Exception:  # metrics must never fail the run that records them
+        nodecfg = None
+    if nodecfg is None:
         return NodeFlags(None, bool(config.values.get("dry_run")), disabled or killswitch.exists())
     enabled = frozenset(cid for cid, s in nodecfg.checks.items() if s.enabled and s.phases)
     return NodeFlags(
@@ -264,22 +272,6 @@ def write_textfile(path: Path, data: bytes, selftest: bool = True) -> None:
         raise
 
 
-def rewrite_while_disabled(config: Any, node: str) -> None:
-    """The health run under the killswitch records no run, but the file must say the
-    node is switched off (nodecheck_disabled 1) rather than keep its last word."""
-    from nodecheck.store import history
-
-    path = config.metrics_file_for(node)
-    if path is None or not available():
-        return
-    snapshot = history.read_only_history(
-        config.state_dir_for(node), lambda h: (h.last(), h.counters(), history.drain_reason(h))
-    )
-    last, counters, reason = snapshot or ({}, {}, None)
-    flags = node_flags(config, node, disabled=True)
-    write_textfile(path, render(node, last, counters, reason, flags))
-
-
 def render_breaker_hold(node: str, held_since: float | None) -> bytes:
     """nodecheck_breaker_held{node} (1 while the circuit breaker holds this failing node
     back from a drain) and nodecheck_breaker_held_since_timestamp_seconds{node} (0 when not
@@ -441,27 +433,3 @@ def render_state_unsaved(node: str, since: float | None) -> bytes:
         registry=registry,
     ).labels(node).set(since or 0.0)
     return generate_latest(registry)
-
-
-def rewrite_state_unsaved(config: Any, node: str, since: float) -> None:
-    """The run could not write its state: the metrics file still says what the state
-    shows (read only), and that something waits unsaved since `since`."""
-    from nodecheck.store import history
-
-    path = config.metrics_file_for(node)
-    if path is None or not available():
-        return
-    snapshot = history.read_only_history(
-        config.state_dir_for(node),
-        lambda h: (
-            h.last(),
-            h.counters(),
-            history.drain_reason(h),
-            h.store.get_json(history.BREAKER_HOLD),
-        ),
-    )
-    last, counters, reason, held = snapshot or ({}, {}, None, None)
-    data = render(node, last, counters, reason, node_flags(config, node))
-    held_since = held.get("since") if isinstance(held, dict) else None
-    data += render_breaker_hold(node, float(held_since) if held_since else None)
-    write_textfile(path, data + render_state_unsaved(node, since))

@@ -21,7 +21,7 @@ from nodecheck.core.plan import HistoryWindow, PendingFailure, Situation, SlurmV
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.decide import PlanSettings, decide, needs_controller_time, pending_is_live, plan
 from nodecheck.run.record import StateChanges, Write
-from nodecheck.store import history
+from nodecheck.store import history, recording
 
 NOW = datetime(2026, 11, 25, 22, 0, 0).timestamp()  # the controller's clock, the true time
 BOOT = "boot-a"
@@ -174,7 +174,7 @@ def test_passes_recorded_after_the_clock_stepped_back_count(tmp_path, monkeypatc
 
     def run(status: str, changes: StateChanges | None = None) -> None:
         rec = history.RunRecord(clock.now().wall, "health", None, status, "none", 0.1, ())
-        history.record_run(cfg, "n1", rec, changes)
+        recording.record_run(cfg, "n1", rec, changes)
 
     run("FAIL", StateChanges((Write(key=history.DRAIN_MARKER, value=marker),)))
     driven.tick(60)
@@ -201,7 +201,7 @@ def test_drains_in_the_flap_window_are_counted_on_the_boot_clock(tmp_path, monke
         stamp = clock.now()
         changes = StateChanges((Write(event="drain", text=OURS, at=stamp.wall, stamp=stamp),))
         rec = history.RunRecord(stamp.wall, "prolog", "7", "FAIL", "drained", 0.1, ())
-        history.record_run(cfg, "n1", rec, changes)
+        recording.record_run(cfg, "n1", rec, changes)
 
     def drains(now: Stamp) -> int:
         return history.with_history(
@@ -225,7 +225,7 @@ def test_drains_in_the_flap_window_are_counted_on_the_boot_clock(tmp_path, monke
 
 
 class _Config:
-    """What history.record_run reads of a config."""
+    """What recording.record_run reads of a config."""
 
     def __init__(self, state_dir):
         self.values = {}

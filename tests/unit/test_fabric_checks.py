@@ -254,7 +254,8 @@ def test_roce_netdev_created_with_its_hca(tmp_path):
 def test_fabric_options_in_toml(tmp_path):
     import tomllib
 
-    from nodecheck.run.config import ConfigError, parse_config
+    from nodecheck.run.config import parse_config
+    from nodecheck.run.config_file import ConfigError
 
     text = f"""
 [checks."ib.counters"]

@@ -771,7 +771,8 @@ max_increase = {{ recovery = 2 }}
 def test_bad_gpu_options_are_config_errors(table, error):
     import tomllib
 
-    from nodecheck.run.config import ConfigError, parse_config
+    from nodecheck.run.config import parse_config
+    from nodecheck.run.config_file import ConfigError
 
     with pytest.raises(ConfigError, match=error):
         parse_config(tomllib.loads(table), None, REGISTRY)

@@ -14,11 +14,20 @@ import pytest
 
 from nodecheck.checks.registry import all_checks
 from nodecheck.core.node import NodeInfo
-from nodecheck.core.reason import MAX_REASON, format_reason, parse_reason
+from nodecheck.core.reason import (
+    MAX_REASON,
+    flapping_prefix,
+    flapping_reason,
+    format_reason,
+    is_flapping_message,
+    parse_reason,
+)
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.run import pipeline as app
 from nodecheck.run.breaker import RATE_SLOT
-from nodecheck.run.config import ConfigError, Hysteresis, parse_config
+from nodecheck.run.config import parse_config
+from nodecheck.run.config_checks import Hysteresis
+from nodecheck.run.config_file import ConfigError
 from nodecheck.slurm import set_call_deadline
 from nodecheck.slurm.claims import Claim, PartitionInfo
 from nodecheck.store import history, state
@@ -146,16 +155,16 @@ def test_health_pass_streak_stops_at_the_last_fail(tmp_path):
 
 def test_flapping_reason_stays_parseable_and_bounded():
     reason = format_reason([FAIL], "prolog", "12")
-    flap = history.flapping_reason(reason, history.flapping_prefix(4, 86400))
+    flap = flapping_reason(reason, flapping_prefix(4, 86400))
     assert flap.startswith("nodecheck: host.mounts /scratch: flapping (drained 4x in 24h) ")
     parsed = parse_reason(flap)
     assert parsed and parsed.check_id == "host.mounts" and parsed.component == "/scratch"
-    assert history.is_flapping_message(parsed.message) and parsed.job_id == "12"
-    again = history.flapping_reason(flap, history.flapping_prefix(5, 86400))
+    assert is_flapping_message(parsed.message) and parsed.job_id == "12"
+    again = flapping_reason(flap, flapping_prefix(5, 86400))
     assert again.count("flapping") == 1 and "drained 5x in 24h" in again
     long = format_reason([CheckResult("host.mounts", Status.FAIL, "x" * 400, "/s")], "epilog", "1")
-    assert len(history.flapping_reason(long, history.flapping_prefix(4, 3600))) <= MAX_REASON
-    assert parse_reason(history.flapping_reason(long, "flapping (drained 4x in 1h)"))
+    assert len(flapping_reason(long, flapping_prefix(4, 3600))) <= MAX_REASON
+    assert parse_reason(flapping_reason(long, "flapping (drained 4x in 1h)"))
 
 
 def test_a_garbage_state_file_is_set_aside_and_recreated(tmp_path):

@@ -20,6 +20,7 @@ RANKS: dict[str, int] = {
     "core": 0,
     "log": 0,
     "hostlist": 0,
+    "prometheus": 0,  # data only: the rules file a site loads
     "probes": 1,
     "slurm": 1,
     "store": 1,

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nodecheck.checks.registry import all_checks
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.run.config import parse_config
-from nodecheck.store import history, metrics
+from nodecheck.store import history, recording
 
 NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 PROMTOOL = shutil.which("promtool")
@@ -92,7 +92,7 @@ def config(tmp_path, directory, extra=None):
 def health_run(cfg, *results):
     status = "FAIL" if any(r.status is Status.FAIL for r in results) else "PASS"
     rec = history.RunRecord(time.time(), "health", None, status, "none", 0.3, results)
-    history.record_run(cfg, "n1", rec)
+    recording.record_run(cfg, "n1", rec, checks=all_checks)
 
 
 def nodecheck_series(scraped, name, **labels):
@@ -139,7 +139,7 @@ def test_node_exporter_and_promtool_accept_the_file_and_no_series_goes_stale(tmp
     health_run(dry, mem)
     assert list(nodecheck_series(scrape(), "nodecheck_dry_run").values()) == [1]
     (tmp_path / "disabled").write_text("maintenance\n")
-    metrics.rewrite_while_disabled(dry, "n1")
+    recording.rewrite_while_disabled(dry, "n1", all_checks)
     scraped = scrape()
     assert list(nodecheck_series(scraped, "nodecheck_disabled").values()) == [1]
     assert nodecheck_series(scraped, "nodecheck_check_status", check="host.mem")  # kept

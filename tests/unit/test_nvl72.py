@@ -345,7 +345,8 @@ def test_explain_names_a_checks_new_signals(capsys):
 def test_report_only_may_name_an_old_signal_of_the_check_too():
     """gpu.nvlink's per-counter list, as it was before report_only became a common key:
     a legacy counter may be held back as well; a name the check does not know is refused."""
-    from nodecheck.run.config import ConfigError, parse_config
+    from nodecheck.run.config import parse_config
+    from nodecheck.run.config_file import ConfigError
 
     registry = all_checks()
     config = parse_config({"checks": {"gpu.nvlink": {"report_only": ["replay"]}}}, None, registry)

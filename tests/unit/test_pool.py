@@ -74,7 +74,7 @@ def plan(check_id: str, timeout: float = 5.0, **options) -> Planned:
 def probes(monkeypatch):
     """A pool with one member per test check, lent to this process's runs; forking a probe
     child instead fails the test."""
-    members = pool.ProbePool(CHECKS)
+    members = pool.ProbePool(CHECKS, runner.serve_request)
     lent, lease = members.lend()
     pool.use(lent, lease)
 
@@ -193,7 +193,7 @@ def test_nothing_of_a_run_that_went_away_reaches_the_next(probes):
 
 
 def test_a_pool_lent_elsewhere_is_not_lent_again_until_given_back():
-    members = pool.ProbePool(["p.pass"])
+    members = pool.ProbePool(["p.pass"], runner.serve_request)
     try:
         lent, lease = members.lend()
         assert [m.group for m in lent] == ["p.pass"] and lease is not None

@@ -11,7 +11,8 @@ import pytest
 from nodecheck.core.node import NodeInfo, drain_owner
 from nodecheck.core.reason import is_nodecheck_reason
 from nodecheck.quarantine.claim import RunId, comment_for, run_of, sort_claims
-from nodecheck.quarantine.follow import Leave, Move, NodeValidation, Phase, next_step
+from nodecheck.quarantine.follow import Move, next_step
+from nodecheck.quarantine.validation import Leave, NodeValidation, Phase
 from nodecheck.slurm.job_json import JobRecord, parse_squeue_json
 
 REAL = Path(__file__).resolve().parents[1] / "fixtures" / "real" / "slurm"

@@ -23,7 +23,8 @@ from nodecheck.quarantine.fabric_stage import (
     task_line,
     waiting,
 )
-from nodecheck.quarantine.follow import Leave, Move, NodeValidation, Phase, next_step, wants_node
+from nodecheck.quarantine.follow import Move, next_step, wants_node
+from nodecheck.quarantine.validation import Leave, NodeValidation, Phase
 from nodecheck.slurm.job_json import JobRecord
 
 ME = RunId("adm1", 4242, 1000)
@@ -238,7 +239,8 @@ def test_every_rail_is_a_round_of_its_own_with_its_own_secret():
 
 
 def test_the_new_settings_are_checked_when_the_config_is_read(tmp_path):
-    from nodecheck.run.config import ConfigError, load_config
+    from nodecheck.run.config import load_config
+    from nodecheck.run.config_file import ConfigError
 
     def load(text: str):
         path = tmp_path / "nodecheck.toml"
