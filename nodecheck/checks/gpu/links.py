@@ -106,17 +106,10 @@ DEFAULT_NVLINK_RISE: dict[str, int] = {
 # Counters new to a platform (NVLink5 on Blackwell): their rise is report-only until the site
 # says otherwise (`report_only`, run/report_only.py): their allowances are not measured yet,
 # and an untested signal must not drain a rack.
-NEW_COUNTERS = {
-    name: "Blackwell NVLink5 counter (allowance not yet measured on real nodes)"
-    for name in (
-        "rx_errors",
-        "local_link_integrity",
-        "link_recovery_failed",
-        "link_recovery",
-        "effective_errors",
-        "symbol_errors",
-    )
-}
+NEW_COUNTERS = dict.fromkeys(
+    nvml_model.NVLINK5_COUNTERS,
+    "Blackwell NVLink5 counter (allowance not yet measured on real nodes)",
+)
 # NVLink-C2C (Grace parts): new to nodecheck everywhere it exists.
 NEW_SIGNALS = {**NEW_COUNTERS, "c2c": "GH200/GB200/GB300: an NVLink-C2C link not active"}
 

@@ -148,6 +148,10 @@ NVLINK_COUNTER_SPECS: tuple[NvLinkCounter, ...] = (
     NvLinkCounter("symbol_errors", None, 221),  # FEC corrects these
 )
 NVLINK_COUNTER_BY_NAME = {spec.name: spec for spec in NVLINK_COUNTER_SPECS}
+# NVLink5's counters: read through field values only, no legacy call.
+NVLINK5_COUNTERS = tuple(
+    spec.name for spec in NVLINK_COUNTER_SPECS if spec.legacy is None and spec.field is not None
+)
 
 
 @dataclass(frozen=True)
