@@ -299,6 +299,15 @@ class FakeNvml(types.SimpleNamespace):
     def nvmlDeviceGetCurrentClocksEventReasons(self, h):
         return self._field(h, "clocks_event_reasons")
 
+    def nvmlDeviceGetViolationStatus(self, h, policy):
+        """nvmlViolationTime_t of the policy's model field (None where the snapshot has none
+        and no error: the collector then records None, as it read it)."""
+        key = {0: "power_violation", 1: "thermal_violation"}[policy]
+        value = self._field(h, key)
+        if value is None:
+            return None
+        return pynvml.c_nvmlViolationTime_t(value.referenceTime, value.violationTime)
+
     def nvmlDeviceGetTemperature(self, h, sensor):
         assert sensor == pynvml.NVML_TEMPERATURE_GPU
         return self._field(h, "temperature_c")
@@ -351,6 +360,7 @@ class FakeNvml(types.SimpleNamespace):
         values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
         gpu = self._gpu(h)
         by_field = {spec.field: spec.name for spec in model.NVLINK_COUNTER_SPECS if spec.field}
+        by_ber = {number: name for name, number in model.NVLINK_BER_FIELDS.items()}
         for slot, request in zip(values, field_ids, strict=True):
             field_id, scope = request if isinstance(request, tuple) else (request, 0)
             slot.fieldId, slot.scopeId = field_id, scope
@@ -378,6 +388,13 @@ class FakeNvml(types.SimpleNamespace):
                 else:
                     slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
                     slot.value.ullVal = link.counters[name]
+            elif field_id in by_ber:
+                link = next((x for x in gpu.nvlinks if x.link == scope), None)
+                if link is None or by_ber[field_id] not in link.ber:
+                    slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+                else:
+                    slot.valueType = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG
+                    slot.value.ullVal = link.ber[by_ber[field_id]]
             else:
                 slot.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
         return values

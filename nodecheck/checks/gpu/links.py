@@ -111,7 +111,15 @@ NEW_COUNTERS = dict.fromkeys(
     "Blackwell NVLink5 counter (allowance not yet measured on real nodes)",
 )
 # NVLink-C2C (Grace parts): new to nodecheck everywhere it exists.
-NEW_SIGNALS = {**NEW_COUNTERS, "c2c": "GH200/GB200/GB300: an NVLink-C2C link not active"}
+NEW_SIGNALS = {
+    **NEW_COUNTERS,
+    "c2c": "GH200/GB200/GB300: an NVLink-C2C link not active",
+    "effective_ber": "Blackwell NVLink5 effective BER (limit not yet measured on real nodes)",
+}
+# NVLink5's effective BER (after FEC) above which a link WARNs: what NVIDIA's DCGM takes as
+# the limit (DcgmNs::Utils::IsEffectiveBerThresholdExceeded, common/tests/DcgmUtilitiesTests.cpp:
+# 1e-12 is within, 2e-12 and 1.1e-12 are over).
+MAX_EFFECTIVE_BER = 1e-12
 
 
 @check(
@@ -139,6 +147,12 @@ NEW_SIGNALS = {**NEW_COUNTERS, "c2c": "GH200/GB200/GB300: an NVLink-C2C link not
         "max_window_s": Option(
             (int, float), 86400, "a reading older than this is only a new baseline"
         ),
+        "max_effective_ber": Option(
+            float,
+            MAX_EFFECTIVE_BER,
+            "NVLink5 (Blackwell): a link's effective BER (after FEC) above this WARNs",
+            low=0,
+        ),
         "only_job_gpus": ONLY_JOB_GPUS,
     },
     new_signals=NEW_SIGNALS,
@@ -154,7 +168,10 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
     `max_window_s` is only a new baseline; a manual run compares without storing. Without
     `expected_active`, a link is down when it was active at the last stored reading: NVML
     reports unwired links of bridged PCIe parts (an H100 PCIe pair: 12 of 18) as inactive,
-    and says "Link is supported: false" of wired ones too, so it cannot tell them apart."""
+    and says "Link is supported: false" of wired ones too, so it cannot tell them apart.
+    NVLink5 (Blackwell) also reports each link's bit error rate: the highest effective (after
+    FEC) and symbol BER are reported, and an effective BER over `max_effective_ber` (DCGM's
+    1e-12) WARNs, report-only (signal effective_ber) like the other NVLink5 signals."""
     cid = "gpu.nvlink"
     opts = ctx.options
     limits = {**DEFAULT_NVLINK_RISE, **opts["max_increase"]}
@@ -224,6 +241,7 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
         rises = _nvlink_rises(before, readings.get(gpu.uuid or "", {}))
         over = [(link, c, d) for link, c, d in rises if d > limits.get(c, 0)]
         values["rises"] = [f"link{link} {c} +{d}" for link, c, d in rises]
+        values.update(_ber_values(gpu))
         if why:
             values["baseline"] = why
         if over:
@@ -233,6 +251,13 @@ def gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
             # The counters it rests on: report-only while all of them are new signals.
             values[SIGNALS_KEY] = sorted({c for _, c, _ in over})
             yield _result(cid, Status.FAIL, msg, gpu, sev="medium", act="admin", **values)
+            return
+        worst = _worst_ber(gpu)
+        if worst is not None and worst[1] > opts["max_effective_ber"]:
+            link, ber = worst
+            msg = f"NVLink {link} effective BER {ber:.1e} (over {opts['max_effective_ber']:.0e})"
+            values[SIGNALS_KEY] = ["effective_ber"]
+            yield _result(cid, Status.WARN, msg, gpu, sev="medium", act="admin", **values)
         else:
             unjudged = [n for n in inactive if n not in down]
             note = f" ({len(unjudged)} inactive, never seen active)" if unjudged else ""
@@ -279,6 +304,29 @@ def _c2c(cid: str, gpu: Gpu) -> Iterator[CheckResult]:
     msg = f"NVLink-C2C link {_list(down)} inactive ({active}/{len(links)} active)"
     values = {"c2c_links": list(links), SIGNALS_KEY: ["c2c"]}
     yield _result(cid, Status.FAIL, msg, gpu, sev="high", act="reboot", **values)
+
+
+def _ber_values(gpu: Gpu) -> dict[str, Any]:
+    """NVLink5's decoded BERs, the highest over the active links, as reported values; none
+    on a part without them (Hopper and older)."""
+    out: dict[str, Any] = {}
+    for name in nvml_model.NVLINK_BER_FIELDS:
+        rates = [
+            nvml_model.decode_ber(x.ber[name]) for x in gpu.nvlinks if x.active and name in x.ber
+        ]
+        if rates:
+            out[f"{name}_ber"] = max(rates)
+    return out
+
+
+def _worst_ber(gpu: Gpu) -> tuple[int, float] | None:
+    """The active link with the highest effective BER, and that BER."""
+    rates = [
+        (x.link, nvml_model.decode_ber(x.ber["effective"]))
+        for x in gpu.nvlinks
+        if x.active and "effective" in x.ber
+    ]
+    return max(rates, key=lambda item: item[1]) if rates else None
 
 
 def _list(items: list[int]) -> str:

@@ -1,5 +1,5 @@
 """GPU trends from NVML counters: correctable ECC rate, remapped-row growth and the spare
-rows left, NVLink error rates, and the share of samples with a hardware throttle asserted.
+rows left, NVLink error rates, and the share of time (or of samples) a GPU was throttled.
 
 Each reads the same NVML snapshot the gpu.* checks read (one session per run: group gpu).
 A counter series is keyed per GPU index and tagged with the GPU's UUID, so a replaced
@@ -8,8 +8,10 @@ board starts a new baseline instead of counting its lifetime total as a rise.
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nodecheck.checks.context import CheckContext
@@ -219,64 +221,111 @@ def trend_gpu_nvlink(ctx: CheckContext) -> Iterator[CheckResult]:
 # ------------------------------------------------------------------------ trend.gpu_clocks
 
 THROTTLES = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+# nvmlDeviceGetViolationStatus's policies the collector reads (model: <policy>_violation).
+POLICIES = ("power", "thermal")
+# Per GPU and policy two series of one run's reading each: "gpuN/<policy>" the violation
+# time (ns) and "gpuN/<policy>/ref" its reference time (us), paired by the run's time.
+VIOLATION_SERIES = "gpu.clocks.violation"
 
 
 @common.trend_check(
     "trend.gpu_clocks",
-    summary="share of samples with a hardware slowdown, thermal or power-brake throttle",
+    summary="share of time (NVML violation counters) or of samples with a hardware throttle",
     options={
         "reasons": Option(
             list,
             list(THROTTLES),
-            "clock event reasons counted as throttled",
+            "clock event reasons counted as throttled (the sampled share)",
             item=str,
             choices=tuple(nvml_model.CLOCK_EVENT_REASONS),
         ),
+        "policies": Option(
+            list,
+            ["thermal"],
+            "violation-time policies judged where NVML keeps them (power includes running "
+            "capped at the power limit, a busy GPU's normal state)",
+            item=str,
+            choices=POLICIES,
+        ),
         "window_h": Option((int, float), 168.0, "hours the share is taken over", low=1),
-        "min_samples": Option(int, 12, "samples needed before a share is judged", low=1),
-        "warn_share": Option(float, 0.05, "share of samples throttled that WARNs", low=0, high=1),
-        "fail_share": Option(float, 0.25, "share of samples throttled that FAILs", low=0, high=1),
+        "min_samples": Option(int, 12, "readings needed before a share is judged", low=1),
+        "warn_share": Option(float, 0.05, "share throttled that WARNs", low=0, high=1),
+        "fail_share": Option(float, 0.25, "share throttled that FAILs", low=0, high=1),
     },
     group=GROUP,
 )
 def trend_gpu_clocks(ctx: CheckContext) -> Iterator[CheckResult]:
     """A GPU that throttles more every week is losing its cooling or its power delivery
     (fans, a clogged heat sink, a PSU): every job on it runs slower and holds back its
-    peers. NVML's throttle reasons are sampled at each health and epilog run (busy or
-    not); the share of samples with a hardware slowdown, HW thermal slowdown or power
-    brake asserted over a week stands in for the share of time. Defaults: WARN at 5 %,
-    FAIL at 25 % of at least 12 samples (NVIDIA documents these reasons as the board
-    protecting itself, never as normal operation, unlike the SW power cap). Fix: drain
-    after the jobs; check airflow, fans and the BMC's PSU/thermal log, then validate."""
+    peers. Where NVML keeps violation times (nvmlDeviceGetViolationStatus: the ns a policy
+    held the GPU below its application clocks, with the time it was read) the share is of
+    the time itself: d(violation ns) / d(reference time) between the node's readings, over
+    `policies` (default thermal: power counts running at the power cap, normal on a busy
+    GPU); a counter that went back (driver reload, reboot) is a new baseline. Elsewhere,
+    NVML's throttle reasons are sampled at each health and epilog run (busy or not): the
+    share of samples with a hardware slowdown, HW thermal slowdown or power brake asserted
+    stands in for the share of time. The message names the source. Defaults, both sources:
+    WARN at 5 %, FAIL at 25 % of the window after at least 12 readings (NVIDIA documents
+    these reasons and thermal violations as the board protecting itself, never as normal
+    operation, unlike the SW power cap). Fix: drain after the jobs; check airflow, fans and
+    the BMC's PSU/thermal log, then validate."""
     cid = "trend.gpu_clocks"
     opts = ctx.options
     now = time.time()
     bits = sum(nvml_model.CLOCK_EVENT_REASONS[name] for name in opts["reasons"])
+    policies = tuple(opts["policies"])
 
     def throttled(gpu: Gpu) -> tuple[float, str] | None:
         mask = gpu.clocks_event_reasons
         return (1.0 if mask & bits else 0.0, "boot") if mask is not None else None
 
     new, skipped = _readings(ctx, cid, throttled, now)
-    yield from skipped
-    if not new:
+    counted, timed = _violation_readings(ctx, policies, now)
+    yield from (result for result in skipped if result.component not in timed)
+    if not new and not timed:
         return
     keep_opts: dict[str, Any] = {"window_h": float(opts["window_h"]) / 2}  # keep one window
+    since = now - float(opts["window_h"]) * HOUR
+
+    def level_of(part: float | None, readings: int) -> str:
+        if part is None or readings < opts["min_samples"]:
+            return "young"
+        if part >= opts["fail_share"]:
+            return "fail"
+        return "warn" if part >= opts["warn_share"] else "ok"
 
     def judge(component: str, got: tuple[Reading, ...]) -> CheckResult:
-        part, samples = share(got, now - float(opts["window_h"]) * HOUR)
-        level = "young"
-        if part is not None and samples >= opts["min_samples"]:
-            level = (
-                "fail"
-                if part >= opts["fail_share"]
-                else "warn"
-                if part >= opts["warn_share"]
-                else "ok"
-            )
+        part, samples = share(got, since)
         pct = f"{100 * (part or 0):.0f}%"
         text = f"hardware throttle in {pct} of {samples} samples over {opts['window_h']:g} h"
-        values = {"share": part, "samples": samples}
+        values = {"share": part, "samples": samples, "source": "samples"}
+        return common.result(cid, level_of(part, samples), text, component, values, opts)
+
+    def judge_time(component: str, got: dict[str, tuple[Reading, ...]]) -> CheckResult:
+        found = {
+            policy: violation_share(
+                got.get(f"{component}/{policy}", ()),
+                got.get(f"{component}/{policy}/ref", ()),
+                since,
+            )
+            for policy in POLICIES
+        }
+        judged = [found[policy] for policy in policies]
+        worst = max(judged, key=lambda item: item.share or 0.0)
+        pct = f"{100 * (worst.share or 0):.0f}%"
+        text = (
+            f"{'/'.join(policies)} throttle in {pct} of the time over {worst.hours:.0f} h"
+            " (NVML violation counters)"
+        )
+        values: dict[str, Any] = {
+            "share": worst.share,
+            "samples": worst.readings,
+            "hours": round(worst.hours, 2),
+            "resets": worst.resets,
+            "source": "violation_counters",
+            **{f"{policy}_share": _round(found[policy].share) for policy in POLICIES},
+        }
+        level = level_of(worst.share, worst.readings)
         return common.result(cid, level, text, component, values, opts)
 
     try:
@@ -288,8 +337,85 @@ def trend_gpu_clocks(ctx: CheckContext) -> Iterator[CheckResult]:
             now,
             ctx.keeps_state,
         )
+        got_time = (
+            common.record_and_read(
+                ctx.settings.state_dir,
+                VIOLATION_SERIES,
+                counted,
+                common.keep_s(keep_opts),
+                now,
+                ctx.keeps_state,
+            )
+            if counted
+            else {}
+        )
     except Exception as exc:  # the state file's failure is ours, not the hardware's
         yield common.state_error(cid, exc)
         return
-    for component in sorted(got):
-        yield judge(component, got[component])
+    for component in sorted(set(got) | timed):
+        if component in timed:
+            yield judge_time(component, got_time)
+        else:
+            yield judge(component, got[component])
+
+
+def _violation_readings(
+    ctx: CheckContext, policies: tuple[str, ...], now: float
+) -> tuple[dict[str, list[Reading]], set[str]]:
+    """This run's violation readings of every GPU that has them (both series of each policy
+    read), and the GPUs whose every judged policy was read: those the counters judge."""
+    snap = _snapshot(ctx, all_gpus=True)
+    if not snap.available:
+        return {}, set()
+    boot = common.boot_id(ctx)
+    readings: dict[str, list[Reading]] = {}
+    timed: set[str] = set()
+    for gpu in snap.gpus:
+        read = {p: getattr(gpu, f"{p}_violation") for p in POLICIES}
+        for policy, value in read.items():
+            if value is None:
+                continue
+            key, tag = f"{gpu.component}/{policy}", gpu.uuid or ""
+            # Both start again when the driver loads: the boot scopes them, the UUID the board.
+            readings[key] = [Reading(now, float(value.violationTime), boot, tag)]
+            readings[f"{key}/ref"] = [Reading(now, float(value.referenceTime), boot, tag)]
+        # No policy named: the samples judge every GPU.
+        if policies and all(read[policy] is not None for policy in policies):
+            timed.add(gpu.component)
+    return readings, timed
+
+
+@dataclass(frozen=True)
+class TimeShare:
+    """A violation counter over a window: the share of the time covered it was throttled."""
+
+    share: float | None
+    hours: float  # time covered by intervals counted
+    readings: int  # readings in the window
+    resets: int  # intervals skipped: counter back, another boot or board
+
+
+def violation_share(
+    violation_ns: Sequence[Reading], reference_us: Sequence[Reading], since: float
+) -> TimeShare:
+    """d(violation ns) / d(reference time) summed over consecutive readings since `since`
+    (the two series paired by the run's time). An interval where either went back, or the
+    boot or board changed, is a new baseline: neither its time nor its rise is counted."""
+    refs = {r.at: r.value for r in reference_us}
+    points = [(r, refs[r.at]) for r in violation_ns if r.at >= since and r.at in refs]
+    throttled_ns = covered_ns = 0.0
+    resets = 0
+    for (before, ref0), (after, ref1) in itertools.pairwise(points):
+        rise, elapsed_ns = after.value - before.value, (ref1 - ref0) * 1000.0
+        if after.boot != before.boot or after.tag != before.tag or rise < 0 or elapsed_ns <= 0:
+            resets += 1
+            continue
+        throttled_ns += rise
+        covered_ns += elapsed_ns
+    # Two calls read at slightly different moments: never more than all of the time.
+    part = min(throttled_ns / covered_ns, 1.0) if covered_ns > 0 else None
+    return TimeShare(part, covered_ns / 1e9 / HOUR, len(points), resets)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)

@@ -80,6 +80,13 @@ CLOCK_EVENT_REASONS: dict[str, int] = {
     "display_clock_setting": 0x100,
 }
 
+# nvmlPerfPolicyType_t (nvml.h): the policies nvmlDeviceGetViolationStatus keeps a time for
+# ("how long did power/thermal violations cause the GPU to be below application clocks").
+# POWER includes running capped at the enforced power limit (what the SW power cap reason
+# reports); THERMAL is the slowdowns a hot GPU takes.
+PERF_POLICY_POWER = 0
+PERF_POLICY_THERMAL = 1
+
 # nvmlGpuFabricState_t
 FABRIC_STATES = {0: "not supported", 1: "not started", 2: "in progress", 3: "completed"}
 FABRIC_STATE_NOT_SUPPORTED = 0
@@ -148,6 +155,26 @@ NVLINK_COUNTER_SPECS: tuple[NvLinkCounter, ...] = (
     NvLinkCounter("symbol_errors", None, 221),  # FEC corrects these
 )
 NVLINK_COUNTER_BY_NAME = {spec.name: spec for spec in NVLINK_COUNTER_SPECS}
+# NVLink5's per-link bit error rates, read with its counters (field values, scopeId = link):
+# NVML_FI_DEV_NVLINK_COUNT_EFFECTIVE_BER (220: after FEC, "Effective BER for effective
+# errors", change log v565-v570) and NVML_FI_DEV_NVLINK_COUNT_SYMBOL_BER (222: the symbol
+# errors FEC corrects). Values are packed: decode_ber.
+NVLINK_BER_FIELDS: dict[str, int] = {"effective": 220, "symbol": 222}
+# The packing (nvml.h NVML_NVLINK_BER_MANTISSA_SHIFT 8 / _WIDTH 0xf, NVML_NVLINK_BER_EXP_SHIFT
+# 0 / _WIDTH 0xff, read through NVML_NVLINK_ERROR_COUNTER_BER_GET): BER = mantissa x
+# 10^-exponent, as NVIDIA/DCGM's NvmlBerParser (common/DcgmUtilities.cpp) decodes it.
+BER_MANTISSA_SHIFT, BER_MANTISSA_MASK = 8, 0xF
+BER_EXP_SHIFT, BER_EXP_MASK = 0, 0xFF
+
+
+def decode_ber(raw: int) -> float:
+    """An NVLink5 BER field's value as a rate: 0x401 (mantissa 4, exponent 1) is 0.4, the
+    floor 0xFFF is 1.5e-254 (what a link with no error reports, per DCGM)."""
+    mantissa = (raw >> BER_MANTISSA_SHIFT) & BER_MANTISSA_MASK
+    exponent = (raw >> BER_EXP_SHIFT) & BER_EXP_MASK
+    return mantissa * 10.0**-exponent
+
+
 # NVLink5's counters: read through field values only, no legacy call.
 NVLINK5_COUNTERS = tuple(
     spec.name for spec in NVLINK_COUNTER_SPECS if spec.legacy is None and spec.field is not None
@@ -205,6 +232,9 @@ class NvLink:
     active: bool | None = None
     counters: Mapping[str, int] = field(default_factory=dict)  # NVLINK_COUNTER_SPECS names
     errors: Mapping[str, NvmlError] = field(default_factory=dict)  # "state" or a counter
+    # NVLINK_BER_FIELDS name -> NVML's packed value (decode_ber); NVLink5 only, not an error
+    # where absent (every other part has none).
+    ber: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,6 +250,17 @@ class FabricInfo:
     healthSummary: int | None = None
     clusterUuid: str | None = None
     cliqueId: int | None = None
+
+
+@dataclass(frozen=True)
+class ViolationTime:
+    """nvmlDeviceGetViolationStatus (nvmlViolationTime_t): violationTime, the ns a policy
+    held the GPU below its application clocks since the driver loaded, and referenceTime,
+    the CPU timestamp (us) it was read at. Two readings give the share of the time between
+    them throttled: d(violationTime) / (1000 x d(referenceTime))."""
+
+    referenceTime: int
+    violationTime: int
 
 
 @dataclass(frozen=True)
@@ -267,6 +308,9 @@ class Gpu:
     pcie_width_max: int | None = None
     nvlinks: tuple[NvLink, ...] = ()
     clocks_event_reasons: int | None = None  # bitmask, CLOCK_EVENT_REASONS
+    # nvmlDeviceGetViolationStatus(NVML_PERF_POLICY_POWER / NVML_PERF_POLICY_THERMAL)
+    power_violation: ViolationTime | None = None
+    thermal_violation: ViolationTime | None = None
     temperature_c: int | None = None
     power_usage_mw: int | None = None
     power_limit_mw: int | None = None  # nvmlDeviceGetEnforcedPowerLimit

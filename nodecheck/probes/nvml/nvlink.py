@@ -6,7 +6,8 @@ does not have answers NOT_SUPPORTED or INVALID_ARGUMENT and is left out.
 
 Which counters (model.NVLINK_COUNTER_SPECS): the legacy nvmlDeviceGetNvLinkErrorCounter on
 every part that has it (five calls per link, as before); where none of them is supported
-(Blackwell has none) one nvmlDeviceGetFieldValues per link asks the per-link fields instead.
+(Blackwell has none) one nvmlDeviceGetFieldValues per link asks the per-link fields instead,
+with NVLink5's per-link bit error rates (model.NVLINK_BER_FIELDS).
 A counter no source could read keeps its last error; gpu.nvlink WARNs when a GPU has no
 counter at all.
 """
@@ -21,6 +22,7 @@ from nodecheck.probes.nvml.model import (
     FI_NVLINK_LINK_COUNT,
     FUNCTION_NOT_FOUND,
     NOT_SUPPORTED,
+    NVLINK_BER_FIELDS,
     NVLINK_COUNTER_SPECS,
     NVLINK_MAX_LINKS,
     NvLink,
@@ -47,9 +49,12 @@ def collect(call: Caller, handle: Any, where: str) -> tuple[tuple[NvLink, ...], 
             continue
         counters: dict[str, int] = {}
         errors: dict[str, NvmlError] = {}
+        ber: dict[str, int] = {}
         if state:
-            counters, errors = _counters(call, handle, link, here)
-        links.append(NvLink(link=link, active=bool(state), counters=counters, errors=errors))
+            counters, errors, ber = _counters(call, handle, link, here)
+        links.append(
+            NvLink(link=link, active=bool(state), counters=counters, errors=errors, ber=ber)
+        )
     if links:
         return tuple(links), None
     return (), first_error or NvmlError(NOT_SUPPORTED)
@@ -67,7 +72,7 @@ def _link_count(call: Caller, handle: Any, where: str) -> int | None:
 
 def _counters(
     call: Caller, handle: Any, link: int, where: str
-) -> tuple[dict[str, int], dict[str, NvmlError]]:
+) -> tuple[dict[str, int], dict[str, NvmlError], dict[str, int]]:
     counters: dict[str, int] = {}
     errors: dict[str, NvmlError] = {}
     for spec in NVLINK_COUNTER_SPECS:
@@ -87,9 +92,13 @@ def _counters(
     if counters or not any(err.not_supported for err in errors.values()):
         # The legacy call answers (Hopper and older; some drivers refuse a DL counter or
         # two there, the others are enough), or failed for a reason fields would share.
-        return counters, errors
+        return counters, errors, {}
     wanted = [spec for spec in NVLINK_COUNTER_SPECS if spec.field and spec.name not in counters]
-    answers, err = fields.read(call, handle, [(spec.field, link) for spec in wanted], where)
+    # NVLink5's BER fields in the same call; a part without them answers NOT_SUPPORTED,
+    # which is no error (no BER is kept, the counters still are).
+    requests = [(spec.field, link) for spec in wanted]
+    requests += [(number, link) for number in NVLINK_BER_FIELDS.values()]
+    answers, err = fields.read(call, handle, requests, where)
     for index, spec in enumerate(wanted):
         value, field_err = answers[index] if index < len(answers) else (None, err)
         if value is not None:
@@ -97,4 +106,9 @@ def _counters(
             errors.pop(spec.name, None)
         elif field_err is not None:
             errors[spec.name] = field_err
-    return counters, errors
+    ber = {
+        name: value
+        for name, (value, _) in zip(NVLINK_BER_FIELDS, answers[len(wanted) :], strict=False)
+        if value is not None
+    }
+    return counters, errors, ber

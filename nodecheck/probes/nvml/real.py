@@ -22,6 +22,8 @@ from nodecheck.probes.nvml.model import (
     FI_C2C_LINK_STATUS,
     FI_GPU_RECOVERY_ACTION,
     FUNCTION_NOT_FOUND,
+    PERF_POLICY_POWER,
+    PERF_POLICY_THERMAL,
     FabricInfo,
     Gpu,
     MemoryInfo,
@@ -29,6 +31,7 @@ from nodecheck.probes.nvml.model import (
     ProcessInfo,
     RemappedRows,
     Snapshot,
+    ViolationTime,
 )
 
 _MISSING = object()
@@ -175,6 +178,13 @@ def _collect_gpu(call: Caller, nv: Any, index: int) -> Gpu:
 
     for read in PLAIN_READS:
         get(read.field, read.calls, *read.args, conv=read.conv)
+    # Cumulative time below application clocks per policy: the share of time throttled
+    # between two runs (trend.gpu_clocks), which the clock event reasons only sample.
+    for key, policy in (
+        ("power_violation", PERF_POLICY_POWER),
+        ("thermal_violation", PERF_POLICY_THERMAL),
+    ):
+        get(key, "nvmlDeviceGetViolationStatus", policy, conv=_violation)
 
     values["nvlinks"], nvlink_error = nvlink.collect(call, handle, where)
     if nvlink_error is not None:
@@ -249,6 +259,13 @@ def _uuid_text(raw: Any) -> str | None:
         return None
     text = data.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _violation(value: Any) -> ViolationTime | None:
+    # None: no struct at all (the replay fake's answer for a snapshot recorded without it).
+    if value is None:
+        return None
+    return ViolationTime(int(value.referenceTime), int(value.violationTime))
 
 
 def _processes(procs: Iterable[Any]) -> tuple[ProcessInfo, ...]:
