@@ -47,9 +47,10 @@ def _import_structlog() -> types.ModuleType:
     loads, at the first import of this module, which every entry point does on its main
     thread before it starts a thread or forks; and only while that thread is the process's
     one (no other thread can import rich, or fork, inside the window). rich is the CLI's
-    table library; when someone in this process loaded it already, it stays. asyncio, which structlog.stdlib imports for
-    async methods nodecheck never calls, is imported for real: a stand-in module for it
-    (issue 30) would stay bound in any thread that imported asyncio meanwhile."""
+    table library; when someone in this process loaded it already, it stays. asyncio, which
+    structlog.stdlib imports for async methods nodecheck never calls, is imported for real:
+    a stand-in module for it (issue 30) would stay bound in any thread that imported asyncio
+    meanwhile."""
     if "rich" in sys.modules or threading.active_count() > 1:
         # Another thread could import rich (or fork) inside the window: no trick then.
         return importlib.import_module("structlog")
