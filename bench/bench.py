@@ -117,17 +117,26 @@ def _save(path: Path, lines: list[str]) -> Path:
 
 
 def fake_scontrol(work: Path) -> tuple[Path, Path]:
-    """Records each call; answers `show node` with an idle node, accepts updates."""
+    """Records each call and answers as a controller with one idle node in a 100-node
+    partition and no reservation would: `show node`, `show -o reservation`, `show -o
+    partition`; accepts updates and the breaker's slot (a reservation) being made and let go,
+    so the failing run drains as on a cluster with the breaker at its defaults."""
     calls = work / "scontrol-calls"
     script = work / "scontrol"
     script.write_text(
         "#!/bin/sh\n"
         f'echo "$*" >> {calls}\n'
-        'if [ "$1" = show ]; then\n'
-        '  echo "NodeName=$3 Arch=x86_64 CoresPerSocket=1"\n'
-        '  echo "   State=IDLE ThreadsPerCore=1"\n'
-        '  echo "   Partitions=debug"\n'
-        "fi\n"
+        'case "$1 $2 $3" in\n'
+        '  "show -o reservation") echo "No reservations in the system" ;;\n'
+        '  "show -o partition")\n'
+        '    echo "PartitionName=debug AllowGroups=ALL Nodes=n[1-100] State=UP'
+        ' TotalCPUs=100 TotalNodes=100" ;;\n'
+        '  "show node "*)\n'
+        '    echo "NodeName=$3 Arch=x86_64 CoresPerSocket=1"\n'
+        '    echo "   State=IDLE ThreadsPerCore=1"\n'
+        '    echo "   Partitions=debug" ;;\n'
+        '  "create reservation "*) echo "Reservation created: nodecheck_breaker_0" ;;\n'
+        "esac\n"
         "exit 0\n"
     )
     script.chmod(0o755)
