@@ -102,7 +102,11 @@ def run_validation_job(
         request = RunRequest(phase="manual", env=env, config_path=config_path, node=node,
                              check_patterns=checks_for_level(config, level))  # fmt: skip
         results = execute(request).results
-        results += _own_baseline(config, state_dir, results) if judge else []
+        if judge:
+            measured = results
+            results = [*measured, *_own_baseline(config, state_dir, measured)]
+            results += _class_median(config, node, measured, env)
+    published = _published_figures(results) if judge else ""
     if not judge:
         summary = "partner of the fabric stage: measured against, not judged"
         log.warning("validation_partner", level=level, results=len(results))
@@ -111,10 +115,12 @@ def run_validation_job(
     # decide
     decision = decide_after_validation(results, past, tuple(config.values["escalation"]), job_id)
     if decision.step is Step.RETURN and not final:
+        _note_on_job(config, "", published)
         log.warning("validation", level=level, step="await-fabric", reason=None, action="none")
         return JobOutcome(node, decision, "none (the fabric stage follows)", EXIT_PASSED)
     # act
     taken = _act(config, node, decision, state_dir)
+    _note_on_job(config, _why_note(decision), published)
     code = EXIT_HELD_BACK if taken.startswith("held back") else EXIT_FOR_STEP[decision.step]
     # record
     kind = {Step.RETURN: "validate_pass", Step.NOT_VALIDATED: "validate_error"}.get(
@@ -179,6 +185,73 @@ def _own_baseline(
     return kept
 
 
+def _class_median(
+    config: Config, node: str, results: list[CheckResult], env: Mapping[str, str]
+) -> list[CheckResult]:
+    """The deep figures against the median of the node's class (checks/trend/
+    class_median.py): the class's published figures read with one `sacct` (slurmdbd, never
+    slurmctld), the WARN and FAIL results handed to the ladder. Validation jobs are found
+    by this job's own name, which Slurm gives it (SLURM_JOB_NAME: the loop's JOB_NAME; the
+    job cannot import the loop, which imports it). No slurmdbd, sacct failing, or no job
+    name: the comparison is skipped with a note in the log, never an ERROR or a FAIL."""
+    from nodecheck.checks.trend import baseline, class_median
+    from nodecheck.core.results import Status
+    from nodecheck.slurm import SlurmError
+    from nodecheck.slurm.dbd import read_validation_comments
+
+    v, log = config.values, get_logger()
+    figures = baseline.figures_of(results)
+    if not figures:  # a CPU-only node, or nothing measured: nothing to compare
+        return []
+    name, now = env.get("SLURM_JOB_NAME", ""), time.time()
+    sacct = os.path.join(os.path.dirname(config.scontrol), "sacct")
+    try:
+        if not v["validate_class_median"]:
+            return []
+        limits = class_median.ClassLimits(
+            warn_drop=float(v["validate_class_median_warn_drop"]),
+            fail_drop=float(v["validate_class_median_fail_drop"]),
+            min_nodes=int(v["validate_class_median_min_nodes"]),
+            window_days=float(v["validate_class_median_window_days"]),
+        )
+        if not name:
+            raise SlurmError("not in a Slurm job (no SLURM_JOB_NAME)")
+        since = now - limits.window_days * 86400.0
+        comments = read_validation_comments(
+            sacct, config.slurm_conf or None, name, start=since, end=now
+        )
+        registry = _registry()
+        mine = config.for_node(node, registry).node_class
+        published = class_median.class_figures(
+            [(c.node, c.end, c.comment) for c in comments], node,
+            lambda other: config.for_node(other, registry).node_class == mine,
+        )  # fmt: skip
+        judged = class_median.compare(figures, published, limits)
+    except SlurmError as exc:  # no accounting is a site's choice, never the node's fault
+        log.warning("deep_class_median_skipped", why=str(exc))
+        return []
+    except Exception as exc:  # our failure, as the baseline's: never the node's
+        log.error("deep_class_median_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return []
+    kept = [r for r in judged if r.status in (Status.WARN, Status.FAIL)]
+    log.warning(
+        "deep_class_median", node_class=mine, nodes=len(published), figures=len(judged),
+        warn=sum(r.status is Status.WARN for r in kept),
+        fail=sum(r.status is Status.FAIL for r in kept),
+        few=sum(r.values.get("level") == "few" for r in judged),
+        found=[f"{r.check_id} {r.component}: {r.message}" for r in kept[:10]],
+    )  # fmt: skip
+    return kept
+
+
+def _published_figures(results: list[CheckResult]) -> str:
+    """This validation's figures as the class reads them (per figure the node's median
+    over its GPUs), "" when it measured none."""
+    from nodecheck.checks.trend import baseline, class_median
+
+    return class_median.publish(class_median.node_figures(baseline.figures_of(results)))
+
+
 def _fabric_rounds(
     config: Config, config_path: str | None, node: str, env: Mapping[str, str]
 ) -> list[CheckResult]:
@@ -238,7 +311,6 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
         # Our problem, not the node's: nothing is drained; the loop leaves the node as it
         # found it. Said loudly, with what to do, where an admin looks.
         log.error("validation_not_possible", node=node, why=decision.summary, fix=NOT_VALIDATED_FIX)
-        _note_on_job(config, f"{decision.summary}; {NOT_VALIDATED_FIX}")
         return "none (not validated)"
     assert decision.reason is not None
     backend = backend_for(config, os.environ)
@@ -263,19 +335,29 @@ def _act(config: Config, node: str, decision: Decision, state_dir: os.PathLike) 
     return taken
 
 
-def _note_on_job(config: Config, text: str) -> None:
-    """Tell the loop why, in this job's AdminComment (best effort: the exit code says the
-    rest)."""
+def _why_note(decision: Decision) -> str:
+    """What the job tells the loop about a validation that could not run ("" otherwise)."""
+    if decision.step is Step.NOT_VALIDATED:
+        return f"{decision.summary}; {NOT_VALIDATED_FIX}"
+    return ""
+
+
+def _note_on_job(config: Config, text: str, figures: str = "") -> None:
+    """Tell the loop why (`text`), and the class the node's figures (`figures`, checks/
+    trend/class_median.py: last, so the loop's `why_of` reads the why as before), in this
+    job's AdminComment, one write (best effort: the exit code says the rest)."""
+    from nodecheck.checks.trend.class_median import with_figures
     from nodecheck.slurm import SlurmError
     from nodecheck.slurm.jobs import SlurmJobs
     from nodecheck.slurm.scontrol import ScontrolBackend
 
     job = os.environ.get("SLURM_JOB_ID", "")
-    if not job.isdigit():
+    comment = with_figures(" ".join(text.split())[:1000], figures)
+    if not job.isdigit() or not comment:
         return
     cli = ScontrolBackend(config.scontrol, config.slurm_conf or None)
     try:
-        SlurmJobs(cli).note_on_job(int(job), " ".join(text.split())[:1000])
+        SlurmJobs(cli).note_on_job(int(job), comment)
     except SlurmError as exc:
         get_logger().warning("validation_note_not_set", error=str(exc))
 

@@ -270,6 +270,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("validate_baseline_window_days", NUM, 180,
             "age of the oldest validation a baseline uses",
             (Range(0, 3650, True),)),
+    # The same figures against the median of the node class's other nodes, as their passed
+    # validations published them in AdminComment (checks/trend/class_median.py): wider
+    # margins than the own baseline's, a class median being taken across machines.
+    Setting("validate_class_median", bool, True,
+            "judge deep figures against the median of the node's class (from slurmdbd)"),
+    Setting("validate_class_median_warn_drop", NUM, 0.10,
+            "drop below the class median that WARNs", (Range(0, 1, note=" (0: off)"),)),
+    Setting("validate_class_median_fail_drop", NUM, 0.25,
+            "drop below the class median that FAILs", (Range(0, 1, note=" (0: off)"),)),
+    Setting("validate_class_median_min_nodes", int, 3,
+            "other nodes of the class a class median needs", (Range(1, 1000),)),
+    Setting("validate_class_median_window_days", NUM, 30,
+            "age of the oldest validation a class median reads", (Range(0, 3650, True),)),
     Setting("escalation", list, list(LADDER_STEPS),
             "the steps a node failing validation climbs (quarantine/ladder.py)",
             (Holds(lambda s: s in LADDER_STEPS,

@@ -293,3 +293,68 @@ def read_jobs(
     if proc.returncode != 0:
         raise failed(proc, "sacct")
     return parse_jobs(proc.stdout)
+
+
+# --- validation jobs' AdminComments (sacct), for the class median ------------------------
+# Additive: the figures a validation job published in its AdminComment (checks/trend/
+# class_median.py), read back by the next validation of another node of its class with one
+# `sacct` call. AdminComment is free text: it comes last, so a `|` in it shifts nothing.
+VALIDATION_FIELDS = ("NodeList", "End", "AdminComment")
+_JOB_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+@dataclass(frozen=True)
+class JobComment:
+    """The AdminComment of one finished single-node job, with its node and end."""
+
+    node: str
+    end: float
+    comment: str
+
+
+def validation_comment_args(sacct: str, job_name: str, *, start: float, end: float) -> list[str]:
+    """`sacct` for the jobs named `job_name` of every user (-a) that COMPLETED (exit 0: the
+    validation passed) between start and end. One call: its answer grows with the
+    validations in the window, not with the cluster's size. Only root can set an
+    AdminComment, so a user's job of the same name carries none."""
+    if not job_name or not set(job_name) <= _JOB_NAME:
+        raise SlurmError(f"refusing job name {job_name!r}")
+    return [sacct, "-n", "-P", "-X", "-a", f"--name={job_name}", "--state=COMPLETED",
+            "-S", format_time(start), "-E", format_time(end),
+            "--format=" + ",".join(VALIDATION_FIELDS)]  # fmt: skip
+
+
+def parse_validation_comments(text: str) -> list[JobComment]:
+    """`NodeList|End|AdminComment` lines -> the newest job with a comment per node, by
+    node name. A job on several nodes (a fabric stage's: deep.fabric, no GPU figures), one
+    without an end or a comment, and lines that do not parse are left out."""
+    newest: dict[str, JobComment] = {}
+    for line in text.splitlines():
+        parts = line.split("|", len(VALIDATION_FIELDS) - 1)
+        if len(parts) != len(VALIDATION_FIELDS):
+            continue
+        node, end_text, comment = parts
+        end = _epoch(end_text)
+        if end is None or not comment.strip() or not is_plain_node_name(node):
+            continue
+        if node not in newest or end > newest[node].end:
+            newest[node] = JobComment(node, end, comment)
+    return [newest[n] for n in sorted(newest)]
+
+
+def read_validation_comments(
+    sacct: str,
+    slurm_conf: str | None,
+    job_name: str,
+    *,
+    start: float,
+    end: float,
+    timeout_s: float = 20.0,
+) -> list[JobComment]:
+    """The newest passed validation job's AdminComment per node, cluster-wide (SlurmError
+    when sacct cannot run or fails: no slurmdbd, no accounting)."""
+    args = validation_comment_args(sacct, job_name, start=start, end=end)
+    proc = run_slurm_tool(args, slurm_conf, timeout_s, sacct)
+    if proc.returncode != 0:
+        raise failed(proc, "sacct")
+    return parse_validation_comments(proc.stdout)
