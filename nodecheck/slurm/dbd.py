@@ -288,17 +288,21 @@ def read_jobs(
     sacct: str, slurm_conf: str | None, *, start: float, end: float, timeout_s: float = 30.0
 ) -> list[JobRecord]:
     """The jobs that ended FAILED or NODE_FAIL between start and end, cluster-wide."""
-    args = job_args(sacct, start=start, end=end)
-    proc = run_slurm_tool(args, slurm_conf, timeout_s, sacct)
+    return parse_jobs(_sacct(job_args(sacct, start=start, end=end), slurm_conf, timeout_s))
+
+
+def _sacct(args: list[str], slurm_conf: str | None, timeout_s: float) -> str:
+    """One bounded sacct call's output; SlurmError when it cannot run or fails."""
+    proc = run_slurm_tool(args, slurm_conf, timeout_s, args[0])
     if proc.returncode != 0:
         raise failed(proc, "sacct")
-    return parse_jobs(proc.stdout)
+    return proc.stdout
 
 
-# --- validation jobs' AdminComments (sacct), for the class median ------------------------
-# Additive: the figures a validation job published in its AdminComment (checks/trend/
-# class_median.py), read back by the next validation of another node of its class with one
-# `sacct` call. AdminComment is free text: it comes last, so a `|` in it shifts nothing.
+# Validation jobs' AdminComments, for the class median: the figures a validation job
+# published there (checks/trend/class_median.py), read back by the next validation of another
+# node of its class with one `sacct` call. AdminComment is free text: it comes last, so a `|`
+# in it shifts nothing.
 VALIDATION_FIELDS = ("NodeList", "End", "AdminComment")
 _JOB_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -354,7 +358,4 @@ def read_validation_comments(
     """The newest passed validation job's AdminComment per node, cluster-wide (SlurmError
     when sacct cannot run or fails: no slurmdbd, no accounting)."""
     args = validation_comment_args(sacct, job_name, start=start, end=end)
-    proc = run_slurm_tool(args, slurm_conf, timeout_s, sacct)
-    if proc.returncode != 0:
-        raise failed(proc, "sacct")
-    return parse_validation_comments(proc.stdout)
+    return parse_validation_comments(_sacct(args, slurm_conf, timeout_s))

@@ -32,7 +32,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nodecheck.core.results import CheckResult, Status
 from nodecheck.store import series
@@ -46,6 +46,16 @@ BASELINE_CHECKS = ("deep.gemm", "deep.membw", "deep.hostdev", "deep.p2p")
 SEVERITY = "medium"  # the node runs, degraded: as the other trends
 REMEDY = "admin"  # a figure that stays low is a throttling, cooling, link or RMA question
 _GPU = re.compile(r"^gpu\d+(?:-gpu\d+)?$")
+
+
+class DropLimits(Protocol):
+    """What a figure's result reports of its limits (the own baseline's, the class's)."""
+
+    @property
+    def warn_drop(self) -> float: ...
+
+    @property
+    def fail_drop(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -136,37 +146,60 @@ def judge_figure(past: Sequence[Reading], value: float, limits: Limits) -> Verdi
 
 def result_of(fig: Figure, verdict: Verdict, limits: Limits) -> CheckResult:
     """The trend's result: `trend.deep_gemm` for deep.gemm (reason `trend deep.gemm`)."""
-    cid = "trend." + fig.check.replace(".", "_", 1)
-    status = {"fail": Status.FAIL, "warn": Status.WARN}.get(verdict.level, Status.PASS)
-    shown = f"{fig.metric} {_num(fig.value)} {fig.unit}".rstrip()
     if verdict.baseline is None or verdict.drop is None:
-        msg = f"{shown}: collecting a baseline ({verdict.runs} of {limits.min_runs} validations)"
+        detail = f": collecting a baseline ({verdict.runs} of {limits.min_runs} validations)"
     else:
-        how = f"{verdict.drop:.0%} below" if verdict.drop > 0 else f"{-verdict.drop:.0%} above"
-        msg = (
-            f"{shown}, {how} its own baseline {_num(verdict.baseline)} "
+        detail = (
+            f", {relative(verdict.drop)} its own baseline {num(verdict.baseline)} "
             f"(median of {verdict.runs} validations)"
         )
         if verdict.level == "fail":
-            msg += f"; more than {limits.fail_drop:.0%} below twice in a row"
+            detail += f"; more than {limits.fail_drop:.0%} below twice in a row"
         elif verdict.low_enough:
-            msg += f"; more than {limits.fail_drop:.0%} below once (FAIL if again)"
+            detail += f"; more than {limits.fail_drop:.0%} below once (FAIL if again)"
     values = {
-        "metric": fig.metric,
-        "unit": fig.unit,
-        "measured": fig.value,
         "baseline": None if verdict.baseline is None else round(verdict.baseline, 6),
         "drop": None if verdict.drop is None else round(verdict.drop, 4),
         "runs": verdict.runs,
         "low_before": verdict.low_before,
-        "level": verdict.level,
+    }
+    return figure_result(fig, verdict.level, detail, values, limits, fig.component)
+
+
+def relative(drop: float) -> str:
+    """How far a figure is from what it is compared with: `12% below`, `3% above`."""
+    return f"{drop:.0%} below" if drop > 0 else f"{-drop:.0%} above"
+
+
+def figure_result(
+    fig: Figure,
+    level: str,
+    detail: str,
+    values: Mapping[str, Any],
+    limits: DropLimits,
+    component: str,
+) -> CheckResult:
+    """A deep figure's comparison as a trend result (the own baseline's here, the class
+    median's in class_median.py): `trend.deep_gemm` for deep.gemm, FAIL/WARN/PASS by
+    `level`, the message the figure as measured followed by `detail`."""
+    cid = "trend." + fig.check.replace(".", "_", 1)
+    status = {"fail": Status.FAIL, "warn": Status.WARN}.get(level, Status.PASS)
+    shown = f"{fig.metric} {num(fig.value)} {fig.unit}".rstrip()
+    everything = {
+        "metric": fig.metric,
+        "unit": fig.unit,
+        "measured": fig.value,
+        **values,
+        "level": level,
         "warn_drop": limits.warn_drop,
         "fail_drop": limits.fail_drop,
     }
-    return CheckResult(cid, status, msg[:240], fig.component, values, 0.0, SEVERITY, REMEDY)
+    message = (shown + detail)[:240]
+    return CheckResult(cid, status, message, component, everything, 0.0, SEVERITY, REMEDY)
 
 
-def _num(x: float) -> str:
+def num(x: float) -> str:
+    """A figure as the messages show it: three significant digits, whole from 100."""
     return f"{x:.3g}" if x < 100 else f"{x:.0f}"
 
 

@@ -37,8 +37,8 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from nodecheck.checks.trend.baseline import REMEDY, SEVERITY, Figure
-from nodecheck.core.results import CheckResult, Status
+from nodecheck.checks.trend.baseline import Figure, figure_result, num, relative
+from nodecheck.core.results import CheckResult
 
 VERSION = 1
 MARK = f"nodecheck figures v{VERSION}: "
@@ -147,10 +147,6 @@ def _good(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
 
-def _num(x: float) -> str:
-    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
-
-
 # --- read --------------------------------------------------------------------------------
 
 
@@ -192,29 +188,21 @@ def judge_figure(value: float, others: Iterable[float], limits: ClassLimits) -> 
 
 def result_of(fig: Figure, verdict: ClassVerdict, limits: ClassLimits) -> CheckResult:
     """`trend.deep_gemm`, component `gpu3/class`: the class comparison of gpu3's figure."""
-    cid = "trend." + fig.check.replace(".", "_", 1)
-    status = {"fail": Status.FAIL, "warn": Status.WARN}.get(verdict.level, Status.PASS)
-    shown = f"{fig.metric} {_num(fig.value)} {fig.unit}".rstrip()
     if verdict.median is None or verdict.drop is None:
-        msg = f"{shown}: too few nodes of its class ({verdict.nodes} of {limits.min_nodes})"
+        detail = f": too few nodes of its class ({verdict.nodes} of {limits.min_nodes})"
     else:
-        how = f"{verdict.drop:.0%} below" if verdict.drop > 0 else f"{-verdict.drop:.0%} above"
-        msg = f"{shown}, {how} its class median {_num(verdict.median)} ({verdict.nodes} nodes)"
+        detail = (
+            f", {relative(verdict.drop)} its class median {num(verdict.median)} "
+            f"({verdict.nodes} nodes)"
+        )
         if verdict.level == "fail":
-            msg += f"; more than {limits.fail_drop:.0%} below"
+            detail += f"; more than {limits.fail_drop:.0%} below"
     values = {
-        "metric": fig.metric,
-        "unit": fig.unit,
-        "measured": fig.value,
         "class_median": None if verdict.median is None else round(verdict.median, 6),
         "drop": None if verdict.drop is None else round(verdict.drop, 4),
         "nodes": verdict.nodes,
-        "level": verdict.level,
-        "warn_drop": limits.warn_drop,
-        "fail_drop": limits.fail_drop,
     }
-    component = fig.component + CLASS_SUFFIX
-    return CheckResult(cid, status, msg[:240], component, values, 0.0, SEVERITY, REMEDY)
+    return figure_result(fig, verdict.level, detail, values, limits, fig.component + CLASS_SUFFIX)
 
 
 def compare(
